@@ -1,0 +1,141 @@
+"""Small shared helpers: broadcasting, atomic file writes, devices and input checks."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "append_dims",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_torch_save",
+    "append_jsonl",
+    "resolve_device",
+    "check_tensor",
+]
+
+
+def append_dims(x: Tensor, ndim: int) -> Tensor:
+    """Appends trailing singleton dimensions to ``x`` until it has ``ndim`` dimensions.
+
+    Used to broadcast per-example quantities of shape ``(batch,)`` against data of shape
+    ``(batch, *event_shape)``, so the same code serves 2-D points and images.
+
+    Example:
+        >>> append_dims(torch.ones(4), 4).shape
+        torch.Size([4, 1, 1, 1])
+    """
+    if x.dim() > ndim:
+        raise ValueError(f"append_dims: tensor has {x.dim()} dims, more than the target {ndim}.")
+    return x.reshape(*x.shape, *([1] * (ndim - x.dim())))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Writes ``data`` to ``path`` atomically: a temporary file in the same folder, then rename.
+
+    A crash mid-write leaves either the old file or none, never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Writes ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """Saves ``obj`` with :func:`torch.save` atomically (serialized in memory, then renamed)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    """Appends one JSON record as a line to ``path`` (one ``write`` call per line, flushed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(dict(record), sort_keys=True) + "\n")
+        f.flush()
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """Returns a :class:`torch.device`; ``"auto"`` (or ``None``) picks CUDA when available.
+
+    Raises:
+        ValueError: if the device string is not understood by torch, or CUDA is asked for
+            on a machine without it.
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(
+            f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}."
+        ) from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} was asked for but CUDA is not available here.")
+    return dev
+
+
+def check_tensor(
+    x: Any,
+    name: str,
+    *,
+    event_shape: tuple[int, ...] | None = None,
+    floating: bool = True,
+    finite: bool = True,
+) -> Tensor:
+    """Validates a data tensor at an API boundary and says what was expected.
+
+    Args:
+        x: the value to check.
+        name: the argument's name, quoted in errors.
+        event_shape: if given, the trailing dimensions ``x`` must have.
+        floating: require a floating dtype.
+        finite: require no NaN or Inf entries.
+
+    Returns:
+        ``x`` unchanged.
+
+    Raises:
+        TypeError: ``x`` is not a tensor, or has an integer dtype where floats are needed.
+        ValueError: wrong trailing shape or non-finite values.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}.")
+    if floating and not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}.")
+    if event_shape is not None:
+        k = len(event_shape)
+        if x.dim() < k or tuple(x.shape[x.dim() - k :]) != tuple(event_shape):
+            raise ValueError(
+                f"{name}: expected shape (..., {', '.join(map(str, event_shape))}), "
+                f"got {tuple(x.shape)}."
+            )
+    if finite and x.is_floating_point() and not torch.isfinite(x).all():
+        raise ValueError(f"{name}: contains NaN or Inf values.")
+    return x
