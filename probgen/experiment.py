@@ -1,0 +1,322 @@
+"""Runs declared in TOML: build data, model and objective, train, evaluate, write a run folder."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from probgen.config import SECTIONS, ConfigError, check_call_kwargs, check_keys, dump_toml
+from probgen.utils import atomic_torch_save, atomic_write_text
+
+__all__ = ["DataBundle", "build_data", "build_model", "build_objective", "fit_run", "load_run",
+           "eval_run", "sample_run"]
+
+_OBJECTIVES = ("ml", "reverse_kl")
+_PREPROCESS = ("logit", "scale", "signed")
+# Arguments the runner fills in itself; a [train] table may not set them.
+_FIT_RESERVED = ("objective", "data", "out_dir", "resume", "config", "progress", "eval_data",
+                 "callbacks")
+
+
+def _models() -> Any:
+    # Imported lazily: the core must not import the model zoo at import time.
+    return importlib.import_module("probgen.models")
+
+
+def _inference() -> Any:
+    return importlib.import_module("probgen.inference")
+
+
+@dataclass
+class DataBundle:
+    """What a run trains and evaluates on.
+
+    Attributes:
+        name: the data set's name.
+        kind: ``"toy"`` (2-D points drawn fresh each step), ``"image"`` or ``"none"``
+            (reverse KL: the model samples itself).
+        train: what :func:`probgen.inference.fit` consumes (sampler, tensor or ``None``).
+        eval: held-out data (points, or integer-valued images), or ``None``.
+        event_shape: the model's event shape.
+        preprocess: images only: the map from integer pixels to model space.
+    """
+
+    name: str
+    kind: str
+    train: Any
+    eval: Tensor | None
+    event_shape: tuple[int, ...]
+    preprocess: Any = None
+
+
+def _image_preprocess(levels: int, kind: str, alpha: float, flatten: bool) -> Any:
+    from probgen.data import ImagePreprocess
+
+    return ImagePreprocess(levels=levels, transform=kind, alpha=alpha, flatten=flatten)
+
+
+def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
+    """Builds the data named by the ``[data]`` table (see ``probgen.config.SECTIONS``)."""
+    from probgen import data as pdata
+
+    objective = config.get("objective", {}).get("name", "ml")
+    table = dict(config.get("data", {}))
+    if objective == "reverse_kl":
+        if table:
+            raise ConfigError("[data] must be empty with objective 'reverse_kl': it needs no data.")
+        return DataBundle("none", "none", None, None, (2,))
+    if "name" not in table:
+        raise ConfigError("[data] name is required; allowed: "
+                          f"{sorted([*pdata.TOY_NAMES, 'digits', 'mnist'])}.")
+    name = table["name"]
+    generator = torch.Generator().manual_seed(seed + 1)
+    if name in pdata.TOY_NAMES:
+        extra = set(table) - {"name", "eval_size"}
+        if extra:
+            raise ConfigError(f"[data] keys {sorted(extra)} do not apply to toy data {name!r}.")
+        n_eval = int(table.get("eval_size", 20000))
+        held_out = pdata.toy_sample(name, n_eval, generator=generator)
+        return DataBundle(name, "toy", pdata.ToySampler(name), held_out, (2,))
+    if name in ("digits", "mnist"):
+        if "eval_size" in table:
+            raise ConfigError("[data] eval_size applies to toy data only (images use the test split).")
+        if name == "digits":
+            train, _ = pdata.load_digits("train")
+            test, _ = pdata.load_digits("test")
+            levels = pdata.DIGITS_LEVELS
+        else:
+            train, _ = pdata.load_mnist(table.get("root"), "train")
+            test, _ = pdata.load_mnist(table.get("root"), "test")
+            levels = 256
+        kind = table.get("preprocess", "logit")
+        if kind not in _PREPROCESS:
+            raise ConfigError(f"[data] preprocess must be one of {list(_PREPROCESS)}, got {kind!r}.")
+        flatten = bool(table.get("flatten", False))
+        pre = _image_preprocess(levels, kind, float(table.get("alpha", 0.05)), flatten)
+        shape = tuple(train.shape[1:])
+        event = (math.prod(shape),) if flatten else shape
+        return DataBundle(name, "image", train.float(), test.float(), event, pre)
+    raise ConfigError(f"[data] name {name!r} is unknown; allowed: "
+                      f"{sorted([*pdata.TOY_NAMES, 'digits', 'mnist'])}.")
+
+
+def build_model(config: dict[str, Any], data: DataBundle) -> nn.Module:
+    """Builds the model named by ``[model] name`` with the table's other keys as arguments.
+
+    ``features`` (vectors) or ``shape`` (images) is filled in from the data when absent.
+    """
+    zoo = _models()
+    table = dict(config.get("model", {}))
+    registry = zoo.FLOWS
+    name = table.pop("name", None)
+    if name not in registry:
+        raise ConfigError(f"[model] name {name!r} is unknown; allowed: {sorted(registry)}.")
+    cls = registry[name]
+    check_call_kwargs(cls, table, "model")
+    import inspect
+
+    params = inspect.signature(cls).parameters
+    if "features" in params and "features" not in table:
+        if len(data.event_shape) != 1:
+            raise ConfigError(
+                f"[model] {name} models vectors but the data has event shape "
+                f"{data.event_shape}; set [data] flatten = true.")
+        table["features"] = data.event_shape[0]
+    if "shape" in params and "shape" not in table:
+        if len(data.event_shape) != 3:
+            raise ConfigError(
+                f"[model] {name} models images (C, H, W) but the data has event shape "
+                f"{data.event_shape}; remove [data] flatten or pick a vector flow.")
+        table["shape"] = list(data.event_shape)
+    return cls(**table)
+
+
+def build_objective(config: dict[str, Any], model: nn.Module, data: DataBundle) -> nn.Module:
+    """Builds the ``[objective]`` (``ml`` by default) around ``model``."""
+    inference = _inference()
+    table = dict(config.get("objective", {}))
+    name = table.pop("name", "ml")
+    if name not in _OBJECTIVES:
+        raise ConfigError(f"[objective] name must be one of {list(_OBJECTIVES)}, got {name!r}.")
+    if name == "ml":
+        if table:
+            raise ConfigError(f"[objective] keys {sorted(table)} do not apply to 'ml'.")
+        return inference.MaximumLikelihood(model, preprocess=data.preprocess)
+    if "target" not in table:
+        from probgen.energies import ENERGIES
+
+        raise ConfigError(f"[objective] target is required for 'reverse_kl'; allowed: "
+                          f"{sorted(ENERGIES)}.")
+    return inference.ReverseKL(model, table["target"], num_samples=table.get("num_samples", 256))
+
+
+def _validate(config: dict[str, Any]) -> None:
+    for section, table in config.items():
+        schema = SECTIONS[section][0]
+        if schema is not None:
+            check_keys(table, schema, section)
+    train = dict(config.get("train", {}))
+    check_call_kwargs(_inference().fit, train, "train", exclude=_FIT_RESERVED)
+    for key in ("steps", "batch_size"):
+        if key not in train:
+            raise ConfigError(f"[train] {key} is required.")
+
+
+def _evaluate(objective: nn.Module, model: nn.Module, data: DataBundle, config: dict) -> dict:
+    """Held-out metrics: NLL (nats) and bits/dim for images; KL for reverse-KL runs."""
+    table = config.get("eval", {})
+    out: dict[str, float] = {}
+    model.eval()
+    with torch.no_grad():
+        if data.kind == "none":
+            n = int(table.get("num_samples", 20000))
+            values = [objective_value(objective, None) for _ in range(max(1, n // 4096))]
+            out["kl_upper"] = float(sum(values) / len(values))
+            return out
+        batch_size = int(table.get("batch_size", 2000))
+        sums: dict[str, float] = {}
+        count = 0
+        for start in range(0, data.eval.shape[0], batch_size):
+            batch = data.eval[start : start + batch_size]
+            stats = objective(batch)
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + float(value) * batch.shape[0]
+            count += batch.shape[0]
+        out = {f"test/{k}": v / count for k, v in sums.items() if k != "loss"}
+    return out
+
+
+def objective_value(objective: nn.Module, batch: Any) -> float:
+    """The objective's ``"loss"`` on one batch, as a float."""
+    return float(objective(batch)["loss"])
+
+
+def _write_figures(model: nn.Module, data: DataBundle, config: dict, run: Path) -> list[str]:
+    from probgen import plots
+
+    written = []
+    n = int(config.get("sample", {}).get("n", 2000 if data.kind != "image" else 64))
+    with torch.no_grad():
+        samples = model.sample((n,))
+    if data.kind == "image":
+        images = data.preprocess.to_unit(samples).clamp(0, 1)
+        fig = plots.plot_image_grid(images, nrow=int(math.sqrt(n)) or 1)
+        plots.save_figure(fig, run / "samples.png")
+        written.append("samples.png")
+    else:
+        bound = float(config.get("eval", {}).get("bound", 4.0))
+        resolution = int(config.get("eval", {}).get("resolution", 200))
+        fig = plots.plot_samples(samples, title=f"{n} samples")
+        plots.save_figure(fig, run / "samples.png")
+        with torch.no_grad():
+            fig = plots.plot_density_2d(model.log_prob, (-bound, bound), resolution)
+        plots.save_figure(fig, run / "density.png")
+        written += ["samples.png", "density.png"]
+    if (run / "metrics.jsonl").exists():
+        fig = plots.plot_training_curves(run / "metrics.jsonl")
+        plots.save_figure(fig, run / "curves.png")
+        written.append("curves.png")
+    return written
+
+
+def fit_run(
+    config: dict[str, Any],
+    *,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    default_name: str = "run",
+) -> dict[str, Any]:
+    """Trains the run that ``config`` declares and writes its run folder.
+
+    The folder holds ``config.toml`` (the full configuration), ``checkpoint.pt``,
+    ``metrics.jsonl``, ``eval.json`` and figures (``samples.png``, ``density.png`` for 2-D
+    data, ``curves.png``). Returns the evaluation metrics and the list of files.
+    """
+    _validate(config)
+    seed = int(config.get("run", {}).get("seed", 0))
+    name = config.get("run", {}).get("name", Path(str(default_name)).stem)
+    run = Path(out_dir) if out_dir is not None else Path("runs") / name
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run / "config.toml", dump_toml(config))
+    torch.manual_seed(seed)
+    data = build_data(config, seed=seed)
+    model = build_model(config, data)
+    objective = build_objective(config, model, data)
+    train = dict(config["train"])
+    batch_size = train.pop("batch_size")
+    start = time.perf_counter()
+    _inference().fit(
+        objective, data.train, batch_size=batch_size, out_dir=run, resume=resume,
+        progress=progress, config=config, seed=seed, **train,
+    )
+    seconds = time.perf_counter() - start
+    result = {"train_seconds": seconds, **_evaluate(objective, model, data, config)}
+    files = _write_figures(model, data, config, run)
+    atomic_write_text(run / "eval.json", json.dumps(result, indent=2, sort_keys=True))
+    return {**result, "run": str(run), "files": sorted(["config.toml", "checkpoint.pt",
+                                                         "metrics.jsonl", "eval.json", *files])}
+
+
+def load_run(run_dir: str | Path) -> tuple[dict, DataBundle, nn.Module, nn.Module]:
+    """Rebuilds a run's configuration, data, model and objective from its folder."""
+    from probgen.config import load_config
+
+    run = Path(run_dir)
+    for needed in ("config.toml", "checkpoint.pt"):
+        if not (run / needed).is_file():
+            raise FileNotFoundError(f"{run} is not a complete run folder: {needed} is missing.")
+    config = load_config(run / "config.toml")
+    seed = int(config.get("run", {}).get("seed", 0))
+    data = build_data(config, seed=seed)
+    model = build_model(config, data)
+    objective = build_objective(config, model, data)
+    state = _inference().load_checkpoint(run / "checkpoint.pt")
+    objective.load_state_dict(state["objective"])
+    if state.get("ema") is not None:
+        _inference().EMA.copy_state_to(state["ema"], objective)
+    return config, data, model, objective
+
+
+def eval_run(run_dir: str | Path) -> dict[str, float]:
+    """Evaluates a trained run on its held-out data and rewrites its ``eval.json``."""
+    config, data, model, objective = load_run(run_dir)
+    torch.manual_seed(int(config.get("run", {}).get("seed", 0)))
+    result = _evaluate(objective, model, data, config)
+    atomic_write_text(Path(run_dir) / "eval.json", json.dumps(result, indent=2, sort_keys=True))
+    return result
+
+
+def sample_run(run_dir: str | Path, *, n: int = 64, out: str | Path | None = None,
+               seed: int = 0) -> Path:
+    """Draws ``n`` samples from a trained run; writes a ``.png`` figure or a ``.pt`` tensor."""
+    if n < 1:
+        raise ValueError(f"n: expected a positive number of samples, got {n}.")
+    config, data, model, _ = load_run(run_dir)
+    torch.manual_seed(seed)
+    model.eval()
+    with torch.no_grad():
+        samples = model.sample((n,))
+    path = Path(out) if out is not None else Path(run_dir) / f"samples_{n}.png"
+    if path.suffix == ".pt":
+        atomic_torch_save(samples, path)
+        return path
+    if path.suffix != ".png":
+        raise ValueError(f"out: expected a .png or .pt path, got {str(path)!r}.")
+    from probgen import plots
+
+    if data.kind == "image":
+        images = data.preprocess.to_unit(samples).clamp(0, 1)
+        fig = plots.plot_image_grid(images, nrow=max(1, int(math.sqrt(n))))
+    else:
+        fig = plots.plot_samples(samples, title=f"{n} samples")
+    plots.save_figure(fig, path)
+    return path
