@@ -1,0 +1,47 @@
+"""Data: 2-D toy densities, offline image sets (8x8 digits, MNIST) and invertible preprocessing."""
+
+from __future__ import annotations
+
+from probgen.data.images import (
+    DIGITS_LEVELS,
+    DIGITS_TEST_SIZE,
+    MNIST_FILES,
+    MNIST_MIRRORS,
+    load_digits,
+    load_mnist,
+    read_idx,
+)
+from probgen.data.preprocess import (
+    PREPROCESS_NAMES,
+    ImagePreprocess,
+    LogitTransform,
+    ScaleTransform,
+    binarize,
+    dynamic_binarize,
+    from_signed,
+    to_signed,
+    uniform_dequantize,
+)
+from probgen.data.toy import TOY_NAMES, ToySampler, toy_sample
+
+__all__ = [
+    "TOY_NAMES",
+    "toy_sample",
+    "ToySampler",
+    "DIGITS_LEVELS",
+    "DIGITS_TEST_SIZE",
+    "MNIST_FILES",
+    "MNIST_MIRRORS",
+    "load_digits",
+    "load_mnist",
+    "read_idx",
+    "PREPROCESS_NAMES",
+    "ImagePreprocess",
+    "LogitTransform",
+    "ScaleTransform",
+    "binarize",
+    "dynamic_binarize",
+    "from_signed",
+    "to_signed",
+    "uniform_dequantize",
+]

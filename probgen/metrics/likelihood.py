@@ -1,0 +1,112 @@
+r"""Likelihood metrics: negative log-likelihood, nats to bits, and bits per dimension.
+
+Bits per dimension of data in :math:`D` dimensions whose model-space negative log-density is
+``nll`` nats, after a preprocessing with log|det J| ``ladj`` and (optionally) a scaling of
+integer data with ``levels`` values to [0, 1):
+
+.. math::
+    \text{bpd} = \frac{\text{nll} - \text{ladj} + D \log(\text{levels})}{D \ln 2}.
+
+A uniform density on :math:`[0, 1)^D` for 8-bit data (``nll = 0``, ``ladj = 0``,
+``levels = 256``) gives exactly 8 bits/dim; see :mod:`probgen.data.preprocess` for the
+derivation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["bits_per_dim", "nats_to_bits", "nll"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def nats_to_bits(x: Tensor | float) -> Tensor | float:
+    """Converts nats to bits: ``x / ln 2``.
+
+    Example:
+        >>> nats_to_bits(math.log(2.0))
+        1.0
+    """
+    return x / math.log(2.0)
+
+
+def nll(log_prob: Tensor, *, reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood ``-log_prob`` in nats.
+
+    Args:
+        log_prob: log-densities, any shape (``-inf`` allowed: it gives ``+inf``).
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+
+    Returns:
+        Tensor: a scalar, or ``-log_prob`` unreduced.
+
+    Raises:
+        TypeError: ``log_prob`` is not a floating tensor.
+        ValueError: NaN entries, or an unknown ``reduction``.
+
+    Example:
+        >>> nll(torch.tensor([-1.0, -3.0]))
+        tensor(2.)
+    """
+    if not isinstance(log_prob, Tensor) or not log_prob.is_floating_point():
+        kind = log_prob.dtype if isinstance(log_prob, Tensor) else type(log_prob).__name__
+        raise TypeError(f"log_prob: expected a floating-point tensor, got {kind}.")
+    if torch.isnan(log_prob).any():
+        raise ValueError("log_prob: contains NaN values.")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {list(_REDUCTIONS)}, got {reduction!r}.")
+    out = -log_prob
+    if reduction == "mean":
+        return out.mean()
+    if reduction == "sum":
+        return out.sum()
+    return out
+
+
+def bits_per_dim(
+    nll_nats: Tensor | float,
+    num_dims: int,
+    *,
+    ladj: Tensor | float = 0,
+    levels: int | None = None,
+) -> Tensor:
+    r"""Bits per dimension: :math:`(\text{nll} - \text{ladj} + D \log L) / (D \ln 2)`.
+
+    Args:
+        nll_nats: negative log-density in model space, in nats, shape ``(N,)`` or scalar.
+        num_dims: ``D``, the number of dimensions per example (e.g. 784 for MNIST).
+        ladj: log|det J| of the preprocessing from the data the bits refer to (after the
+            ``1/levels`` scaling if ``levels`` is given) to model space; broadcast against
+            ``nll_nats``.
+        levels: ``L``, the number of values of integer data dequantized as ``(x + u) / L``;
+            ``None`` when ``nll_nats`` already refers to the data's own scale.
+
+    Returns:
+        Tensor: bits/dim, the broadcast shape of ``nll_nats`` and ``ladj``.
+
+    Raises:
+        ValueError: ``num_dims`` or ``levels`` not a positive int (``levels >= 2``).
+
+    Example:
+        >>> bits_per_dim(torch.zeros(3), 784, levels=256)  # uniform on [0, 1)^D, 8-bit data
+        tensor([8., 8., 8.])
+        >>> bits_per_dim(torch.tensor(784 * math.log(256.0)), 784)  # uniform on [0, 256)^D
+        tensor(8.)
+    """
+    if isinstance(num_dims, bool) or not isinstance(num_dims, int) or num_dims < 1:
+        raise ValueError(f"num_dims: expected a positive int, got {num_dims!r}.")
+    if levels is not None and (
+        isinstance(levels, bool) or not isinstance(levels, int) or levels < 2
+    ):
+        raise ValueError(f"levels: expected None or an int >= 2, got {levels!r}.")
+    value = torch.as_tensor(nll_nats)
+    if not value.is_floating_point():
+        value = value.to(torch.get_default_dtype())
+    value = value - ladj
+    if levels is not None:
+        value = value + num_dims * math.log(levels)
+    return value / (num_dims * math.log(2.0))
