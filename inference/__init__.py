@@ -1,0 +1,22 @@
+"""Objectives and the one trainer: ``fit``, maximum likelihood, reverse KL, checkpoints, EMA."""
+
+from __future__ import annotations
+
+from probgen.inference.checkpoint import load_checkpoint
+from probgen.inference.ema import EMA
+from probgen.inference.likelihood import MaximumLikelihood
+from probgen.inference.optim import LRSchedule
+from probgen.inference.reverse_kl import ReverseKL
+from probgen.inference.steps import NonFiniteLossError
+from probgen.inference.training import History, fit
+
+__all__ = [
+    "fit",
+    "History",
+    "NonFiniteLossError",
+    "load_checkpoint",
+    "EMA",
+    "LRSchedule",
+    "MaximumLikelihood",
+    "ReverseKL",
+]

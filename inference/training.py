@@ -1,0 +1,415 @@
+"""The one trainer: ``fit(objective, data, ...)`` owns the loop for every objective."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from probgen.inference.batches import BatchSource, to_device
+from probgen.inference.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    to_plain,
+)
+from probgen.inference.distributed import (
+    DistributedContext,
+    setup_distributed,
+    teardown_distributed,
+)
+from probgen.inference.ema import EMA
+from probgen.inference.optim import LRSchedule, make_optimizer
+from probgen.inference.steps import (
+    NonFiniteLossError,
+    Updater,
+    check_outputs,
+    evaluate,
+    first_non_finite,
+)
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from probgen.utils import append_jsonl, atomic_write_text
+
+__all__ = ["fit", "History", "NonFiniteLossError", "Callback"]
+
+METRICS_NAME = "metrics.jsonl"
+# A callback sees every log record (train and eval) on every process; returning True stops
+# training after the current step (a checkpoint is still written when out_dir is set).
+Callback = Callable[[int, dict[str, float]], "bool | None"]
+
+
+@dataclass
+class History:
+    """What :func:`fit` returns: the log records, as plain floats.
+
+    Attributes:
+        records: one dict per log event, as written to ``metrics.jsonl``: training records
+            hold ``step``, ``time``, every objective output, ``lr`` and ``grad_norm``
+            (means over the steps since the previous record); evaluation records hold
+            ``step``, ``time`` and ``eval/<output>``.
+    """
+
+    records: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict[str, float]:
+        """The latest value of every logged key."""
+        out: dict[str, float] = {}
+        for record in self.records:
+            out.update(record)
+        return out
+
+    def values(self, key: str) -> list[float]:
+        """Every logged value of ``key``, in order (e.g. ``history.values("loss")``)."""
+        return [r[key] for r in self.records if key in r]
+
+
+def _check_args(steps: int, batch_size: int, log_every: int, **optional: Any) -> None:
+    for name, value in {"steps": steps, "batch_size": batch_size, "log_every": log_every,
+                        **optional}.items():
+        if value is None and name in optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}.")
+
+
+def _trainable(objective: nn.Module) -> dict[str, list[nn.Parameter]]:
+    groups = (
+        objective.parameter_groups() if hasattr(objective, "parameter_groups")
+        else {"main": objective.parameters()}
+    )
+    out = {name: [p for p in params if p.requires_grad] for name, params in groups.items()}
+    empty = [name for name, params in out.items() if not params]
+    if empty:
+        raise ValueError(f"objective: no trainable parameters (group(s) {empty}).")
+    if len(out) > 1 and not hasattr(objective, "training_step"):
+        raise ValueError("objective: parameter_groups() names several groups, so it must "
+                         "define training_step(batch, step, update) to order their updates.")
+    return out
+
+
+def _read_records(path: Path, upto: int) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [r for r in (json.loads(line) for line in lines if line.strip()) if r["step"] <= upto]
+
+
+def fit(
+    objective: nn.Module,
+    data: Any,
+    *,
+    steps: int,
+    batch_size: int,
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    lr_schedule: str | None = None,
+    warmup_steps: int = 0,
+    grad_clip: float | None = None,
+    ema_decay: float | None = None,
+    eval_data: Any = None,
+    eval_every: int | None = None,
+    eval_batch_size: int | None = None,
+    log_every: int = 10,
+    out_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    config: dict | None = None,
+    callbacks: Callback | Sequence[Callback] | None = None,
+) -> History:
+    """Trains ``objective`` on ``data`` for ``steps`` optimizer steps.
+
+    Each step: draw a batch with the trainer's private generator (seeded by ``seed``), call
+    ``objective(batch)`` -> dict with a scalar ``"loss"``, stop with
+    :class:`NonFiniteLossError` if any output is NaN/Inf (before updating and before any
+    checkpoint), backward, clip to ``grad_clip``, step, update the EMA. Every ``log_every``
+    steps a record goes to ``out_dir/metrics.jsonl``; every ``eval_every`` steps (and at the
+    end) the objective is averaged over ``eval_data``; every ``checkpoint_every`` steps (and
+    at the end) ``out_dir/checkpoint.pt`` is replaced atomically. ``resume=True`` continues
+    from it and reproduces the uninterrupted run bit for bit.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the objective is wrapped in
+    ``DistributedDataParallel``; ``batch_size`` is per process and every process takes its
+    slice of one global batch, so 2 processes x B equal 1 process x 2B. Only rank 0 writes.
+
+    Objectives that own their update order (GAN critic/generator, EM) define
+    ``parameter_groups() -> {name: params}`` (one optimizer each, same settings) and
+    ``training_step(batch, step, update) -> dict``, calling ``update(name, loss)`` for each
+    update; ``update`` does zero_grad, the non-finite check, backward, gradient averaging
+    across processes, clipping and the optimizer step.
+
+    Args:
+        objective: an ``nn.Module``; ``objective(batch)`` returns ``{"loss": scalar, ...}``.
+        data: a Tensor (rows are examples, shuffled epochs), a tuple of Tensors (batches are
+            tuples), a map-style ``Dataset`` (``default_collate``), a sampler
+            ``sampler(n, generator=g) -> Tensor`` (fresh draws each step), or ``None``
+            (the objective receives ``batch_size``, the number of samples to draw).
+        steps: total optimizer steps (on resume, the target, not the remainder).
+        batch_size: examples per step and process.
+        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
+        lr: initial learning rate; betas: Adam's; weight_decay: L2 (adam) / decoupled
+            (adamw); momentum: SGD's.
+        lr_schedule: ``None``/``"constant"``, ``"cosine"`` or ``"linear"`` decay, after
+            ``warmup_steps`` of linear warm-up (see :class:`LRSchedule`).
+        grad_clip: max global gradient norm; the pre-clip norm is logged as ``grad_norm``.
+        ema_decay: keep an EMA of the weights (used for evaluation, saved in checkpoints).
+        eval_data: held-out data (Tensor, tuple or Dataset); logged as ``eval/<output>``.
+        eval_every: evaluate every this many steps (and at the end); eval_batch_size:
+            defaults to ``batch_size``.
+        log_every: steps between training records.
+        out_dir: run folder for ``metrics.jsonl`` and ``checkpoint.pt``; None writes nothing.
+        checkpoint_every: steps between checkpoints (a final one is always written).
+        resume: continue from ``out_dir/checkpoint.pt`` if it exists.
+        seed: seeds the data generator and the global torch RNG (model randomness).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        progress: show a tqdm bar with the live loss.
+        config: plain data saved in the checkpoint (e.g. the run's TOML tables).
+        callbacks: ``callback(step, record)`` after each record; returning True stops.
+
+    Returns:
+        The :class:`History` of records (floats).
+
+    Raises:
+        NonFiniteLossError: an output or the gradient norm became NaN/Inf.
+        TypeError, ValueError: bad arguments (the message names the argument).
+
+    Example:
+        >>> class Mean(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.mu = torch.nn.Parameter(torch.zeros(1))
+        ...     def forward(self, x):
+        ...         return {"loss": ((x - self.mu) ** 2).mean()}
+        >>> x = torch.full((64, 1), 3.0)
+        >>> h = fit(Mean(), x, steps=200, batch_size=16, lr=0.1, progress=False)
+        >>> round(h.final["loss"], 3)
+        0.0
+    """
+    if not isinstance(objective, nn.Module):
+        raise TypeError(f"objective: expected an nn.Module, got {type(objective).__name__}.")
+    _check_args(steps, batch_size, log_every, eval_every=eval_every,
+                checkpoint_every=checkpoint_every, eval_batch_size=eval_batch_size)
+    if grad_clip is not None and not grad_clip > 0:
+        raise ValueError(f"grad_clip: expected a positive float or None, got {grad_clip!r}.")
+    if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay: expected a float in [0, 1) or None, got {ema_decay!r}.")
+    if eval_every is not None and eval_data is None:
+        raise ValueError("eval_every: set, but eval_data is None; pass held-out data.")
+    if resume and out_dir is None:
+        raise ValueError("resume: needs out_dir (the folder holding checkpoint.pt).")
+    if callbacks is None:
+        callbacks = []
+    elif callable(callbacks):
+        callbacks = [callbacks]
+    groups = _trainable(objective)
+    ctx = setup_distributed(device)
+    ok = False
+    try:
+        run = _Run(
+            objective, ctx, groups,
+            optimizers={name: make_optimizer(params, optimizer, lr=lr, betas=betas,
+                                             weight_decay=weight_decay, momentum=momentum)
+                        for name, params in groups.items()},
+            schedule=LRSchedule(lr_schedule, steps, warmup_steps),
+            ema_decay=ema_decay, grad_clip=grad_clip, config=to_plain(config),
+            out_dir=Path(out_dir) if out_dir is not None else None, seed=seed,
+        )
+        run.source = BatchSource(data, batch_size, run.generator, rank=ctx.rank,
+                                 world_size=ctx.world_size)
+        if eval_data is not None:
+            BatchSource(eval_data, 1, run.generator, name="eval_data")  # type check only
+        run.restore(resume)
+        history = run.loop(
+            steps, log_every=log_every, eval_data=eval_data, eval_every=eval_every,
+            eval_batch_size=eval_batch_size or batch_size, checkpoint_every=checkpoint_every,
+            progress=progress, callbacks=list(callbacks),
+        )
+        ok = True
+        return history
+    finally:
+        teardown_distributed(ctx, barrier=ok)
+
+
+class _Run:
+    """The state of one :func:`fit` call (private: ``fit`` is the interface)."""
+
+    def __init__(
+        self,
+        objective: nn.Module,
+        ctx: DistributedContext,
+        groups: dict[str, list[nn.Parameter]],
+        *,
+        optimizers: dict[str, torch.optim.Optimizer],
+        schedule: LRSchedule,
+        ema_decay: float | None,
+        grad_clip: float | None,
+        config: Any,
+        out_dir: Path | None,
+        seed: int,
+    ) -> None:
+        self.ctx, self.seed, self.out, self.config = ctx, seed, out_dir, config
+        self.objective = objective.to(ctx.device)
+        self.custom = hasattr(objective, "training_step")
+        self.optimizers, self.schedule = optimizers, schedule
+        self.ema = EMA(self.objective, ema_decay) if ema_decay is not None else None
+        self.generator = torch.Generator().manual_seed(seed)
+        self.source: BatchSource | None = None
+        self.updater = Updater(optimizers, ctx, grad_clip, custom=self.custom)
+        self.history = History()
+        self.start, self.elapsed, self.last_ckpt = 0, 0.0, None
+        self.t0 = time.perf_counter()
+
+    def now(self) -> float:
+        """Seconds of training so far, across resumptions."""
+        return self.elapsed + time.perf_counter() - self.t0
+
+    def restore(self, resume: bool) -> None:
+        """Loads ``out_dir/checkpoint.pt`` when resuming, else seeds; resets metrics.jsonl."""
+        path = self.out / CHECKPOINT_NAME if self.out is not None else None
+        if resume and path.is_file():
+            state = load_checkpoint(path, map_location=self.ctx.device)
+            self.objective.load_state_dict(state["objective"])
+            for name, opt in self.optimizers.items():
+                opt.load_state_dict(state["optimizers"][name])
+            if self.ema is not None:
+                if state["ema"] is None:
+                    raise ValueError("resume: ema_decay is set but the checkpoint has no EMA.")
+                self.ema.load_state_dict(state["ema"])
+            self.source.load_state_dict(state["rng"]["data"])
+            ranks = state["rng"].get("ranks")
+            same = ranks is not None and len(ranks) == self.ctx.world_size
+            set_rng_state(ranks[self.ctx.rank] if same else state["rng"], self.ctx.device)
+            self.start = self.last_ckpt = int(state["step"])
+            self.elapsed = float(state["elapsed"])
+            self.history.records = _read_records(self.out / METRICS_NAME, self.start)
+        else:
+            # Distinct model-internal randomness per process; the data stream is shared.
+            torch.manual_seed(self.seed + 1_000_003 * self.ctx.rank)
+        if self.ctx.is_main and self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            lines = [json.dumps(r, sort_keys=True) + "\n" for r in self.history.records]
+            atomic_write_text(self.out / METRICS_NAME, "".join(lines))
+        if self.custom:
+            self.ctx.broadcast_parameters(self.objective)
+
+    def save(self, step: int) -> None:
+        """Writes the checkpoint of ``step`` (rank 0), with every process's RNG state."""
+        rng = {**rng_state(self.ctx.device), "data": self.source.state_dict()}
+        if self.ctx.enabled:
+            torch_states = self.ctx.gather(rng["torch"])
+            cuda_states = (self.ctx.gather(rng["cuda"]) if rng["cuda"] is not None
+                           else [None] * self.ctx.world_size)
+            rng["ranks"] = [{"torch": t, "cuda": c}
+                            for t, c in zip(torch_states, cuda_states, strict=True)]
+        if self.ctx.is_main:
+            save_checkpoint(self.out / CHECKPOINT_NAME, {
+                "step": step,
+                "objective": self.objective.state_dict(),
+                "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                "scheduler": self.schedule.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "rng": rng,
+                "config": self.config,
+                "world_size": self.ctx.world_size,
+                "elapsed": self.now(),
+            })
+        self.last_ckpt = step
+
+    def log(self, record: dict[str, float], callbacks: list[Callback]) -> bool:
+        """Records ``record``; returns whether a callback asked to stop."""
+        self.history.records.append(record)
+        if self.ctx.is_main and self.out is not None:
+            append_jsonl(self.out / METRICS_NAME, record)
+        return any([bool(cb(int(record["step"]), dict(record))) for cb in callbacks])
+
+    def train_step(self, module: nn.Module, step: int) -> dict[str, Tensor]:
+        """One update; returns the process-averaged outputs (and grad norms), detached."""
+        batch = to_device(self.source.next(), self.ctx.device)
+        self.updater.step, self.updater.grad_norms = step, {}
+        try:
+            if self.custom:
+                outputs = check_outputs(self.objective.training_step(batch, step, self.updater),
+                                        step)
+            else:
+                outputs = check_outputs(module(batch), step)
+            keys = list(outputs)
+            values = torch.stack([v.detach().double() for v in outputs.values()])
+            values = self.ctx.all_reduce_mean(values)
+            bad = first_non_finite(values, keys)
+            if bad is not None:
+                raise NonFiniteLossError(step, *bad)
+            if not self.custom:
+                self.updater("main", outputs["loss"])
+        except NonFiniteLossError as e:
+            raise NonFiniteLossError(e.step, e.term, e.value, self.last_ckpt) from None
+        if self.ema is not None:
+            self.ema.update(self.objective)
+        return {**dict(zip(keys, values, strict=True)), **self.updater.grad_norms}
+
+    def loop(
+        self,
+        steps: int,
+        *,
+        log_every: int,
+        eval_data: Any,
+        eval_every: int | None,
+        eval_batch_size: int,
+        checkpoint_every: int | None,
+        progress: bool,
+        callbacks: list[Callback],
+    ) -> History:
+        """Runs steps ``start+1 .. steps``; logs, evaluates and checkpoints on schedule."""
+        module: nn.Module = self.objective
+        if self.ctx.enabled and not self.custom:
+            ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            module = DistributedDataParallel(self.objective, device_ids=ids)
+        sums: dict[str, Tensor] = {}
+        counts: dict[str, int] = {}
+        bar = tqdm(total=steps, initial=self.start, desc="fit", dynamic_ncols=True,
+                   disable=not (progress and self.ctx.is_main))
+        try:
+            for s in range(self.start, steps):
+                step = s + 1
+                lr = [self.schedule.apply(o, s) for o in self.optimizers.values()][0]
+                for key, value in self.train_step(module, step).items():
+                    sums[key] = sums.get(key, 0.0) + value.double()
+                    counts[key] = counts.get(key, 0) + 1
+                bar.update(1)
+                stop = False
+                if step % log_every == 0 or step == steps:
+                    means = {k: float(sums[k]) / counts[k] for k in sums}
+                    sums, counts = {}, {}
+                    bar.set_postfix(loss=f"{means['loss']:.4g}", refresh=False)
+                    stop = self.log({"step": step, "time": self.now(), **means, "lr": lr},
+                                    callbacks)
+                due = step == steps or stop
+                if eval_data is not None and (due or (eval_every and step % eval_every == 0)):
+                    record = evaluate(self.objective, eval_data, batch_size=eval_batch_size,
+                                      ctx=self.ctx, ema=self.ema, seed=self.seed)
+                    stop = self.log({"step": step, "time": self.now(), **record},
+                                    callbacks) or stop
+                if self.out is not None and (
+                    due or stop or (checkpoint_every and step % checkpoint_every == 0)
+                ):
+                    self.save(step)
+                if stop:
+                    break
+        finally:
+            bar.close()
+        return self.history
