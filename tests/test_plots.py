@@ -1,0 +1,85 @@
+"""probgen.plots: every figure renders without a display and saves as a non-empty PNG."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+from torch.distributions import MultivariateNormal
+
+from probgen import plots
+from probgen.utils import append_jsonl
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _saved(fig, path):
+    out = plots.save_figure(fig, path)
+    data = out.read_bytes()
+    assert out == path and data.startswith(PNG) and len(data) > 1000
+    assert not list(path.parent.glob(".*.tmp"))  # the atomic write left nothing behind
+
+
+def test_samples_and_density(tmp_path):
+    fig = plots.plot_samples(torch.randn(500, 2), title="points", bounds=4)
+    assert isinstance(fig, Figure) and fig.axes[0].get_title() == "points"
+    _saved(fig, tmp_path / "samples.png")
+    gauss = MultivariateNormal(torch.zeros(2), torch.eye(2))
+    fig = plots.plot_density_2d(gauss.log_prob, (-3, 3), 30, title="density")
+    _saved(fig, tmp_path / "sub" / "density.png")
+    with pytest.raises(ValueError, match=r"x: expected 2-D points of shape \(N, 2\), got \(5, 3"):
+        plots.plot_samples(torch.randn(5, 3))
+
+
+def test_draw_into_given_axes(tmp_path):
+    fig = Figure()
+    left, right = fig.subplots(1, 2)
+    assert plots.plot_samples(torch.randn(20, 2), ax=left) is fig
+    assert plots.plot_image_grid(torch.rand(4, 1, 5, 5), 2, ax=right) is fig
+    _saved(fig, tmp_path / "both.png")
+
+
+@pytest.mark.parametrize(
+    "images",
+    [torch.rand(10, 1, 8, 8), torch.rand(5, 3, 6, 6), torch.randint(0, 256, (3, 1, 4, 4),
+     dtype=torch.uint8), torch.rand(6, 64), torch.rand(2, 7, 7)],
+    ids=["gray", "rgb", "uint8", "flat", "nchw-less"],
+)
+def test_image_grid(tmp_path, images):
+    _saved(plots.plot_image_grid(images, nrow=4), tmp_path / "grid.png")
+
+
+def test_image_grid_errors():
+    with pytest.raises(ValueError, match=r"images: expected shape \(N, C, H, W\) with C = 1 or 3"):
+        plots.plot_image_grid(torch.rand(2, 2, 4, 4))
+    with pytest.raises(ValueError, match="nrow: expected a positive int, got 0"):
+        plots.plot_image_grid(torch.rand(2, 1, 4, 4), nrow=0)
+    with pytest.raises(ValueError, match="images: contains NaN"):
+        plots.plot_image_grid(torch.full((1, 1, 2, 2), float("nan")))
+
+
+def test_training_curves(tmp_path):
+    history = [{"step": s, "loss": 1 / (s + 1), "nll": 2.0, "lr": 1e-3} for s in range(0, 100, 5)]
+    history.append({"step": 100, "test/bpd": 1.5, "note": "eval"})
+    fig = plots.plot_training_curves(history)
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "lr", "nll", "test/bpd"]
+    path = tmp_path / "metrics.jsonl"
+    for record in history:
+        append_jsonl(path, record)
+    fig = plots.plot_training_curves(path, keys=["nll"])
+    assert [ax.get_title() for ax in fig.axes] == ["nll"]
+    _saved(fig, tmp_path / "curves.png")
+    with pytest.raises(ValueError, match=r"keys: \['acc'\] not found in the records; available"):
+        plots.plot_training_curves(history, keys=["acc"])
+    with pytest.raises(ValueError, match="record 0 should be a dict with a 'step' key"):
+        plots.plot_training_curves([{"loss": 1.0}])
+    with pytest.raises(FileNotFoundError, match="no metrics file"):
+        plots.plot_training_curves(tmp_path / "absent.jsonl")
+
+
+def test_save_figure_formats(tmp_path):
+    fig = plots.plot_samples(torch.randn(10, 2))
+    with pytest.raises(ValueError, match="path: expected a file name ending in one of"):
+        plots.save_figure(fig, tmp_path / "figure")
+    out = plots.save_figure(fig, tmp_path / "figure.svg")
+    assert out.read_bytes().lstrip().startswith(b"<?xml")
