@@ -154,8 +154,9 @@ def toy_sample(name: str, n: int, *, generator: torch.Generator | None = None) -
     - ``2spirals``: two interleaved spirals;
     - ``swissroll``: a 2-D swiss roll, roughly in [-3, 3]^2.
 
-    All randomness comes from ``generator`` (the global torch RNG when ``None``); nothing is
-    seeded globally and NumPy is not used.
+    ``moons`` and ``circles`` draw their angles uniformly at random (scikit-learn spaces them
+    evenly), so that every batch is i.i.d. All randomness comes from ``generator`` (the global
+    torch RNG when ``None``); nothing is seeded globally and NumPy is not used.
 
     Args:
         name: one of :data:`TOY_NAMES`.
