@@ -34,16 +34,25 @@ SCRIPT = textwrap.dedent(
             return {"loss": loss, "mae": (self.net(x).squeeze(-1) - y).abs().mean()}
 
 
-    def make():
+    class SelfStepping(Regression):
+        # The same loss through the multi-player hook (gradients averaged by hand).
+
+        def training_step(self, batch, step, update):
+            out = self(batch)
+            update("main", out["loss"])
+            return {k: v.detach() for k, v in out.items()}
+
+
+    def make(mode="default"):
         torch.manual_seed(0)
         g = torch.Generator().manual_seed(1)
         x = torch.randn(200, 3, generator=g)
         y = x.sum(-1).sin()
-        return Regression(), (x, y)
+        return (Regression() if mode == "default" else SelfStepping()), (x, y)
 
 
     if __name__ == "__main__":
-        model, data = make()
+        model, data = make(sys.argv[4])
         fit(model, data, steps=int(sys.argv[2]), batch_size=int(sys.argv[3]), lr=0.01,
             grad_clip=1.0, eval_data=data, eval_every=4, log_every=2, out_dir=sys.argv[1],
             progress=False, seed=5)
@@ -57,7 +66,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_gloo_processes_match_one_with_double_batch(tmp_path):
+@pytest.mark.parametrize("mode", ["default", "custom"])
+def test_two_gloo_processes_match_one_with_double_batch(tmp_path, mode):
+    """DistributedDataParallel (default path) and the hand-averaged training_step path."""
     steps, batch = 6, 8
     script = tmp_path / "ddp_script.py"
     script.write_text(SCRIPT)
@@ -67,7 +78,7 @@ def test_two_gloo_processes_match_one_with_double_batch(tmp_path):
         env.pop(key, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
            "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
-           str(_free_port()), str(script), str(tmp_path / "ddp"), str(steps), str(batch)]
+           str(_free_port()), str(script), str(tmp_path / "ddp"), str(steps), str(batch), mode]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Warning" not in done.stderr, done.stderr[-3000:]
