@@ -1,0 +1,188 @@
+"""The normalizing-flow base class: transform modules over a standard-normal base."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions.conditional import ConditionalTransformModule
+from torch import Tensor, nn
+from torch.distributions import Transform
+
+from probgen.utils import check_tensor
+
+__all__ = ["NormalizingFlow"]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def _is_conditional(t: nn.Module) -> bool:
+    return isinstance(t, ConditionalTransformModule) or bool(getattr(t, "context", 0))
+
+
+def _reduce(ladj: Tensor, batch_dims: int) -> Tensor:
+    """Sums a log|det J| over any event dimensions it still has."""
+    return ladj.flatten(start_dim=batch_dims).sum(-1) if ladj.dim() > batch_dims else ladj
+
+
+class NormalizingFlow(nn.Module):
+    r"""Creates a normalizing flow: transforms applied to a standard-normal base.
+
+    ``transforms`` are Pyro ``TransformModule``\ s (or conditional modules), listed in the
+    base -> data direction, so :math:`x = T_K \circ \dots \circ T_1(z)` with
+    :math:`z \sim \mathcal N(0, I)` and
+    :math:`\log q(x) = \log \mathcal N(z) - \sum_k \log|\det J_{T_k}|`.
+    The base's loc and scale are buffers, so ``.to(device)`` / ``.double()`` move everything.
+
+    Args:
+        transforms: the transform modules, base -> data.
+        event_shape: shape of one data point, ``(D,)`` or ``(C, H, W)``.
+        base_shape: event shape of the base (defaults to ``event_shape``).
+        context: context size of the conditional transforms (0: unconditional).
+
+    Example:
+        >>> from probgen.transforms import LULinear
+        >>> flow = NormalizingFlow([LULinear(2)], (2,))
+        >>> flow.log_prob(torch.zeros(3, 2)).shape
+        torch.Size([3])
+    """
+
+    def __init__(
+        self,
+        transforms: Sequence[nn.Module],
+        event_shape: Sequence[int],
+        base_shape: Sequence[int] | None = None,
+        context: int = 0,
+    ) -> None:
+        super().__init__()
+        self.transforms = nn.ModuleList(transforms)
+        self._event_shape = torch.Size(event_shape)
+        base = torch.Size(base_shape if base_shape is not None else event_shape)
+        self.register_buffer("base_loc", torch.zeros(base))
+        self.register_buffer("base_scale", torch.ones(base))
+        self.context = context
+
+    @property
+    def event_shape(self) -> torch.Size:
+        """Shape of one data point."""
+        return self._event_shape
+
+    # ----------------------------------------------------------------------------- checks
+    def _check_context(self, context: Tensor | None) -> Tensor | None:
+        if self.context:
+            if context is None:
+                raise ValueError(
+                    f"context: this flow is conditional; expected a tensor of shape "
+                    f"(..., {self.context}), got None."
+                )
+            context = check_tensor(context, "context", event_shape=(self.context,))
+            return context.to(self.base_loc.dtype)
+        if context is not None:
+            raise ValueError("context: this flow is unconditional (context=0), got a tensor.")
+        return None
+
+    def _transforms(self, context: Tensor | None) -> list[Transform]:
+        return [t.condition(context) if _is_conditional(t) else t for t in self.transforms]
+
+    def _base(self) -> dist.Distribution:
+        normal = dist.Normal(self.base_loc, self.base_scale, validate_args=False)
+        return normal.to_event(len(self.base_loc.shape))
+
+    def _base_log_prob(self, z: Tensor) -> Tensor:
+        u = (z - self.base_loc) / self.base_scale
+        lp = -0.5 * u.pow(2) - self.base_scale.log() - 0.5 * _LOG_2PI
+        return lp.flatten(start_dim=z.dim() - self.base_loc.dim()).sum(-1)
+
+    # ------------------------------------------------------------------------------- API
+    def distribution(self, context: Tensor | None = None) -> dist.TransformedDistribution:
+        """Returns the flow as a Pyro ``TransformedDistribution`` (conditioned on ``context``).
+
+        Args:
+            context: ``(*batch, context)`` for a conditional flow, else None.
+        """
+        context = self._check_context(context)
+        return dist.TransformedDistribution(
+            self._base(), self._transforms(context), validate_args=False
+        )
+
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Log-density of ``x``, shape ``(*batch, *event_shape)`` -> ``(*batch,)``.
+
+        One pass in the normalising direction (data -> base), for MAF, couplings, etc.
+
+        Raises:
+            TypeError: ``x`` is not a floating tensor.
+            ValueError: wrong trailing shape, NaN/Inf, or a missing/unexpected context.
+        """
+        x = check_tensor(x, "x", event_shape=tuple(self._event_shape))
+        context = self._check_context(context)
+        batch = x.dim() - len(self._event_shape)
+        total = x.new_zeros(x.shape[:batch])
+        y = x
+        for t in reversed(self._transforms(context)):
+            z = t.inv(y)
+            total = total - _reduce(t.log_abs_det_jacobian(z, y), batch)
+            y = z
+        return total + self._base_log_prob(y)
+
+    def rsample_and_log_prob(
+        self, shape: Sequence[int] = (), context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Draws reparametrised samples and their log-density in one base -> data pass.
+
+        Needs no inverse, so it works for planar and radial flows (reverse KL).
+
+        Args:
+            shape: sample shape; with a context of shape ``(*b, context)`` the samples
+                have shape ``(*shape, *b, *event_shape)``.
+            context: the context, or None.
+
+        Returns:
+            ``(x, log_q)`` of shapes ``(*shape, *b, *event_shape)`` and ``(*shape, *b)``.
+        """
+        context = self._check_context(context)
+        shape = _check_shape(shape)
+        if context is not None:
+            shape = shape + context.shape[:-1]
+        z = self._base().rsample(shape)
+        total = self._base_log_prob(z)
+        batch = len(shape)
+        for t in self._transforms(context):
+            x = t(z)
+            total = total - _reduce(t.log_abs_det_jacobian(z, x), batch)
+            z = x
+        return z, total
+
+    def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+        """Reparametrised samples, shape ``(*shape, *event_shape)`` (no log-density)."""
+        context = self._check_context(context)
+        shape = _check_shape(shape)
+        if context is not None:
+            shape = shape + context.shape[:-1]
+        z = self._base().rsample(shape)
+        for t in self._transforms(context):
+            z = t(z)
+        return z
+
+    @torch.no_grad()
+    def sample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+        """Samples without gradients, shape ``(*shape, *event_shape)``."""
+        return self.rsample(shape, context)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Same as :meth:`log_prob`."""
+        return self.log_prob(x, context)
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return f"event_shape={tuple(self._event_shape)}, context={self.context}"
+
+
+def _check_shape(shape: Sequence[int] | int) -> torch.Size:
+    if isinstance(shape, int):
+        shape = (shape,)
+    try:
+        return torch.Size(shape)
+    except TypeError as e:
+        raise TypeError(f"shape: expected a tuple of ints, got {shape!r}.") from e
