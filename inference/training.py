@@ -6,7 +6,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from probgen.inference.distributed import (
     teardown_distributed,
 )
 from probgen.inference.ema import EMA
+from probgen.inference.history import METRICS_NAME, History, read_records
 from probgen.inference.optim import LRSchedule, make_optimizer
 from probgen.inference.steps import (
     NonFiniteLossError,
@@ -42,36 +42,9 @@ from probgen.utils import append_jsonl, atomic_write_text
 
 __all__ = ["fit", "History", "NonFiniteLossError", "Callback"]
 
-METRICS_NAME = "metrics.jsonl"
 # A callback sees every log record (train and eval) on every process; returning True stops
 # training after the current step (a checkpoint is still written when out_dir is set).
 Callback = Callable[[int, dict[str, float]], "bool | None"]
-
-
-@dataclass
-class History:
-    """What :func:`fit` returns: the log records, as plain floats.
-
-    Attributes:
-        records: one dict per log event, as written to ``metrics.jsonl``: training records
-            hold ``step``, ``time``, every objective output, ``lr`` and ``grad_norm``
-            (means over the steps since the previous record); evaluation records hold
-            ``step``, ``time`` and ``eval/<output>``.
-    """
-
-    records: list[dict[str, float]] = field(default_factory=list)
-
-    @property
-    def final(self) -> dict[str, float]:
-        """The latest value of every logged key."""
-        out: dict[str, float] = {}
-        for record in self.records:
-            out.update(record)
-        return out
-
-    def values(self, key: str) -> list[float]:
-        """Every logged value of ``key``, in order (e.g. ``history.values("loss")``)."""
-        return [r[key] for r in self.records if key in r]
 
 
 def _check_args(steps: int, batch_size: int, log_every: int, **optional: Any) -> None:
@@ -96,13 +69,6 @@ def _trainable(objective: nn.Module) -> dict[str, list[nn.Parameter]]:
         raise ValueError("objective: parameter_groups() names several groups, so it must "
                          "define training_step(batch, step, update) to order their updates.")
     return out
-
-
-def _read_records(path: Path, upto: int) -> list[dict[str, float]]:
-    if not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [r for r in (json.loads(line) for line in lines if line.strip()) if r["step"] <= upto]
 
 
 def fit(
@@ -297,7 +263,7 @@ class _Run:
             set_rng_state(ranks[self.ctx.rank] if same else state["rng"], self.ctx.device)
             self.start = self.last_ckpt = int(state["step"])
             self.elapsed = float(state["elapsed"])
-            self.history.records = _read_records(self.out / METRICS_NAME, self.start)
+            self.history.records = read_records(self.out / METRICS_NAME, self.start)
         else:
             # Distinct model-internal randomness per process; the data stream is shared.
             torch.manual_seed(self.seed + 1_000_003 * self.ctx.rank)
