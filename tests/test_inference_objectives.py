@@ -222,3 +222,16 @@ def test_energy_errors_and_shapes():
     with pytest.raises(ValueError, match=r"z: expected shape \(\.\.\., 2\), got \(3,\)"):
         potential_u1(torch.zeros(3))
     assert log_density_ring(torch.zeros(5, 7, 2)).shape == (5, 7)
+
+
+def test_ml_bits_per_dim_agrees_with_image_preprocess():
+    from probgen.data import ImagePreprocess
+
+    pre = ImagePreprocess(levels=256, transform="logit", flatten=True)
+    model = DiagGaussian([0.0] * 16, [2.0] * 16)
+    x = torch.randint(0, 256, (5, 1, 4, 4)).double()
+    with torch.random.fork_rng():
+        out = MaximumLikelihood(model, preprocess=pre)(x)
+    y, ladj = pre(x)  # the same dequantization noise
+    expected = pre.bits_per_dim(model.log_prob(y), ladj).mean()
+    assert out["bits_per_dim"].item() == pytest.approx(expected.item(), rel=1e-10)
