@@ -13,7 +13,7 @@ from probgen.inference.ema import EMA
 from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
-__all__ = ["NonFiniteLossError", "check_outputs", "Updater", "evaluate"]
+__all__ = ["NonFiniteLossError", "check_outputs", "Updater", "evaluate", "eval_length"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -138,18 +138,26 @@ class Updater:
         self.optimizers[name].step()
 
 
+def eval_length(data: Any) -> int:
+    """The number of examples of held-out ``data``.
+
+    Raises:
+        TypeError: ``data`` is not a Tensor, a tuple of Tensors or a map-style Dataset.
+    """
+    if isinstance(data, Tensor) and data.dim() > 0:
+        return data.shape[0]
+    if isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):
+        return data[0].shape[0]
+    if isinstance(data, Dataset) and hasattr(data, "__len__"):
+        return len(data)
+    raise TypeError(
+        "eval_data: expected a Tensor, a tuple of Tensors or a map-style Dataset, got "
+        f"{type(data).__name__}."
+    )
+
+
 def _eval_batches(data: Any, batch_size: int, ctx: DistributedContext) -> Iterable[Any]:
-    if isinstance(data, Tensor):
-        n = data.shape[0]
-    elif isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):
-        n = data[0].shape[0]
-    elif isinstance(data, Dataset) and hasattr(data, "__len__"):
-        n = len(data)
-    else:
-        raise TypeError(
-            "eval_data: expected a Tensor, a tuple of Tensors or a map-style Dataset, got "
-            f"{type(data).__name__}."
-        )
+    n = eval_length(data)
     starts = list(range(0, n, batch_size))[ctx.rank :: ctx.world_size]
     for start in starts:
         stop = min(start + batch_size, n)

@@ -31,6 +31,7 @@ from probgen.inference.steps import (
     NonFiniteLossError,
     Updater,
     check_outputs,
+    eval_length,
     evaluate,
     first_non_finite,
 )
@@ -183,6 +184,8 @@ def fit(
         callbacks = []
     elif callable(callbacks):
         callbacks = [callbacks]
+    if eval_data is not None:
+        eval_length(eval_data)
     groups = _trainable(objective)
     ctx = setup_distributed(device)
     ok = False
@@ -198,8 +201,6 @@ def fit(
         )
         run.source = BatchSource(data, batch_size, run.generator, rank=ctx.rank,
                                  world_size=ctx.world_size)
-        if eval_data is not None:
-            BatchSource(eval_data, 1, run.generator, name="eval_data")  # type check only
         run.restore(resume)
         history = run.loop(
             steps, log_every=log_every, eval_data=eval_data, eval_every=eval_every,

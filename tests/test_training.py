@@ -260,6 +260,7 @@ def test_grad_clip_caps_the_norm():
         (dict(warmup_steps=20), ValueError, "warmup_steps"),
         (dict(device="tpu"), ValueError, "device"),
         (dict(data="moons"), TypeError, "data: expected a Tensor"),
+        (dict(eval_data=lambda n: n), TypeError, "eval_data: expected a Tensor"),
         (dict(objective=lambda x: x), TypeError, "objective: expected an nn.Module"),
     ],
 )
