@@ -166,7 +166,9 @@ class Invert(FlowTransformModule):
         return x, -t.log_abs_det_jacobian(y, x)
 
     def forward_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:  # noqa: D102
-        return self.base.inverse_shape(shape)
+        inner = getattr(self.base, "inverse_shape", None)  # Pyro conditional modules lack it
+        return inner(shape) if inner is not None else shape
 
     def inverse_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:  # noqa: D102
-        return self.base.forward_shape(shape)
+        inner = getattr(self.base, "forward_shape", None)
+        return inner(shape) if inner is not None else shape

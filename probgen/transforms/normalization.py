@@ -19,7 +19,10 @@ class ActNorm(FlowTransformModule):
     ``data_init=True``, the first call in the normalising direction (``inv``, i.e. the
     first ``log_prob``) sets b and s from that batch so that its output has zero mean and
     unit variance per channel; an ``initialized`` buffer records this, so a loaded
-    ``state_dict`` is not re-initialised. Pyro has no ActNorm.
+    ``state_dict`` is not re-initialised. If the first call is a forward (sampling) call,
+    as in reverse-KL training, the current values are kept and no data-dependent
+    initialisation ever happens (it would overwrite trained values later). Pyro has no
+    ActNorm.
 
     Args:
         shape: the event shape, ``[D]`` or ``[C, H, W]``.
@@ -67,6 +70,8 @@ class ActNorm(FlowTransformModule):
     def call_and_ladj(  # noqa: D102
         self, x: Tensor, context: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
+        if not self.initialized:  # sampled first (e.g. reverse KL): keep the current values
+            self.initialized.fill_(True)
         return x * self.log_scale.exp() + self.loc, self._ladj(x)
 
     def inv_and_ladj(  # noqa: D102

@@ -1,0 +1,207 @@
+"""Every transform, both directions: round trip and log|det J| against the autograd Jacobian."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pyro.distributions.transforms import GeneralizedChannelPermute
+from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
+
+from probgen.nn import MLP, ConvResNet
+from probgen.transforms import (
+    ActNorm,
+    AdditiveCoupling,
+    ConditionalMaskedAffineAutoregressive,
+    Invert,
+    InvertiblePlanar,
+    InvertibleRadial,
+    LULinear,
+    MaskedAffineAutoregressive,
+    MaskedAffineCoupling,
+    MaskedSplineCoupling,
+    Partial,
+    Permutation,
+    Squeeze,
+    Unsqueeze,
+    alternating_mask,
+    channel_mask,
+    checkerboard_mask,
+)
+
+IMG = (2, 4, 4)
+
+
+def _vec(t, d=3):
+    return t, (d,), 0
+
+
+def _cases():
+    arn = lambda: AutoRegressiveNN(3, [8], permutation=torch.tensor([2, 0, 1]))  # noqa: E731
+    carn = lambda: ConditionalAutoRegressiveNN(3, 2, [8])  # noqa: E731
+    return {
+        "planar": lambda: _vec(InvertiblePlanar(3)),
+        "radial": lambda: _vec(InvertibleRadial(3)),
+        "lulinear": lambda: _vec(LULinear(3)),
+        "permutation": lambda: _vec(Permutation([2, 0, 1])),
+        "additive": lambda: _vec(AdditiveCoupling(alternating_mask(3), MLP(3, 3, [8]))),
+        "affine_vec": lambda: _vec(MaskedAffineCoupling(alternating_mask(3, 1), MLP(3, 6, [8]))),
+        "affine_vec_ctx": lambda: (
+            MaskedAffineCoupling(alternating_mask(3), MLP(3, 6, [8], context=2), 2), (3,), 2),
+        "affine_checker": lambda: (
+            MaskedAffineCoupling(checkerboard_mask(IMG), ConvResNet(2, 4, 8, 1)), IMG, 0),
+        "affine_channel": lambda: (
+            MaskedAffineCoupling(channel_mask(IMG, 1), ConvResNet(2, 4, 8, 1)), IMG, 0),
+        "spline_quadratic": lambda: _vec(MaskedSplineCoupling(alternating_mask(3), [8], bound=2)),
+        "spline_linear": lambda: _vec(
+            MaskedSplineCoupling(alternating_mask(3), [8], bound=2, order="linear")),
+        "spline_ctx": lambda: (
+            MaskedSplineCoupling(alternating_mask(3), [8], context=2, bound=2), (3,), 2),
+        "actnorm_vec": lambda: _vec(ActNorm([3], data_init=False)),
+        "actnorm_img": lambda: (ActNorm(list(IMG), data_init=False), IMG, 0),
+        "squeeze": lambda: (Squeeze(), IMG, 0),
+        "unsqueeze": lambda: (Unsqueeze(), (8, 2, 2), 0),
+        "partial": lambda: (Partial([Squeeze(), ActNorm([4, 2, 2], data_init=False),
+                                     Unsqueeze()], channels=1), IMG, 0),
+        "pyro_1x1conv": lambda: (GeneralizedChannelPermute(channels=2), IMG, 0),
+        "iaf": lambda: _vec(MaskedAffineAutoregressive(arn())),
+        "maf": lambda: _vec(Invert(MaskedAffineAutoregressive(arn()))),
+        "maf_ctx": lambda: (Invert(ConditionalMaskedAffineAutoregressive(carn()), 2), (3,), 2),
+    }
+
+
+CASES = _cases()
+
+
+def _build(name):
+    torch.manual_seed(1)
+    module, shape, context = CASES[name]()
+    module = module.double()
+    with torch.no_grad():  # leave the identity so the checks are not trivial
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    c = torch.randn(context, dtype=torch.float64) if context else None
+    t = module.condition(c) if context else module
+    return module, t, shape
+
+
+def _out_shape(t, shape):
+    return tuple(t.forward_shape(shape)) if isinstance(t, (Squeeze, Unsqueeze)) else shape
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_round_trip(name):
+    _, t, shape = _build(name)
+    x = torch.randn(5, *shape, dtype=torch.float64)
+    y = t(x)
+    assert y.shape == (5, *_out_shape(t, shape))
+    assert torch.allclose(t.inv(y.clone()), x, atol=1e-8)  # clone: no cache hit
+    y2 = torch.randn_like(y)
+    assert torch.allclose(t(t.inv(y2).clone()), y2, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+def test_log_abs_det_jacobian(name, direction):
+    _, t, shape = _build(name)
+    if direction == "inverse":
+        shape = _out_shape(t, shape)
+        t = t.inv
+    x = torch.randn(*shape, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda v: t(v.clone()), x)
+    jac = jac.reshape(x.numel(), x.numel())
+    expected = torch.linalg.slogdet(jac)[1]
+    y = t(x)
+    fresh = t.log_abs_det_jacobian(x.clone(), y.clone())  # no cache: recomputed from x
+    cached = t.log_abs_det_jacobian(x, y)
+    assert torch.allclose(fresh.sum(), expected, atol=1e-7), (fresh, expected)
+    assert torch.allclose(cached.sum(), expected, atol=1e-7), (cached, expected)
+
+
+@pytest.mark.parametrize(
+    "module, shape",
+    [
+        (MaskedAffineCoupling(alternating_mask(3), MLP(3, 6, [8], zero_last=True)), (3,)),
+        (AdditiveCoupling(alternating_mask(3), MLP(3, 3, [8], zero_last=True)), (3,)),
+        (MaskedAffineCoupling(checkerboard_mask(IMG), ConvResNet(2, 4, 8, 1)), IMG),
+        (MaskedAffineCoupling(channel_mask(IMG), ConvResNet(2, 4, 8, 1)), IMG),
+    ],
+)
+def test_zero_init_coupling_is_identity(module, shape):
+    x = torch.randn(4, *shape)
+    y = module(x)
+    assert torch.equal(y, x)
+    assert torch.equal(module.log_abs_det_jacobian(x, y), torch.zeros(4))
+
+
+def test_actnorm_data_init_and_state_dict():
+    t = ActNorm(list(IMG))
+    y = 3 + 2 * torch.randn(64, *IMG)
+    z = t.inv(y)
+    assert torch.allclose(z.mean(dim=(0, 2, 3)), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(z.std(dim=(0, 2, 3), unbiased=False), torch.ones(2), atol=1e-4)
+    fresh = ActNorm(list(IMG))
+    fresh.load_state_dict(t.state_dict())
+    assert bool(fresh.initialized)
+    assert torch.allclose(fresh.inv(y.clone()), z)
+
+
+def test_squeeze_layout():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    s = Squeeze()(x)
+    assert s[0, :, 0, 0].tolist() == [0.0, 1.0, 4.0, 5.0]
+
+
+def test_planar_inverse_gradient_matches_finite_differences():
+    torch.manual_seed(0)
+    t = InvertiblePlanar(3).double()
+    with torch.no_grad():
+        for p in t.parameters():
+            p.normal_()
+    y = torch.randn(4, 3, dtype=torch.float64)
+    params = [t.bias, t.u, t.w]
+
+    def f(*ps):
+        with torch.no_grad():
+            for p, v in zip(params, ps, strict=True):
+                p.copy_(v)
+        return t.inv(y.clone()).sum()
+
+    base = [p.detach().clone() for p in params]
+    loss = t.inv(y.clone()).sum()
+    grads = torch.autograd.grad(loss, params)
+    eps = 1e-6
+    for i, p0 in enumerate(base):
+        for j in range(p0.numel()):
+            plus = [b.clone() for b in base]
+            minus = [b.clone() for b in base]
+            plus[i].view(-1)[j] += eps
+            minus[i].view(-1)[j] -= eps
+            fd = (f(*plus) - f(*minus)) / (2 * eps)
+            assert abs(fd - grads[i].view(-1)[j]) < 1e-5
+        f(*base)
+
+
+def test_radial_inverse_gradcheck():
+    t = InvertibleRadial(2).double()
+    y = torch.randn(3, 2, dtype=torch.float64)
+    wrapper = torch.nn.Module()
+    wrapper.t = t
+    wrapper.forward = lambda v: t._inverse(v)
+    names = ["t.x0", "t.alpha_prime", "t.beta_prime"]
+
+    def g(*ps):
+        return torch.func.functional_call(wrapper, dict(zip(names, ps, strict=True)), (y,))
+
+    args = [p.detach().clone().requires_grad_() for p in (t.x0, t.alpha_prime, t.beta_prime)]
+    assert torch.autograd.gradcheck(g, args)
+
+
+def test_conditional_transform_needs_context():
+    t = MaskedAffineCoupling(alternating_mask(2), MLP(2, 4, [4], context=1), context=1)
+    with pytest.raises(ValueError, match="condition"):
+        t(torch.randn(3, 2))
+
+
+def test_permutation_rejects_non_permutation():
+    with pytest.raises(ValueError, match="permutation"):
+        Permutation([0, 0, 1])
