@@ -83,7 +83,16 @@ class NormalizingFlow(nn.Module):
             raise ValueError("context: this flow is unconditional (context=0), got a tensor.")
         return None
 
+    def _reset_caches(self) -> None:
+        # Pyro transforms cache their last (x, y) pair and return it when the *same* tensor
+        # object comes back; after a parameter update that would be stale (or a freed
+        # graph). Every public entry point starts from empty caches.
+        for m in self.modules():
+            if isinstance(m, Transform) and m._cache_size:
+                m._cached_x_y = None, None
+
     def _transforms(self, context: Tensor | None) -> list[Transform]:
+        self._reset_caches()
         return [t.condition(context) if _is_conditional(t) else t for t in self.transforms]
 
     def _base(self) -> dist.Distribution:

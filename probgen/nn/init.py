@@ -21,7 +21,7 @@ def zero_init_(module: nn.Module) -> nn.Module:
 
     Example:
         >>> layer = zero_init_(torch.nn.Linear(3, 2))
-        >>> float(layer(torch.ones(1, 3)).abs().sum())
+        >>> float(layer(torch.ones(1, 3)).detach().abs().sum())
         0.0
     """
     with torch.no_grad():
