@@ -7,11 +7,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, default_collate
+
 from probgen.inference.batches import to_device
 from probgen.inference.distributed import DistributedContext
 from probgen.inference.ema import EMA
-from torch import Tensor, nn
-from torch.utils.data import Dataset, default_collate
 
 __all__ = ["NonFiniteLossError", "check_outputs", "Updater", "evaluate", "eval_length"]
 

@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
 from probgen.inference.batches import BatchSource, to_device
 from probgen.inference.checkpoint import (
     CHECKPOINT_NAME,
@@ -35,10 +39,6 @@ from probgen.inference.steps import (
     evaluate,
     first_non_finite,
 )
-from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
-
 from probgen.utils import append_jsonl, atomic_write_text
 
 __all__ = ["fit", "History", "NonFiniteLossError", "Callback"]

@@ -80,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError, TypeError) as e:
         print(f"probgen {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # probgen.inference.NonFiniteLossError: names step and term
+        print(f"probgen {args.command}: training stopped: {e}", file=sys.stderr)
+        return 1
     raise AssertionError(f"unhandled command {args.command!r}")
 
 

@@ -57,10 +57,14 @@ class DataBundle:
     preprocess: Any = None
 
 
-def _image_preprocess(levels: int, kind: str, alpha: float, flatten: bool) -> Any:
+def _image_preprocess(
+    levels: int, kind: str, alpha: float, flatten: bool, shape: tuple[int, ...]
+) -> Any:
     from probgen.data import ImagePreprocess
 
-    return ImagePreprocess(levels=levels, transform=kind, alpha=alpha, flatten=flatten)
+    return ImagePreprocess(
+        levels=levels, transform=kind, alpha=alpha, flatten=flatten, shape=shape
+    )
 
 
 def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
@@ -71,7 +75,9 @@ def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
     table = dict(config.get("data", {}))
     if objective == "reverse_kl":
         if table:
-            raise ConfigError("[data] must be empty with objective 'reverse_kl': it needs no data.")
+            raise ConfigError(
+                "[data] must be empty with objective 'reverse_kl': it needs no data."
+            )
         return DataBundle("none", "none", None, None, (2,))
     if "name" not in table:
         raise ConfigError("[data] name is required; allowed: "
@@ -87,7 +93,9 @@ def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
         return DataBundle(name, "toy", pdata.ToySampler(name), held_out, (2,))
     if name in ("digits", "mnist"):
         if "eval_size" in table:
-            raise ConfigError("[data] eval_size applies to toy data only (images use the test split).")
+            raise ConfigError(
+                "[data] eval_size applies to toy data only (images use the test split)."
+            )
         if name == "digits":
             train, _ = pdata.load_digits("train")
             test, _ = pdata.load_digits("test")
@@ -98,10 +106,12 @@ def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
             levels = 256
         kind = table.get("preprocess", "logit")
         if kind not in _PREPROCESS:
-            raise ConfigError(f"[data] preprocess must be one of {list(_PREPROCESS)}, got {kind!r}.")
+            raise ConfigError(
+                f"[data] preprocess must be one of {list(_PREPROCESS)}, got {kind!r}."
+            )
         flatten = bool(table.get("flatten", False))
-        pre = _image_preprocess(levels, kind, float(table.get("alpha", 0.05)), flatten)
         shape = tuple(train.shape[1:])
+        pre = _image_preprocess(levels, kind, float(table.get("alpha", 0.05)), flatten, shape)
         event = (math.prod(shape),) if flatten else shape
         return DataBundle(name, "image", train.float(), test.float(), event, pre)
     raise ConfigError(f"[data] name {name!r} is unknown; allowed: "
@@ -182,16 +192,25 @@ def _evaluate(objective: nn.Module, model: nn.Module, data: DataBundle, config: 
             out["kl_upper"] = float(sum(values) / len(values))
             return out
         batch_size = int(table.get("batch_size", 2000))
+        held_out = _held_out(data, config)
         sums: dict[str, float] = {}
         count = 0
-        for start in range(0, data.eval.shape[0], batch_size):
-            batch = data.eval[start : start + batch_size]
+        for start in range(0, held_out.shape[0], batch_size):
+            batch = held_out[start : start + batch_size]
             stats = objective(batch)
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * batch.shape[0]
             count += batch.shape[0]
         out = {f"test/{k}": v / count for k, v in sums.items() if k != "loss"}
     return out
+
+
+def _held_out(data: DataBundle, config: dict) -> Tensor | None:
+    """The held-out data, cut to ``[eval] num_samples`` when that is set."""
+    table = config.get("eval", {})
+    if data.eval is None or "num_samples" not in table:
+        return data.eval
+    return data.eval[: int(table["num_samples"])]
 
 
 def objective_value(objective: nn.Module, batch: Any) -> float:
@@ -256,7 +275,8 @@ def fit_run(
     start = time.perf_counter()
     _inference().fit(
         objective, data.train, batch_size=batch_size, out_dir=run, resume=resume,
-        progress=progress, config=config, seed=seed, **train,
+        progress=progress, config=config, seed=seed,
+        eval_data=_held_out(data, config) if "eval_every" in train else None, **train,
     )
     seconds = time.perf_counter() - start
     result = {"train_seconds": seconds, **_evaluate(objective, model, data, config)}

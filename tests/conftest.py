@@ -9,7 +9,8 @@ import pyro
 import pytest
 import torch
 
-MNIST_DIR = Path(os.environ.get("PROBGEN_DATA", Path(__file__).parents[1] / ".." / "shared" / "data"))
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+MNIST_DIR = Path(os.environ.get("PROBGEN_DATA", SHARED_DATA))
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 import torch
+
 from probgen.inference import fit, load_checkpoint
 
 SCRIPT = textwrap.dedent(

@@ -28,6 +28,8 @@ def test_doctests(name):
     module = importlib.import_module(name)
     torch.manual_seed(0)
     result = doctest.testmod(
-        module, extraglobs={"torch": torch}, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+        module,
+        extraglobs={"torch": torch},
+        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
     )
     assert result.failed == 0, f"{result.failed} doctest(s) failed in {name}"

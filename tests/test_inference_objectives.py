@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from probgen.inference import MaximumLikelihood, ReverseKL, fit
 from torch import nn
 
 from probgen.energies import (
@@ -18,6 +17,7 @@ from probgen.energies import (
     potential_u3,
     potential_u4,
 )
+from probgen.inference import MaximumLikelihood, ReverseKL, fit
 from probgen.protocols import DensityModel
 
 

@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from torch import nn
+
 from probgen.inference import (
     EMA,
     History,
@@ -16,7 +18,6 @@ from probgen.inference import (
     fit,
     load_checkpoint,
 )
-from torch import nn
 
 
 class DiagGaussian(nn.Module):
