@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,7 +266,8 @@ def fit_run(
     name = config.get("run", {}).get("name", Path(str(default_name)).stem)
     run = Path(out_dir) if out_dir is not None else Path("runs") / name
     run.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run / "config.toml", dump_toml(config))
+    if int(os.environ.get("RANK", "0")) == 0:
+        atomic_write_text(run / "config.toml", dump_toml(config))
     torch.manual_seed(seed)
     data = build_data(config, seed=seed)
     model = build_model(config, data)
@@ -279,6 +281,9 @@ def fit_run(
         eval_data=_held_out(data, config) if "eval_every" in train else None, **train,
     )
     seconds = time.perf_counter() - start
+    if int(os.environ.get("RANK", "0")) != 0:
+        # Under torchrun only rank 0 evaluates and writes; the others are done after fit.
+        return {"train_seconds": seconds, "run": str(run), "files": []}
     result = {"train_seconds": seconds, **_evaluate(objective, model, data, config)}
     files = _write_figures(model, data, config, run)
     atomic_write_text(run / "eval.json", json.dumps(result, indent=2, sort_keys=True))
