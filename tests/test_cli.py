@@ -150,3 +150,28 @@ def test_mnist_presets_run(tmp_path, mnist_root, name):
                "train.eval_every=2", "train.warmup_steps=0", "eval.num_samples=16",
                "sample.n=4", "train.batch_size=8")
     assert "test/bits_per_dim" in json.loads((out / "eval.json").read_text())
+
+
+def test_cli_under_torchrun_matches_single_process(tmp_path):
+    """`torchrun -m probgen.cli fit` with 2 gloo processes x batch B == 1 process x batch 2B."""
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = ["fit", "realnvp-moons", "--quiet", "--set", "train.steps=20", "--set",
+              "data.eval_size=500", "--set", "eval.resolution=10", "--set", "sample.n=16"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "probgen.cli",
+         *common, "--out", str(tmp_path / "ddp"), "--set", "train.batch_size=128"],
+        check=True, env=env, capture_output=True, timeout=240,
+    )
+    assert main([*common, "--out", str(tmp_path / "one"), "--set", "train.batch_size=256"]) == 0
+    a = load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "one" / "checkpoint.pt")
+    assert a["world_size"] == 2 and b["world_size"] == 1
+    for key, value in b["objective"].items():
+        assert torch.allclose(a["objective"][key], value, atol=1e-5), key
