@@ -11,9 +11,9 @@ from probgen.data.images import (
     load_mnist,
     read_idx,
 )
+from probgen.data.pipeline import ImagePreprocess
 from probgen.data.preprocess import (
     PREPROCESS_NAMES,
-    ImagePreprocess,
     LogitTransform,
     ScaleTransform,
     binarize,
