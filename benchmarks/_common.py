@@ -1,0 +1,97 @@
+"""Shared helpers for the benchmarks: threads, machine facts, timing and RESULTS.md sections."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import re
+import shlex
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS = BENCH_DIR / "RESULTS.md"
+
+_HEADER = (
+    "# Benchmark results\n\n"
+    "Measured by the scripts in `benchmarks/`; every section says the command that "
+    "reproduces it, the date, the machine and the torch version. Only measured numbers "
+    "are recorded here.\n"
+)
+
+
+def set_threads(n: int) -> None:
+    """Pins torch to ``n`` intra-op threads and one inter-op thread (call before any work)."""
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set once in this process
+        pass
+
+
+def command_line() -> str:
+    """The command that started this process, relative to the repository root."""
+    script = Path(sys.argv[0])
+    try:
+        script = script.resolve().relative_to(BENCH_DIR.parent)
+    except ValueError:
+        pass
+    return " ".join(["python", shlex.quote(str(script)), *map(shlex.quote, sys.argv[1:])])
+
+
+def machine(threads: int) -> str:
+    """A one-line description of the machine and software (no host name)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (
+        f"{cores} CPU cores available ({cpu}), torch.set_num_threads({threads}), "
+        f"torch {torch.__version__}, Python {platform.python_version()}"
+    )
+
+
+def today() -> str:
+    return _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+
+
+def summarize_times(seconds: list[float], warmup: int) -> dict[str, float]:
+    """Median and mean milliseconds per step over the steps after ``warmup``."""
+    kept = seconds[warmup:] if len(seconds) > warmup else seconds
+    if not kept:
+        return {"median_ms": float("nan"), "mean_ms": float("nan")}
+    return {
+        "median_ms": 1e3 * statistics.median(kept),
+        "mean_ms": 1e3 * statistics.fmean(kept),
+    }
+
+
+def write_section(name: str, body: str, path: Path = RESULTS) -> Path:
+    """Replaces (or appends) the section ``name`` of RESULTS.md, leaving the others intact."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n{body.rstrip()}\n{end}\n"
+    text = path.read_text() if path.exists() else _HEADER
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text, count=1)
+    else:
+        text = text.rstrip() + "\n\n" + block
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
