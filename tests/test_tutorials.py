@@ -98,4 +98,4 @@ def test_committed_notebooks_match_build_script():
         expected = build.build(name, cells)
         assert [(c.cell_type, c.source) for c in committed.cells] == [
             (c.cell_type, c.source) for c in expected.cells
-        ], f"{name} differs from tutorials/build.py: edit build.py, then run it"
+        ], f"{name} differs from tutorials/sources: edit the source, then run build.py"
