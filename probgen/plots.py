@@ -2,7 +2,8 @@
 
 Every function returns a :class:`matplotlib.figure.Figure` built directly (not through
 ``pyplot``), so nothing needs a display, no global figure state piles up, and the figures
-render with the Agg canvas. In a notebook, a returned figure displays as the cell's value.
+render with the Agg canvas. In a notebook, a returned figure displays as the cell's value
+(it carries its own ``_repr_png_``, so no ``%matplotlib inline`` is needed).
 """
 
 from __future__ import annotations
@@ -35,12 +36,31 @@ __all__ = [
 ]
 
 
+_FIGURE_CLASS: Any = None
+
+
+def _new_figure(**kwargs: Any) -> Figure:
+    """A Figure (not pyplot-managed) that IPython shows as PNG through ``_repr_png_``."""
+    global _FIGURE_CLASS
+    if _FIGURE_CLASS is None:
+        from matplotlib.figure import Figure
+
+        class NotebookFigure(Figure):
+            """A matplotlib Figure that renders itself as PNG when a notebook displays it."""
+
+            def _repr_png_(self) -> bytes:
+                buffer = io.BytesIO()
+                self.savefig(buffer, format="png", bbox_inches="tight")
+                return buffer.getvalue()
+
+        _FIGURE_CLASS = NotebookFigure
+    return _FIGURE_CLASS(**kwargs)
+
+
 def _figure_and_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
     if ax is not None:
         return ax.figure, ax
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
+    fig = _new_figure(figsize=figsize)
     return fig, fig.add_subplot(1, 1, 1)
 
 
@@ -257,11 +277,9 @@ def plot_training_curves(
         missing = [k for k in keys if k not in available]
         if missing:
             raise ValueError(f"keys: {missing} not found in the records; available: {available}.")
-    from matplotlib.figure import Figure
-
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
-    fig = Figure(figsize=(4.0 * cols, 3.0 * rows), layout="constrained")
+    fig = _new_figure(figsize=(4.0 * cols, 3.0 * rows), layout="constrained")
     for i, key in enumerate(keys):
         ax = fig.add_subplot(rows, cols, i + 1)
         pairs = [(r["step"], r[key]) for r in records if _is_number(r.get(key))]

@@ -83,3 +83,13 @@ def test_save_figure_formats(tmp_path):
         plots.save_figure(fig, tmp_path / "figure")
     out = plots.save_figure(fig, tmp_path / "figure.svg")
     assert out.read_bytes().lstrip().startswith(b"<?xml")
+
+
+def test_figures_render_themselves_as_png_in_notebooks():
+    """A returned figure has ``_repr_png_`` (IPython shows it with no pyplot backend)."""
+    import torch
+
+    from probgen.plots import plot_samples
+
+    png = plot_samples(torch.randn(10, 2))._repr_png_()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
