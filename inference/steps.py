@@ -107,6 +107,11 @@ class Updater:
         self.grad_clip = grad_clip
         self.custom = custom
         self.step = 0
+        # Whether this step measures (and checks) the gradient norm. Always with clipping;
+        # otherwise the trainer asks for it on the steps it logs or checkpoints, so a
+        # non-finite gradient can never reach a checkpoint (a bad update in between makes
+        # the next loss non-finite, which stops training before any write).
+        self.measure = True
         self.grad_norms: dict[str, Tensor] = {}
 
     def _params(self, name: str) -> list[nn.Parameter]:
@@ -128,14 +133,16 @@ class Updater:
         if self.custom:
             self.ctx.average_gradients(params)
         grads = [p for p in params if p.grad is not None]
+        norm = None
         if self.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(grads, self.grad_clip)
-        else:
+        elif self.measure:
             norm = torch.nn.utils.get_total_norm([p.grad for p in grads])
-        bad = first_non_finite(norm.detach().double().reshape(1), [key])
-        if bad is not None:
-            raise NonFiniteLossError(self.step, bad[0], bad[1])
-        self.grad_norms[key] = norm.detach()
+        if norm is not None:
+            bad = first_non_finite(norm.detach().double().reshape(1), [key])
+            if bad is not None:
+                raise NonFiniteLossError(self.step, bad[0], bad[1])
+            self.grad_norms[key] = norm.detach()
         self.optimizers[name].step()
 
 

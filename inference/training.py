@@ -134,7 +134,8 @@ def fit(
             (adamw); momentum: SGD's.
         lr_schedule: ``None``/``"constant"``, ``"cosine"`` or ``"linear"`` decay, after
             ``warmup_steps`` of linear warm-up (see :class:`LRSchedule`).
-        grad_clip: max global gradient norm; the pre-clip norm is logged as ``grad_norm``.
+        grad_clip: max global gradient norm; the pre-clip norm is logged as ``grad_norm``
+            (without clipping it is measured on the steps that log, evaluate or checkpoint).
         ema_decay: keep an EMA of the weights (used for evaluation, saved in checkpoints).
         eval_data: held-out data (Tensor, tuple or Dataset); logged as ``eval/<output>``.
         eval_every: evaluate every this many steps (and at the end); eval_batch_size:
@@ -354,6 +355,12 @@ class _Run:
             for s in range(self.start, steps):
                 step = s + 1
                 lr = [self.schedule.apply(o, s) for o in self.optimizers.values()][0]
+                self.updater.measure = (
+                    step % log_every == 0
+                    or step == steps
+                    or bool(checkpoint_every and step % checkpoint_every == 0)
+                    or bool(eval_every and step % eval_every == 0)
+                )
                 for key, value in self.train_step(module, step).items():
                     sums[key] = sums.get(key, 0.0) + value.double()
                     counts[key] = counts.get(key, 0) + 1

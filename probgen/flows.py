@@ -11,6 +11,7 @@ from pyro.distributions.conditional import ConditionalTransformModule
 from torch import Tensor, nn
 from torch.distributions import Transform
 
+from probgen.transforms.base import _CachedLadjMixin
 from probgen.utils import check_tensor
 
 __all__ = ["NormalizingFlow"]
@@ -131,9 +132,8 @@ class NormalizingFlow(nn.Module):
         total = x.new_zeros(x.shape[:batch])
         y = x
         for t in reversed(self._transforms(context)):
-            z = t.inv(y)
-            total = total - _reduce(t.log_abs_det_jacobian(z, y), batch)
-            y = z
+            y, ladj = _inverse_and_ladj(t, y)
+            total = total - _reduce(ladj, batch)
         return total + self._base_log_prob(y)
 
     def rsample_and_log_prob(
@@ -159,9 +159,8 @@ class NormalizingFlow(nn.Module):
         total = self._base_log_prob(z)
         batch = len(shape)
         for t in self._transforms(context):
-            x = t(z)
-            total = total - _reduce(t.log_abs_det_jacobian(z, x), batch)
-            z = x
+            z, ladj = _forward_and_ladj(t, z)
+            total = total - _reduce(ladj, batch)
         return z, total
 
     def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
@@ -186,6 +185,23 @@ class NormalizingFlow(nn.Module):
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"event_shape={tuple(self._event_shape)}, context={self.context}"
+
+
+def _inverse_and_ladj(t: Transform, y: Tensor) -> tuple[Tensor, Tensor]:
+    """``(t^{-1}(y), log|det J_t|)``; probgen's transforms give both in one call, skipping
+    Pyro's per-call cache bookkeeping (a measurable share of a small flow's step)."""
+    if isinstance(t, _CachedLadjMixin):
+        return t._bwd(y)
+    x = t.inv(y)
+    return x, t.log_abs_det_jacobian(x, y)
+
+
+def _forward_and_ladj(t: Transform, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(t(x), log|det J_t|)``, one call for probgen's transforms."""
+    if isinstance(t, _CachedLadjMixin):
+        return t._fwd(x)
+    y = t(x)
+    return y, t.log_abs_det_jacobian(x, y)
 
 
 def _check_shape(shape: Sequence[int] | int) -> torch.Size:

@@ -353,3 +353,35 @@ def test_multi_player_training_step():
     assert objective.a.item() == pytest.approx(2.0, abs=1e-2)
     assert objective.b.item() == pytest.approx(2.0, abs=5e-2)
     assert {"grad_norm/first", "grad_norm/second"} <= set(history.final)
+
+
+class NaNGradAt(nn.Module):
+    """Finite loss every call, but a NaN gradient on call ``bad_call`` (1-based)."""
+
+    def __init__(self, bad_call: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+        self.bad_call, self.calls = bad_call, 0
+
+    def forward(self, x):
+        self.calls += 1
+        w = self.w
+        if self.calls == self.bad_call:
+            # forward picks w (finite); backward sends 0 * d sqrt(-1 - w^2) = NaN into w.grad
+            w = torch.where(torch.tensor(True), w, torch.sqrt(-1 - w.pow(2)))
+        return {"loss": (w - x).pow(2).mean()}
+
+
+@pytest.mark.parametrize("bad_call", [4, 6])
+def test_nan_gradient_never_reaches_a_checkpoint(tmp_path, bad_call):
+    """A finite loss with a NaN gradient: at a checkpoint step (6) it is caught before the
+    update; between checkpoints (4) the corrupted weights make the next loss non-finite.
+    Either way the checkpoint on disk holds finite weights from before the bad update."""
+    objective = NaNGradAt(bad_call)
+    with pytest.raises(NonFiniteLossError) as e:
+        fit(objective, torch.randn(64, 1), steps=12, batch_size=8, out_dir=tmp_path,
+            checkpoint_every=3, log_every=3, lr=0.1, progress=False)
+    assert e.value.step == (6 if bad_call == 6 else 5)
+    assert e.value.term == ("grad_norm" if bad_call == 6 else "loss")
+    state = load_checkpoint(tmp_path)
+    assert state["step"] == 3 and torch.isfinite(state["objective"]["w"]).all()
