@@ -51,13 +51,14 @@ def _check_positive(**kwargs: int) -> None:
             raise ValueError(f"{name}: expected a positive int, got {value!r}.")
 
 
-def _image_shape(shape: Sequence[int], scales: int) -> tuple[int, int, int]:
+def _image_shape(shape: Sequence[int], squeezes: int) -> tuple[int, int, int]:
     if len(shape) != 3:
         raise ValueError(f"shape: expected (C, H, W), got {list(shape)}.")
     c, h, w = (int(s) for s in shape)
-    if h % 2**scales or w % 2**scales:
+    if h % 2**squeezes or w % 2**squeezes:
         raise ValueError(
-            f"shape: H and W must be divisible by 2**scales = {2**scales}, got {list(shape)}."
+            f"shape: the flow squeezes {squeezes} time(s), so H and W must be divisible by "
+            f"{2**squeezes}; got {list(shape)} (use fewer scales)."
         )
     return c, h, w
 
@@ -328,7 +329,7 @@ class MultiscaleRealNVP(NormalizingFlow):
     unsqueezed back), so the base is a standard normal over the image shape.
 
     Args:
-        shape: image shape ``[C, H, W]``; H and W divisible by ``2**scales``.
+        shape: image shape ``[C, H, W]``; H and W divisible by ``2**(scales - 1)``.
         scales: number of scales.
         hidden_channels: width of each coupling's ResNet.
         blocks: residual blocks per ResNet.

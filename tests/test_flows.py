@@ -164,7 +164,7 @@ def test_bad_inputs_are_named():
         cond.sample((2,), torch.randn(2))
     with pytest.raises(ValueError, match="transforms: expected a positive int"):
         NSF(2, transforms=0)
-    with pytest.raises(ValueError, match="shape: H and W must be divisible"):
+    with pytest.raises(ValueError, match="shape: the flow squeezes .* H and W must be divisible"):
         FLOWS["Glow"]([1, 6, 6], scales=2)
 
 
@@ -192,3 +192,13 @@ def test_same_tensor_after_update_is_not_served_from_cache(name):
     fresh.load_state_dict(flow.state_dict())
     assert torch.allclose(flow.log_prob(x), fresh.log_prob(x.clone()), atol=1e-10)
     assert torch.allclose(flow.distribution().log_prob(x), fresh.log_prob(x), atol=1e-10)
+
+
+def test_image_shape_error_names_the_squeezes():
+    from probgen.models import Glow, MultiscaleRealNVP
+
+    MultiscaleRealNVP([1, 6, 6], scales=2)  # one squeeze: 6 is even, fine
+    with pytest.raises(ValueError, match=r"squeezes 2 time\(s\), so H and W .* by 4"):
+        MultiscaleRealNVP([1, 6, 6], scales=3)
+    with pytest.raises(ValueError, match=r"squeezes 3 time\(s\).* by 8; got \[1, 28, 28\]"):
+        Glow([1, 28, 28], scales=3)
