@@ -321,7 +321,8 @@ def run(args: argparse.Namespace) -> int:
     warmup = min(50, args.steps // 10)
     rows: list[dict] = []
     t_start = time.perf_counter()
-    for dataset in args.datasets:
+    for seed, dataset in [(sd, d) for sd in args.seeds for d in args.datasets]:
+        args.seed = seed
         batches = draw_batches(dataset, args.steps, args.batch_size, args.seed)
         x_test = held_out(dataset, args.eval_size, args.seed)
         for arch_name, arch in archs.items():
@@ -352,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
                 t = summarize_times(r.times, warmup)
                 nparams = sum(p.numel() for p in r.module.parameters())
                 rows.append(dict(dataset=dataset, arch=arch_name, library=r.library,
-                                 variant=r.variant, nll=nll, params=nparams,
+                                 variant=r.variant, nll=nll, params=nparams, seed=seed,
                                  diverged_at=r.diverged_at, ratio=r.paired_ratio, **t))
                 name = f"{r.label} ({r.variant})" if r.variant else r.label
                 print(f"[flows_2d] {dataset:12s} {name:28s} NLL {fmt(nll):>7s} nats  "
@@ -361,6 +362,7 @@ def run(args: argparse.Namespace) -> int:
                          else "reference") + f"  {nparams} params", flush=True)
     elapsed = time.perf_counter() - t_start
 
+    rows = aggregate_seeds(rows)
     table = results_table(rows)
     print()
     print(table)
@@ -378,7 +380,9 @@ def run(args: argparse.Namespace) -> int:
             f"Date: {today()}  \n"
             f"Machine: {machine(args.threads)}; other jobs shared the cores during the run.  \n"
             f"Setup: {args.steps} Adam steps (lr {args.lr}), batch {args.batch_size}, the same "
-            f"pre-drawn batches (seed {args.seed}) for every library; NLL in nats on "
+            f"pre-drawn batches (seeds {', '.join(map(str, args.seeds))}; the same "
+            "seed also sets every library's initial weights) for every library; NLL in nats "
+            "(mean, and standard deviation over seeds) on "
             f"{args.eval_size} fresh held-out points. ms/step: median (and mean) over the "
             f"steps after the first {warmup}, data drawing excluded; the fit rows time the "
             "interval between fit's records (every 10 steps) divided by 10. 'x peer (paired)': "
@@ -398,12 +402,37 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def aggregate_seeds(rows: list[dict]) -> list[dict]:
+    """One row per (dataset, model, library, variant): mean NLL and its std over seeds,
+    median of the per-seed paired ratios and step times."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        key = (row["dataset"], row["arch"], row["library"], row["variant"])
+        groups.setdefault(key, []).append(row)
+    out = []
+    for group in groups.values():
+        nlls = torch.tensor([r["nll"] for r in group], dtype=torch.float64)
+        first = dict(group[0])
+        first["nll"] = float(nlls.mean())
+        first["nll_std"] = float(nlls.std()) if len(group) > 1 else float("nan")
+        first["seeds"] = len(group)
+        for key in ("ratio", "median_ms", "mean_ms"):
+            values = [r[key] for r in group if r.get(key) is not None]
+            first[key] = float(torch.tensor(values).median()) if values else float("nan")
+        diverged = [r["diverged_at"] for r in group if r["diverged_at"] is not None]
+        first["diverged_at"] = diverged[0] if diverged else None
+        out.append(first)
+    return out
+
+
 def results_table(rows: list[dict]) -> str:
     header = ["dataset", "model", "library", "NLL (nats)", "ms/step (median)", "ms/step (mean)",
               "x peer (paired)", "params"]
     out = []
     for row in rows:
         nll = fmt(row["nll"])
+        if row.get("seeds", 1) > 1:
+            nll += f" ± {fmt(row['nll_std'])}"
         if row["diverged_at"] is not None:
             nll += f" (non-finite loss at step {row['diverged_at']})"
         library = row["library"] + (f" ({row['variant']})" if row["variant"] else "")
@@ -444,7 +473,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval-size", type=int, default=20000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="repeat the whole run for each seed; NLL reported as mean ± std")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     p.add_argument("--maf-transforms", type=int, default=5)
