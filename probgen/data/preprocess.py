@@ -69,7 +69,56 @@ def _check_levels(levels: object) -> int:
     return levels
 
 
-class ScaleTransform(Transform):
+class _MonotoneMap(Transform):
+    """Shared plumbing of the increasing elementwise bijections below: one scalar parameter
+    (named by ``_parameter``), an ``event_dim``, equality, hashing and cache copies."""
+
+    bijective = True
+    _parameter = ""
+    _support = constraints.real
+
+    def __init__(self, event_dim: int, cache_size: int) -> None:
+        super().__init__(cache_size=cache_size)
+        self._event_dim = _check_event_dim(event_dim)
+
+    @property
+    def domain(self) -> constraints.Constraint:  # type: ignore[override]
+        return constraints.independent(self._support, self._event_dim)
+
+    @property
+    def codomain(self) -> constraints.Constraint:  # type: ignore[override]
+        return constraints.independent(constraints.real, self._event_dim)
+
+    @property
+    def sign(self) -> int:
+        return 1
+
+    def _value(self) -> float:
+        return getattr(self, self._parameter)
+
+    def with_cache(self, cache_size: int = 1) -> Transform:
+        if self._cache_size == cache_size:
+            return self
+        return type(self)(self._value(), self._event_dim, cache_size=cache_size)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(other) is type(self)
+            and other._value() == self._value()  # type: ignore[attr-defined]
+            and other._event_dim == self._event_dim  # type: ignore[attr-defined]
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._value(), self._event_dim))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self._parameter}={self._value():g}, "
+            f"event_dim={self._event_dim})"
+        )
+
+
+class ScaleTransform(_MonotoneMap):
     r"""Creates the scaling :math:`y = x / \text{levels}` (integer pixels to [0, 1]).
 
     Its log|det J| is :math:`-\log(\text{levels})` per element, summed over the rightmost
@@ -88,41 +137,13 @@ class ScaleTransform(Transform):
         (tensor([[0.0000, 0.5000]]), tensor([-11.0904]))
     """
 
-    bijective = True
+    _parameter = "levels"
 
     def __init__(self, levels: float, event_dim: int = 0, cache_size: int = 0) -> None:
         if isinstance(levels, bool) or not isinstance(levels, (int, float)) or not levels > 0:
             raise ValueError(f"levels: expected a positive number, got {levels!r}.")
-        super().__init__(cache_size=cache_size)
+        super().__init__(event_dim, cache_size)
         self.levels = float(levels)
-        self._event_dim = _check_event_dim(event_dim)
-
-    @property
-    def domain(self) -> constraints.Constraint:  # type: ignore[override]
-        return constraints.independent(constraints.real, self._event_dim)
-
-    @property
-    def codomain(self) -> constraints.Constraint:  # type: ignore[override]
-        return constraints.independent(constraints.real, self._event_dim)
-
-    @property
-    def sign(self) -> int:
-        return 1
-
-    def with_cache(self, cache_size: int = 1) -> ScaleTransform:
-        if self._cache_size == cache_size:
-            return self
-        return ScaleTransform(self.levels, self._event_dim, cache_size=cache_size)
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, ScaleTransform)
-            and other.levels == self.levels
-            and other._event_dim == self._event_dim
-        )
-
-    def __hash__(self) -> int:
-        return hash((type(self), self.levels, self._event_dim))
 
     def _call(self, x: Tensor) -> Tensor:
         return x / self.levels
@@ -133,11 +154,8 @@ class ScaleTransform(Transform):
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         return _sum_rightmost(torch.full_like(x, -math.log(self.levels)), self._event_dim)
 
-    def __repr__(self) -> str:
-        return f"ScaleTransform(levels={self.levels:g}, event_dim={self._event_dim})"
 
-
-class LogitTransform(Transform):
+class LogitTransform(_MonotoneMap):
     r"""Creates the logit map :math:`y = \text{logit}(\alpha + (1 - 2\alpha) x)` on [0, 1].
 
     ``alpha`` keeps the logit away from the infinities at 0 and 1 (RealNVP uses 0.05 on
@@ -164,43 +182,16 @@ class LogitTransform(Transform):
         True
     """
 
-    bijective = True
+    _parameter = "alpha"
+    _support = constraints.unit_interval
 
     def __init__(self, alpha: float = 0.05, event_dim: int = 0, cache_size: int = 0) -> None:
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (
             0 <= alpha < 0.5
         ):
             raise ValueError(f"alpha: expected a number in [0, 0.5), got {alpha!r}.")
-        super().__init__(cache_size=cache_size)
+        super().__init__(event_dim, cache_size)
         self.alpha = float(alpha)
-        self._event_dim = _check_event_dim(event_dim)
-
-    @property
-    def domain(self) -> constraints.Constraint:  # type: ignore[override]
-        return constraints.independent(constraints.unit_interval, self._event_dim)
-
-    @property
-    def codomain(self) -> constraints.Constraint:  # type: ignore[override]
-        return constraints.independent(constraints.real, self._event_dim)
-
-    @property
-    def sign(self) -> int:
-        return 1
-
-    def with_cache(self, cache_size: int = 1) -> LogitTransform:
-        if self._cache_size == cache_size:
-            return self
-        return LogitTransform(self.alpha, self._event_dim, cache_size=cache_size)
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, LogitTransform)
-            and other.alpha == self.alpha
-            and other._event_dim == self._event_dim
-        )
-
-    def __hash__(self) -> int:
-        return hash((type(self), self.alpha, self._event_dim))
 
     def _call(self, x: Tensor) -> Tensor:
         s = self.alpha + (1.0 - 2.0 * self.alpha) * x
@@ -212,9 +203,6 @@ class LogitTransform(Transform):
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         ladj = math.log1p(-2.0 * self.alpha) + F.softplus(y) + F.softplus(-y)
         return _sum_rightmost(ladj, self._event_dim)
-
-    def __repr__(self) -> str:
-        return f"LogitTransform(alpha={self.alpha:g}, event_dim={self._event_dim})"
 
 
 def _check_integer_pixels(x: object, levels: int, name: str) -> Tensor:
