@@ -141,6 +141,8 @@ def test_every_preset_runs(tmp_path, name):
     out = _fit(tmp_path, name, *overrides)
     result = json.loads((out / "eval.json").read_text())
     assert all(math.isfinite(v) for v in result.values() if isinstance(v, float)), result
+    expected = "test/kl_unnormalized" if "data" not in config else "test/nll"
+    assert expected in result, result
 
 
 @pytest.mark.mnist
