@@ -17,12 +17,7 @@ class _CachedLadjMixin:
     """
 
     _cached_ladj: Tensor | None = None
-
-    def _fwd(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
-
-    def _bwd(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+    # Users of the mixin define ``_fwd(x) -> (y, ladj)`` and ``_bwd(y) -> (x, ladj)``.
 
     def _call(self, x: Tensor) -> Tensor:
         y, self._cached_ladj = self._fwd(x)
