@@ -1,4 +1,4 @@
-"""The model zoo (installed as probgen.models): named flows and, later, other families."""
+"""The model zoo (installed as probgen.models): one file per family, one registry for the CLI."""
 
 from __future__ import annotations
 
@@ -16,7 +16,11 @@ from probgen.models.flows import (
     RealNVP,
 )
 
+# Every family adds its name -> class table here; the CLI's [model] name looks up MODELS.
+MODELS: dict[str, type] = {**FLOWS}
+
 __all__ = [
+    "MODELS",
     "FLOWS",
     "PlanarFlow",
     "RadialFlow",

@@ -126,7 +126,7 @@ def build_model(config: dict[str, Any], data: DataBundle) -> nn.Module:
     """
     zoo = _models()
     table = dict(config.get("model", {}))
-    registry = zoo.FLOWS
+    registry = zoo.MODELS
     name = table.pop("name", None)
     if name not in registry:
         raise ConfigError(f"[model] name {name!r} is unknown; allowed: {sorted(registry)}.")
