@@ -43,13 +43,16 @@ class Arch:
     hidden: tuple[int, ...]
     bins: int = 8
     bound: float = 5.0
+    # NSF only: autoregressive spline layers (zuko's NSF layout) or spline couplings.
+    autoregressive: bool = True
 
 
 def default_archs(args: argparse.Namespace) -> dict[str, Arch]:
     hidden = tuple(args.hidden)
     return {
         "MAF": Arch(args.maf_transforms, hidden),
-        "NSF": Arch(args.nsf_transforms, hidden, bins=args.bins, bound=args.bound),
+        "NSF": Arch(args.nsf_transforms, hidden, bins=args.bins, bound=args.bound,
+                    autoregressive=not args.nsf_coupling),
         "RealNVP": Arch(args.realnvp_transforms, hidden),
     }
 
@@ -128,7 +131,7 @@ def build_probgen(arch_name: str, arch: Arch) -> Runner:
     cls = getattr(models, arch_name)
     kwargs = {"features": 2, "transforms": arch.transforms, "hidden_features": list(arch.hidden)}
     if arch_name == "NSF":
-        kwargs.update(bins=arch.bins, bound=arch.bound)
+        kwargs.update(bins=arch.bins, bound=arch.bound, autoregressive=arch.autoregressive)
     flow = cls(**_accepted(cls, kwargs))
 
     def loss(x: Tensor) -> Tensor:
@@ -391,7 +394,11 @@ def run(args: argparse.Namespace) -> int:
             "steps inside fit's callback, not charged to fit), so background load cancels. "
             "Architectures: "
             + "; ".join(f"{k} {v.transforms} transforms, hidden {list(v.hidden)}"
-                        + (f", {v.bins} bins, bound {v.bound}" if k == "NSF" else "")
+                        + (f", {v.bins} bins, bound {v.bound}, "
+                           + ("autoregressive (zuko's NSF layout; probgen "
+                              "`NSF(autoregressive=True)`)" if v.autoregressive else
+                              "probgen with spline couplings (`--nsf-coupling`), zuko "
+                              "autoregressive") if k == "NSF" else "")
                         for k, v in archs.items())
             + f". Total wall time {elapsed:.0f} s.\n\n"
             + table
@@ -482,6 +489,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--realnvp-transforms", type=int, default=8)
     p.add_argument("--bins", type=int, default=8)
     p.add_argument("--bound", type=float, default=5.0)
+    p.add_argument("--nsf-coupling", action="store_true",
+                   help="probgen NSF with spline couplings instead of zuko's autoregressive "
+                        "layout (not like-for-like)")
     p.add_argument("--no-fit", action="store_true", help="skip the probgen.inference.fit runs")
     p.add_argument("--no-loop", action="store_true", help="skip probgen's plain-loop runs")
     p.add_argument("--profile", type=lambda s: s.split(","), default=[],

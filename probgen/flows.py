@@ -88,9 +88,15 @@ class NormalizingFlow(nn.Module):
         # Pyro transforms cache their last (x, y) pair and return it when the *same* tensor
         # object comes back; after a parameter update that would be stale (or a freed
         # graph). Every public entry point starts from empty caches.
-        for m in self.modules():
-            if isinstance(m, Transform) and m._cache_size:
-                m._cached_x_y = None, None
+        cached = self.__dict__.get("_cached_transforms")
+        if cached is None or cached[0] is not self.transforms or cached[1] != len(self.transforms):
+            # The module tree is walked once (not on every call), and again only when the
+            # transform list is replaced or changes length.
+            found = [m for m in self.modules() if isinstance(m, Transform) and m._cache_size]
+            cached = (self.transforms, len(self.transforms), found)
+            self.__dict__["_cached_transforms"] = cached
+        for m in cached[2]:
+            m._cached_x_y = None, None
 
     def _transforms(self, context: Tensor | None) -> list[Transform]:
         self._reset_caches()

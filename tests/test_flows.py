@@ -21,11 +21,14 @@ SMALL = {
     "NICE": {"transforms": 3, "hidden_features": [16]},
     "RealNVP": {"transforms": 3, "hidden_features": [16]},
     "NSF": {"transforms": 3, "hidden_features": [16]},
+    "NSF-AR": {"transforms": 3, "hidden_features": [16], "autoregressive": True},
     "MultiscaleRealNVP": {"scales": 2, "hidden_channels": 4, "blocks": 1, "actnorm": True},
     "Glow": {"scales": 2, "steps": 2, "hidden_channels": 4, "blocks": 1},
 }
-CONDITIONAL = ["MAF", "IAF", "RealNVP", "NSF"]
-CASES = [(name, 0) for name in FLOWS] + [(name, 2) for name in CONDITIONAL]
+CONDITIONAL = ["MAF", "IAF", "RealNVP", "NSF", "NSF-AR"]
+# Named flows plus variants ("NSF-AR": NSF with autoregressive=True).
+NAMES = [*FLOWS, "NSF-AR"]
+CASES = [(name, 0) for name in NAMES] + [(name, 2) for name in CONDITIONAL]
 VECTOR_CASES = [(n, c) for n, c in CASES if n not in ("Glow", "MultiscaleRealNVP")]
 
 
@@ -35,7 +38,7 @@ def _make(name, context=0, seed=0, perturb=0.0):
     if context:
         kwargs["context"] = context
     first = IMAGE if name in ("Glow", "MultiscaleRealNVP") else 2
-    flow = FLOWS[name](first, **kwargs).double()
+    flow = FLOWS[name.split("-")[0]](first, **kwargs).double()
     if perturb:
         with torch.no_grad():
             for p in flow.parameters():
@@ -101,7 +104,7 @@ def test_rsample_and_log_prob(name, context):
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.parametrize("name", list(FLOWS))
+@pytest.mark.parametrize("name", NAMES)
 def test_state_dict_round_trip_dtype_and_repr(name):
     flow = _make(name, perturb=0.05)
     x = _data(flow)
@@ -109,13 +112,13 @@ def test_state_dict_round_trip_dtype_and_repr(name):
     fresh = _make(name, seed=123)
     fresh.load_state_dict(flow.state_dict())
     assert torch.equal(fresh.log_prob(x.clone()), lp)
-    single = FLOWS[name](flow.event_shape[0] if len(flow.event_shape) == 1 else IMAGE,
-                         **SMALL[name])
+    first = flow.event_shape[0] if len(flow.event_shape) == 1 else IMAGE
+    single = FLOWS[name.split("-")[0]](first, **SMALL[name])
     assert single.base_loc.dtype == torch.float32
     single = single.to(torch.float64)
     assert single.base_loc.dtype == torch.float64 and single.base_scale.dtype == torch.float64
     assert single.log_prob(x).dtype == torch.float64
-    assert name in repr(flow) and "event_shape" in repr(flow)
+    assert name.split("-")[0] in repr(flow) and "event_shape" in repr(flow)
 
 
 def _grid_mass(flow, context=None, box=8.0, n=400):
@@ -176,7 +179,7 @@ def test_iaf_and_maf_agree_on_direction_costs():
     assert torch.allclose(flow.log_prob(x.detach().clone()), log_q.detach(), atol=1e-8)
 
 
-@pytest.mark.parametrize("name", list(FLOWS))
+@pytest.mark.parametrize("name", NAMES)
 def test_same_tensor_after_update_is_not_served_from_cache(name):
     # Pyro transforms cache their last (x, y); a reused batch after an optimizer step must
     # give the new value (and a fresh graph), not the cached one.
@@ -202,3 +205,21 @@ def test_image_shape_error_names_the_squeezes():
         MultiscaleRealNVP([1, 6, 6], scales=3)
     with pytest.raises(ValueError, match=r"squeezes 3 time\(s\).* by 8; got \[1, 28, 28\]"):
         Glow([1, 28, 28], scales=3)
+
+
+def test_autoregressive_nsf_in_one_dimension_is_normalised():
+    # A 1-D MADE has no inputs to condition on: one learned monotone spline per layer.
+    torch.manual_seed(0)
+    flow = NSF(1, transforms=2, hidden_features=[8], bins=6, bound=3.0,
+               autoregressive=True).double()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    x = torch.linspace(-12, 12, 20001, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        p = flow.log_prob(x).exp()
+    assert abs(float(torch.trapezoid(p, x[:, 0])) - 1) < 1e-4
+    with pytest.raises(ValueError, match="autoregressive=True works in any dimension"):
+        NSF(1)
+    with pytest.raises(ValueError, match="bound: expected a positive"):
+        NSF(2, bound=0.0)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pyro.distributions.transforms import GeneralizedChannelPermute
+from pyro.distributions.transforms import (
+    ConditionalSplineAutoregressive,
+    GeneralizedChannelPermute,
+    SplineAutoregressive,
+)
 from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 
 from probgen.nn import MLP, ConvResNet
@@ -66,6 +70,13 @@ def _cases():
         "iaf": lambda: _vec(MaskedAffineAutoregressive(arn())),
         "maf": lambda: _vec(Invert(MaskedAffineAutoregressive(arn()))),
         "maf_ctx": lambda: (Invert(ConditionalMaskedAffineAutoregressive(carn()), 2), (3,), 2),
+        # NSF(autoregressive=True): Pyro's monotone RQ spline over a MADE, MAF direction.
+        "nsf_ar": lambda: _vec(Invert(SplineAutoregressive(
+            3, AutoRegressiveNN(3, [8], param_dims=[4, 4, 3]), count_bins=4, bound=2.0,
+            order="quadratic"))),
+        "nsf_ar_ctx": lambda: (Invert(ConditionalSplineAutoregressive(
+            3, ConditionalAutoRegressiveNN(3, 2, [8], param_dims=[4, 4, 3]), count_bins=4,
+            bound=2.0, order="quadratic"), 2), (3,), 2),
     }
 
 
