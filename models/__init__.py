@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from probgen.models.autoregressive import (
+    AutoregressiveDistribution,
+    AutoregressiveModel,
+    receptive_field,
+)
 from probgen.models.flows import (
     FLOWS,
     IAF,
@@ -15,9 +20,18 @@ from probgen.models.flows import (
     RadialFlow,
     RealNVP,
 )
+from probgen.models.image_transformer import ImageTransformer
+from probgen.models.made import MADE
+from probgen.models.pixelcnn import GatedPixelCNN, PixelCNN
 
 # Every family adds its name -> class table here; the CLI's [model] name looks up MODELS.
-MODELS: dict[str, type] = {**FLOWS}
+AUTOREGRESSIVE: dict[str, type[AutoregressiveModel]] = {
+    "MADE": MADE,
+    "PixelCNN": PixelCNN,
+    "GatedPixelCNN": GatedPixelCNN,
+    "ImageTransformer": ImageTransformer,
+}
+MODELS: dict[str, type] = {**FLOWS, **AUTOREGRESSIVE}
 
 __all__ = [
     "MODELS",
@@ -32,4 +46,12 @@ __all__ = [
     "NSF",
     "MultiscaleRealNVP",
     "Glow",
+    "AUTOREGRESSIVE",
+    "AutoregressiveModel",
+    "AutoregressiveDistribution",
+    "receptive_field",
+    "MADE",
+    "PixelCNN",
+    "GatedPixelCNN",
+    "ImageTransformer",
 ]

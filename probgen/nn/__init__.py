@@ -1,9 +1,18 @@
-"""Neural-network building blocks: MLPs, conv ResNets, time embeddings, init helpers."""
+"""Neural-network building blocks: MLPs, conv ResNets, masked layers, time embeddings, init."""
 
 from __future__ import annotations
 
 from probgen.nn.embeddings import FourierEmbedding, SinusoidalEmbedding
 from probgen.nn.init import zero_init_
+from probgen.nn.masked import (
+    MaskedConv2d,
+    MaskedLinear,
+    MaskedMLP,
+    causal_mask,
+    channel_groups,
+    conv_mask,
+    made_masks,
+)
 from probgen.nn.mlp import ACTIVATIONS, MLP, ResidualBlock, ResidualMLP, activation
 from probgen.nn.resnet import ConvResidualBlock, ConvResNet
 
@@ -18,4 +27,11 @@ __all__ = [
     "SinusoidalEmbedding",
     "FourierEmbedding",
     "zero_init_",
+    "MaskedLinear",
+    "MaskedMLP",
+    "made_masks",
+    "MaskedConv2d",
+    "conv_mask",
+    "channel_groups",
+    "causal_mask",
 ]
