@@ -6,11 +6,7 @@ import warnings
 from collections.abc import Sequence
 
 import torch
-from pyro.distributions.transforms import (
-    ConditionalSplineAutoregressive,
-    GeneralizedChannelPermute,
-    SplineAutoregressive,
-)
+from pyro.distributions.transforms import GeneralizedChannelPermute
 from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 from torch import nn
 
@@ -20,12 +16,14 @@ from probgen.transforms import (
     ActNorm,
     AdditiveCoupling,
     ConditionalMaskedAffineAutoregressive,
+    ConditionalMaskedSplineAutoregressive,
     Invert,
     InvertiblePlanar,
     InvertibleRadial,
     LULinear,
     MaskedAffineAutoregressive,
     MaskedAffineCoupling,
+    MaskedSplineAutoregressive,
     MaskedSplineCoupling,
     Partial,
     Squeeze,
@@ -158,9 +156,8 @@ def _spline_autoregressive(
         else:
             arn = AutoRegressiveNN(features, hidden, param_dims=dims, permutation=order)
     if context:
-        return ConditionalSplineAutoregressive(features, arn, count_bins=bins, bound=bound,
-                                               order="quadratic")
-    return SplineAutoregressive(features, arn, count_bins=bins, bound=bound, order="quadratic")
+        return ConditionalMaskedSplineAutoregressive(features, arn, count_bins=bins, bound=bound)
+    return MaskedSplineAutoregressive(features, arn, count_bins=bins, bound=bound)
 
 
 class MAF(NormalizingFlow):
@@ -291,9 +288,10 @@ class NSF(NormalizingFlow):
 
     With ``autoregressive=False`` (RQ-NSF (C) of the paper) each layer is a spline coupling
     with alternating masks: one pass both ways. With ``autoregressive=True`` (RQ-NSF (AR),
-    the layout of zuko's ``NSF``) each layer is Pyro's ``SplineAutoregressive`` over a MADE
-    (monotone rational-quadratic splines with ``bins - 1`` free interior derivatives, identity
-    tails), used MAF-style through :class:`~probgen.transforms.Invert`: density in one pass,
+    the layout of zuko's ``NSF``) each layer is a
+    :class:`~probgen.transforms.MaskedSplineAutoregressive` over Pyro's MADE (monotone
+    rational-quadratic splines with ``bins - 1`` free interior derivatives, identity tails),
+    used MAF-style through :class:`~probgen.transforms.Invert`: density in one pass,
     sampling in D; orders alternate.
 
     Args:

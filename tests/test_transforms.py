@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pyro.distributions.transforms import (
-    ConditionalSplineAutoregressive,
-    GeneralizedChannelPermute,
-    SplineAutoregressive,
-)
+from pyro.distributions.transforms import GeneralizedChannelPermute
 from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 
 from probgen.nn import MLP, ConvResNet
@@ -16,12 +12,14 @@ from probgen.transforms import (
     ActNorm,
     AdditiveCoupling,
     ConditionalMaskedAffineAutoregressive,
+    ConditionalMaskedSplineAutoregressive,
     Invert,
     InvertiblePlanar,
     InvertibleRadial,
     LULinear,
     MaskedAffineAutoregressive,
     MaskedAffineCoupling,
+    MaskedSplineAutoregressive,
     MaskedSplineCoupling,
     Partial,
     Permutation,
@@ -70,13 +68,14 @@ def _cases():
         "iaf": lambda: _vec(MaskedAffineAutoregressive(arn())),
         "maf": lambda: _vec(Invert(MaskedAffineAutoregressive(arn()))),
         "maf_ctx": lambda: (Invert(ConditionalMaskedAffineAutoregressive(carn()), 2), (3,), 2),
-        # NSF(autoregressive=True): Pyro's monotone RQ spline over a MADE, MAF direction.
-        "nsf_ar": lambda: _vec(Invert(SplineAutoregressive(
-            3, AutoRegressiveNN(3, [8], param_dims=[4, 4, 3]), count_bins=4, bound=2.0,
-            order="quadratic"))),
-        "nsf_ar_ctx": lambda: (Invert(ConditionalSplineAutoregressive(
+        # NSF(autoregressive=True): monotone RQ splines over a MADE, both directions.
+        "spline_ar": lambda: _vec(MaskedSplineAutoregressive(
+            3, AutoRegressiveNN(3, [8], param_dims=[4, 4, 3]), count_bins=4, bound=2.0)),
+        "nsf_ar": lambda: _vec(Invert(MaskedSplineAutoregressive(
+            3, AutoRegressiveNN(3, [8], param_dims=[4, 4, 3]), count_bins=4, bound=2.0))),
+        "nsf_ar_ctx": lambda: (Invert(ConditionalMaskedSplineAutoregressive(
             3, ConditionalAutoRegressiveNN(3, 2, [8], param_dims=[4, 4, 3]), count_bins=4,
-            bound=2.0, order="quadratic"), 2), (3,), 2),
+            bound=2.0), 2), (3,), 2),
     }
 
 
@@ -216,3 +215,35 @@ def test_conditional_transform_needs_context():
 def test_permutation_rejects_non_permutation():
     with pytest.raises(ValueError, match="permutation"):
         Permutation([0, 0, 1])
+
+
+def test_rational_quadratic_spline_closed_forms():
+    from probgen.transforms import rational_quadratic_spline as rqs
+
+    # Equal bins and unit derivatives everywhere: the spline is the identity.
+    k, bound = 6, 2.0
+    x = torch.linspace(-3, 3, 101, dtype=torch.float64)[:, None]
+    zeros = torch.zeros(101, 1, k, dtype=torch.float64)
+    # 1e-3 + softplus(logit) = 1 exactly: the interior derivatives are all one.
+    logit = torch.log(torch.expm1(torch.tensor(0.999, dtype=torch.float64)))
+    unit = torch.full((101, 1, k - 1), float(logit), dtype=torch.float64)
+    y, ladj = rqs(x, zeros, zeros, unit, bound)
+    assert torch.allclose(y, x, atol=1e-12) and torch.allclose(ladj, torch.zeros_like(x))
+    # Random knots: monotone, maps [-B, B] onto itself, identity outside, exact inverse, and
+    # the log-derivative equals autograd's (forward and from the inverse side).
+    torch.manual_seed(0)
+    w, h, d = (torch.randn(1, 1, n, dtype=torch.float64) for n in (k, k, k - 1))
+    x = torch.linspace(-3, 3, 2001, dtype=torch.float64)[:, None].requires_grad_()
+    y, ladj = rqs(x, w, h, d, bound)
+    assert (y[1:] - y[:-1] > 0).all()
+    ends = rqs(torch.tensor([[-bound], [bound]], dtype=torch.float64), w, h, d, bound)[0]
+    assert torch.allclose(ends.flatten(), torch.tensor([-bound, bound], dtype=torch.float64))
+    outside = (x.abs() > bound).flatten()
+    assert torch.equal(y[outside], x[outside])
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert torch.allclose(ladj, grad.log(), atol=1e-10)
+    x_back, ladj_back = rqs(y.detach(), w, h, d, bound, inverse=True)
+    assert torch.allclose(x_back, x.detach(), atol=1e-9)
+    assert torch.allclose(ladj_back, ladj.detach(), atol=1e-8)
+    with pytest.raises(ValueError, match="K widths, K heights and K - 1 derivatives"):
+        rqs(x, w, h, w, bound)

@@ -18,6 +18,11 @@ from probgen.transforms.linear import LULinear, Permutation
 from probgen.transforms.normalization import ActNorm
 from probgen.transforms.planar import InvertiblePlanar, InvertibleRadial
 from probgen.transforms.reshape import Partial, Squeeze, Unsqueeze, squeeze, unsqueeze
+from probgen.transforms.rqs import (
+    ConditionalMaskedSplineAutoregressive,
+    MaskedSplineAutoregressive,
+    rational_quadratic_spline,
+)
 from probgen.transforms.spline import MaskedSplineCoupling
 
 __all__ = [
@@ -40,6 +45,9 @@ __all__ = [
     "unsqueeze",
     "Partial",
     "MaskedSplineCoupling",
+    "MaskedSplineAutoregressive",
+    "ConditionalMaskedSplineAutoregressive",
+    "rational_quadratic_spline",
     "MaskedAffineAutoregressive",
     "ConditionalMaskedAffineAutoregressive",
 ]
