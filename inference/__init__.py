@@ -6,6 +6,7 @@ from probgen.inference.checkpoint import load_checkpoint
 from probgen.inference.ema import EMA
 from probgen.inference.likelihood import MaximumLikelihood
 from probgen.inference.optim import LRSchedule
+from probgen.inference.regularized import RegularizedMaximumLikelihood
 from probgen.inference.reverse_kl import ReverseKL
 from probgen.inference.steps import NonFiniteLossError
 from probgen.inference.training import History, fit
@@ -18,5 +19,6 @@ __all__ = [
     "EMA",
     "LRSchedule",
     "MaximumLikelihood",
+    "RegularizedMaximumLikelihood",
     "ReverseKL",
 ]

@@ -7,6 +7,14 @@ from probgen.models.autoregressive import (
     AutoregressiveModel,
     receptive_field,
 )
+from probgen.models.cnf import (
+    CNF,
+    CONTINUOUS_FLOWS,
+    FFJORD,
+    ConcatSquashField,
+    ContinuousFlowModel,
+    TimeMLPField,
+)
 from probgen.models.flows import (
     FLOWS,
     IAF,
@@ -31,7 +39,7 @@ AUTOREGRESSIVE: dict[str, type[AutoregressiveModel]] = {
     "GatedPixelCNN": GatedPixelCNN,
     "ImageTransformer": ImageTransformer,
 }
-MODELS: dict[str, type] = {**FLOWS, **AUTOREGRESSIVE}
+MODELS: dict[str, type] = {**FLOWS, **CONTINUOUS_FLOWS, **AUTOREGRESSIVE}
 
 __all__ = [
     "MODELS",
@@ -46,6 +54,12 @@ __all__ = [
     "NSF",
     "MultiscaleRealNVP",
     "Glow",
+    "CONTINUOUS_FLOWS",
+    "ContinuousFlowModel",
+    "FFJORD",
+    "CNF",
+    "ConcatSquashField",
+    "TimeMLPField",
     "AUTOREGRESSIVE",
     "AutoregressiveModel",
     "AutoregressiveDistribution",
