@@ -40,8 +40,10 @@ SECTIONS: dict[str, tuple[dict[str, type | tuple[type, ...]] | None, str]] = {
     ),
     "model": (None, "model: 'name' plus the constructor's keyword arguments"),
     "objective": (
-        {"name": str, "target": str, "num_samples": int},
-        "objective: 'ml' (forward KL) or 'reverse_kl' to an energy 'target'",
+        {"name": str, "target": str, "num_samples": int, "kinetic": (int, float),
+         "jacobian": (int, float)},
+        "objective: 'ml' (forward KL), 'regularized_ml' (with RNODE's 'kinetic' and "
+        "'jacobian' weights) or 'reverse_kl' to an energy 'target'",
     ),
     "train": (None, "keyword arguments of probgen.inference.fit"),
     "eval": (

@@ -20,7 +20,7 @@ from probgen.utils import atomic_torch_save, atomic_write_text
 __all__ = ["DataBundle", "build_data", "build_model", "build_objective", "fit_run", "load_run",
            "eval_run", "sample_run"]
 
-_OBJECTIVES = ("ml", "reverse_kl")
+_OBJECTIVES = ("ml", "regularized_ml", "reverse_kl")
 _PREPROCESS = ("logit", "scale", "signed")
 # Arguments the runner fills in itself; a [train] table may not set them.
 _FIT_RESERVED = ("objective", "data", "out_dir", "resume", "config", "progress", "eval_data",
@@ -161,6 +161,13 @@ def build_objective(config: dict[str, Any], model: nn.Module, data: DataBundle) 
         if table:
             raise ConfigError(f"[objective] keys {sorted(table)} do not apply to 'ml'.")
         return inference.MaximumLikelihood(model, preprocess=data.preprocess)
+    if name == "regularized_ml":  # RNODE: NLL + kinetic and Jacobian penalties
+        extra = set(table) - {"kinetic", "jacobian"}
+        if extra:
+            raise ConfigError(f"[objective] keys {sorted(extra)} do not apply to "
+                              "'regularized_ml' (allowed: jacobian, kinetic).")
+        return inference.RegularizedMaximumLikelihood(model, preprocess=data.preprocess,
+                                                      **table)
     if "target" not in table:
         from probgen.energies import ENERGIES
 
