@@ -1,0 +1,318 @@
+r"""Streaming statistics: samples in batches, running mean and covariance in float64.
+
+Sample metrics need features of many samples (50 000 for FID), more than should sit in
+memory as images at once. :func:`iter_batches` turns any *source* of samples into batches:
+
+- a tensor ``(N, *event)``, cut into batches;
+- an iterable of tensors (a ``DataLoader``; of ``(x, y)`` pairs the first entry is used);
+- a sampler: a callable ``sample(shape)`` such as a probgen model's ``sample`` or a
+  ``torch.distributions.Distribution``'s, or an object with such a ``.sample`` method,
+  called with ``(batch_size,)`` until ``num_samples`` are drawn.
+
+:class:`RunningMoments` accumulates the mean and covariance of feature batches with the
+pairwise update of Chan, Golub & LeVeque (1979): each batch is centred at its own mean in
+float64 and merged as
+
+.. math::
+    M_2 \leftarrow M_2 + M_2^{(b)} + \delta\delta^\top \frac{n\,n_b}{n + n_b},
+    \qquad \delta = \bar x_b - \bar x,
+
+which avoids the cancellation of the textbook ``E[xx^T] - mu mu^T`` formula. torch has no
+streaming covariance, hence this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["RunningMoments", "iter_batches", "collect_features", "feature_moments", "Source"]
+
+#: Samples: a tensor, an iterable of tensor batches, or a sampler ``sample(shape)``.
+Source = Tensor | Iterable[Any] | Callable[..., Tensor]
+
+
+def _positive_int(value: object, name: str, *, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}.")
+    return value
+
+
+def iter_batches(
+    source: Source,
+    *,
+    num_samples: int | None = None,
+    batch_size: int = 500,
+) -> Iterator[Tensor]:
+    """Yields batches ``(b, *event)`` of samples from a tensor, an iterable or a sampler.
+
+    Args:
+        source: a tensor ``(N, *event)``; an iterable of tensors (or of tuples whose first
+            entry is the samples, as a labelled ``DataLoader`` gives); a callable
+            ``sample(shape)`` returning ``(shape[0], *event)``, or an object with such a
+            ``sample`` method (a probgen model, a Distribution).
+        num_samples: how many samples to yield in all; required for a sampler, optional
+            otherwise (``None``: all of them). A tensor or iterable with fewer is an error.
+        batch_size: the size of each batch drawn from a tensor or a sampler (an iterable's
+            own batches are kept, the last one cut to ``num_samples``).
+
+    Yields:
+        Tensor: detached batches; samplers are called under ``torch.no_grad()``.
+
+    Raises:
+        ValueError: a sampler without ``num_samples``, too few samples, a batch that is
+            not a tensor with a batch dimension, or a sampler returning the wrong count.
+        TypeError: ``source`` is none of the above.
+    """
+    num_samples = _positive_int(num_samples, "num_samples", allow_none=True)
+    batch_size = _positive_int(batch_size, "batch_size")
+    if isinstance(source, Tensor):
+        if source.dim() < 1:
+            raise ValueError("source: expected samples (N, *event), got a 0-d tensor.")
+        n = source.shape[0] if num_samples is None else num_samples
+        if n > source.shape[0]:
+            raise ValueError(
+                f"num_samples: {n} requested but the tensor holds {source.shape[0]} samples."
+            )
+        for start in range(0, n, batch_size):
+            yield source[start : min(start + batch_size, n)].detach()
+        return
+    sampler = getattr(source, "sample", None)
+    if callable(sampler) and not isinstance(source, Iterable):
+        source = sampler
+    if callable(source) and not isinstance(source, Iterable):
+        if num_samples is None:
+            raise ValueError("num_samples: required when the source is a sampler.")
+        drawn = 0
+        while drawn < num_samples:
+            m = min(batch_size, num_samples - drawn)
+            with torch.no_grad():
+                batch = source((m,))
+            if not isinstance(batch, Tensor) or batch.dim() < 1 or batch.shape[0] != m:
+                got = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
+                raise ValueError(
+                    f"source: the sampler was asked for shape ({m},) and returned {got}; "
+                    "expected a tensor (m, *event)."
+                )
+            drawn += m
+            yield batch.detach()
+        return
+    if not isinstance(source, Iterable):
+        raise TypeError(
+            "source: expected a tensor, an iterable of tensors or a sampler sample(shape), "
+            f"got {type(source).__name__}."
+        )
+    drawn = 0
+    for item in source:
+        batch = item[0] if isinstance(item, (tuple, list)) else item
+        if not isinstance(batch, Tensor) or batch.dim() < 1:
+            raise ValueError(
+                f"source: expected batches of samples (b, *event), got {type(batch).__name__}"
+                + (f" of shape {tuple(batch.shape)}" if isinstance(batch, Tensor) else "")
+                + "."
+            )
+        if num_samples is not None:
+            batch = batch[: num_samples - drawn]
+        drawn += batch.shape[0]
+        if batch.shape[0]:
+            yield batch.detach()
+        if num_samples is not None and drawn >= num_samples:
+            return
+    if num_samples is not None and drawn < num_samples:
+        raise ValueError(f"num_samples: {num_samples} requested but the source gave {drawn}.")
+
+
+def _flat(features: Tensor, name: str = "features") -> Tensor:
+    if not isinstance(features, Tensor) or not features.is_floating_point():
+        kind = features.dtype if isinstance(features, Tensor) else type(features).__name__
+        raise TypeError(f"{name}: expected a floating-point tensor (N, D), got {kind}.")
+    if features.dim() < 2:
+        raise ValueError(f"{name}: expected (N, D) (or (N, *event)), got {tuple(features.shape)}.")
+    return features.reshape(features.shape[0], -1)
+
+
+class RunningMoments:
+    """Running mean and covariance of vectors, accumulated batch by batch in float64.
+
+    Args:
+        dim: the vector size ``D``; ``None`` takes it from the first batch.
+        device: where the float64 accumulators live (the first batch's device if ``None``).
+
+    Attributes:
+        count: how many vectors have been added.
+
+    Example:
+        >>> m = RunningMoments()
+        >>> for batch in torch.randn(1000, 3).split(128):
+        ...     _ = m.update(batch)
+        >>> m.count, m.mean.shape, m.covariance.shape
+        (1000, torch.Size([3]), torch.Size([3, 3]))
+    """
+
+    def __init__(
+        self, dim: int | None = None, *, device: torch.device | str | None = None
+    ) -> None:
+        self.dim = _positive_int(dim, "dim", allow_none=True)
+        self.device = torch.device(device) if device is not None else None
+        self.count = 0
+        self._mean: Tensor | None = None
+        self._m2: Tensor | None = None
+
+    def update(self, batch: Tensor) -> RunningMoments:
+        """Adds a batch ``(b, D)`` (or ``(b, *event)``, flattened); returns ``self``.
+
+        Raises:
+            TypeError: not a floating-point tensor.
+            ValueError: wrong feature size, or NaN/Inf values.
+        """
+        x = _flat(batch, "batch")
+        if self.dim is None:
+            self.dim = x.shape[1]
+        if x.shape[1] != self.dim:
+            raise ValueError(
+                f"batch: expected vectors of size {self.dim}, got shape {tuple(batch.shape)}."
+            )
+        if self.device is None:
+            self.device = x.device
+        x = x.to(device=self.device, dtype=torch.float64)
+        if not torch.isfinite(x).all():
+            raise ValueError("batch: contains NaN or Inf values.")
+        nb = x.shape[0]
+        if nb == 0:
+            return self
+        mean_b = x.mean(dim=0)
+        xc = x - mean_b
+        m2_b = xc.T @ xc
+        if self._mean is None:
+            self._mean, self._m2, self.count = mean_b, m2_b, nb
+            return self
+        total = self.count + nb
+        delta = mean_b - self._mean
+        self._mean = self._mean + delta * (nb / total)
+        self._m2 = self._m2 + m2_b + torch.outer(delta, delta) * (self.count * nb / total)
+        self.count = total
+        return self
+
+    def merge(self, other: RunningMoments) -> RunningMoments:
+        """Adds another accumulator's vectors to this one (e.g. from another process)."""
+        if other.count == 0:
+            return self
+        if self.count == 0:
+            self.dim, self.device, self.count = other.dim, other.device, other.count
+            self._mean, self._m2 = other._mean.clone(), other._m2.clone()
+            return self
+        if other.dim != self.dim:
+            raise ValueError(f"other: expected vectors of size {self.dim}, got {other.dim}.")
+        total = self.count + other.count
+        delta = other._mean.to(self.device) - self._mean
+        self._mean = self._mean + delta * (other.count / total)
+        self._m2 = (self._m2 + other._m2.to(self.device)
+                    + torch.outer(delta, delta) * (self.count * other.count / total))
+        self.count = total
+        return self
+
+    def _need(self, n: int) -> None:
+        if self.count < n:
+            raise ValueError(f"RunningMoments: needs at least {n} vectors, has {self.count}.")
+
+    @property
+    def mean(self) -> Tensor:
+        """The mean, float64 ``(D,)``."""
+        self._need(1)
+        return self._mean
+
+    @property
+    def covariance(self) -> Tensor:
+        """The unbiased sample covariance (divisor ``count - 1``), float64 ``(D, D)``."""
+        self._need(2)
+        return self._m2 / (self.count - 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain tensors and ints (``torch.save`` it; reload with ``weights_only=True``)."""
+        self._need(1)
+        return {"count": self.count, "mean": self._mean.cpu(), "m2": self._m2.cpu()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> RunningMoments:
+        """The accumulator saved by :meth:`state_dict`."""
+        missing = {"count", "mean", "m2"} - set(state)
+        if missing:
+            raise ValueError(f"state: missing keys {sorted(missing)}.")
+        out = cls(int(state["mean"].shape[0]))
+        out.count, out.device = int(state["count"]), torch.device("cpu")
+        out._mean = state["mean"].to(torch.float64)
+        out._m2 = state["m2"].to(torch.float64)
+        return out
+
+    def __repr__(self) -> str:
+        return f"RunningMoments(dim={self.dim}, count={self.count})"
+
+
+def _apply(extractor: Callable[[Tensor], Tensor] | None, batch: Tensor,
+           device: torch.device | str | None) -> Tensor:
+    if device is not None:
+        batch = batch.to(device)
+    if extractor is None:
+        return _flat(batch, "samples")
+    with torch.no_grad():
+        out = extractor(batch)
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != batch.shape[0]:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"extractor: expected features ({batch.shape[0]}, D) for a batch of shape "
+            f"{tuple(batch.shape)}, got {got}."
+        )
+    return out
+
+
+def feature_moments(
+    source: Source,
+    extractor: Callable[[Tensor], Tensor] | None = None,
+    *,
+    num_samples: int | None = None,
+    batch_size: int = 500,
+    device: torch.device | str | None = None,
+) -> RunningMoments:
+    """Mean and covariance of ``extractor(samples)``, one batch in memory at a time.
+
+    Args:
+        source: samples, see :func:`iter_batches`.
+        extractor: maps a batch ``(b, *event)`` to features ``(b, D)``; ``None`` uses the
+            flattened samples themselves.
+        num_samples: how many samples (required for a sampler).
+        batch_size: samples per batch.
+        device: where batches are moved before the extractor runs.
+
+    Returns:
+        RunningMoments: the float64 accumulator (``.mean``, ``.covariance``, ``.count``).
+    """
+    moments = RunningMoments()
+    for batch in iter_batches(source, num_samples=num_samples, batch_size=batch_size):
+        moments.update(_apply(extractor, batch, device))
+    return moments
+
+
+def collect_features(
+    source: Source,
+    extractor: Callable[[Tensor], Tensor] | None = None,
+    *,
+    num_samples: int | None = None,
+    batch_size: int = 500,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """All features ``extractor(samples)`` as one CPU tensor ``(N, D)`` (samples in batches).
+
+    Features are small next to images (50 000 x 128 floats is 25 MB), so the metrics that
+    need every feature vector (KID, precision/recall) gather them here while the samples
+    themselves pass one batch at a time. Arguments as in :func:`feature_moments`.
+    """
+    parts = [_apply(extractor, b, device).detach().cpu()
+             for b in iter_batches(source, num_samples=num_samples, batch_size=batch_size)]
+    if not parts:
+        raise ValueError("source: gave no samples.")
+    return torch.cat(parts)
