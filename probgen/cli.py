@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a trained run on its held-out data")
     ev.add_argument("run", help="run folder written by `probgen fit`")
+    ev.add_argument("--metrics", default=None, metavar="fid,kid,pr",
+                    help="also compare model samples with the held-out data: any of fid, kid, "
+                         "pr, dc, mmd, w2, is (MNIST runs: in the bundled MNIST classifier's "
+                         "feature space, e.g. 'FID (probgen MNIST classifier)')")
+    ev.add_argument("--num-samples", type=int, default=None,
+                    help="samples per set for --metrics (default: held-out size, <= 10000)")
 
     sub.add_parser("list", help="list the built-in presets")
     return parser
@@ -75,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(path)
             return 0
         if args.command == "eval":
-            print(json.dumps(experiment.eval_run(args.run), indent=2, sort_keys=True))
+            result = experiment.eval_run(args.run, args.metrics, num_samples=args.num_samples)
+            print(json.dumps(result, indent=2, sort_keys=True))
             return 0
     except (ConfigError, FileNotFoundError, ValueError, TypeError) as e:
         print(f"probgen {args.command}: error: {e}", file=sys.stderr)

@@ -316,11 +316,24 @@ def load_run(run_dir: str | Path) -> tuple[dict, DataBundle, nn.Module, nn.Modul
     return config, data, model, objective
 
 
-def eval_run(run_dir: str | Path) -> dict[str, float]:
-    """Evaluates a trained run on its held-out data and rewrites its ``eval.json``."""
+def eval_run(run_dir: str | Path, metrics: str | None = None, *,
+             num_samples: int | None = None) -> dict[str, float]:
+    """Evaluates a trained run on its held-out data and rewrites its ``eval.json``.
+
+    ``metrics`` (e.g. ``"fid,kid,pr"``, see ``probgen.metrics.SAMPLE_METRICS``) adds sample
+    metrics of ``num_samples`` model samples against the held-out data
+    (``probgen.metrics.run_sample_metrics``).
+    """
     config, data, model, objective = load_run(run_dir)
-    torch.manual_seed(int(config.get("run", {}).get("seed", 0)))
+    seed = int(config.get("run", {}).get("seed", 0))
+    torch.manual_seed(seed)
     result = _evaluate(objective, model, data, config)
+    if metrics:
+        from probgen.metrics import run_sample_metrics
+
+        with torch.no_grad():
+            result.update(run_sample_metrics(model, data, metrics, num_samples=num_samples,
+                                             seed=seed))
     atomic_write_text(Path(run_dir) / "eval.json", json.dumps(result, indent=2, sort_keys=True))
     return result
 
