@@ -47,9 +47,37 @@ def test_commuting_covariances_closed_form(d):
     mu1 = torch.randn(d, generator=g, dtype=torch.float64)
     mu2 = torch.randn(d, generator=g, dtype=torch.float64)
     expected = float(((mu1 - mu2) ** 2).sum() + a.sum() + b.sum() - 2 * (a * b).sqrt().sum())
-    assert float(frechet_distance(mu1, s1, mu2, s2)) == pytest.approx(expected, rel=1e-9)
+    # From covariances, a singular Sigma_1 costs the square root of rounding (~1e-8).
+    assert float(frechet_distance(mu1, s1, mu2, s2)) == pytest.approx(expected, rel=1e-7)
     assert float(trace_sqrt_product(s1, s2)) == pytest.approx(
-        float((a * b).sqrt().sum()), rel=1e-9)
+        float((a * b).sqrt().sum()), rel=1e-7)
+
+
+def _exact_samples(n, v, s, mean, g):
+    # Rows with sample mean `mean` and sample covariance V diag(s^2) V^T exactly (to
+    # rounding): orthonormal columns orthogonal to the ones vector, scaled by sqrt(n - 1).
+    q = torch.linalg.qr(torch.cat([torch.ones(n, 1, dtype=torch.float64),
+                                   torch.randn(n, len(s), generator=g, dtype=torch.float64)],
+                                  dim=1)).Q[:, 1:]
+    return math.sqrt(n - 1) * (q * s) @ v.T + mean
+
+
+def test_fid_from_samples_is_exact_for_rank_deficient_features():
+    # Rank 20 in 100 dimensions: the covariance route takes square roots of rounded zero
+    # eigenvalues; the square-root factors of RunningMoments do not.
+    g = torch.Generator().manual_seed(5)
+    d, r, n = 100, 20, 3000
+    v = _random_orthogonal(d, g)[:, :r]
+    s1 = torch.rand(r, generator=g, dtype=torch.float64) * 3 + 0.1
+    s2 = torch.rand(r, generator=g, dtype=torch.float64) * 3 + 0.1
+    shift = torch.randn(d, generator=g, dtype=torch.float64)
+    x = _exact_samples(n, v, s1, torch.zeros(d, dtype=torch.float64), g)
+    y = _exact_samples(n, v, s2, shift, g)
+    expected = float(shift @ shift + (s1 * s1).sum() + (s2 * s2).sum() - 2 * (s1 * s2).sum())
+    assert fid(x, y, batch_size=700) == pytest.approx(expected, rel=1e-12)
+    mx, cx = gaussian_moments(x)
+    my, cy = gaussian_moments(y)
+    assert float(frechet_distance(mx, cx, my, cy)) == pytest.approx(expected, rel=1e-6)
 
 
 def test_two_by_two_non_commuting_closed_form():

@@ -53,6 +53,22 @@ def test_kid_of_one_subset_matches_brute_force():
     assert float(k[2, 3]) == pytest.approx(_cubic(x[2].tolist(), y[3].tolist()), rel=1e-12)
 
 
+@pytest.mark.parametrize("n", [6, 40])
+def test_kid_of_overlapping_subsets_matches_brute_force(n):
+    # Many subsets of a small set: KID then computes every pair once and sums subsets by
+    # indicator vectors (n = 6); with few subsets it loops over them (n = 40). Both must
+    # equal the brute-force U-statistics averaged over the subsets.
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(n, 3, generator=g), torch.randn(n, 3, generator=g) + 0.2
+    ix = torch.stack([torch.randperm(n, generator=g)[:5] for _ in range(4)])
+    iy = torch.stack([torch.randperm(n, generator=g)[:5] for _ in range(4)])
+    result = kid(x, y, subsets=(ix, iy))
+    brute = [_brute_mmd2(x[a].tolist(), y[b].tolist(), _cubic, True)
+             for a, b in zip(ix, iy, strict=True)]
+    torch.testing.assert_close(result.values, torch.tensor(brute, dtype=torch.float64),
+                               rtol=1e-6, atol=1e-7)
+
+
 def test_unbiased_gaussian_mmd_has_the_closed_form_mean():
     # X ~ N(0, I_2), Y ~ N(mu, s^2 I_2), kernel exp(-|a-b|^2 / (2h^2)):
     # E k = (h^2 / (h^2 + v))^(d/2) exp(-|m|^2 / (2 (h^2 + v))), v the variance of a - b.

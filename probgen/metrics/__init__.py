@@ -20,7 +20,13 @@ from probgen.metrics.features import (
     inception_extractor,
     mnist_classifier,
 )
-from probgen.metrics.frechet import fid, frechet_distance, gaussian_moments, trace_sqrt_product
+from probgen.metrics.frechet import (
+    fid,
+    frechet_distance,
+    frechet_distance_from_moments,
+    gaussian_moments,
+    trace_sqrt_product,
+)
 from probgen.metrics.integrate import density_grid, integrate_density_2d, parse_bounds
 from probgen.metrics.kernel import (
     KID,
@@ -63,6 +69,7 @@ __all__ = [
     "mnist_classifier",
     "fid",
     "frechet_distance",
+    "frechet_distance_from_moments",
     "gaussian_moments",
     "trace_sqrt_product",
     "KID",

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from probgen.metrics.frechet import frechet_distance
+from probgen.metrics.frechet import frechet_distance_from_moments
 from probgen.metrics.kernel import kid, mmd2
 from probgen.metrics.manifold import density_coverage, precision_recall
 from probgen.metrics.score import inception_score
@@ -115,8 +115,7 @@ def compare_samples(
     x, y = feats.get("real"), feats.get("fake")
     for name in names:
         if name == "fid":
-            r, f = moments["real"], moments["fake"]
-            out["fid"] = float(frechet_distance(r.mean, r.covariance, f.mean, f.covariance))
+            out["fid"] = float(frechet_distance_from_moments(moments["real"], moments["fake"]))
         elif name == "kid":
             result = kid(x, y, num_subsets=kid_subsets, subset_size=kid_subset_size,
                          generator=generator)

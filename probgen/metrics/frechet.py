@@ -16,15 +16,27 @@ never goes complex: with :math:`\Sigma_1 = V \Lambda V^\top` and
 :math:`\Sigma_1\Sigma_2`, :math:`\Sigma_1^{1/2}\Sigma_2\Sigma_1^{1/2}` and the symmetric
 positive semi-definite :math:`A^\top \Sigma_2 A` have the same eigenvalues
 :math:`\lambda_i \ge 0`, and the trace term is :math:`\sum_i \sqrt{\lambda_i}`.
-Eigenvalues below the rounding level of float64 (``D * eps * max eigenvalue``) are taken
-as zero; directions where :math:`\Sigma_1` vanishes are dropped before the second
-decomposition. This replaces the usual ``scipy.linalg.sqrtm(S1 @ S2)`` (an iterative Schur
+Rounding can leave eigenvalues of a singular product slightly negative; they are taken
+as zero. This replaces the usual ``scipy.linalg.sqrtm(S1 @ S2)`` (an iterative Schur
 method on a non-symmetric matrix, which can return complex values and large errors for
 singular covariances) and costs a fraction of it.
+
+From samples, :func:`fid` does better still: the covariances are never formed. With the
+square-root factors :math:`R_i` of the scatter matrices that
+:class:`~probgen.metrics.RunningMoments` keeps (:math:`\Sigma_i = R_i^\top R_i/(n_i-1)`),
+
+.. math::
+    \operatorname{tr}\big(\Sigma_1^{1/2}\Sigma_2\Sigma_1^{1/2}\big)^{1/2}
+    = \frac{\lVert R_1 R_2^\top \rVert_*}{\sqrt{(n_1-1)(n_2-1)}},
+
+the nuclear norm (sum of singular values) of a product of factors: every singular value
+is obtained to float64 rounding of the data, where a route through the covariance loses
+half the digits of the small ones (it takes the square root of rounded eigenvalues).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -32,10 +44,8 @@ from torch import Tensor
 
 from probgen.metrics.streaming import RunningMoments, Source, feature_moments
 
-__all__ = ["frechet_distance", "trace_sqrt_product", "fid", "gaussian_moments"]
-
-_EPS = torch.finfo(torch.float64).eps
-
+__all__ = ["frechet_distance", "frechet_distance_from_moments", "trace_sqrt_product", "fid",
+           "gaussian_moments"]
 
 def _check_gaussian(mean: Tensor, cov: Tensor, name: str) -> tuple[Tensor, Tensor]:
     for value, what in ((mean, "mean"), (cov, "covariance")):
@@ -69,16 +79,14 @@ def trace_sqrt_product(cov1: Tensor, cov2: Tensor) -> Tensor:
     """
     cov1 = 0.5 * (cov1 + cov1.T).to(torch.float64)
     cov2 = 0.5 * (cov2 + cov2.T).to(torch.float64)
-    d = cov1.shape[0]
     w, v = torch.linalg.eigh(cov1)
-    keep = w > d * _EPS * w.abs().max().clamp_min(torch.finfo(torch.float64).tiny)
+    keep = w > 0
     if not keep.any():
         return cov1.new_zeros(())
-    a = v[:, keep] * w[keep].sqrt()  # Sigma_1 = A A^T on its numerical range
+    a = v[:, keep] * w[keep].sqrt()  # Sigma_1 = A A^T (directions with w <= 0 add nothing)
     inner = a.T @ cov2 @ a
     lam = torch.linalg.eigvalsh(0.5 * (inner + inner.T))
-    floor = d * _EPS * lam.abs().max()
-    return torch.where(lam > floor, lam, 0.0).sqrt().sum()
+    return lam.clamp_min(0.0).sqrt().sum()
 
 
 def frechet_distance(mean1: Tensor, cov1: Tensor, mean2: Tensor, cov2: Tensor) -> Tensor:
@@ -119,7 +127,64 @@ def frechet_distance(mean1: Tensor, cov1: Tensor, mean2: Tensor, cov2: Tensor) -
     return value.clamp_min(0.0)
 
 
+def frechet_distance_from_moments(first: RunningMoments, second: RunningMoments) -> Tensor:
+    r"""Squared Frechet distance of two sets' Gaussians from their square-root factors.
+
+    Uses :math:`\lVert R_1R_2^\top\rVert_* / \sqrt{(n_1-1)(n_2-1)}` for the trace term
+    (see the module docstring): no covariance is formed and no square root of a rounded
+    eigenvalue is taken, so the result is exact to float64 rounding of the data.
+
+    Args:
+        first: accumulated features of the first set (at least 2 vectors).
+        second: accumulated features of the second set, same dimension.
+
+    Returns:
+        Tensor: a float64 scalar, clipped at 0.
+
+    Example:
+        >>> x = torch.randn(500, 3, generator=torch.Generator().manual_seed(0))
+        >>> a, b = RunningMoments().update(x), RunningMoments().update(2 * x)
+        >>> d = frechet_distance_from_moments(a, b)
+        >>> bool(torch.isclose(d, frechet_distance(a.mean, a.covariance, b.mean, b.covariance)))
+        True
+    """
+    for m, name in ((first, "first"), (second, "second")):
+        if not isinstance(m, RunningMoments):
+            raise TypeError(f"{name}: expected a RunningMoments, got {type(m).__name__}.")
+    mean1, mean2, r1, r2 = first.mean, second.mean, first.factor, second.factor
+    if first.count < 2 or second.count < 2:
+        raise ValueError(f"the Frechet distance needs >= 2 vectors per set, got "
+                         f"{first.count} and {second.count}.")
+    if mean1.shape != mean2.shape:
+        raise ValueError(
+            f"the sets have different dimensions: {mean1.shape[0]} and {mean2.shape[0]}."
+        )
+    r2 = r2.to(r1.device)
+    n1, n2 = first.count - 1, second.count - 1
+    diff = mean1 - mean2.to(mean1.device)
+    trace_sqrt = torch.linalg.svdvals(r1 @ r2.T).sum() / math.sqrt(n1 * n2)
+    value = (diff @ diff + (r1 * r1).sum() / n1 + (r2 * r2).sum() / n2 - 2.0 * trace_sqrt)
+    return value.clamp_min(0.0)
+
+
 Statistics = RunningMoments | tuple[Tensor, Tensor]
+
+
+def _statistics(
+    source: Source | Statistics,
+    extractor: Callable[[Tensor], Tensor] | None,
+    num_samples: int | None,
+    batch_size: int,
+    device: torch.device | str | None,
+) -> Statistics:
+    if isinstance(source, RunningMoments):
+        return source
+    if isinstance(source, tuple) and len(source) == 2 and all(
+        isinstance(s, Tensor) for s in source
+    ) and source[0].dim() == 1 and source[1].dim() == 2:
+        return source
+    return feature_moments(source, extractor, num_samples=num_samples, batch_size=batch_size,
+                           device=device)
 
 
 def gaussian_moments(
@@ -137,15 +202,10 @@ def gaussian_moments(
     data are computed once). Other arguments as in
     :func:`probgen.metrics.feature_moments`.
     """
-    if isinstance(source, RunningMoments):
-        return source.mean, source.covariance
-    if isinstance(source, tuple) and len(source) == 2 and all(
-        isinstance(s, Tensor) for s in source
-    ) and source[0].dim() == 1 and source[1].dim() == 2:
-        return source[0], source[1]
-    moments = feature_moments(source, extractor, num_samples=num_samples,
-                              batch_size=batch_size, device=device)
-    return moments.mean, moments.covariance
+    stats = _statistics(source, extractor, num_samples, batch_size, device)
+    if isinstance(stats, RunningMoments):
+        return stats.mean, stats.covariance
+    return stats
 
 
 def fid(
@@ -175,15 +235,19 @@ def fid(
         device: where the extractor runs.
 
     Returns:
-        float: the squared Frechet distance (FID is conventionally this squared value).
+        float: the squared Frechet distance (FID is conventionally this squared value),
+        from square-root factors when both sides are samples or :class:`RunningMoments`
+        (:func:`frechet_distance_from_moments`), else from covariances.
 
     Example:
         >>> x = torch.randn(2000, 4, generator=torch.Generator().manual_seed(0))
         >>> fid(x, x)
         0.0
     """
-    m1, c1 = gaussian_moments(real, extractor, num_samples=num_samples,
-                              batch_size=batch_size, device=device)
-    m2, c2 = gaussian_moments(fake, extractor, num_samples=num_samples,
-                              batch_size=batch_size, device=device)
+    a = _statistics(real, extractor, num_samples, batch_size, device)
+    b = _statistics(fake, extractor, num_samples, batch_size, device)
+    if isinstance(a, RunningMoments) and isinstance(b, RunningMoments):
+        return float(frechet_distance_from_moments(a, b))
+    m1, c1 = (a.mean, a.covariance) if isinstance(a, RunningMoments) else a
+    m2, c2 = (b.mean, b.covariance) if isinstance(b, RunningMoments) else b
     return float(frechet_distance(m1, c1, m2, c2))

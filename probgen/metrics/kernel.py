@@ -21,7 +21,9 @@ import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
+from scipy.linalg import blas
 from torch import Tensor
 
 __all__ = ["KID", "kid", "mmd2", "polynomial_kernel", "gaussian_kernel", "median_bandwidth"]
@@ -235,8 +237,7 @@ def kid(
             (overrides the three arguments above; used to reproduce another tool's draw).
         matmul_dtype: dtype of the dot products ``a^T b`` (the matrix products, where all
             the time goes); ``None`` keeps the features' own dtype (float32 features:
-            float32 products, as exact as the features). The kernel values and every sum
-            are then taken in float64, so no precision is lost past the products.
+            float32 products). The kernel values and every sum are then taken in float64.
 
     Returns:
         KID: ``mean``, ``std`` (population standard deviation over subsets, as in
@@ -271,16 +272,99 @@ def kid(
     gamma = 1.0 / x.shape[1] if gamma is None else float(gamma)
     if matmul_dtype is not None:
         x, y = x.to(matmul_dtype), y.to(matmul_dtype)
-
-    def kernel_sum(dots: Tensor, skip_diagonal: bool) -> Tensor:
-        k = (dots.to(torch.float64).mul_(gamma).add_(coef0)).pow_(degree)
-        total = k.sum()
-        return total - k.diagonal().sum() if skip_diagonal else total
-
     m = ix.shape[1]
+    sums = _PolySums(gamma, float(coef0), int(degree), m)
     values = torch.empty(ix.shape[0], dtype=torch.float64)
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        # All in numpy/scipy: alternating torch and BLAS kernels makes their two thread
+        # pools fight over the cores.
+        x, y, ix, iy = x.numpy(), y.numpy(), ix.numpy(), iy.numpy()
+        subsets_cost = 2 * ix.shape[0] * m * m
+        full_cost = (x.shape[0] + y.shape[0]) ** 2 / 2
+        if full_cost < subsets_cost:
+            # Fewer products: every pair once, then each subset's sums by indicator vectors.
+            values = torch.from_numpy(sums.by_indicators(x, y, ix, iy))
+            return KID(float(values.mean()), float(values.std(correction=0)), values)
     for s in range(ix.shape[0]):
         a, b = x[ix[s]], y[iy[s]]
-        values[s] = ((kernel_sum(a @ a.T, True) + kernel_sum(b @ b.T, True)) / (m * (m - 1))
-                     - 2.0 * kernel_sum(a @ b.T, False) / (m * m))
+        values[s] = ((sums.within(a) + sums.within(b)) / (m * (m - 1))
+                     - 2.0 * sums.between(a, b) / (m * m))
     return KID(float(values.mean()), float(values.std(correction=0)), values)
+
+
+class _PolySums:
+    """Sums of polynomial-kernel matrices of one subset size, in float64.
+
+    The products run in the features' dtype; on the CPU they go through the BLAS that
+    scipy and numpy ship (OpenBLAS: faster than torch's MKL on many CPUs) and ``a a^T``
+    through ``syrk``, which computes one triangle only (half the work of a product). The
+    kernel values and their sums are then computed in float64.
+    """
+
+    def __init__(self, gamma: float, coef0: float, degree: int, m: int) -> None:
+        self.gamma, self.coef0, self.degree, self.m = gamma, coef0, degree, m
+
+    def _kernel(self, dots: np.ndarray | Tensor) -> np.ndarray | Tensor:
+        # float64 from here on: the products' rounding is the only float32 error left.
+        k = dots.astype(np.float64) if isinstance(dots, np.ndarray) else dots.double()
+        k *= self.gamma
+        k += self.coef0
+        return k * k * k if self.degree == 3 else k**self.degree
+
+    def within(self, a: np.ndarray | Tensor) -> float:
+        """Sum of ``k(a_i, a_j)`` over ``i != j``."""
+        if isinstance(a, np.ndarray):
+            syrk = blas.ssyrk if a.dtype == np.float32 else blas.dsyrk
+            # syrk fills the upper triangle of a a^T; the lower one stays 0, so each of its
+            # m(m-1)/2 entries contributes k(0) = coef0^degree, removed exactly below.
+            k = self._kernel(syrk(1.0, a.T, trans=1))
+            total, diag = float(k.sum()), float(np.diagonal(k).sum())
+            lower = self.m * (self.m - 1) / 2 * self.coef0**self.degree
+            return 2.0 * (total - diag - lower)
+        k = self._kernel(a @ a.T)
+        return float(k.sum() - k.diagonal().sum())
+
+    def _gemm(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        gemm = blas.sgemm if a.dtype == np.float32 else blas.dgemm
+        return gemm(1.0, a.T, b.T, trans_a=1)  # a b^T, scipy's BLAS
+
+    def by_indicators(self, x: np.ndarray, y: np.ndarray, ix: np.ndarray, iy: np.ndarray,
+                      block: int = 512) -> np.ndarray:
+        """KID of every subset at once, from the kernel matrices of all rows, by blocks.
+
+        With ``V[i, s]`` the number of times row ``i`` is in subset ``s``, subset ``s``'s
+        sums are ``v_s^T K v_s`` (minus the diagonal) and ``u_s^T K_xy v_s``: each kernel
+        block is multiplied by ``V`` as it is made, so every pair is computed once (the
+        symmetric ones in one triangle of blocks) instead of once per subset holding it.
+        """
+        num, m = ix.shape
+        vx = np.zeros((x.shape[0], num))
+        vy = np.zeros((y.shape[0], num))
+        np.add.at(vx, (ix, np.arange(num)[:, None]), 1.0)
+        np.add.at(vy, (iy, np.arange(num)[:, None]), 1.0)
+
+        def within(z: np.ndarray, v: np.ndarray) -> np.ndarray:
+            out = np.zeros(num)
+            for r0 in range(0, z.shape[0], block):
+                r1 = min(r0 + block, z.shape[0])
+                k = self._kernel(self._gemm(z[r0:r1], z[r0:]))
+                vr = v[r0:r1]
+                out += np.einsum("is,is->s", vr, k[:, : r1 - r0] @ vr)  # diagonal block
+                out -= np.einsum("is,i->s", vr, np.diagonal(k[:, : r1 - r0]).copy())
+                if r1 < z.shape[0]:
+                    out += 2.0 * np.einsum("is,is->s", vr, k[:, r1 - r0 :] @ v[r1:])
+            return out
+
+        kxy = np.zeros(num)
+        for r0 in range(0, x.shape[0], block):
+            k = self._kernel(self._gemm(x[r0 : r0 + block], y))
+            kxy += np.einsum("is,is->s", vx[r0 : r0 + block], k @ vy)
+        return (within(x, vx) + within(y, vy)) / (m * (m - 1)) - 2.0 * kxy / (m * m)
+
+    def between(self, a: np.ndarray | Tensor, b: np.ndarray | Tensor) -> float:
+        """Sum of ``k(a_i, b_j)`` over all pairs."""
+        if isinstance(a, np.ndarray):
+            # scipy's BLAS for every product: numpy's own copy of OpenBLAS would keep a
+            # second thread pool spinning against this one.
+            return float(self._kernel(self._gemm(a, b)).sum())
+        return float(self._kernel(a @ b.T).sum())
