@@ -1,13 +1,29 @@
-"""Objectives and the one trainer: ``fit``, maximum likelihood, reverse KL, checkpoints, EMA."""
+"""Objectives, samplers and the one trainer: ``fit``, maximum likelihood, reverse KL, score
+matching, Langevin samplers, checkpoints, EMA."""
 
 from __future__ import annotations
 
 from probgen.inference.checkpoint import load_checkpoint
 from probgen.inference.ema import EMA
+from probgen.inference.langevin import (
+    SAMPLERS,
+    LangevinResult,
+    ScoreSampler,
+    annealed_langevin,
+    langevin,
+    mala,
+    score_from_log_prob,
+)
 from probgen.inference.likelihood import MaximumLikelihood
 from probgen.inference.optim import LRSchedule
 from probgen.inference.regularized import RegularizedMaximumLikelihood
 from probgen.inference.reverse_kl import ReverseKL
+from probgen.inference.score_matching import (
+    DenoisingScoreMatching,
+    ImplicitScoreMatching,
+    NoiseConditionalScoreMatching,
+    SlicedScoreMatching,
+)
 from probgen.inference.steps import NonFiniteLossError
 from probgen.inference.training import History, fit
 
@@ -21,4 +37,15 @@ __all__ = [
     "MaximumLikelihood",
     "RegularizedMaximumLikelihood",
     "ReverseKL",
+    "ImplicitScoreMatching",
+    "SlicedScoreMatching",
+    "DenoisingScoreMatching",
+    "NoiseConditionalScoreMatching",
+    "langevin",
+    "mala",
+    "annealed_langevin",
+    "score_from_log_prob",
+    "LangevinResult",
+    "ScoreSampler",
+    "SAMPLERS",
 ]
