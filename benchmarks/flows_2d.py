@@ -404,7 +404,7 @@ def run(args: argparse.Namespace) -> int:
             + table
             + "\n\n" + goals_summary(rows) + "\n"
         )
-        path = write_section("flows_2d", body)
+        path = write_section(args.section, body)
         print(f"[flows_2d] wrote {path}")
     return 0
 
@@ -489,6 +489,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--realnvp-transforms", type=int, default=8)
     p.add_argument("--bins", type=int, default=8)
     p.add_argument("--bound", type=float, default=5.0)
+    p.add_argument("--section", default="flows_2d",
+                   help="RESULTS.md section to write (e.g. flows_2d_seeds for a multi-seed run)")
     p.add_argument("--nsf-coupling", action="store_true",
                    help="probgen NSF with spline couplings instead of zuko's autoregressive "
                         "layout (not like-for-like)")
