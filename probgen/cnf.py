@@ -183,9 +183,9 @@ class ContinuousFlow(Distribution):
         options: further torchdiffeq solver options (e.g. ``max_num_steps``).
         adjoint: gradients by the adjoint method (``torchdiffeq.odeint_adjoint``: memory
             constant in the number of steps) instead of backpropagation through the solver.
-        adjoint_options: options of the adjoint's backward solve; defaults to the
-            ``"seminorm"`` error norm (Kidger et al., 2021), which skips error control on
-            the parameter adjoints.
+        adjoint_options: options of the adjoint's backward solve, on top of ``options``
+            (and ``step_size``); adaptive methods default to the ``"seminorm"`` error norm
+            (Kidger et al., 2021), which skips error control on the parameter adjoints.
         adjoint_params: the tensors the adjoint method differentiates; defaults to the
             field's parameters (an ``nn.Module``) plus ``context`` when it requires grad.
             Required when ``field`` is a plain function closing over parameters.
@@ -274,8 +274,12 @@ class ContinuousFlow(Distribution):
         self.options = dict(options or {})
         if step_size is not None:
             self.options["step_size"] = float(step_size)
-        self.adjoint_options = (dict(adjoint_options) if adjoint_options is not None
-                                else {"norm": "seminorm"})
+        # The backward solve takes the forward's options (fixed steps: the same step_size),
+        # with the seminorm for adaptive methods, then whatever the caller gives.
+        self.adjoint_options = {k: v for k, v in self.options.items() if k != "norm"}
+        if method in ADAPTIVE_METHODS:
+            self.adjoint_options["norm"] = "seminorm"
+        self.adjoint_options.update(adjoint_options or {})
         self._adjoint_params = None if adjoint_params is None else tuple(adjoint_params)
         if self.adjoint and self._adjoint_params is None and not isinstance(field, nn.Module):
             raise ValueError("adjoint_params: the adjoint method differentiates an explicit "
