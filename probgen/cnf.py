@@ -218,8 +218,12 @@ class ContinuousFlow(Distribution):
     """
 
     arg_constraints: dict[str, constraints.Constraint] = {}
-    support = constraints.real_vector
     has_rsample = True
+
+    @property
+    def support(self) -> constraints.Constraint:
+        """All of :math:`\\mathbb R^{\\text{event}}`."""
+        return constraints.independent(constraints.real, len(self.event_shape))
 
     def __init__(
         self,
