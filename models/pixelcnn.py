@@ -126,6 +126,7 @@ class PixelCNN(AutoregressiveModel):
     ) -> None:
         c, h, w = _image(shape)
         super().__init__((c, h, w), categories, classes)
+        self.row_causal = True
         _check("channels", channels)
         _check("layers", layers)
         _check("kernel_size", kernel_size, odd=True)
@@ -239,6 +240,7 @@ class GatedPixelCNN(AutoregressiveModel):
     ) -> None:
         c, h, w = _image(shape)
         super().__init__((c, h, w), categories, classes)
+        self.row_causal = True
         _check("channels", channels)
         _check("layers", layers)
         _check("kernel_size", kernel_size, odd=True)

@@ -20,8 +20,19 @@ from probgen.utils import atomic_torch_save, atomic_write_text
 __all__ = ["DataBundle", "build_data", "build_model", "build_objective", "fit_run", "load_run",
            "eval_run", "sample_run"]
 
-_OBJECTIVES = ("ml", "regularized_ml", "reverse_kl")
-_PREPROCESS = ("logit", "scale", "signed")
+# Score matching (no density: figures and sample metrics come from a Langevin sampler, see
+# _sampleable): each name with the [objective] keys it accepts.
+_SCORE_OBJECTIVES = {
+    "ism": ("divergence", "noise", "sigma"),
+    "ssm": ("num_projections", "noise", "sigma"),
+    "dsm": ("sigma",),
+    "ncsn": ("sigma_max", "sigma_min", "num_sigmas"),
+}
+_OBJECTIVES = ("ml", "regularized_ml", "reverse_kl", *_SCORE_OBJECTIVES)
+_PREPROCESS = ("logit", "scale", "signed", "binarize", "dynamic_binarize", "discrete")
+# Discrete pixels for autoregressive models: binarized (threshold at half the range, or
+# Bernoulli draws per batch with one fixed draw of the test set), or integer pixels as they are.
+_DISCRETE = ("binarize", "dynamic_binarize", "discrete")
 # Arguments the runner fills in itself; a [train] table may not set them.
 _FIT_RESERVED = ("objective", "data", "out_dir", "resume", "config", "progress", "eval_data",
                  "callbacks")
@@ -68,6 +79,51 @@ def _image_preprocess(
     )
 
 
+class _DiscretePixels:
+    """The preprocess of discrete data: pixels go to the model as they are (no ladj, no
+    dequantization); ``to_unit`` scales them to [0, 1] for figures."""
+
+    def __init__(self, values: int) -> None:
+        self.values = values
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return x
+
+    def to_unit(self, y: Tensor) -> Tensor:
+        return y / (self.values - 1)
+
+
+class _DynamicBinarized:
+    """A batch sampler: random training images, each pixel Bernoulli(intensity) per draw."""
+
+    def __init__(self, images: Tensor, levels: int) -> None:
+        self.intensity = images.float() / (levels - 1)
+
+    def __call__(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        idx = torch.randint(0, self.intensity.shape[0], (n,), generator=generator)
+        return torch.bernoulli(self.intensity[idx], generator=generator)
+
+
+def _discrete_data(name: str, kind: str, train: Tensor, test: Tensor, levels: int,
+                   flatten: bool) -> DataBundle:
+    from probgen import data as pdata
+
+    shape = tuple(train.shape[1:])
+    event = (math.prod(shape),) if flatten else shape
+    train, test = train.reshape(-1, *event), test.reshape(-1, *event)
+    if kind == "discrete":
+        return DataBundle(name, "image", train.float(), test.float(), event,
+                          _DiscretePixels(levels))
+    threshold = (levels - 1) / 2  # MNIST: x >= 127.5, i.e. the usual threshold 128
+    if kind == "binarize":
+        return DataBundle(name, "image", pdata.binarize(train, threshold),
+                          pdata.binarize(test, threshold), event, _DiscretePixels(2))
+    fixed = torch.Generator().manual_seed(0)  # one test binarization for every run
+    held_out = pdata.dynamic_binarize(test.float() / (levels - 1), generator=fixed)
+    return DataBundle(name, "image", _DynamicBinarized(train, levels), held_out, event,
+                      _DiscretePixels(2))
+
+
 def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
     """Builds the data named by the ``[data]`` table (see ``probgen.config.SECTIONS``)."""
     from probgen import data as pdata
@@ -82,7 +138,7 @@ def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
         return DataBundle("none", "none", None, None, (2,))
     if "name" not in table:
         raise ConfigError("[data] name is required; allowed: "
-                          f"{sorted([*pdata.TOY_NAMES, 'digits', 'mnist'])}.")
+                          f"{sorted([*pdata.TOY_NAMES, 'two_modes', 'digits', 'mnist'])}.")
     name = table["name"]
     generator = torch.Generator().manual_seed(seed + 1)
     if name in pdata.TOY_NAMES:
@@ -92,6 +148,15 @@ def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
         n_eval = int(table.get("eval_size", 20000))
         held_out = pdata.toy_sample(name, n_eval, generator=generator)
         return DataBundle(name, "toy", pdata.ToySampler(name), held_out, (2,))
+    if name == "two_modes":  # 0.95 N((5, 5), I) + 0.05 N((-5, -5), I), the score lectures'
+        from probgen.score import two_modes
+
+        extra = set(table) - {"name", "eval_size"}
+        if extra:
+            raise ConfigError(f"[data] keys {sorted(extra)} do not apply to {name!r}.")
+        mixture = two_modes()
+        held_out = mixture.sample(int(table.get("eval_size", 20000)), generator)
+        return DataBundle(name, "toy", mixture, held_out, (2,))
     if name in ("digits", "mnist"):
         if "eval_size" in table:
             raise ConfigError(
@@ -111,12 +176,16 @@ def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
                 f"[data] preprocess must be one of {list(_PREPROCESS)}, got {kind!r}."
             )
         flatten = bool(table.get("flatten", False))
+        if kind in _DISCRETE:
+            if "alpha" in table:
+                raise ConfigError(f"[data] alpha applies to logit preprocessing, not {kind!r}.")
+            return _discrete_data(name, kind, train, test, levels, flatten)
         shape = tuple(train.shape[1:])
         pre = _image_preprocess(levels, kind, float(table.get("alpha", 0.05)), flatten, shape)
         event = (math.prod(shape),) if flatten else shape
         return DataBundle(name, "image", train.float(), test.float(), event, pre)
     raise ConfigError(f"[data] name {name!r} is unknown; allowed: "
-                      f"{sorted([*pdata.TOY_NAMES, 'digits', 'mnist'])}.")
+                      f"{sorted([*pdata.TOY_NAMES, 'two_modes', 'digits', 'mnist'])}.")
 
 
 def build_model(config: dict[str, Any], data: DataBundle) -> nn.Module:
@@ -157,6 +226,15 @@ def build_objective(config: dict[str, Any], model: nn.Module, data: DataBundle) 
     name = table.pop("name", "ml")
     if name not in _OBJECTIVES:
         raise ConfigError(f"[objective] name must be one of {list(_OBJECTIVES)}, got {name!r}.")
+    if name in _SCORE_OBJECTIVES:
+        extra = set(table) - set(_SCORE_OBJECTIVES[name])
+        if extra:
+            raise ConfigError(f"[objective] keys {sorted(extra)} do not apply to {name!r} "
+                              f"(allowed: {', '.join(_SCORE_OBJECTIVES[name])}).")
+        cls = {"ism": inference.ImplicitScoreMatching, "ssm": inference.SlicedScoreMatching,
+               "dsm": inference.DenoisingScoreMatching,
+               "ncsn": inference.NoiseConditionalScoreMatching}[name]
+        return cls(model, preprocess=data.preprocess, **table)
     if name == "ml":
         if table:
             raise ConfigError(f"[objective] keys {sorted(table)} do not apply to 'ml'.")
@@ -241,10 +319,12 @@ def _write_figures(model: nn.Module, data: DataBundle, config: dict, run: Path) 
         resolution = int(config.get("eval", {}).get("resolution", 200))
         fig = plots.plot_samples(samples, title=f"{n} samples")
         plots.save_figure(fig, run / "samples.png")
-        with torch.no_grad():
-            fig = plots.plot_density_2d(model.log_prob, (-bound, bound), resolution)
-        plots.save_figure(fig, run / "density.png")
-        written += ["samples.png", "density.png"]
+        written.append("samples.png")
+        if callable(getattr(model, "log_prob", None)):  # score models have no density
+            with torch.no_grad():
+                fig = plots.plot_density_2d(model.log_prob, (-bound, bound), resolution)
+            plots.save_figure(fig, run / "density.png")
+            written.append("density.png")
     if (run / "metrics.jsonl").exists():
         fig = plots.plot_training_curves(run / "metrics.jsonl")
         plots.save_figure(fig, run / "curves.png")
@@ -290,10 +370,40 @@ def fit_run(
         # Under torchrun only rank 0 evaluates and writes; the others are done after fit.
         return {"train_seconds": seconds, "run": str(run), "files": []}
     result = {"train_seconds": seconds, **_evaluate(objective, model, data, config)}
-    files = _write_figures(model, data, config, run)
+    sampler = _sampleable(config, model, objective, data)
+    if sampler is not model:
+        result.update(_sample_stats(sampler, data, config))
+    files = _write_figures(sampler, data, config, run)
     atomic_write_text(run / "eval.json", json.dumps(result, indent=2, sort_keys=True))
     return {**result, "run": str(run), "files": sorted(["config.toml", "checkpoint.pt",
                                                          "metrics.jsonl", "eval.json", *files])}
+
+
+def _sampleable(config: dict, model: nn.Module, objective: nn.Module, data: DataBundle) -> Any:
+    """What draws a run's samples: the model, or for score runs a Langevin sampler of its
+    network set by the ``[sample]`` table (annealed over the objective's ladder by default)."""
+    if config.get("objective", {}).get("name", "ml") not in _SCORE_OBJECTIVES:
+        return model
+    table = {k: v for k, v in config.get("sample", {}).items() if k != "n"}
+    sigmas = getattr(objective, "sigmas", None)
+    defaults = {"sampler": "annealed" if sigmas is not None else "langevin", "sigmas": sigmas,
+                "sigma": getattr(objective, "sigma", None)}
+    try:
+        return _inference().ScoreSampler(model, data.event_shape, **{**defaults, **table})
+    except ValueError as e:
+        raise ConfigError(f"[sample] {e}") from None
+
+
+def _sample_stats(sampler: Any, data: DataBundle, config: dict) -> dict[str, float]:
+    """Sampling time of ``[sample] n`` draws; for mixture data, the share of each mode."""
+    n = int(config.get("sample", {}).get("n", 2000 if data.kind != "image" else 64))
+    start = time.perf_counter()
+    samples = sampler.sample((n,))
+    out = {"sample/seconds": time.perf_counter() - start}
+    if callable(getattr(data.train, "assign", None)):  # a GaussianMixture
+        counts = torch.bincount(data.train.assign(samples), minlength=len(data.train.weights))
+        out.update({f"sample/mode_weight_{k}": float(c) / n for k, c in enumerate(counts)})
+    return out
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, DataBundle, nn.Module, nn.Module]:
@@ -332,8 +442,8 @@ def eval_run(run_dir: str | Path, metrics: str | None = None, *,
         from probgen.metrics import run_sample_metrics
 
         with torch.no_grad():
-            result.update(run_sample_metrics(model, data, metrics, num_samples=num_samples,
-                                             seed=seed))
+            result.update(run_sample_metrics(_sampleable(config, model, objective, data), data,
+                                             metrics, num_samples=num_samples, seed=seed))
     atomic_write_text(Path(run_dir) / "eval.json", json.dumps(result, indent=2, sort_keys=True))
     return result
 
@@ -343,11 +453,11 @@ def sample_run(run_dir: str | Path, *, n: int = 64, out: str | Path | None = Non
     """Draws ``n`` samples from a trained run; writes a ``.png`` figure or a ``.pt`` tensor."""
     if n < 1:
         raise ValueError(f"n: expected a positive number of samples, got {n}.")
-    config, data, model, _ = load_run(run_dir)
+    config, data, model, objective = load_run(run_dir)
     torch.manual_seed(seed)
     model.eval()
     with torch.no_grad():
-        samples = model.sample((n,))
+        samples = _sampleable(config, model, objective, data).sample((n,))
     path = Path(out) if out is not None else Path(run_dir) / f"samples_{n}.png"
     if path.suffix == ".pt":
         atomic_torch_save(samples, path)
