@@ -257,7 +257,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(BENCH_DIR / "autoregressive_mnist.json"))
+    p.add_argument("--out", default=str(BENCH_DIR / "autoregressive_mnist.json"),
+                   help="results JSON (merged across runs); the samples figure is its .png")
     p.add_argument("--no-write", dest="write", action="store_false",
                    help="do not update benchmarks/RESULTS.md")
     args = p.parse_args(argv)
@@ -286,10 +287,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models.split(","):
             results[f"{binarization}/{name}"] = run_one(name, binarization, args)
             out.write_text(json.dumps(results, indent=1))
-    plot_samples(results, out)
-    if args.write:
-        write_section("autoregressive_mnist", results_body(results))
-        print(f"[ar_mnist] wrote {BENCH_DIR / 'RESULTS.md'} section 'autoregressive_mnist'")
+            plot_samples(results, out)
+            if args.write:  # after every model, so an interrupted run keeps what it measured
+                write_section("autoregressive_mnist", results_body(results))
+                print(f"[ar_mnist] wrote {BENCH_DIR / 'RESULTS.md'} section "
+                      "'autoregressive_mnist'", flush=True)
     return 0
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "plot_density_2d",
     "plot_image_grid",
     "plot_training_curves",
+    "plot_receptive_field",
     "save_figure",
 ]
 
@@ -288,6 +289,59 @@ def plot_training_curves(
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_receptive_field(
+    binary: Tensor,
+    weighted: Tensor,
+    pixel: Sequence[int],
+    ax: Axes | None = None,
+    *,
+    title: str | None = None,
+) -> Figure:
+    """Draws a receptive field: which inputs one output pixel's logits depend on.
+
+    Pixels in the field are blue, darker where the gradient is larger (``weighted``), pixels
+    outside it white, and the probed pixel red (what
+    :func:`probgen.models.receptive_field` returns).
+
+    Args:
+        binary: ``(H, W)`` bool map of the field.
+        weighted: ``(H, W)`` gradient magnitudes scaled to max 1.
+        pixel: the probed ``(h, w)``.
+        ax: draw into these axes instead of a new figure.
+        title: the axes' title.
+
+    Returns:
+        Figure: the figure.
+
+    Raises:
+        ValueError: maps of different or non-2-D shapes, or a pixel outside them.
+
+    Example:
+        >>> field = torch.zeros(5, 5, dtype=torch.bool)
+        >>> field[:2] = True
+        >>> fig = plot_receptive_field(field, field.double(), (2, 2))
+    """
+    if not isinstance(binary, Tensor) or not isinstance(weighted, Tensor):
+        raise TypeError("binary, weighted: expected torch.Tensors.")
+    if binary.dim() != 2 or binary.shape != weighted.shape:
+        raise ValueError(f"binary, weighted: expected two (H, W) maps of one shape, got "
+                         f"{tuple(binary.shape)} and {tuple(weighted.shape)}.")
+    h, w = (int(p) for p in pixel)
+    if not (0 <= h < binary.shape[0] and 0 <= w < binary.shape[1]):
+        raise ValueError(f"pixel: expected an index into {tuple(binary.shape)}, got {(h, w)}.")
+    strength = torch.where(binary.cpu(), 0.25 + 0.75 * weighted.detach().cpu().double(),
+                           torch.zeros((), dtype=torch.float64))
+    rgb = torch.stack([1 - 0.8 * strength, 1 - 0.6 * strength, torch.ones_like(strength)], -1)
+    rgb[h, w] = torch.tensor([0.85, 0.1, 0.1], dtype=torch.float64)
+    fig, ax = _figure_and_axes(ax, (2.5, 2.5))
+    ax.imshow(rgb.clamp(0, 1).numpy(), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title is not None:
+        ax.set_title(title, fontsize=9)
     return fig
 
 

@@ -373,3 +373,17 @@ def test_run_data_binarizations():
     assert torch.equal(discrete.eval, raw) and discrete.preprocess.to_unit(raw).max() == 1
     with pytest.raises(ConfigError, match="alpha applies to logit preprocessing"):
         build_data({"data": {"name": "digits", "preprocess": "binarize", "alpha": 0.1}})
+
+
+def test_plot_receptive_field_marks_the_field_and_the_pixel():
+    from probgen.plots import plot_receptive_field
+
+    model = PixelCNN([1, 5, 5], channels=4, layers=1, kernel_size=3, first_kernel_size=3)
+    binary, weighted = receptive_field(model, (2, 2))
+    fig = plot_receptive_field(binary, weighted, (2, 2), title="field")
+    rgb = fig.axes[0].images[0].get_array()
+    assert tuple(rgb[2, 2]) == pytest.approx((0.85, 0.1, 0.1))  # the probed pixel, red
+    assert tuple(rgb[4, 4]) == (1.0, 1.0, 1.0)  # a later pixel: outside the field, white
+    assert rgb[1, 2, 0] < 1.0 and rgb[1, 2, 2] == 1.0  # the pixel above: in the field, blue
+    with pytest.raises(ValueError, match="pixel: expected an index"):
+        plot_receptive_field(binary, weighted, (5, 0))
