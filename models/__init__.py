@@ -31,6 +31,7 @@ from probgen.models.flows import (
 from probgen.models.image_transformer import ImageTransformer
 from probgen.models.made import MADE
 from probgen.models.pixelcnn import GatedPixelCNN, PixelCNN
+from probgen.models.score import SCORE_MODELS, ConvScoreNet, ScoreMLP
 
 # Every family adds its name -> class table here; the CLI's [model] name looks up MODELS.
 AUTOREGRESSIVE: dict[str, type[AutoregressiveModel]] = {
@@ -39,7 +40,7 @@ AUTOREGRESSIVE: dict[str, type[AutoregressiveModel]] = {
     "GatedPixelCNN": GatedPixelCNN,
     "ImageTransformer": ImageTransformer,
 }
-MODELS: dict[str, type] = {**FLOWS, **CONTINUOUS_FLOWS, **AUTOREGRESSIVE}
+MODELS: dict[str, type] = {**FLOWS, **CONTINUOUS_FLOWS, **AUTOREGRESSIVE, **SCORE_MODELS}
 
 __all__ = [
     "MODELS",
@@ -68,4 +69,7 @@ __all__ = [
     "PixelCNN",
     "GatedPixelCNN",
     "ImageTransformer",
+    "SCORE_MODELS",
+    "ScoreMLP",
+    "ConvScoreNet",
 ]

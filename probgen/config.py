@@ -41,16 +41,24 @@ SECTIONS: dict[str, tuple[dict[str, type | tuple[type, ...]] | None, str]] = {
     "model": (None, "model: 'name' plus the constructor's keyword arguments"),
     "objective": (
         {"name": str, "target": str, "num_samples": int, "kinetic": (int, float),
-         "jacobian": (int, float)},
+         "jacobian": (int, float), "sigma": (int, float), "sigma_max": (int, float),
+         "sigma_min": (int, float), "num_sigmas": int, "divergence": str, "noise": str,
+         "num_projections": int},
         "objective: 'ml' (forward KL), 'regularized_ml' (with RNODE's 'kinetic' and "
-        "'jacobian' weights) or 'reverse_kl' to an energy 'target'",
+        "'jacobian' weights), 'reverse_kl' to an energy 'target', or score matching: "
+        "'ism', 'ssm', 'dsm' (one 'sigma'), 'ncsn' (a ladder 'sigma_max'..'sigma_min')",
     ),
     "train": (None, "keyword arguments of probgen.inference.fit"),
     "eval": (
         {"num_samples": int, "resolution": int, "bound": (int, float), "batch_size": int},
         "evaluation: held-out size, density-grid resolution and half-width",
     ),
-    "sample": ({"n": int}, "how many samples the run folder's figure shows"),
+    "sample": (
+        {"n": int, "sampler": str, "steps": int, "eta": (int, float), "eps": (int, float),
+         "init_std": (int, float), "denoise": bool},
+        "how many samples the run folder's figure shows; score runs: the Langevin sampler "
+        "('annealed' or 'langevin'), its steps (per level) and step size (eta; annealed: eps)",
+    ),
 }
 
 
