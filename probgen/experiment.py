@@ -29,7 +29,10 @@ _SCORE_OBJECTIVES = {
     "ncsn": ("sigma_max", "sigma_min", "num_sigmas"),
 }
 _OBJECTIVES = ("ml", "regularized_ml", "reverse_kl", *_SCORE_OBJECTIVES)
-_PREPROCESS = ("logit", "scale", "signed")
+_PREPROCESS = ("logit", "scale", "signed", "binarize", "dynamic_binarize", "discrete")
+# Discrete pixels for autoregressive models: binarized (threshold at half the range, or
+# Bernoulli draws per batch with one fixed draw of the test set), or integer pixels as they are.
+_DISCRETE = ("binarize", "dynamic_binarize", "discrete")
 # Arguments the runner fills in itself; a [train] table may not set them.
 _FIT_RESERVED = ("objective", "data", "out_dir", "resume", "config", "progress", "eval_data",
                  "callbacks")
@@ -74,6 +77,51 @@ def _image_preprocess(
     return ImagePreprocess(
         levels=levels, transform=kind, alpha=alpha, flatten=flatten, shape=shape
     )
+
+
+class _DiscretePixels:
+    """The preprocess of discrete data: pixels go to the model as they are (no ladj, no
+    dequantization); ``to_unit`` scales them to [0, 1] for figures."""
+
+    def __init__(self, values: int) -> None:
+        self.values = values
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return x
+
+    def to_unit(self, y: Tensor) -> Tensor:
+        return y / (self.values - 1)
+
+
+class _DynamicBinarized:
+    """A batch sampler: random training images, each pixel Bernoulli(intensity) per draw."""
+
+    def __init__(self, images: Tensor, levels: int) -> None:
+        self.intensity = images.float() / (levels - 1)
+
+    def __call__(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        idx = torch.randint(0, self.intensity.shape[0], (n,), generator=generator)
+        return torch.bernoulli(self.intensity[idx], generator=generator)
+
+
+def _discrete_data(name: str, kind: str, train: Tensor, test: Tensor, levels: int,
+                   flatten: bool) -> DataBundle:
+    from probgen import data as pdata
+
+    shape = tuple(train.shape[1:])
+    event = (math.prod(shape),) if flatten else shape
+    train, test = train.reshape(-1, *event), test.reshape(-1, *event)
+    if kind == "discrete":
+        return DataBundle(name, "image", train.float(), test.float(), event,
+                          _DiscretePixels(levels))
+    threshold = (levels - 1) / 2  # MNIST: x >= 127.5, i.e. the usual threshold 128
+    if kind == "binarize":
+        return DataBundle(name, "image", pdata.binarize(train, threshold),
+                          pdata.binarize(test, threshold), event, _DiscretePixels(2))
+    fixed = torch.Generator().manual_seed(0)  # one test binarization for every run
+    held_out = pdata.dynamic_binarize(test.float() / (levels - 1), generator=fixed)
+    return DataBundle(name, "image", _DynamicBinarized(train, levels), held_out, event,
+                      _DiscretePixels(2))
 
 
 def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
@@ -128,6 +176,10 @@ def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
                 f"[data] preprocess must be one of {list(_PREPROCESS)}, got {kind!r}."
             )
         flatten = bool(table.get("flatten", False))
+        if kind in _DISCRETE:
+            if "alpha" in table:
+                raise ConfigError(f"[data] alpha applies to logit preprocessing, not {kind!r}.")
+            return _discrete_data(name, kind, train, test, levels, flatten)
         shape = tuple(train.shape[1:])
         pre = _image_preprocess(levels, kind, float(table.get("alpha", 0.05)), flatten, shape)
         event = (math.prod(shape),) if flatten else shape
