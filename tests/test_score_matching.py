@@ -195,3 +195,22 @@ def test_errors_say_what_was_expected():
         NoiseConditionalScoreMatching(lambda x, s: x, [0.1, 1.0])
     with pytest.raises(TypeError, match=r"batch: expected a tensor x of shape"):
         SlicedScoreMatching(lambda x: x)("not a batch")
+
+
+def test_cli_score_objectives_name_the_wrong_key(tmp_path, capsys):
+    from probgen.cli import main
+
+    def fit(*overrides):
+        args = ["fit", "dsm-moons", "--out", str(tmp_path / "run"), "--quiet"]
+        for o in overrides:
+            args += ["--set", o]
+        return main(args)
+
+    assert fit("objective.num_sigmas=3") == 2
+    assert "[objective] keys ['num_sigmas'] do not apply to 'dsm' (allowed: sigma)" in (
+        capsys.readouterr().err)
+    assert fit("train.steps=2", "sample.sampler=hmc", "sample.n=4") == 2
+    assert "[sample] sampler: expected one of ['annealed', 'langevin'], got 'hmc'" in (
+        capsys.readouterr().err)
+    assert fit("train.steps=2", "sample.sampler=annealed", "sample.n=4") == 2
+    assert "needs a noise ladder" in capsys.readouterr().err
