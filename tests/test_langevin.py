@@ -187,8 +187,6 @@ def test_annealed_variance_ratio_matches_a_simulation():
 
 
 def test_score_sampler_draws_from_a_network_like_a_model():
-    net = torch.nn.Identity()
-
     def score(x, sigma):
         return -x / (1 + sigma[:, None] ** 2)  # N(0, I) perturbed by sigma
 
@@ -199,8 +197,6 @@ def test_score_sampler_draws_from_a_network_like_a_model():
     # the last level's law N(0, 1 + 0.5^2), with ULA's bias at eta = 0.05
     assert x.var(0).mean().item() == pytest.approx(1.25 / (1 - 0.05 / 5), rel=0.08)
     plain = ScoreSampler(lambda x: -x, (2,), sampler="langevin", steps=100, eta=0.05)
-    assert plain.sample((3,)).shape == (3, 2)
-    assert isinstance(net, torch.nn.Module)
+    assert plain.sample((3,)).shape == (3, 2) and plain.init_std == 1.0
     with pytest.raises(ValueError, match="needs a noise ladder"):
         ScoreSampler(lambda x: -x, (2,))
-    assert math.isfinite(plain.init_std)

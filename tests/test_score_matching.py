@@ -214,3 +214,36 @@ def test_cli_score_objectives_name_the_wrong_key(tmp_path, capsys):
         capsys.readouterr().err)
     assert fit("train.steps=2", "sample.sampler=annealed", "sample.n=4") == 2
     assert "needs a noise ladder" in capsys.readouterr().err
+
+
+def test_score_mlp_learns_a_perturbed_gaussian_score_through_fit():
+    from probgen.inference import fit
+    from probgen.models import ScoreMLP
+
+    torch.manual_seed(0)
+    net = ScoreMLP(2, [64, 64], noise_conditional=True)
+    sigmas = [1.0, 0.3]
+    fit(NoiseConditionalScoreMatching(net, sigmas), lambda n, generator=None: torch.randn(
+        n, 2, generator=generator), steps=800, batch_size=512, lr=3e-3, progress=False)
+    x = torch.randn(2000, 2)
+    with torch.no_grad():
+        for sigma in sigmas:  # N(0, I) * N(0, sigma^2 I): score -x / (1 + sigma^2)
+            s = net(x, torch.full((2000,), sigma))
+            err = (s + x / (1 + sigma**2)).pow(2).sum(-1).mean() / (x / (1 + sigma**2)).pow(
+                2).sum(-1).mean()
+            assert err < 0.02, (sigma, err)
+
+
+def test_score_networks_check_their_inputs():
+    from probgen.models import ConvScoreNet, ScoreMLP
+
+    with pytest.raises(ValueError, match=r"call it as net\(x, sigma\)"):
+        ScoreMLP(2, noise_conditional=True)(torch.randn(3, 2))
+    with pytest.raises(ValueError, match=r"sigma: expected shape \(3,\)"):
+        ScoreMLP(2, noise_conditional=True)(torch.randn(3, 2), torch.ones(3, 1))
+    with pytest.raises(ValueError, match=r"x: expected shape \(batch, 2\)"):
+        ScoreMLP(2)(torch.randn(3, 4))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        ConvScoreNet((1, 10, 10))
+    net = ConvScoreNet((1, 8, 8), hidden_channels=8)
+    assert net(torch.rand(2, 1, 8, 8), torch.tensor([1.0, 0.1])).shape == (2, 1, 8, 8)
