@@ -28,8 +28,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check probgen models inference tests benchmarks
 
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -r requirements-bench.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-bench.txt
 	$(PY) benchmarks/flows_2d.py
+	$(PY) benchmarks/metrics.py --root ../shared/data/mnist
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
