@@ -204,9 +204,10 @@ def inception_extractor(
         from torch_fidelity.feature_extractor_inceptionv3 import (
             FeatureExtractorInceptionV3,
         )
-    except ImportError as e:
+    except Exception as e:  # not installed, or its torchvision import fails
         raise ImportError(
-            "inception_extractor needs torch-fidelity (pip install torch-fidelity); use "
+            "inception_extractor needs torch-fidelity and a working torchvision (pip install "
+            f"torch-fidelity; importing it failed with: {e}); use "
             "probgen.metrics.mnist_classifier() for MNIST-like data."
         ) from e
     if weights is None:
