@@ -67,3 +67,45 @@ def test_cli_eval_with_sample_metrics(tmp_path, capsys):
     assert main(["eval", str(out), "--metrics", "is"]) == 2
     assert "MNIST only" in capsys.readouterr().err
     assert main(["eval", str(out), "--metrics", "fid", "--num-samples", "999999"]) == 2
+
+
+class _Replay(torch.nn.Module):
+    """A 'model' whose samples are given images mapped to model space (or noise)."""
+
+    def __init__(self, pre, images, noise=False):
+        super().__init__()
+        self.pre, self.images, self.noise, self.at = pre, images, noise, 0
+
+    def sample(self, shape):
+        n = shape[0]
+        x = self.images[self.at : self.at + n]
+        self.at += n
+        if self.noise:
+            x = torch.randint(0, 256, x.shape, dtype=torch.uint8)
+        return self.pre(x, dequantize=False)[0]
+
+
+@pytest.mark.mnist
+def test_run_metrics_on_mnist_use_the_classifier_features(mnist_root):
+    from probgen.data import ImagePreprocess, load_mnist
+    from probgen.experiment import DataBundle
+    from probgen.metrics import run_sample_metrics
+
+    test, _ = load_mnist(mnist_root, "test")
+    train, _ = load_mnist(mnist_root, "train")
+    pre = ImagePreprocess(levels=256, transform="logit", alpha=0.05, flatten=True,
+                          shape=(1, 28, 28))
+    data = DataBundle("mnist", "image", None, test[:1000].float(), (784,), pre)
+    # Samples that are real digits (other ones): FID near 0, precision and recall high;
+    # uniform noise: FID large, precision 0.
+    good = run_sample_metrics(_Replay(pre, train[:1000]), data, "fid,pr,is", num_samples=1000)
+    bad = run_sample_metrics(_Replay(pre, train[:1000], noise=True), data, "fid,pr",
+                             num_samples=1000)
+    assert set(good) == {"samples/mnist_classifier/fid", "samples/mnist_classifier/precision",
+                         "samples/mnist_classifier/recall", "samples/mnist_classifier/is",
+                         "samples/mnist_classifier/is_std", "samples/num_samples"}
+    assert good["samples/mnist_classifier/fid"] < 5
+    assert good["samples/mnist_classifier/precision"] > 0.7
+    assert good["samples/mnist_classifier/is"] > 8.5
+    assert bad["samples/mnist_classifier/fid"] > 50 * good["samples/mnist_classifier/fid"]
+    assert bad["samples/mnist_classifier/precision"] < 0.05
