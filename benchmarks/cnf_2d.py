@@ -1,0 +1,406 @@
+"""2-D continuous normalizing flows: probgen's CNF against zuko's CNF at the same budget.
+
+For each data set, both libraries train the same network (zuko's CNF: an MLP [64, 64] with
+ELU on [x, cos(k pi t), sin(k pi t)], k = 1..3, exact trace, dopri5 at rtol 1e-5 /
+atol 1e-6) from the same initial weights (zuko's, mapped onto probgen's time convention: the
+same function), on the same pre-drawn batches, one Adam step of each in turn. Reported:
+held-out NLL, seconds per training step, the time of ``log_prob`` on 5000 points with the
+exact trace (both libraries on the same trained field), and, for probgen, peak memory of a
+training step with and without the adjoint at growing numbers of function evaluations.
+An optional third row trains probgen's CNF with RNODE's penalties (same budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    command_line,
+    machine,
+    markdown_table,
+    set_threads,
+    today,
+    write_section,
+)
+
+DATASETS = ("8gaussians", "moons", "checkerboard")
+HIDDEN = (64, 64)
+FREQS = 3
+RTOL, ATOL = 1e-5, 1e-6  # zuko's CNF defaults
+
+
+# --------------------------------------------------------------------------- models
+
+
+def build_zuko() -> nn.Module:
+    import zuko
+
+    return zuko.flows.CNF(2, freqs=FREQS, atol=ATOL, rtol=RTOL, hidden_features=list(HIDDEN))
+
+
+def build_probgen(adjoint: bool = False, method: str = "dopri5",
+                  step_size: float | None = None) -> nn.Module:
+    from probgen.models import CNF
+
+    return CNF(2, hidden_features=list(HIDDEN), activation="elu", freqs=FREQS, rtol=RTOL,
+               atol=ATOL, adjoint=adjoint, method=method, step_size=step_size)
+
+
+@torch.no_grad()
+def copy_zuko_into_probgen(zf: nn.Module, pf: nn.Module) -> None:
+    """Loads zuko's field into probgen's CNF as the same flow in probgen's time convention.
+
+    zuko integrates data (t = 0) -> base (t = 1) along f(t, x) on inputs
+    [cos(k pi t), sin(k pi t), x]; probgen integrates base (s = 0) -> data (s = 1) along
+    v(x, s) = -f(1 - s, x) on inputs [x, cos(k pi s), sin(k pi s)]. With
+    cos(k pi (1 - s)) = (-1)^k cos(k pi s) and sin(k pi (1 - s)) = -(-1)^k sin(k pi s),
+    the first layer's time columns change sign by k's parity and the last layer is negated.
+    """
+    src = [m for m in zf.transform.ode if hasattr(m, "weight")]  # zuko.nn.Linear layers
+    dst = [m for m in pf.field.net if isinstance(m, nn.Linear)]
+    sign = torch.tensor([(-1.0) ** k for k in range(1, FREQS + 1)])
+    w = src[0].weight
+    dst[0].weight.copy_(torch.cat([w[:, 2 * FREQS:], w[:, :FREQS] * sign,
+                                   -w[:, FREQS:2 * FREQS] * sign], dim=1))
+    dst[0].bias.copy_(src[0].bias)
+    for a, b in zip(src[1:-1], dst[1:-1], strict=True):
+        b.weight.copy_(a.weight)
+        b.bias.copy_(a.bias)
+    dst[-1].weight.copy_(-src[-1].weight)
+    dst[-1].bias.copy_(-src[-1].bias)
+
+
+class Counter:
+    """Counts calls of zuko's field network (its function evaluations)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.n = 0
+        module.register_forward_hook(self._hook)
+
+    def _hook(self, *_: object) -> None:
+        self.n += 1
+
+
+# --------------------------------------------------------------------------- training
+
+
+def draw_batches(dataset: str, steps: int, batch_size: int, seed: int) -> Tensor:
+    from probgen.data import toy_sample
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([toy_sample(dataset, batch_size, generator=g) for _ in range(steps)])
+
+
+def held_out(dataset: str, n: int, seed: int) -> Tensor:
+    from probgen.data import toy_sample
+
+    return toy_sample(dataset, n, generator=torch.Generator().manual_seed(seed + 10_000))
+
+
+def train(runners: dict[str, dict], batches: Tensor, lr: float) -> None:
+    """One Adam step of each runner in turn on the same batch (order alternating), timed."""
+    for r in runners.values():
+        r["opt"] = torch.optim.Adam(r["module"].parameters(), lr=lr)
+        r["module"].train()
+        r["times"], r["nfe"] = [], []
+    names = list(runners)
+    for i, x in enumerate(batches):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            r = runners[name]
+            t0 = time.perf_counter()
+            loss = r["loss"](x)
+            r["opt"].zero_grad()
+            loss.backward()
+            r["opt"].step()
+            r["times"].append(time.perf_counter() - t0)
+            if not math.isfinite(float(loss.detach())):
+                raise FloatingPointError(f"{name}: non-finite loss at step {i + 1}")
+            if hasattr(r["module"], "nfe"):
+                r["nfe"].append(r["module"].nfe)
+
+
+@torch.no_grad()
+def nll(log_prob: object, x: Tensor, chunk: int = 5000) -> float:
+    return -sum(float(log_prob(x[i:i + chunk]).sum()) for i in range(0, len(x), chunk)) / len(x)
+
+
+def time_log_prob(zf: nn.Module, pf: nn.Module, x: Tensor, repeats: int) -> dict:
+    """Both libraries' log_prob on the same points and the same field, interleaved."""
+    counter = Counter(zf.transform.ode)
+    zf.eval()
+    pf.eval()
+    tz, tp, nfe_z, nfe_p = [], [], [], []
+    with torch.no_grad():
+        lz = zf().log_prob(x)
+        lp = pf.log_prob(x)
+        for i in range(repeats):
+            for who in (("z", "p") if i % 2 == 0 else ("p", "z")):
+                t0 = time.perf_counter()
+                if who == "z":
+                    counter.n = 0
+                    zf().log_prob(x)
+                    tz.append(time.perf_counter() - t0)
+                    nfe_z.append(counter.n)
+                else:
+                    pf.log_prob(x)
+                    tp.append(time.perf_counter() - t0)
+                    nfe_p.append(pf.nfe)
+    return {"zuko_s": statistics.median(tz), "probgen_s": statistics.median(tp),
+            "zuko_nfe": statistics.median(nfe_z), "probgen_nfe": statistics.median(nfe_p),
+            "max_abs_diff": float((lz - lp).abs().max())}
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _peak_rss_kb() -> int:
+    """This process's peak resident set (VmHWM), in kB. (Not ``ru_maxrss``: on Linux a
+    child process inherits its parent's high-water mark through fork and exec.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise OSError("VmHWM not found in /proc/self/status")
+
+
+def _reset_peak_rss() -> None:
+    """Resets VmHWM to the current resident set (Linux >= 4.0); a no-op where refused."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def memory_probe(nfe: int, adjoint: bool, batch: int) -> dict:
+    """Peak resident memory added by one training step (forward + backward) of probgen's CNF
+    with a fixed-step RK4 solver making ``nfe`` evaluations; run in a fresh process."""
+    set_threads(1)
+    torch.manual_seed(0)
+    steps = nfe // 4
+    pf = build_probgen(adjoint=adjoint, method="rk4", step_size=1.0 / steps)
+    x = torch.randn(batch, 2)
+    small = build_probgen(adjoint=adjoint, method="rk4", step_size=0.5)
+    (-small.log_prob(x[:8]).mean()).backward()  # warm-up: lazy initialisations
+    _reset_peak_rss()
+    before = _peak_rss_kb()
+    t0 = time.perf_counter()
+    loss = -pf.log_prob(x).mean()
+    loss.backward()
+    seconds = time.perf_counter() - t0
+    after = _peak_rss_kb()
+    return {"nfe": pf.last_solve.nfe, "nfe_backward": pf.last_solve.nfe_backward,
+            "adjoint": adjoint, "peak_mb": (after - before) / 1024, "seconds": seconds}
+
+
+def memory_table(nfes: list[int], batch: int) -> list[dict]:
+    rows = []
+    for nfe in nfes:
+        for adjoint in (False, True):
+            out = subprocess.run(
+                [sys.executable, __file__, "--memory-probe", str(nfe), str(int(adjoint)),
+                 str(batch)], capture_output=True, text=True, check=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"[cnf_2d] memory: NFE {row['nfe']:4d} adjoint={adjoint!s:5s} "
+                  f"peak +{row['peak_mb']:.1f} MB ({row['seconds']:.2f} s)", flush=True)
+            rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- main
+
+
+def fmt(v: float, digits: int = 3) -> str:
+    return "nan" if not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def run_dataset(dataset: str, args: argparse.Namespace) -> dict:
+    from probgen.inference import RegularizedMaximumLikelihood
+
+    torch.manual_seed(args.seed)
+    zf = build_zuko()
+    runners: dict[str, dict] = {"zuko": {"module": zf, "loss": lambda x: -zf().log_prob(x).mean()}}
+    pf = build_probgen()
+    copy_zuko_into_probgen(zf, pf)
+    runners["probgen"] = {"module": pf, "loss": lambda x: -pf.log_prob(x).mean()}
+    if args.rnode > 0:
+        rf = build_probgen()
+        copy_zuko_into_probgen(zf, rf)
+        objective = RegularizedMaximumLikelihood(rf, kinetic=args.rnode, jacobian=args.rnode)
+        runners["probgen + RNODE"] = {"module": rf, "loss": lambda x: objective(x)["loss"]}
+    x_test = held_out(dataset, args.eval_size, args.seed)
+    with torch.no_grad():  # the mapped weights give the same density before training
+        gap0 = float((zf().log_prob(x_test[:500]) - pf.log_prob(x_test[:500])).abs().max())
+    batches = draw_batches(dataset, args.steps, args.batch_size, args.seed)
+    t0 = time.perf_counter()
+    train(runners, batches, args.lr)
+    train_s = time.perf_counter() - t0
+    warm = min(20, args.steps // 10)
+    result: dict = {"dataset": dataset, "initial_gap": gap0, "train_s": train_s, "rows": []}
+    for name, r in runners.items():
+        r["module"].eval()
+        counter = Counter(zf.transform.ode) if name == "zuko" else None
+        log_prob = (lambda x: zf().log_prob(x)) if name == "zuko" else r["module"].log_prob
+        value = nll(log_prob, x_test)
+        eval_nfe = (counter.n / math.ceil(len(x_test) / 5000)) if counter else r["module"].nfe
+        row = {"library": name, "nll": value,
+               "ms_step": 1e3 * statistics.median(r["times"][warm:]),
+               "train_nfe": statistics.median(r["nfe"][-50:]) if r["nfe"] else float("nan"),
+               "eval_nfe": eval_nfe}
+        result["rows"].append(row)
+        print(f"[cnf_2d] {dataset:12s} {name:16s} NLL {value:.4f} nats, "
+              f"{row['ms_step']:.1f} ms/step (median), eval NFE {eval_nfe:.0f}", flush=True)
+    # log_prob speed on the same field: zuko's trained weights in probgen's CNF.
+    same = build_probgen()
+    copy_zuko_into_probgen(zf, same)
+    timing = time_log_prob(zf, same, x_test[: args.timing_points], args.timing_repeats)
+    result["timing"] = timing
+    print(f"[cnf_2d] {dataset:12s} log_prob({args.timing_points}) on zuko's trained field: "
+          f"zuko {timing['zuko_s']:.3f} s (NFE {timing['zuko_nfe']:.0f}), probgen "
+          f"{timing['probgen_s']:.3f} s (NFE {timing['probgen_nfe']:.0f}), max |diff| "
+          f"{timing['max_abs_diff']:.1e}", flush=True)
+    return result
+
+
+def report(results: list[dict], args: argparse.Namespace, elapsed: float) -> str:
+    rows = []
+    goals = []
+    for res in results:
+        zuko = next(r for r in res["rows"] if r["library"] == "zuko")
+        for r in res["rows"]:
+            gap = r["nll"] - zuko["nll"]
+            rows.append([res["dataset"], r["library"], fmt(r["nll"]),
+                         "ref." if r["library"] == "zuko" else f"{gap:+.3f}",
+                         fmt(r["ms_step"], 1),
+                         "-" if r["library"] == "zuko" else fmt(r["train_nfe"], 0),
+                         fmt(r["eval_nfe"], 0)])
+        ours = next(r for r in res["rows"] if r["library"] == "probgen")
+        gap = ours["nll"] - zuko["nll"]
+        t = res["timing"]
+        goals.append(f"- {res['dataset']}: NLL gap {gap:+.3f} nats "
+                     f"({'met' if gap <= 0.02 else 'MISSED'}); log_prob x"
+                     f"{t['probgen_s'] / t['zuko_s']:.2f} zuko's time "
+                     f"({'met' if t['probgen_s'] <= t['zuko_s'] else 'MISSED'})")
+    table = markdown_table(["data", "library", "NLL (nats)", "vs zuko", "ms/step (median)",
+                            "forward NFE/step (last 50)", "NFE of eval log_prob"], rows)
+    timing = markdown_table(
+        ["data", "zuko s", "probgen s", "probgen / zuko", "zuko NFE", "probgen NFE",
+         "max |log p diff|"],
+        [[res["dataset"], fmt(res["timing"]["zuko_s"]), fmt(res["timing"]["probgen_s"]),
+          fmt(res["timing"]["probgen_s"] / res["timing"]["zuko_s"], 2),
+          fmt(res["timing"]["zuko_nfe"], 0), fmt(res["timing"]["probgen_nfe"], 0),
+          f"{res['timing']['max_abs_diff']:.1e}"] for res in results])
+    rnode = (f" The 'probgen + RNODE' row adds kinetic and Jacobian penalties with weight "
+             f"{args.rnode} each (`RegularizedMaximumLikelihood`)." if args.rnode > 0 else "")
+    return (
+        "## 2-D continuous flows: probgen CNF vs zuko CNF\n\n"
+        f"Command: `{command_line()}`  \n"
+        f"Date: {today()}  \n"
+        f"Machine: {machine(args.threads)}; other jobs shared the cores during the run.  \n"
+        f"Setup: the same network in both libraries (zuko's `CNF(2)`: MLP {list(HIDDEN)}, ELU, "
+        f"{FREQS} time frequencies, exact trace, dopri5 with rtol {RTOL:g}, atol {ATOL:g}); "
+        "probgen starts from zuko's initial weights mapped to its time convention (t = 0 "
+        "base), so both start from the same density. Budget: "
+        f"{args.steps} Adam steps (lr {args.lr}), batch {args.batch_size}, the same pre-drawn "
+        f"batches (seed {args.seed}); the libraries take turns step by step (plain loops), so "
+        "background load hits both alike. This budget was chosen so that the whole run fits "
+        f"about 10-15 minutes on 2 shared cores (this run: {elapsed:.0f} s); the flows are "
+        "not trained to convergence. NLL: nats on "
+        f"{args.eval_size} held-out points, each library's own exact-trace log_prob."
+        f"{rnode}\n\n"
+        + table
+        + f"\n\n`log_prob` of {args.timing_points} held-out points, exact trace, both libraries "
+        "on the same (zuko's trained) field, median of "
+        f"{args.timing_repeats} interleaved calls:\n\n"
+        + timing
+        + "\n\nGoals: NLL no worse than zuko's by more than 0.02 nats; log_prob at least as "
+        "fast as zuko's. Peak memory with and without the adjoint: the section "
+        "'2-D continuous flows: adjoint memory' below.\n\n"
+        + "\n".join(goals) + "\n"
+    )
+
+
+def memory_report(memory: list[dict], args: argparse.Namespace) -> str:
+    """The memory section: peak memory per training step, with and without the adjoint."""
+    goals = []
+    mem_rows = []
+    for nfe in sorted({m["nfe"] for m in memory}):
+        bp = next(m for m in memory if m["nfe"] == nfe and not m["adjoint"])
+        adj = next(m for m in memory if m["nfe"] == nfe and m["adjoint"])
+        mem_rows.append([str(nfe), fmt(bp["peak_mb"], 1), fmt(adj["peak_mb"], 1),
+                         str(adj["nfe_backward"]), fmt(bp["seconds"], 2),
+                         fmt(adj["seconds"], 2)])
+    mem = markdown_table(["NFE (forward)", "backprop: peak MB", "adjoint: peak MB",
+                          "adjoint backward NFE", "backprop s", "adjoint s"], mem_rows)
+    if memory:
+        flat = [m["peak_mb"] for m in memory if m["adjoint"]]
+        grows = [m["peak_mb"] for m in memory if not m["adjoint"]]
+        goals.append(f"- adjoint peak memory {min(flat):.0f}-{max(flat):.0f} MB over NFE "
+                     f"{min(args.memory_nfe)}-{max(args.memory_nfe)} (backprop "
+                     f"{min(grows):.0f}-{max(grows):.0f} MB)")
+    return (
+        "## 2-D continuous flows: adjoint memory\n\n"
+        f"Command: `{command_line()}`  \n"
+        f"Date: {today()}  \n"
+        f"Machine: {machine(1)}.  \n"
+        "Peak memory of one training step of probgen's CNF (the cnf_2d network; log_prob + "
+        f"backward, batch {args.memory_batch}, fixed-step RK4 so that the number of function "
+        "evaluations is set), measured as the growth of the peak resident set (VmHWM, reset "
+        "before the step) in a fresh process per row:\n\n"
+        + mem + "\n\nGoal: adjoint memory flat in the number of evaluations.\n\n"
+        + "\n".join(goals) + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-size", type=int, default=20000)
+    parser.add_argument("--timing-points", type=int, default=5000)
+    parser.add_argument("--timing-repeats", type=int, default=5)
+    parser.add_argument("--rnode", type=float, default=0.01,
+                        help="weight of both RNODE penalties for an extra probgen row (0: skip)")
+    parser.add_argument("--memory-nfe", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    parser.add_argument("--memory-batch", type=int, default=1024)
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only the memory section (about a minute)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--write", action="store_true", help="write the RESULTS.md section")
+    parser.add_argument("--memory-probe", nargs=3, type=int, metavar=("NFE", "ADJOINT", "BATCH"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_probe:
+        nfe, adjoint, batch = args.memory_probe
+        print(json.dumps(memory_probe(nfe, bool(adjoint), batch)))
+        return 0
+    set_threads(args.threads)
+    if not args.memory_only:
+        start = time.perf_counter()
+        results = [run_dataset(d, args) for d in args.datasets]
+        body = report(results, args, time.perf_counter() - start)
+        print(body)
+        if args.write:
+            print(f"[cnf_2d] wrote {write_section('cnf_2d', body)}")
+    if args.memory_nfe:
+        body = memory_report(memory_table(args.memory_nfe, args.memory_batch), args)
+        print(body)
+        if args.write:
+            print(f"[cnf_2d] wrote {write_section('cnf_2d_memory', body)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
