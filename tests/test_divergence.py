@@ -39,13 +39,14 @@ def test_linear_field_has_matrix_jacobian_and_trace():
     assert torch.allclose(out.jacobian_norm, a.pow(2).sum().expand(7))
 
 
-def test_nonlinear_field_matches_autograd_jacobian():
+@pytest.mark.parametrize("vectorize", [None, True, False])
+def test_nonlinear_field_matches_autograd_jacobian(vectorize):
     net = _net(3)
     x = torch.randn(6, 3, dtype=DT)
-    _, jac = jacobian(net, x)
+    _, jac = jacobian(net, x, vectorize=vectorize)
     expected = _autograd_jacobians(net, x)
     assert torch.allclose(jac, expected, atol=1e-12)
-    out = exact_divergence(net, x, jacobian_norm=True)
+    out = exact_divergence(net, x, jacobian_norm=True, vectorize=vectorize)
     assert torch.allclose(out.divergence, expected.diagonal(dim1=-2, dim2=-1).sum(-1))
     assert torch.allclose(out.jacobian_norm, expected.pow(2).sum((-2, -1)))
 
@@ -57,16 +58,18 @@ def test_image_shaped_events_flatten_to_one_jacobian():
         return torch.tanh(y.flatten(1) @ w.T).reshape(y.shape)
 
     x = torch.randn(5, 2, 3, dtype=DT)
-    _, jac = jacobian(f, x)
+    _, jac = jacobian(f, x, vectorize=False)
+    assert torch.allclose(jac, jacobian(f, x, vectorize=True)[1], atol=1e-12)
     expected = _autograd_jacobians(lambda y: f(y.reshape(-1, 2, 3)).flatten(1), x.flatten(1))
     assert jac.shape == (5, 6, 6)
     assert torch.allclose(jac, expected, atol=1e-12)
 
 
-def test_divergence_is_differentiable_in_the_parameters():
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_divergence_is_differentiable_in_the_parameters(vectorize):
     net = _net(2)
     x = torch.randn(5, 2, dtype=DT)
-    div = exact_divergence(net, x).divergence.sum()
+    div = exact_divergence(net, x, vectorize=vectorize).divergence.sum()
     params = list(net.parameters())  # the last bias does not move the divergence: grad 0
     grads = torch.autograd.grad(div, params, allow_unused=True, materialize_grads=True)
 
@@ -82,11 +85,12 @@ def test_divergence_is_differentiable_in_the_parameters():
         assert torch.allclose(g, e, atol=1e-12)
 
 
-def test_no_graph_is_kept_under_no_grad():
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_no_graph_is_kept_under_no_grad(vectorize):
     net = _net(2)
     x = torch.randn(5, 2, dtype=DT)
     with torch.no_grad():
-        out = exact_divergence(net, x, jacobian_norm=True)
+        out = exact_divergence(net, x, jacobian_norm=True, vectorize=vectorize)
         est = hutchinson_divergence(net, x, hutchinson_noise(x))
     for t in (out.value, out.divergence, out.jacobian_norm, est.value, est.divergence):
         assert not t.requires_grad
