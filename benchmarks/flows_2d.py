@@ -378,7 +378,8 @@ def run(args: argparse.Namespace) -> int:
                                   args.profile_top))
     if args.write:
         body = (
-            "## 2-D flows: probgen vs zuko and normflows\n\n"
+            "## 2-D flows: probgen vs zuko and normflows"
+            + (f" over {len(args.seeds)} seeds" if len(args.seeds) > 1 else "") + "\n\n"
             f"Command: `{command_line()}`  \n"
             f"Date: {today()}  \n"
             f"Machine: {machine(args.threads)}; other jobs shared the cores during the run.  \n"
