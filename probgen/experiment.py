@@ -302,13 +302,15 @@ def _held_out(data: DataBundle, config: dict) -> Tensor | None:
     return data.eval[: int(table["num_samples"])]
 
 
-def _write_figures(model: nn.Module, data: DataBundle, config: dict, run: Path) -> list[str]:
+def _write_figures(model: nn.Module, data: DataBundle, config: dict, run: Path,
+                   samples: Tensor | None = None) -> list[str]:
     from probgen import plots
 
     written = []
     n = int(config.get("sample", {}).get("n", 2000 if data.kind != "image" else 64))
-    with torch.no_grad():
-        samples = model.sample((n,))
+    if samples is None:
+        with torch.no_grad():
+            samples = model.sample((n,))
     if data.kind == "image":
         images = data.preprocess.to_unit(samples).clamp(0, 1)
         fig = plots.plot_image_grid(images, nrow=int(math.sqrt(n)) or 1)
@@ -370,10 +372,11 @@ def fit_run(
         # Under torchrun only rank 0 evaluates and writes; the others are done after fit.
         return {"train_seconds": seconds, "run": str(run), "files": []}
     result = {"train_seconds": seconds, **_evaluate(objective, model, data, config)}
-    sampler = _sampleable(config, model, objective, data)
+    sampler, samples = _sampleable(config, model, objective, data), None
     if sampler is not model:
-        result.update(_sample_stats(sampler, data, config))
-    files = _write_figures(sampler, data, config, run)
+        stats, samples = _sample_stats(sampler, data, config)
+        result.update(stats)
+    files = _write_figures(sampler, data, config, run, samples)
     atomic_write_text(run / "eval.json", json.dumps(result, indent=2, sort_keys=True))
     return {**result, "run": str(run), "files": sorted(["config.toml", "checkpoint.pt",
                                                          "metrics.jsonl", "eval.json", *files])}
@@ -394,8 +397,10 @@ def _sampleable(config: dict, model: nn.Module, objective: nn.Module, data: Data
         raise ConfigError(f"[sample] {e}") from None
 
 
-def _sample_stats(sampler: Any, data: DataBundle, config: dict) -> dict[str, float]:
-    """Sampling time of ``[sample] n`` draws; for mixture data, the share of each mode."""
+def _sample_stats(sampler: Any, data: DataBundle, config: dict) -> tuple[dict[str, float],
+                                                                          Tensor]:
+    """Sampling time of ``[sample] n`` draws; for mixture data, the share of each mode.
+    Returns the statistics and the samples (the run folder's figure shows them)."""
     n = int(config.get("sample", {}).get("n", 2000 if data.kind != "image" else 64))
     start = time.perf_counter()
     samples = sampler.sample((n,))
@@ -403,7 +408,7 @@ def _sample_stats(sampler: Any, data: DataBundle, config: dict) -> dict[str, flo
     if callable(getattr(data.train, "assign", None)):  # a GaussianMixture
         counts = torch.bincount(data.train.assign(samples), minlength=len(data.train.weights))
         out.update({f"sample/mode_weight_{k}": float(c) / n for k, c in enumerate(counts)})
-    return out
+    return out, samples
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, DataBundle, nn.Module, nn.Module]:
