@@ -22,6 +22,14 @@ def _check(name: str, value: int, odd: bool = False) -> int:
     return value
 
 
+def _check_sizes(channels: int, layers: int, kernel_size: int, first_kernel_size: int) -> None:
+    # The size arguments both PixelCNN variants share.
+    _check("channels", channels)
+    _check("layers", layers)
+    _check("kernel_size", kernel_size, odd=True)
+    _check("first_kernel_size", first_kernel_size, odd=True)
+
+
 def _image(shape: Sequence[int]) -> tuple[int, int, int]:
     if len(shape) != 3:
         raise ValueError(f"shape: expected an image shape (C, H, W), got {list(shape)}.")
@@ -127,10 +135,7 @@ class PixelCNN(AutoregressiveModel):
         c, h, w = _image(shape)
         super().__init__((c, h, w), categories, classes)
         self.row_causal = True
-        _check("channels", channels)
-        _check("layers", layers)
-        _check("kernel_size", kernel_size, odd=True)
-        _check("first_kernel_size", first_kernel_size, odd=True)
+        _check_sizes(channels, layers, kernel_size, first_kernel_size)
         self.order = raster_order(c, h, w)
         self.residual = bool(residual)
         self.input_conv = MaskedConv2d(c, channels, first_kernel_size, "A", c)
@@ -241,10 +246,7 @@ class GatedPixelCNN(AutoregressiveModel):
         c, h, w = _image(shape)
         super().__init__((c, h, w), categories, classes)
         self.row_causal = True
-        _check("channels", channels)
-        _check("layers", layers)
-        _check("kernel_size", kernel_size, odd=True)
-        _check("first_kernel_size", first_kernel_size, odd=True)
+        _check_sizes(channels, layers, kernel_size, first_kernel_size)
         channel_groups(channels, c)
         self.order = raster_order(c, h, w)
         self.layers = nn.ModuleList(
