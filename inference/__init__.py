@@ -3,6 +3,7 @@ matching, Langevin samplers, checkpoints, EMA."""
 
 from __future__ import annotations
 
+from probgen.inference import registry
 from probgen.inference.checkpoint import load_checkpoint
 from probgen.inference.ema import EMA
 from probgen.inference.langevin import (
@@ -16,6 +17,7 @@ from probgen.inference.langevin import (
 )
 from probgen.inference.likelihood import MaximumLikelihood
 from probgen.inference.optim import LRSchedule
+from probgen.inference.registry import OBJECTIVES, register_objective
 from probgen.inference.regularized import RegularizedMaximumLikelihood
 from probgen.inference.reverse_kl import ReverseKL
 from probgen.inference.score_matching import (
@@ -29,6 +31,9 @@ from probgen.inference.training import History, fit
 
 __all__ = [
     "fit",
+    "registry",
+    "OBJECTIVES",
+    "register_objective",
     "History",
     "NonFiniteLossError",
     "load_checkpoint",

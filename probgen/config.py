@@ -35,18 +35,18 @@ SECTIONS: dict[str, tuple[dict[str, type | tuple[type, ...]] | None, str]] = {
             "alpha": (int, float),
             "eval_size": int,
             "flatten": bool,
+            "labels": bool,
         },
-        "data set: a toy density, 'digits' or 'mnist', and its preprocessing",
+        "data set: a toy density, 'digits' or 'mnist', its preprocessing, and whether batches "
+        "carry class labels",
     ),
     "model": (None, "model: 'name' plus the constructor's keyword arguments"),
     "objective": (
-        {"name": str, "target": str, "num_samples": int, "kinetic": (int, float),
-         "jacobian": (int, float), "sigma": (int, float), "sigma_max": (int, float),
-         "sigma_min": (int, float), "num_sigmas": int, "divergence": str, "noise": str,
-         "num_projections": int},
+        None,
         "objective: 'ml' (forward KL), 'regularized_ml' (with RNODE's 'kinetic' and "
-        "'jacobian' weights), 'reverse_kl' to an energy 'target', or score matching: "
-        "'ism', 'ssm', 'dsm' (one 'sigma'), 'ncsn' (a ladder 'sigma_max'..'sigma_min')",
+        "'jacobian' weights), 'reverse_kl' to an energy 'target', score matching: "
+        "'ism', 'ssm', 'dsm' (one 'sigma'), 'ncsn' (a ladder 'sigma_max'..'sigma_min'), or a "
+        "family's registered objective (probgen.inference.registry.OBJECTIVES)",
     ),
     "train": (None, "keyword arguments of probgen.inference.fit"),
     "eval": (
@@ -54,10 +54,10 @@ SECTIONS: dict[str, tuple[dict[str, type | tuple[type, ...]] | None, str]] = {
         "evaluation: held-out size, density-grid resolution and half-width",
     ),
     "sample": (
-        {"n": int, "sampler": str, "steps": int, "eta": (int, float), "eps": (int, float),
-         "init_std": (int, float), "denoise": bool},
-        "how many samples the run folder's figure shows; score runs: the Langevin sampler "
-        "('annealed' or 'langevin'), its steps (per level) and step size (eta; annealed: eps)",
+        None,
+        "'n', the number of samples the run folder's figure shows; score runs: the Langevin "
+        "sampler ('annealed' or 'langevin'), its steps (per level) and step size (eta; "
+        "annealed: eps); other runs: keyword arguments of the model's sample method",
     ),
 }
 

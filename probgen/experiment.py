@@ -29,6 +29,17 @@ _SCORE_OBJECTIVES = {
     "ncsn": ("sigma_max", "sigma_min", "num_sigmas"),
 }
 _OBJECTIVES = ("ml", "regularized_ml", "reverse_kl", *_SCORE_OBJECTIVES)
+# Keys the built-in objectives accept ([objective] tables of registered objectives are checked
+# against their own keys, see probgen.inference.registry).
+_BUILTIN_OBJECTIVE_KEYS = {
+    "name": str, "target": str, "num_samples": int, "kinetic": (int, float),
+    "jacobian": (int, float), "sigma": (int, float), "sigma_max": (int, float),
+    "sigma_min": (int, float), "num_sigmas": int, "divergence": str, "noise": str,
+    "num_projections": int,
+}
+# [sample] keys of score runs (a Langevin sampler); other runs pass [sample] to model.sample.
+_SCORE_SAMPLE_KEYS = {"n": int, "sampler": str, "steps": int, "eta": (int, float),
+                      "eps": (int, float), "init_std": (int, float), "denoise": bool}
 _PREPROCESS = ("logit", "scale", "signed", "binarize", "dynamic_binarize", "discrete")
 # Discrete pixels for autoregressive models: binarized (threshold at half the range, or
 # Bernoulli draws per batch with one fixed draw of the test set), or integer pixels as they are.
@@ -59,14 +70,22 @@ class DataBundle:
         eval: held-out data (points, or integer-valued images), or ``None``.
         event_shape: the model's event shape.
         preprocess: images only: the map from integer pixels to model space.
+        num_classes: with ``[data] labels = true``, the number of classes; ``train`` then
+            yields ``(x, y)`` batches and ``eval`` is an ``(x, y)`` tuple.
     """
 
     name: str
     kind: str
     train: Any
-    eval: Tensor | None
+    eval: Tensor | tuple[Tensor, Tensor] | None
     event_shape: tuple[int, ...]
     preprocess: Any = None
+    num_classes: int | None = None
+
+    @property
+    def eval_x(self) -> Tensor | None:
+        """The held-out examples without their labels."""
+        return self.eval[0] if isinstance(self.eval, tuple) else self.eval
 
 
 def _image_preprocess(
@@ -96,12 +115,14 @@ class _DiscretePixels:
 class _DynamicBinarized:
     """A batch sampler: random training images, each pixel Bernoulli(intensity) per draw."""
 
-    def __init__(self, images: Tensor, levels: int) -> None:
+    def __init__(self, images: Tensor, levels: int, labels: Tensor | None = None) -> None:
         self.intensity = images.float() / (levels - 1)
+        self.labels = labels
 
-    def __call__(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, n: int, generator: torch.Generator | None = None) -> Any:
         idx = torch.randint(0, self.intensity.shape[0], (n,), generator=generator)
-        return torch.bernoulli(self.intensity[idx], generator=generator)
+        x = torch.bernoulli(self.intensity[idx], generator=generator)
+        return x if self.labels is None else (x, self.labels[idx])
 
 
 def _discrete_data(name: str, kind: str, train: Tensor, test: Tensor, levels: int,
@@ -124,6 +145,18 @@ def _discrete_data(name: str, kind: str, train: Tensor, test: Tensor, levels: in
                       _DiscretePixels(2))
 
 
+def _with_labels(bundle: DataBundle, train_y: Tensor, test_y: Tensor) -> DataBundle:
+    """The same data with integer class labels: ``(x, y)`` batches and an ``(x, y)`` eval."""
+    train_y, test_y = train_y.long(), test_y.long()
+    if isinstance(bundle.train, _DynamicBinarized):
+        bundle.train.labels = train_y
+    else:
+        bundle.train = (bundle.train, train_y)
+    bundle.eval = (bundle.eval, test_y)
+    bundle.num_classes = int(max(train_y.max(), test_y.max())) + 1
+    return bundle
+
+
 def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
     """Builds the data named by the ``[data]`` table (see ``probgen.config.SECTIONS``)."""
     from probgen import data as pdata
@@ -144,7 +177,8 @@ def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
     if name in pdata.TOY_NAMES:
         extra = set(table) - {"name", "eval_size"}
         if extra:
-            raise ConfigError(f"[data] keys {sorted(extra)} do not apply to toy data {name!r}.")
+            raise ConfigError(f"[data] keys {sorted(extra)} do not apply to toy data {name!r} "
+                              "(allowed: name, eval_size).")
         n_eval = int(table.get("eval_size", 20000))
         held_out = pdata.toy_sample(name, n_eval, generator=generator)
         return DataBundle(name, "toy", pdata.ToySampler(name), held_out, (2,))
@@ -163,12 +197,12 @@ def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
                 "[data] eval_size applies to toy data only (images use the test split)."
             )
         if name == "digits":
-            train, _ = pdata.load_digits("train")
-            test, _ = pdata.load_digits("test")
+            train, train_y = pdata.load_digits("train")
+            test, test_y = pdata.load_digits("test")
             levels = pdata.DIGITS_LEVELS
         else:
-            train, _ = pdata.load_mnist(table.get("root"), "train")
-            test, _ = pdata.load_mnist(table.get("root"), "test")
+            train, train_y = pdata.load_mnist(table.get("root"), "train")
+            test, test_y = pdata.load_mnist(table.get("root"), "test")
             levels = 256
         kind = table.get("preprocess", "logit")
         if kind not in _PREPROCESS:
@@ -176,14 +210,17 @@ def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
                 f"[data] preprocess must be one of {list(_PREPROCESS)}, got {kind!r}."
             )
         flatten = bool(table.get("flatten", False))
+        labels = bool(table.get("labels", False))
         if kind in _DISCRETE:
             if "alpha" in table:
                 raise ConfigError(f"[data] alpha applies to logit preprocessing, not {kind!r}.")
-            return _discrete_data(name, kind, train, test, levels, flatten)
+            bundle = _discrete_data(name, kind, train, test, levels, flatten)
+            return _with_labels(bundle, train_y, test_y) if labels else bundle
         shape = tuple(train.shape[1:])
         pre = _image_preprocess(levels, kind, float(table.get("alpha", 0.05)), flatten, shape)
         event = (math.prod(shape),) if flatten else shape
-        return DataBundle(name, "image", train.float(), test.float(), event, pre)
+        bundle = DataBundle(name, "image", train.float(), test.float(), event, pre)
+        return _with_labels(bundle, train_y, test_y) if labels else bundle
     raise ConfigError(f"[data] name {name!r} is unknown; allowed: "
                       f"{sorted([*pdata.TOY_NAMES, 'two_modes', 'digits', 'mnist'])}.")
 
@@ -216,16 +253,31 @@ def build_model(config: dict[str, Any], data: DataBundle) -> nn.Module:
                 f"[model] {name} models images (C, H, W) but the data has event shape "
                 f"{data.event_shape}; remove [data] flatten or pick a vector flow.")
         table["shape"] = list(data.event_shape)
+    if "num_classes" in params and "num_classes" not in table and data.num_classes is not None:
+        table["num_classes"] = data.num_classes
     return cls(**table)
 
 
 def build_objective(config: dict[str, Any], model: nn.Module, data: DataBundle) -> nn.Module:
-    """Builds the ``[objective]`` (``ml`` by default) around ``model``."""
+    """Builds the ``[objective]`` (``ml`` by default) around ``model``.
+
+    Built-in names are handled here; a family's own objectives come from
+    ``probgen.inference.registry.OBJECTIVES`` (their builders check their keys).
+    """
     inference = _inference()
     table = dict(config.get("objective", {}))
     name = table.pop("name", "ml")
+    registered = inference.registry.OBJECTIVES
+    if name in registered:
+        try:
+            return inference.registry.build_registered(name, model, data, table)
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"[objective] {name}: {e}") from None
     if name not in _OBJECTIVES:
-        raise ConfigError(f"[objective] name must be one of {list(_OBJECTIVES)}, got {name!r}.")
+        raise ConfigError(f"[objective] name must be one of "
+                          f"{sorted([*_OBJECTIVES, *registered])}, got {name!r}.")
     if name in _SCORE_OBJECTIVES:
         extra = set(table) - set(_SCORE_OBJECTIVES[name])
         if extra:
@@ -254,9 +306,17 @@ def build_objective(config: dict[str, Any], model: nn.Module, data: DataBundle) 
     return inference.ReverseKL(model, table["target"], num_samples=table.get("num_samples", 256))
 
 
+def _objective_name(config: dict[str, Any]) -> str:
+    return config.get("objective", {}).get("name", "ml")
+
+
 def _validate(config: dict[str, Any]) -> None:
     for section, table in config.items():
         schema = SECTIONS[section][0]
+        if section == "objective" and _objective_name(config) in _OBJECTIVES:
+            schema = _BUILTIN_OBJECTIVE_KEYS
+        if section == "sample" and _objective_name(config) in _SCORE_OBJECTIVES:
+            schema = _SCORE_SAMPLE_KEYS
         if schema is not None:
             check_keys(table, schema, section)
     train = dict(config.get("train", {}))
@@ -284,22 +344,36 @@ def _evaluate(objective: nn.Module, model: nn.Module, data: DataBundle, config: 
         held_out = _held_out(data, config)
         sums: dict[str, float] = {}
         count = 0
-        for start in range(0, held_out.shape[0], batch_size):
-            batch = held_out[start : start + batch_size]
+        total = _length(held_out)
+        for start in range(0, total, batch_size):
+            batch = _rows(held_out, start, start + batch_size)
+            m = _length(batch)
             stats = objective(batch)
             for key, value in stats.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * batch.shape[0]
-            count += batch.shape[0]
+                sums[key] = sums.get(key, 0.0) + float(value) * m
+            count += m
         out = {f"test/{k}": v / count for k, v in sums.items() if k != "loss"}
     return out
 
 
-def _held_out(data: DataBundle, config: dict) -> Tensor | None:
-    """The held-out data, cut to ``[eval] num_samples`` when that is set."""
+def _length(batch: Any) -> int:
+    return int(batch[0].shape[0]) if isinstance(batch, tuple) else int(batch.shape[0])
+
+
+def _rows(batch: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of a tensor or of each member of an ``(x, y)`` tuple."""
+    if isinstance(batch, tuple):
+        return tuple(b[start:stop] for b in batch)
+    return batch[start:stop]
+
+
+def _held_out(data: DataBundle, config: dict) -> Any:
+    """The held-out data (a tensor, or ``(x, y)`` with labels), cut to ``[eval] num_samples``
+    when that is set."""
     table = config.get("eval", {})
     if data.eval is None or "num_samples" not in table:
         return data.eval
-    return data.eval[: int(table["num_samples"])]
+    return _rows(data.eval, 0, int(table["num_samples"]))
 
 
 def _write_figures(model: nn.Module, data: DataBundle, config: dict, run: Path,
@@ -382,11 +456,29 @@ def fit_run(
                                                          "metrics.jsonl", "eval.json", *files])}
 
 
+class _ConfiguredSampler:
+    """A model whose ``sample(shape)`` passes the run's ``[sample]`` keywords on."""
+
+    def __init__(self, model: nn.Module, kwargs: dict[str, Any]) -> None:
+        self.model, self.kwargs = model, kwargs
+
+    def sample(self, shape: tuple[int, ...] = ()) -> Tensor:
+        return self.model.sample(shape, **self.kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # log_prob, event_shape, ... of the model
+        return getattr(self.model, name)
+
+
 def _sampleable(config: dict, model: nn.Module, objective: nn.Module, data: DataBundle) -> Any:
-    """What draws a run's samples: the model, or for score runs a Langevin sampler of its
-    network set by the ``[sample]`` table (annealed over the objective's ladder by default)."""
-    if config.get("objective", {}).get("name", "ml") not in _SCORE_OBJECTIVES:
-        return model
+    """What draws a run's samples: the model (its ``sample`` called with the ``[sample]``
+    table's keys other than ``n``), or for score runs a Langevin sampler of its network set
+    by the ``[sample]`` table (annealed over the objective's ladder by default)."""
+    if _objective_name(config) not in _SCORE_OBJECTIVES:
+        kwargs = {k: v for k, v in config.get("sample", {}).items() if k != "n"}
+        if not kwargs:
+            return model
+        check_call_kwargs(model.sample, kwargs, "sample")
+        return _ConfiguredSampler(model, kwargs)
     table = {k: v for k, v in config.get("sample", {}).items() if k != "n"}
     sigmas = getattr(objective, "sigmas", None)
     defaults = {"sampler": "annealed" if sigmas is not None else "langevin", "sigmas": sigmas,

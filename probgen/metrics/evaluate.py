@@ -173,7 +173,7 @@ def run_sample_metrics(
     if getattr(data, "eval", None) is None:
         raise ValueError("metrics: this run has no held-out data (a reverse-KL run), so its "
                          "samples cannot be compared with data.")
-    real = data.eval
+    real = data.eval[0] if isinstance(data.eval, tuple) else data.eval  # (x, y) with labels
     n = min(real.shape[0], 10_000) if num_samples is None else num_samples
     if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= real.shape[0]:
         raise ValueError(f"num_samples: expected an int in 2..{real.shape[0]} (the held-out "
