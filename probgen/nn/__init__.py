@@ -1,7 +1,14 @@
-"""Neural-network building blocks: MLPs, conv ResNets, masked layers, time embeddings, init."""
+"""Neural-network building blocks: MLPs, conv ResNets, masked layers, time embeddings, init,
+conditional networks net(x, t, labels) (a 2-D MLP and a U-Net)."""
 
 from __future__ import annotations
 
+from probgen.nn.conditional import (
+    ConditionalMLP,
+    ConditionEmbedding,
+    check_labels,
+    check_time,
+)
 from probgen.nn.embeddings import FourierEmbedding, SinusoidalEmbedding
 from probgen.nn.init import zero_init_
 from probgen.nn.masked import (
@@ -15,6 +22,7 @@ from probgen.nn.masked import (
 )
 from probgen.nn.mlp import ACTIVATIONS, MLP, ResidualBlock, ResidualMLP, activation
 from probgen.nn.resnet import ConvResidualBlock, ConvResNet
+from probgen.nn.unet import UNet
 
 __all__ = [
     "ACTIVATIONS",
@@ -34,4 +42,9 @@ __all__ = [
     "conv_mask",
     "channel_groups",
     "causal_mask",
+    "ConditionEmbedding",
+    "ConditionalMLP",
+    "check_time",
+    "check_labels",
+    "UNet",
 ]
