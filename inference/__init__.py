@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from probgen.inference import registry
 from probgen.inference.checkpoint import load_checkpoint
+from probgen.inference.elbo import ELBO, DifferentiableRenyiELBO, LatentScale
 from probgen.inference.ema import EMA
 from probgen.inference.langevin import (
     SAMPLERS,
@@ -30,6 +31,9 @@ from probgen.inference.steps import NonFiniteLossError
 from probgen.inference.training import History, fit
 
 __all__ = [
+    "ELBO",
+    "DifferentiableRenyiELBO",
+    "LatentScale",
     "fit",
     "registry",
     "OBJECTIVES",

@@ -32,6 +32,23 @@ from probgen.models.image_transformer import ImageTransformer
 from probgen.models.made import MADE
 from probgen.models.pixelcnn import GatedPixelCNN, PixelCNN
 from probgen.models.score import SCORE_MODELS, ConvScoreNet, ScoreMLP
+from probgen.models.vae import (
+    LATENT_MODELS,
+    VAE,
+    BernoulliLikelihood,
+    CategoricalLikelihood,
+    ContinuousBernoulliLikelihood,
+    ConvDecoder,
+    ConvEncoder,
+    GaussianLikelihood,
+    MLPDecoder,
+    MLPEncoder,
+    StandardNormalPrior,
+    VampPrior,
+    make_decoder,
+    make_encoder,
+    make_likelihood,
+)
 
 # Every family adds its name -> class table here; the CLI's [model] name looks up MODELS.
 AUTOREGRESSIVE: dict[str, type[AutoregressiveModel]] = {
@@ -40,9 +57,25 @@ AUTOREGRESSIVE: dict[str, type[AutoregressiveModel]] = {
     "GatedPixelCNN": GatedPixelCNN,
     "ImageTransformer": ImageTransformer,
 }
-MODELS: dict[str, type] = {**FLOWS, **CONTINUOUS_FLOWS, **AUTOREGRESSIVE, **SCORE_MODELS}
+MODELS: dict[str, type] = {**FLOWS, **CONTINUOUS_FLOWS, **AUTOREGRESSIVE, **SCORE_MODELS,
+                          **LATENT_MODELS}
 
 __all__ = [
+    "LATENT_MODELS",
+    "VAE",
+    "MLPEncoder",
+    "ConvEncoder",
+    "MLPDecoder",
+    "ConvDecoder",
+    "make_encoder",
+    "make_decoder",
+    "BernoulliLikelihood",
+    "ContinuousBernoulliLikelihood",
+    "GaussianLikelihood",
+    "CategoricalLikelihood",
+    "make_likelihood",
+    "StandardNormalPrior",
+    "VampPrior",
     "MODELS",
     "FLOWS",
     "PlanarFlow",

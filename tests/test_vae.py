@@ -1,0 +1,147 @@
+"""VAE building blocks and the VAE Pyro program: shapes, normalized likelihoods, priors and
+posteriors as distributions, gradients to every parameter, the parameter store untouched."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+
+import pyro
+import pytest
+import torch
+
+from probgen.inference import ELBO
+from probgen.models import (
+    MODELS,
+    VAE,
+    CategoricalLikelihood,
+    ConvDecoder,
+    ConvEncoder,
+    GaussianLikelihood,
+    make_likelihood,
+)
+
+torch.set_num_threads(2)
+SHAPE = (1, 8, 8)
+
+
+def _binary(n=6):
+    return torch.bernoulli(torch.full((n, *SHAPE), 0.3))
+
+
+@pytest.mark.parametrize("prior,posterior", list(itertools.product(
+    ["normal", "vamp", "maf", "realnvp"], ["gaussian", "iaf", "planar"])))
+def test_every_prior_and_posterior_trains_every_parameter(prior, posterior):
+    vae = VAE(SHAPE, 3, hidden_features=[16], prior=prior, posterior=posterior,
+              prior_components=4, prior_transforms=2, prior_hidden=[8],
+              posterior_transforms=2, posterior_hidden=[8], context_features=4)
+    out = ELBO(vae, estimator="trace")(_binary())
+    out["loss"].backward()
+    missing = [n for n, p in vae.named_parameters() if p.grad is None]
+    assert not missing, f"no gradient reaches {missing}"
+    assert len(pyro.get_param_store()) == 0, "the VAE must not use Pyro's global param store"
+    # the posterior and prior are distributions over R^3 whose log_prob is finite
+    q = vae.posterior(_binary(2))
+    z = q.rsample()
+    assert z.shape == (2, 3) and torch.isfinite(q.log_prob(z)).all()
+    assert torch.isfinite(vae.prior_distribution().log_prob(z)).all()
+    assert vae.sample((5,)).shape == (5, *SHAPE)
+
+
+@pytest.mark.parametrize("likelihood,extra", [
+    ("bernoulli", {}), ("continuous_bernoulli", {}), ("gaussian", {"scale": 0.3}),
+    ("gaussian", {"scale": "learned"}), ("gaussian", {"scale": "decoder"}),
+    ("categorical", {"levels": 17}),
+])
+@pytest.mark.parametrize("nets", ["mlp", "conv"])
+def test_likelihoods_with_mlp_and_conv_networks(likelihood, extra, nets):
+    vae = VAE(SHAPE, 2, encoder=nets, decoder=nets, hidden_features=[16], channels=4,
+              likelihood=likelihood, **extra)
+    if likelihood == "categorical":
+        x = torch.randint(0, 17, (4, *SHAPE)).float()
+    elif likelihood == "bernoulli":
+        x = _binary(4)
+    else:
+        x = torch.rand(4, *SHAPE)
+    out = ELBO(vae)(x)
+    assert torch.isfinite(out["loss"]) and out["kl"] >= 0
+    s = vae.sample((3,))
+    assert s.shape == (3, *SHAPE)
+    if likelihood == "categorical":
+        assert 0 <= s.min() and s.max() <= 16
+    assert vae.sample((2,), mean=False).shape == (2, *SHAPE)
+    assert vae.reconstruct(x).shape == x.shape
+    assert vae.interpolate(x[:2], x[2:4], 5).shape == (2, 5, *SHAPE)
+    assert vae.traverse(x[:1], dims=[1], values=[-1.0, 0.0, 1.0]).shape == (1, 3, *SHAPE)
+    assert vae.encode(x).shape == (4, 2)
+
+
+def test_categorical_likelihood_sums_to_one_by_enumeration():
+    lik = CategoricalLikelihood((2,), levels=3)
+    out = torch.randn(1, 3, 2)
+    grid = torch.tensor(list(itertools.product(range(3), repeat=2))).float()
+    total = lik(out.expand(len(grid), 3, 2)).log_prob(grid).exp().sum()
+    assert total == pytest.approx(1.0, abs=1e-6)
+    probs = out[0].softmax(0)
+    assert lik.mean(out)[0] == pytest.approx((probs * torch.arange(3.0)[:, None]).sum(0))
+
+
+def test_continuous_bernoulli_is_normalized_on_the_unit_interval():
+    lik = make_likelihood("continuous_bernoulli", (1,))
+    out = torch.tensor([[[1.7]]])
+    u = torch.linspace(0, 1, 20001)[:, None]
+    density = lik(out.expand(len(u), 1, 1)).log_prob(u).exp()
+    assert torch.trapezoid(density, u[:, 0]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_gaussian_likelihood_scales():
+    out = torch.zeros(2, 2, 3)
+    lik = GaussianLikelihood((3,), scale="decoder")
+    x = torch.zeros(2, 3)
+    expected = 3 * (-math.log(math.log(2) + 1e-3) - 0.5 * math.log(2 * math.pi))
+    assert lik(out).log_prob(x) == pytest.approx(torch.full((2,), expected), abs=1e-5)
+    fixed = GaussianLikelihood((3,), scale=2.0)
+    expected = 3 * (-math.log(2.0) - 0.5 * math.log(2 * math.pi))
+    assert fixed(out[:, :1]).log_prob(x) == pytest.approx(torch.full((2,), expected))
+
+
+def test_conv_networks_shapes_and_feature_maps():
+    enc = ConvEncoder((1, 28, 28), None, channels=4)
+    h = enc(torch.rand(3, 1, 28, 28))
+    assert h.shape == (3, 16, 7, 7)
+    dec = ConvDecoder(None, (1, 28, 28), params=2, channels=4, in_channels=16)
+    assert dec(h).shape == (3, 2, 1, 28, 28)
+    # leading particle dimensions pass through
+    assert ConvDecoder(5, (1, 8, 8), channels=4)(torch.randn(2, 3, 5)).shape == (2, 3, 1, 1, 8, 8)
+
+
+def test_vae_is_registered_and_round_trips_through_state_dict():
+    assert MODELS["VAE"] is VAE
+    vae = VAE(SHAPE, 2, hidden_features=[8], prior="vamp", prior_components=3)
+    buf = io.BytesIO()
+    torch.save(vae.state_dict(), buf)
+    buf.seek(0)
+    other = VAE(SHAPE, 2, hidden_features=[8], prior="vamp", prior_components=3)
+    other.load_state_dict(torch.load(buf, weights_only=True))
+    x = _binary(3)
+    assert torch.equal(vae.encode(x), other.encode(x))
+    assert "prior='vamp'" in repr(vae)
+
+
+def test_bad_arguments_say_what_was_expected():
+    with pytest.raises(ValueError, match="prior: expected one of"):
+        VAE(SHAPE, prior="gauss")
+    with pytest.raises(ValueError, match="posterior: expected one of"):
+        VAE(SHAPE, posterior="nsf")
+    with pytest.raises(ValueError, match="likelihood: expected one of"):
+        VAE(SHAPE, likelihood="poisson")
+    with pytest.raises(ValueError, match="divisible by 4"):
+        VAE((1, 6, 6), encoder="conv")
+    with pytest.raises(ValueError, match="scale: expected a positive float"):
+        GaussianLikelihood((2,), scale=-1.0)
+    vae = VAE(SHAPE, 2, hidden_features=[8])
+    with pytest.raises(ValueError, match=r"x: expected shape \(N, 1, 8, 8\)"):
+        ELBO(vae)(torch.rand(4, 64))
+    with pytest.raises(ValueError, match="dims: expected indices"):
+        vae.traverse(dims=[5])
