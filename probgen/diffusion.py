@@ -1,0 +1,508 @@
+r"""Gaussian diffusion: noise schedules, closed-form marginals and posteriors, parametrizations.
+
+The forward process of DDPM (Ho et al., 2020) over discrete indices ``step`` in
+``0..T-1`` (the course's convention, called ``step`` in probgen because continuous times
+are ``t`` in [0, 1]):
+
+.. math::
+
+    q(x_s \mid x_{s-1}) = N(\sqrt{1-\beta_s}\,x_{s-1}, \beta_s I),\qquad
+    q(x_s \mid x_0) = N(\sqrt{\bar\alpha_s}\,x_0, (1-\bar\alpha_s) I),\qquad
+    \bar\alpha_s = \textstyle\prod_{r \le s} (1-\beta_r),
+
+where ``x_0`` is the data and index 0 is already the first noisy state (so
+:math:`\bar\alpha_{-1} = 1` and the posterior :math:`q(x_{s-1} \mid x_s, x_0)` at index 0
+has variance 0). Everything a schedule stores is float64 (the cosine schedule's
+:math:`\bar\alpha` near 1 loses digits in float32); values are cast to the data's dtype
+where they meet it.
+
+A network may predict the noise :math:`\epsilon`, the clean data :math:`x_0`, the
+velocity :math:`v = \sqrt{\bar\alpha}\,\epsilon - \sqrt{1-\bar\alpha}\,x_0` (Salimans &
+Ho, 2022) or the score :math:`\nabla\log q(x_s) = -\epsilon/\sqrt{1-\bar\alpha_s}`;
+:meth:`NoiseSchedule.convert` turns any of them into any other, and :class:`VEScore`
+turns a noise predictor into the noise-conditional score ``score(y, sigma)`` that
+:mod:`probgen.inference.langevin`'s samplers take (:math:`y = x_s/\sqrt{\bar\alpha_s}` is
+data plus :math:`N(0, \sigma^2 I)` noise with :math:`\sigma^2 = (1-\bar\alpha_s)/\bar\alpha_s`).
+
+Also here, because the variational bound of every diffusion objective needs them: the KL
+divergence of two diagonal Gaussians and the discretized Gaussian log-likelihood of
+integer data mapped to [-1, 1] (Ho et al., 2020, eq. 13). torch and Pyro have neither in
+this form (Pyro's distributions have no discretized Gaussian; torch's ``kl_divergence``
+needs distribution objects and does not broadcast a scalar variance cheaply).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "PARAMETRIZATIONS",
+    "SCHEDULES",
+    "NoiseSchedule",
+    "make_schedule",
+    "spaced_timesteps",
+    "normal_kl",
+    "discretized_gaussian_log_likelihood",
+    "to_signed",
+    "gaussian_epsilon",
+    "VEScore",
+]
+
+#: What a diffusion network may predict.
+PARAMETRIZATIONS: tuple[str, ...] = ("eps", "x0", "v", "score")
+#: Named noise schedules (see :func:`make_schedule`).
+SCHEDULES: tuple[str, ...] = ("linear", "cosine")
+
+
+def _cosine_alpha_bar(u: Tensor, s: float) -> Tensor:
+    return torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+
+
+def _steps_tensor(step: Tensor | int | float, n: int | None = None) -> Tensor:
+    if not isinstance(step, Tensor):
+        step = torch.as_tensor(step)
+    if step.dim() == 0 and n is not None:
+        step = step.reshape(1).expand(n)
+    return step
+
+
+class NoiseSchedule(nn.Module):
+    r"""Creates a discrete Gaussian noise schedule from its betas, with every closed form.
+
+    Buffers (float64, shape ``(T,)``, indexed by ``step``): ``betas``, ``alphas``,
+    ``alphas_cumprod`` :math:`\bar\alpha_s`, ``alphas_cumprod_prev``
+    :math:`\bar\alpha_{s-1}` (1 at index 0), ``posterior_variance``
+    :math:`\tilde\beta_s = \beta_s(1-\bar\alpha_{s-1})/(1-\bar\alpha_s)` (0 at index 0),
+    ``posterior_log_variance_clipped`` (index 0 takes index 1's value, so the log is
+    finite), ``posterior_mean_coef1``/``coef2`` (the weights of :math:`x_0` and
+    :math:`x_s` in the posterior mean), and ``timesteps``: the original indices of the
+    steps (``0..T-1``, or the kept ones after :meth:`respace`), which is what a network is
+    called with.
+
+    Args:
+        betas: :math:`\beta_s` for ``step = 0..T-1``, each in (0, 1], shape ``(T,)``.
+        timesteps: the original indices these betas belong to (default ``0..T-1``).
+
+    Example:
+        >>> sched = NoiseSchedule.cosine(100)
+        >>> mean, var = sched.q_mean_variance(torch.ones(1), torch.tensor([5]))
+        >>> round(float(mean), 7), round(float(var), 8)
+        (0.9944681, 0.01103322)
+    """
+
+    betas: Tensor
+    alphas_cumprod: Tensor
+    alphas_cumprod_prev: Tensor
+    posterior_variance: Tensor
+    posterior_log_variance_clipped: Tensor
+    posterior_mean_coef1: Tensor
+    posterior_mean_coef2: Tensor
+    timesteps: Tensor
+
+    def __init__(self, betas: Tensor | Sequence[float], timesteps: Tensor | None = None) -> None:
+        super().__init__()
+        betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
+        if betas.numel() < 1:
+            raise ValueError("betas: expected at least one step, got none.")
+        if not torch.isfinite(betas).all() or (betas <= 0).any() or (betas > 1).any():
+            raise ValueError(f"betas: expected values in (0, 1], got min {float(betas.min())} "
+                             f"and max {float(betas.max())}.")
+        T = betas.numel()
+        alphas = 1.0 - betas
+        ab = torch.cumprod(alphas, 0)
+        ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
+        post_var = betas * (1.0 - ab_prev) / (1.0 - ab)
+        clipped = torch.cat([post_var[1:2], post_var[1:]]) if T > 1 else betas.clone()
+        if timesteps is None:
+            timesteps = torch.arange(T)
+        timesteps = torch.as_tensor(timesteps, dtype=torch.long).flatten()
+        if timesteps.shape != (T,):
+            raise ValueError(f"timesteps: expected shape ({T},), got {tuple(timesteps.shape)}.")
+        for name, value in {
+            "betas": betas, "alphas": alphas, "alphas_cumprod": ab,
+            "alphas_cumprod_prev": ab_prev, "posterior_variance": post_var,
+            "posterior_log_variance_clipped": clipped.log(),
+            "posterior_mean_coef1": betas * ab_prev.sqrt() / (1.0 - ab),
+            "posterior_mean_coef2": (1.0 - ab_prev) * alphas.sqrt() / (1.0 - ab),
+            "timesteps": timesteps,
+        }.items():
+            self.register_buffer(name, value)
+
+    # ----------------------------------------------------------------- constructors
+    @classmethod
+    def linear(cls, num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02
+               ) -> NoiseSchedule:
+        r"""Ho et al.'s linear schedule: ``num_steps`` betas evenly from ``beta_start`` to
+        ``beta_end`` (1e-4 to 0.02 for T = 1000)."""
+        _check_steps(num_steps)
+        if not 0 < beta_start <= beta_end <= 1:
+            raise ValueError(f"betas: expected 0 < beta_start <= beta_end <= 1, got "
+                             f"{beta_start!r}, {beta_end!r}.")
+        return cls(torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64))
+
+    @classmethod
+    def cosine(cls, num_steps: int, s: float = 0.008, max_beta: float = 0.999
+               ) -> NoiseSchedule:
+        r"""Nichol & Dhariwal's cosine schedule, in float64.
+
+        :math:`\bar\alpha(u) = f(u)/f(0)` with :math:`f(u) = \cos^2(\tfrac{u/T + s}{1 + s}
+        \tfrac{\pi}{2})`, and :math:`\beta_s = \min(1 - \bar\alpha(s+1)/\bar\alpha(s),
+        \text{max\_beta})` for ``step = 0..T-1``.
+        """
+        _check_steps(num_steps)
+        if not 0 < max_beta <= 1 or s < 0:
+            raise ValueError(f"cosine: expected s >= 0 and 0 < max_beta <= 1, got s={s!r}, "
+                             f"max_beta={max_beta!r}.")
+        u = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+        f = _cosine_alpha_bar(u, s)
+        return cls((1.0 - f[1:] / f[:-1]).clamp(max=max_beta))
+
+    # ----------------------------------------------------------------- basics
+    @property
+    def num_steps(self) -> int:
+        """T, the number of steps."""
+        return int(self.betas.shape[0])
+
+    def extra_repr(self) -> str:
+        return (f"num_steps={self.num_steps}, beta_min={float(self.betas.min()):.3g}, "
+                f"beta_max={float(self.betas.max()):.3g}")
+
+    def _at(self, buf: Tensor, step: Tensor | int, x: Tensor) -> Tensor:
+        """``buf[step]`` cast to ``x``'s dtype, shaped ``(batch, 1, ..., 1)`` against ``x``."""
+        step = _steps_tensor(step, x.shape[0]).to(buf.device)
+        if step.dtype.is_floating_point:
+            raise TypeError("step: expected integer indices; use alphas_cumprod_at for "
+                            "fractional steps.")
+        if step.shape != x.shape[:1]:
+            raise ValueError(f"step: expected shape ({x.shape[0]},) or a scalar, got "
+                             f"{tuple(step.shape)}.")
+        if step.numel() and (step.min() < 0 or step.max() >= self.num_steps):
+            raise ValueError(f"step: expected indices in 0..{self.num_steps - 1}, got "
+                             f"{int(step.min())}..{int(step.max())}.")
+        out = buf[step].to(device=x.device, dtype=x.dtype)
+        return out.reshape(-1, *([1] * (x.dim() - 1)))
+
+    def alphas_cumprod_at(self, step: Tensor) -> Tensor:
+        r""":math:`\bar\alpha` at integer or fractional steps (float64, shape of ``step``).
+
+        Between integer steps the log signal-to-noise ratio
+        :math:`\log(\bar\alpha/(1-\bar\alpha))` is interpolated linearly; steps below 0
+        or above ``T-1`` are clamped.
+        """
+        step = torch.as_tensor(step).to(self.betas.device, torch.float64)
+        ab = self.alphas_cumprod
+        if self.num_steps == 1:
+            return ab.expand(step.shape).clone()
+        s = step.clamp(0, self.num_steps - 1)
+        lo = s.floor().long().clamp(max=self.num_steps - 2)
+        w = s - lo
+        log_snr = (ab / (1 - ab)).log()
+        value = (1 - w) * log_snr[lo] + w * log_snr[lo + 1]
+        return torch.sigmoid(value)
+
+    def sigma_ve(self, step: Tensor) -> Tensor:
+        r"""The variance-exploding noise level :math:`\sqrt{(1-\bar\alpha)/\bar\alpha}`."""
+        ab = self.alphas_cumprod_at(step)
+        return ((1 - ab) / ab).sqrt()
+
+    def step_from_sigma_ve(self, sigma: Tensor) -> Tensor:
+        r"""The fractional step whose :meth:`sigma_ve` is ``sigma`` (inverse of the
+        log-SNR interpolation; clamped to ``[0, T-1]``), float64."""
+        sigma = torch.as_tensor(sigma).to(self.betas.device, torch.float64)
+        ab = self.alphas_cumprod
+        neg_log_snr = ((1 - ab) / ab).log()  # increasing in step
+        target = 2 * sigma.log()
+        if self.num_steps == 1:
+            return torch.zeros_like(sigma)
+        hi = torch.searchsorted(neg_log_snr, target.contiguous()).clamp(1, self.num_steps - 1)
+        lo = hi - 1
+        w = (target - neg_log_snr[lo]) / (neg_log_snr[hi] - neg_log_snr[lo])
+        return (lo + w).clamp(0, self.num_steps - 1)
+
+    # ----------------------------------------------------------------- closed forms
+    def q_mean_variance(self, x0: Tensor, step: Tensor | int) -> tuple[Tensor, Tensor]:
+        r"""Mean :math:`\sqrt{\bar\alpha_s}\,x_0` and variance :math:`1-\bar\alpha_s` of
+        :math:`q(x_s \mid x_0)` (the variance broadcastable against ``x0``)."""
+        ab = self._at(self.alphas_cumprod, step, x0)
+        return ab.sqrt() * x0, 1.0 - ab
+
+    def q_sample(self, x0: Tensor, step: Tensor | int, noise: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        r"""A draw :math:`x_s = \sqrt{\bar\alpha_s}\,x_0 + \sqrt{1-\bar\alpha_s}\,\epsilon`."""
+        if noise is None:
+            noise = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=generator)
+        elif noise.shape != x0.shape:
+            raise ValueError(f"noise: expected the shape of x0 {tuple(x0.shape)}, got "
+                             f"{tuple(noise.shape)}.")
+        mean, var = self.q_mean_variance(x0, step)
+        return mean + var.sqrt() * noise
+
+    def q_posterior(self, x0: Tensor, x_t: Tensor, step: Tensor | int
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+        r"""Mean, variance and clipped log-variance of :math:`q(x_{s-1} \mid x_s, x_0)`.
+
+        The mean is :math:`c_1 x_0 + c_2 x_s` with
+        :math:`c_1 = \beta_s\sqrt{\bar\alpha_{s-1}}/(1-\bar\alpha_s)` and
+        :math:`c_2 = (1-\bar\alpha_{s-1})\sqrt{\alpha_s}/(1-\bar\alpha_s)`; at index 0 it is
+        :math:`x_0` with variance 0.
+        """
+        if x0.shape != x_t.shape:
+            raise ValueError(f"x0, x_t: expected equal shapes, got {tuple(x0.shape)} and "
+                             f"{tuple(x_t.shape)}.")
+        mean = (self._at(self.posterior_mean_coef1, step, x_t) * x0
+                + self._at(self.posterior_mean_coef2, step, x_t) * x_t)
+        return (mean, self._at(self.posterior_variance, step, x_t),
+                self._at(self.posterior_log_variance_clipped, step, x_t))
+
+    def prior_kl(self, x0: Tensor) -> Tensor:
+        r""":math:`KL(q(x_{T-1} \mid x_0) \,\|\, N(0, I))` in nats, summed over the event,
+        shape ``(batch,)``."""
+        mean, var = self.q_mean_variance(x0, self.num_steps - 1)
+        kl = normal_kl(mean, var.log().expand_as(mean), torch.zeros_like(mean),
+                       torch.zeros_like(mean))
+        return kl.flatten(1).sum(1)
+
+    # ----------------------------------------------------------------- parametrizations
+    def convert(self, prediction: Tensor, x_t: Tensor, step: Tensor | int, source: str,
+                target: str) -> Tensor:
+        r"""Turns a network's ``source`` prediction at ``(x_t, step)`` into ``target``.
+
+        ``source`` and ``target`` are in :data:`PARAMETRIZATIONS`:
+        :math:`x_0 = (x_s - \sqrt{1-\bar\alpha}\,\epsilon)/\sqrt{\bar\alpha}`,
+        :math:`v = \sqrt{\bar\alpha}\,\epsilon - \sqrt{1-\bar\alpha}\,x_0`,
+        :math:`\text{score} = -\epsilon/\sqrt{1-\bar\alpha}`.
+        """
+        for name, value in (("source", source), ("target", target)):
+            if value not in PARAMETRIZATIONS:
+                raise ValueError(f"{name}: expected one of {list(PARAMETRIZATIONS)}, got "
+                                 f"{value!r}.")
+        if prediction.shape != x_t.shape:
+            raise ValueError(f"prediction: expected the shape of x_t {tuple(x_t.shape)}, got "
+                             f"{tuple(prediction.shape)}.")
+        if source == target:
+            return prediction
+        ab = self._at(self.alphas_cumprod, step, x_t)
+        a, s = ab.sqrt(), (1.0 - ab).sqrt()
+        if source == "eps":
+            eps = prediction
+        elif source == "x0":
+            eps = (x_t - a * prediction) / s
+        elif source == "v":
+            eps = s * x_t + a * prediction
+        else:
+            eps = -s * prediction
+        if target == "eps":
+            return eps
+        if target == "x0":
+            return (x_t - s * eps) / a
+        if target == "v":
+            return a * eps - s * (x_t - s * eps) / a
+        return -eps / s
+
+    # ----------------------------------------------------------------- respacing
+    def respace(self, timesteps: Sequence[int] | Tensor) -> NoiseSchedule:
+        r"""The schedule of the sub-chain that visits only ``timesteps`` (increasing).
+
+        Its betas are :math:`1 - \bar\alpha_{\tau_i}/\bar\alpha_{\tau_{i-1}}` (with
+        :math:`\bar\alpha_{\tau_{-1}} = 1`), so its marginals :math:`q(x_{\tau_i} \mid x_0)`
+        are the original ones (Nichol & Dhariwal, 2021, sec. 4); its ``timesteps`` hold the
+        original indices for the network.
+        """
+        tau = torch.as_tensor(timesteps, dtype=torch.long).flatten().to(self.betas.device)
+        if tau.numel() < 1 or (tau[1:] <= tau[:-1]).any():
+            raise ValueError("timesteps: expected a non-empty, strictly increasing sequence "
+                             f"of steps, got {tau.tolist()}.")
+        if tau[0] < 0 or tau[-1] >= self.num_steps:
+            raise ValueError(f"timesteps: expected steps in 0..{self.num_steps - 1}, got "
+                             f"{int(tau[0])}..{int(tau[-1])}.")
+        ab = self.alphas_cumprod[tau]
+        prev = torch.cat([torch.ones(1, dtype=torch.float64, device=ab.device), ab[:-1]])
+        return NoiseSchedule(1.0 - ab / prev, timesteps=self.timesteps[tau])
+
+
+def _check_steps(num_steps: Any) -> None:
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps: expected a positive int, got {num_steps!r}.")
+
+
+def make_schedule(name: str = "linear", num_steps: int = 1000, *,
+                  betas: Sequence[float] | None = None, **kwargs: float) -> NoiseSchedule:
+    """Creates the schedule called ``name`` (:data:`SCHEDULES`), or from user ``betas``.
+
+    Args:
+        name: ``"linear"`` or ``"cosine"`` (ignored when ``betas`` is given).
+        num_steps: T.
+        betas: explicit betas; then ``num_steps`` must equal their number.
+        kwargs: passed to :meth:`NoiseSchedule.linear` (``beta_start``, ``beta_end``) or
+            :meth:`NoiseSchedule.cosine` (``s``, ``max_beta``).
+    """
+    if betas is not None:
+        sched = NoiseSchedule(betas)
+        if sched.num_steps != num_steps:
+            raise ValueError(f"betas: got {sched.num_steps} values but num_steps={num_steps}.")
+        return sched
+    if name == "linear":
+        return NoiseSchedule.linear(num_steps, **kwargs)
+    if name == "cosine":
+        return NoiseSchedule.cosine(num_steps, **kwargs)
+    raise ValueError(f"schedule: expected one of {list(SCHEDULES)} (or betas=...), got "
+                     f"{name!r}.")
+
+
+def spaced_timesteps(num_steps: int, steps: int, spacing: str = "linspace") -> Tensor:
+    """``steps`` increasing indices out of ``0..num_steps-1`` for strided samplers.
+
+    ``"linspace"`` rounds ``linspace(0, T-1, steps)`` (both ends kept), ``"leading"`` takes
+    ``0, k, 2k, ...`` and ``"trailing"`` ends at ``T-1`` with stride ``k = T // steps``
+    (the spacings of DDIM and of Lin et al., 2024). ``steps = T`` gives every index.
+    """
+    _check_steps(num_steps)
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_steps:
+        raise ValueError(f"steps: expected an int in 1..{num_steps}, got {steps!r}.")
+    if spacing == "linspace":
+        if steps == 1:
+            return torch.tensor([num_steps - 1])
+        out = torch.linspace(0, num_steps - 1, steps, dtype=torch.float64).round().long()
+    elif spacing == "leading":
+        out = torch.arange(steps) * (num_steps // steps)
+    elif spacing == "trailing":
+        k = num_steps / steps
+        out = (num_steps - 1 - torch.arange(steps, dtype=torch.float64) * k).round().long().flip(0)
+    else:
+        raise ValueError(f"spacing: expected 'linspace', 'leading' or 'trailing', got "
+                         f"{spacing!r}.")
+    return out
+
+
+def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
+    r"""Elementwise :math:`KL(N(\mu_1, e^{v_1}) \,\|\, N(\mu_2, e^{v_2}))` in nats
+    (broadcasting)."""
+    return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
+                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1.0)
+
+
+def _log_diff_ndtr(a: Tensor, b: Tensor) -> Tensor:
+    """``log(Phi(b) - Phi(a))`` for ``a < b``, accurate in both tails."""
+    right = a > 0  # mirror: Phi(b) - Phi(a) = Phi(-a) - Phi(-b)
+    hi = torch.where(right, -a, b)
+    lo = torch.where(right, -b, a)
+    log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
+    return log_hi + torch.log1p(-torch.exp((log_lo - log_hi).clamp(max=0.0)))
+
+
+def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor,
+                                        levels: int) -> Tensor:
+    r"""Elementwise log-probability of integer data on the [-1, 1] grid under a
+    discretized Gaussian (Ho et al., 2020, eq. 13).
+
+    ``x`` takes the ``levels`` values :math:`2k/(L-1) - 1`; each owns the bin of
+    half-width :math:`1/(L-1)` around it, the two end bins extending to :math:`\pm\infty`,
+    so the probabilities of all levels sum to 1. Computed in float64 with log-CDFs (exact
+    tails; no tanh approximation).
+
+    Args:
+        x: data on the grid, any shape.
+        mean, log_scale: the Gaussian's mean and log standard deviation (broadcasting).
+        levels: L, the number of pixel levels (256 for MNIST).
+    """
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+        raise ValueError(f"levels: expected an int >= 2, got {levels!r}.")
+    dtype = x.dtype
+    x, mean, log_scale = (v.to(torch.float64) for v in (x, mean, log_scale))
+    half = 1.0 / (levels - 1)
+    inv = torch.exp(-log_scale)
+    upper = (x + half - mean) * inv
+    lower = (x - half - mean) * inv
+    inf = torch.full_like(upper, math.inf)
+    upper = torch.where(x > 1 - half, inf, upper)
+    lower = torch.where(x < -1 + half, -inf, lower)
+    lower, upper = torch.broadcast_tensors(lower, upper)
+    return _log_diff_ndtr(lower, upper).to(dtype)
+
+
+def to_signed(x: Tensor, levels: int) -> Tensor:
+    """Integer pixels in ``0..levels-1`` mapped onto the grid ``2x/(levels-1) - 1`` in [-1, 1].
+
+    Raises:
+        ValueError: ``x`` is not integer-valued in that range.
+    """
+    if not x.is_floating_point():
+        x = x.to(torch.get_default_dtype())
+    if x.numel() and (x.min() < 0 or x.max() > levels - 1 or not torch.equal(x, x.round())):
+        raise ValueError(f"x: expected integer pixels in 0..{levels - 1}, got values in "
+                         f"[{float(x.min()):g}, {float(x.max()):g}] (non-integers: "
+                         f"{not torch.equal(x, x.round())}).")
+    return 2.0 * x / (levels - 1) - 1.0
+
+
+def gaussian_epsilon(schedule: NoiseSchedule, mean: Tensor, cov: Tensor
+                     ) -> Callable[[Tensor, Tensor], Tensor]:
+    r"""The exact noise prediction :math:`\epsilon^*(x_s, s)` for data :math:`N(\mu, \Sigma)`.
+
+    :math:`x_s \sim N(\sqrt{\bar\alpha}\mu, \bar\alpha\Sigma + (1-\bar\alpha) I)`, so
+    :math:`\epsilon^* = -\sqrt{1-\bar\alpha}\,\nabla\log q(x_s)
+    = \sqrt{1-\bar\alpha}\,C_s^{-1}(x_s - \sqrt{\bar\alpha}\mu)`. Fractional steps use
+    :meth:`NoiseSchedule.alphas_cumprod_at`. The ground truth of the samplers' tests.
+
+    Args:
+        schedule: the noise schedule.
+        mean: :math:`\mu`, shape ``(D,)``.
+        cov: :math:`\Sigma`, shape ``(D, D)``, positive semi-definite.
+
+    Returns:
+        ``eps(x, step)`` for ``x`` of shape ``(batch, D)`` and ``step`` of shape ``(batch,)``.
+    """
+    mean = torch.as_tensor(mean, dtype=torch.float64)
+    cov = torch.as_tensor(cov, dtype=torch.float64)
+    if mean.dim() != 1 or cov.shape != (mean.shape[0], mean.shape[0]):
+        raise ValueError(f"mean, cov: expected shapes (D,) and (D, D), got "
+                         f"{tuple(mean.shape)} and {tuple(cov.shape)}.")
+    eye = torch.eye(mean.shape[0], dtype=torch.float64)
+
+    def eps(x: Tensor, step: Tensor) -> Tensor:
+        ab = schedule.alphas_cumprod_at(_steps_tensor(step, x.shape[0])).cpu()
+        a = ab[:, None, None]
+        c = a * cov + (1 - a) * eye  # (batch, D, D)
+        r = (x.detach().to(torch.float64).cpu() - ab.sqrt()[:, None] * mean)[..., None]
+        out = (1 - ab).sqrt()[:, None] * torch.linalg.solve(c, r)[..., 0]
+        return out.to(device=x.device, dtype=x.dtype)
+
+    return eps
+
+
+class VEScore:
+    r"""Creates the variance-exploding score ``score(y, sigma, **cond)`` of a noise predictor.
+
+    With :math:`y = x_s/\sqrt{\bar\alpha_s}` (data plus :math:`N(0,\sigma^2 I)`,
+    :math:`\sigma^2 = (1-\bar\alpha_s)/\bar\alpha_s`), the score of :math:`y` is
+    :math:`-\epsilon(\sqrt{\bar\alpha_s}\,y, s)/\sigma`, the step :math:`s` being the
+    (fractional) one whose level is :math:`\sigma`. This is what
+    :func:`probgen.inference.annealed_langevin` and :class:`probgen.inference.ScoreSampler`
+    take, so a trained DDPM samples with the score models' Langevin samplers too.
+
+    Args:
+        eps: ``eps(x, step, **cond)``, ``step`` of shape ``(batch,)`` (may be fractional).
+        schedule: the diffusion's noise schedule.
+    """
+
+    def __init__(self, eps: Callable[..., Tensor], schedule: NoiseSchedule) -> None:
+        self.eps, self.schedule = eps, schedule
+
+    def sigmas(self, steps: Sequence[int] | Tensor | None = None) -> Tensor:
+        """The VE levels of ``steps`` (default all), largest first: a Langevin ladder."""
+        steps = torch.arange(self.schedule.num_steps) if steps is None else torch.as_tensor(steps)
+        return self.schedule.sigma_ve(steps).flip(0).float()
+
+    def __call__(self, y: Tensor, sigma: Tensor, **cond: Any) -> Tensor:  # noqa: D102
+        sigma = _steps_tensor(sigma, y.shape[0])
+        step = self.schedule.step_from_sigma_ve(sigma)
+        ab = self.schedule.alphas_cumprod_at(step)
+        shape = (-1, *([1] * (y.dim() - 1)))
+        a = ab.sqrt().to(y.dtype).to(y.device).reshape(shape)
+        eps = self.eps(a * y, step.to(y.device), **cond)
+        return -eps / sigma.to(y.dtype).to(y.device).reshape(shape)
