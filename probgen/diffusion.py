@@ -90,7 +90,8 @@ class NoiseSchedule(nn.Module):
 
     Example:
         >>> sched = NoiseSchedule.cosine(100)
-        >>> mean, var = sched.q_mean_variance(torch.ones(1), torch.tensor([5]))
+        >>> x0 = torch.ones(1, dtype=torch.float64)
+        >>> mean, var = sched.q_mean_variance(x0, torch.tensor([5]))
         >>> round(float(mean), 7), round(float(var), 8)
         (0.9944681, 0.01103322)
     """
