@@ -29,8 +29,30 @@ from probgen.inference.score_matching import (
 )
 from probgen.inference.steps import NonFiniteLossError
 from probgen.inference.training import History, fit
+from probgen.inference.vq import (
+    ExponentialTemperature,
+    RelaxedCategoricalELBO,
+    TwoStageVQLoss,
+    VectorQuantizedLoss,
+    code_perplexity,
+    code_usage,
+    encode_codes,
+    fit_code_prior,
+    straight_through,
+    vq_losses,
+)
 
 __all__ = [
+    "straight_through",
+    "vq_losses",
+    "code_perplexity",
+    "code_usage",
+    "ExponentialTemperature",
+    "VectorQuantizedLoss",
+    "TwoStageVQLoss",
+    "RelaxedCategoricalELBO",
+    "encode_codes",
+    "fit_code_prior",
     "ELBO",
     "DifferentiableRenyiELBO",
     "LatentScale",

@@ -49,6 +49,7 @@ from probgen.models.vae import (
     make_encoder,
     make_likelihood,
 )
+from probgen.models.vqvae import VQ_MODELS, VQVAE, VectorQuantizer
 
 # Every family adds its name -> class table here; the CLI's [model] name looks up MODELS.
 AUTOREGRESSIVE: dict[str, type[AutoregressiveModel]] = {
@@ -58,10 +59,13 @@ AUTOREGRESSIVE: dict[str, type[AutoregressiveModel]] = {
     "ImageTransformer": ImageTransformer,
 }
 MODELS: dict[str, type] = {**FLOWS, **CONTINUOUS_FLOWS, **AUTOREGRESSIVE, **SCORE_MODELS,
-                          **LATENT_MODELS}
+                          **LATENT_MODELS, **VQ_MODELS}
 
 __all__ = [
     "LATENT_MODELS",
+    "VQ_MODELS",
+    "VQVAE",
+    "VectorQuantizer",
     "VAE",
     "MLPEncoder",
     "ConvEncoder",

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from probgen.models.autoregressive import AutoregressiveModel
 from probgen.nn.masked import MaskedConv2d, channel_groups
 
-__all__ = ["PixelCNN", "GatedPixelCNN", "ChannelLayerNorm", "raster_order"]
+__all__ = ["PixelCNN", "GatedPixelCNN", "ChannelLayerNorm", "raster_order", "one_hot_pixels"]
 
 
 def _check(name: str, value: int, odd: bool = False) -> int:
@@ -83,6 +83,19 @@ def _head(channels: int, c: int, categories: int) -> nn.Sequential:
                          MaskedConv2d(channels, c * k, 1, "B", c))
 
 
+def one_hot_pixels(x: Tensor, categories: int, dtype: torch.dtype) -> Tensor:
+    """Pixels ``(N, C, H, W)`` in ``0..K-1`` -> one-hot maps ``(N, C * K, H, W)``, grouped by
+    colour (channel ``c``'s K maps are contiguous, as the masks' colour groups expect).
+
+    Example:
+        >>> one_hot_pixels(torch.tensor([[[[0, 2]]]]), 3, torch.float32)[0, :, 0, 1]
+        tensor([0., 0., 1.])
+    """
+    n, c, h, w = x.shape
+    onehot = F.one_hot(x.long(), categories).to(dtype)  # (N, C, H, W, K)
+    return onehot.movedim(-1, 2).reshape(n, c * categories, h, w)
+
+
 def raster_order(c: int, h: int, w: int) -> Tensor:
     """Flat indices of a ``(C, H, W)`` event in raster order, colour channels innermost."""
     return torch.arange(c * h * w).reshape(c, h * w).t().reshape(-1)
@@ -109,6 +122,9 @@ class PixelCNN(AutoregressiveModel):
         residual: add each hidden layer's input to its output.
         classes: classes to condition on (0: unconditional); a learned per-class bias is
             added to every layer's features.
+        one_hot: feed each pixel to the network as a one-hot vector of its ``categories``
+            values instead of a value scaled to [-1, 1]: for nominal categories with no
+            order, such as VQ-VAE code indices (see :func:`one_hot_pixels`).
 
     References:
         Pixel recurrent neural networks (van den Oord et al., 2016),
@@ -131,6 +147,7 @@ class PixelCNN(AutoregressiveModel):
         layer_norm: bool = False,
         residual: bool = True,
         classes: int = 0,
+        one_hot: bool = False,
     ) -> None:
         c, h, w = _image(shape)
         super().__init__((c, h, w), categories, classes)
@@ -138,7 +155,9 @@ class PixelCNN(AutoregressiveModel):
         _check_sizes(channels, layers, kernel_size, first_kernel_size)
         self.order = raster_order(c, h, w)
         self.residual = bool(residual)
-        self.input_conv = MaskedConv2d(c, channels, first_kernel_size, "A", c)
+        self.one_hot = bool(one_hot)
+        inputs = c * categories if self.one_hot else c
+        self.input_conv = MaskedConv2d(inputs, channels, first_kernel_size, "A", c)
         self.convs = nn.ModuleList(MaskedConv2d(channels, channels, kernel_size, "B", c)
                                    for _ in range(layers))
         self.norms = nn.ModuleList(ChannelLayerNorm(channels, c) for _ in range(layers)
@@ -146,6 +165,13 @@ class PixelCNN(AutoregressiveModel):
         self.head = _head(channels, c, categories)
         self.class_bias = nn.Linear(classes, channels * (layers + 1), bias=False
                                     ) if classes else None
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Network input: one-hot maps ``(N, C * K, H, W)`` with ``one_hot``, else the
+        default (binary pixels as they are, categorical ones scaled to [-1, 1])."""
+        if self.one_hot:
+            return one_hot_pixels(x, self.categories, self._param_dtype())
+        return super().encode(x)
 
     def logits_from_input(self, h: Tensor, context: Tensor | None = None) -> Tensor:
         """Logits ``(N, C, H, W)`` (binary) or ``(N, C, H, W, K)`` from pixels ``h``."""
@@ -222,6 +248,8 @@ class GatedPixelCNN(AutoregressiveModel):
         categories: values per pixel (2: Bernoulli; 256: 8-bit categorical).
         classes: classes to condition on (0: unconditional): a learned per-class bias on
             both stacks' pre-activations, as in the paper's conditional PixelCNN.
+        one_hot: feed pixels as one-hot vectors of their ``categories`` values (nominal
+            categories such as VQ-VAE code indices) instead of values scaled to [-1, 1].
 
     References:
         Conditional image generation with PixelCNN decoders (van den Oord et al., 2016),
@@ -242,6 +270,7 @@ class GatedPixelCNN(AutoregressiveModel):
         first_kernel_size: int = 7,
         categories: int = 2,
         classes: int = 0,
+        one_hot: bool = False,
     ) -> None:
         c, h, w = _image(shape)
         super().__init__((c, h, w), categories, classes)
@@ -249,11 +278,20 @@ class GatedPixelCNN(AutoregressiveModel):
         _check_sizes(channels, layers, kernel_size, first_kernel_size)
         channel_groups(channels, c)
         self.order = raster_order(c, h, w)
+        self.one_hot = bool(one_hot)
+        inputs = c * categories if self.one_hot else c
         self.layers = nn.ModuleList(
-            _GatedLayer(c if i == 0 else channels, channels,
+            _GatedLayer(inputs if i == 0 else channels, channels,
                         first_kernel_size if i == 0 else kernel_size, c, i == 0, classes)
             for i in range(layers))
         self.head = _head(channels, c, categories)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Network input: one-hot maps ``(N, C * K, H, W)`` with ``one_hot``, else the
+        default (binary pixels as they are, categorical ones scaled to [-1, 1])."""
+        if self.one_hot:
+            return one_hot_pixels(x, self.categories, self._param_dtype())
+        return super().encode(x)
 
     def logits_from_input(self, h: Tensor, context: Tensor | None = None) -> Tensor:
         """Logits ``(N, C, H, W)`` (binary) or ``(N, C, H, W, K)`` from pixels ``h``."""
