@@ -4,6 +4,7 @@ matching, Langevin samplers, checkpoints, EMA."""
 from __future__ import annotations
 
 from probgen.inference import registry
+from probgen.inference.adversarial import ADAM_BETAS, GAN_LOSSES, Adversarial
 from probgen.inference.checkpoint import load_checkpoint
 from probgen.inference.elbo import ELBO, DifferentiableRenyiELBO, LatentScale
 from probgen.inference.ema import EMA
@@ -43,6 +44,9 @@ from probgen.inference.vq import (
 )
 
 __all__ = [
+    "Adversarial",
+    "GAN_LOSSES",
+    "ADAM_BETAS",
     "straight_through",
     "vq_losses",
     "code_perplexity",

@@ -28,6 +28,18 @@ from probgen.models.flows import (
     RadialFlow,
     RealNVP,
 )
+from probgen.models.gan import (
+    DCGAN,
+    GAN,
+    GAN_MODELS,
+    MLPGAN,
+    DCGANCritic,
+    DCGANGenerator,
+    MLPCritic,
+    MLPGenerator,
+    interpolate_latents,
+    truncated_normal,
+)
 from probgen.models.image_transformer import ImageTransformer
 from probgen.models.made import MADE
 from probgen.models.pixelcnn import GatedPixelCNN, PixelCNN
@@ -59,9 +71,19 @@ AUTOREGRESSIVE: dict[str, type[AutoregressiveModel]] = {
     "ImageTransformer": ImageTransformer,
 }
 MODELS: dict[str, type] = {**FLOWS, **CONTINUOUS_FLOWS, **AUTOREGRESSIVE, **SCORE_MODELS,
-                          **LATENT_MODELS, **VQ_MODELS}
+                          **GAN_MODELS, **LATENT_MODELS, **VQ_MODELS}
 
 __all__ = [
+    "GAN_MODELS",
+    "GAN",
+    "MLPGAN",
+    "DCGAN",
+    "MLPGenerator",
+    "MLPCritic",
+    "DCGANGenerator",
+    "DCGANCritic",
+    "truncated_normal",
+    "interpolate_latents",
     "LATENT_MODELS",
     "VQ_MODELS",
     "VQVAE",
