@@ -30,10 +30,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import pyro
 import torch
 from torch import Tensor, nn
 
+from probgen.inference.elbo import ELBO
 from probgen.inference.registry import register_objective
 
 __all__ = [
@@ -325,19 +325,21 @@ class TwoStageVQLoss(VectorQuantizedLoss):
 class RelaxedCategoricalELBO(nn.Module):
     r"""Creates the Gumbel-softmax VAE's objective: Pyro's ELBO with an annealed temperature.
 
-    Each training call sets ``model.temperature`` to ``schedule(step)`` (``step`` counts
-    training calls, a buffer saved with checkpoints) and returns Pyro's
-    ``differentiable_loss`` of ``model.model`` / ``model.guide`` per example. In evaluation
-    the temperature stays where training left it and ``recon`` and ``kl`` are added from
-    the model's ``elbo_terms(x)`` when it has one.
+    Each training call first sets ``model.temperature`` to ``schedule(step)`` (``step``
+    counts training calls from 0, a buffer saved with checkpoints), then returns the outputs
+    of :class:`probgen.inference.ELBO` (Pyro's ``Trace_ELBO`` or ``TraceMeanField_ELBO``
+    through ``differentiable_loss``: ``loss`` = negative ELBO in nats per example,
+    ``elbo``, ``recon``, ``kl``, ``kl_weight``) and ``temperature``. Evaluation keeps the
+    temperature where training left it.
 
     Args:
         model: a relaxed-categorical VAE (a ``PyroModule`` with ``model``, ``guide`` and a
-            ``temperature`` buffer).
+            ``temperature`` buffer), e.g. :class:`probgen.models.GumbelSoftmaxVAE`.
         schedule: the temperature schedule (default: :class:`ExponentialTemperature`
             ``(1.0, 0.5, 3e-5)``).
-        elbo: Pyro's ELBO (default: ``Trace_ELBO()``; ``TraceMeanField_ELBO`` uses a
-            registered analytic KL where the model defines one).
+        estimator: ``"trace"`` (Monte Carlo KL) or ``"meanfield"`` (registered closed-form
+            KL where the model has one; needed by a model with ``kl == "categorical"``).
+        num_particles, beta, anneal_steps: passed to :class:`probgen.inference.ELBO`.
         preprocess: maps a batch's ``x`` to model space.
 
     References:
@@ -347,30 +349,37 @@ class RelaxedCategoricalELBO(nn.Module):
     """
 
     def __init__(self, model: nn.Module, *, schedule: ExponentialTemperature | None = None,
-                 elbo: pyro.infer.ELBO | None = None,
+                 estimator: str = "trace", num_particles: int = 1, beta: float = 1.0,
+                 anneal_steps: int = 0,
                  preprocess: Callable[[Tensor], Any] | None = None) -> None:
         super().__init__()
-        for name in ("model", "guide", "temperature"):
-            if not hasattr(model, name):
-                raise TypeError(f"model: expected a Pyro VAE with model, guide and a temperature"
-                                f" buffer, got {type(model).__name__} without {name!r}.")
-        self.vae = model
+        temperature = getattr(model, "temperature", None)
+        if not isinstance(temperature, Tensor):
+            raise TypeError(f"model: expected a Pyro VAE with a temperature buffer, got "
+                            f"{type(model).__name__} without one.")
+        if estimator not in ("trace", "meanfield"):
+            raise ValueError(f"estimator: expected 'trace' or 'meanfield', got {estimator!r}.")
+        if getattr(model, "kl", None) == "categorical" and estimator != "meanfield":
+            raise ValueError("estimator: a model with kl='categorical' needs "
+                             "estimator='meanfield' (its KL is the registered closed form; a "
+                             "Monte Carlo log q - log p would mix a density with a pmf).")
         self.schedule = schedule if schedule is not None else ExponentialTemperature()
-        self.elbo = elbo if elbo is not None else pyro.infer.Trace_ELBO()
-        self.preprocess = preprocess
+        self.elbo = ELBO(model, estimator=estimator, num_particles=num_particles, beta=beta,
+                         anneal_steps=anneal_steps, preprocess=preprocess)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
+    @property
+    def vae(self) -> nn.Module:
+        """The model being trained."""
+        return self.elbo.model
+
     def forward(self, batch: Any) -> dict[str, Tensor]:
-        """``loss`` (negative ELBO, nats per example), ``elbo``, ``temperature``."""
-        x = _inputs(batch, self.preprocess)
+        """The ELBO outputs and ``temperature``; a training call anneals first."""
         if self.training:
             self.vae.temperature.fill_(self.schedule(int(self.step)))
             self.step += 1
-        loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x) / x.shape[0]
-        out = {"loss": loss, "elbo": -loss.detach(),
-               "temperature": self.vae.temperature.detach().clone()}
-        if not self.training and hasattr(self.vae, "elbo_terms"):
-            out.update({k: v.mean() for k, v in self.vae.elbo_terms(x).items()})
+        out = self.elbo(batch)
+        out["temperature"] = self.vae.temperature.detach().clone()
         return out
 
 
@@ -434,14 +443,12 @@ def _build_vqvae(model: nn.Module, data: Any, **table: Any) -> nn.Module:
 
 
 @register_objective("gumbel_elbo", keys=("temperature", "min_temperature", "anneal_rate",
-                                         "estimator"))
+                                         "estimator", "num_particles", "beta",
+                                         "anneal_steps"))
 def _build_gumbel(model: nn.Module, data: Any, *, temperature: float = 1.0,
                   min_temperature: float = 0.5, anneal_rate: float = 3e-5,
-                  estimator: str = "trace") -> nn.Module:
+                  **table: Any) -> nn.Module:
     """Gumbel-softmax VAE: Pyro's ELBO with an exponentially annealed temperature."""
-    elbos = {"trace": pyro.infer.Trace_ELBO, "meanfield": pyro.infer.TraceMeanField_ELBO}
-    if estimator not in elbos:
-        raise ValueError(f"estimator: expected one of {sorted(elbos)}, got {estimator!r}.")
     return RelaxedCategoricalELBO(
         model, schedule=ExponentialTemperature(temperature, min_temperature, anneal_rate),
-        elbo=elbos[estimator](), preprocess=data.preprocess)
+        preprocess=data.preprocess, **table)
