@@ -15,6 +15,7 @@ from probgen.models.cnf import (
     ContinuousFlowModel,
     TimeMLPField,
 )
+from probgen.models.discrete_vae import DISCRETE_LATENT_MODELS, GumbelSoftmaxVAE
 from probgen.models.flows import (
     FLOWS,
     IAF,
@@ -71,7 +72,7 @@ AUTOREGRESSIVE: dict[str, type[AutoregressiveModel]] = {
     "ImageTransformer": ImageTransformer,
 }
 MODELS: dict[str, type] = {**FLOWS, **CONTINUOUS_FLOWS, **AUTOREGRESSIVE, **SCORE_MODELS,
-                          **GAN_MODELS, **LATENT_MODELS, **VQ_MODELS}
+                          **GAN_MODELS, **LATENT_MODELS, **VQ_MODELS, **DISCRETE_LATENT_MODELS}
 
 __all__ = [
     "GAN_MODELS",
@@ -86,6 +87,8 @@ __all__ = [
     "interpolate_latents",
     "LATENT_MODELS",
     "VQ_MODELS",
+    "DISCRETE_LATENT_MODELS",
+    "GumbelSoftmaxVAE",
     "VQVAE",
     "VectorQuantizer",
     "VAE",
