@@ -165,3 +165,21 @@ def test_checkpoint_round_trip_holds_both_players():
 def test_models_are_registered_for_the_cli():
     assert MODELS["MLPGAN"] is MLPGAN and MODELS["DCGAN"] is DCGAN
     assert math.prod(MLPGAN(1).event_shape) == 1
+
+
+def test_critic_maps_match_analytic_gradients():
+    from probgen.gan_plots import critic_maps, plot_critic_1d, plot_critic_2d
+
+    # D(x) = |x|^2 / 2: value |x|^2 / 2 and gradient norm |x| at every grid point.
+    xs, ys, values, norms = critic_maps(lambda x: 0.5 * (x**2).sum(1), (-2.0, 2.0), 21)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    assert torch.allclose(values, 0.5 * (gx**2 + gy**2), atol=1e-6)
+    assert torch.allclose(norms, (gx**2 + gy**2).sqrt(), atol=1e-5)
+    gan = MLPGAN(2, hidden_features=[8])
+    fig = plot_critic_2d(gan.critic, 3.0, 20, data=torch.randn(50, 2), samples=gan.sample((50,)))
+    assert len(fig.axes) == 4  # two maps and their colour bars
+    fig = plot_critic_1d(MLPGAN(1, hidden_features=[8]).critic, data=torch.randn(100, 1),
+                         transform=torch.sigmoid)
+    assert len(fig.axes) == 2
+    with pytest.raises(ValueError, match="critic: expected one score per point"):
+        critic_maps(lambda x: x, 1.0, 4)
