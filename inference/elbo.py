@@ -44,6 +44,7 @@ import torch
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from pyro.poutine.scale_messenger import ScaleMessenger
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal, kl_divergence
 
@@ -125,7 +126,7 @@ def _latent_kl_terms(model_trace: Any, guide_trace: Any) -> tuple[Tensor, Tensor
     total: Tensor | float = 0.0
     per_dim: list[Tensor] | None = []
     for name, site in guide_trace.nodes.items():
-        if site["type"] != "sample" or name not in model_trace.nodes:
+        if site["type"] != "sample" or site_is_subsample(site) or name not in model_trace.nodes:
             continue
         q, p = site["fn"], model_trace.nodes[name]["fn"]
         qb = q.base_dist if isinstance(q, Independent) else q
@@ -134,7 +135,8 @@ def _latent_kl_terms(model_trace: Any, guide_trace: Any) -> tuple[Tensor, Tensor
             kl_elem = kl_divergence(qb, pb)
             total = total + kl_elem.sum()
             if per_dim is not None:
-                per_dim.append(kl_elem.reshape(-1, kl_elem.shape[-1]).sum(0))
+                event = kl_elem.shape[kl_elem.dim() - q.event_dim:]
+                per_dim.append(kl_elem.reshape(-1, *event).sum(0).reshape(-1))
             continue
         per_dim = None
         try:
@@ -269,7 +271,8 @@ class ELBO(nn.Module):
         with torch.no_grad():
             mt, gt = model_tracer.trace, guide_tracer.trace
             recon = sum((s["fn"].log_prob(s["value"]).sum() for s in mt.nodes.values()
-                         if s["type"] == "sample" and s["is_observed"]), torch.zeros(()))
+                         if s["type"] == "sample" and s["is_observed"]
+                         and not site_is_subsample(s)), torch.zeros(()))
         need_grad = self.training and self.free_bits > 0
         with torch.set_grad_enabled(need_grad and torch.is_grad_enabled()):
             kl, kl_dims = _latent_kl_terms(mt, gt)

@@ -31,6 +31,7 @@ from typing import Any
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
@@ -194,11 +195,11 @@ def log_importance_weights(
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             x, *args, **kwargs)
     total = x.new_zeros(num_samples, n)
-    for name, site in model_trace.nodes.items():
-        if site["type"] == "sample" and name != "_importance_particles":
+    for site in model_trace.nodes.values():
+        if site["type"] == "sample" and not site_is_subsample(site):
             total = total + _site_log_prob(site, num_samples, n)
-    for name, site in guide_trace.nodes.items():
-        if site["type"] == "sample" and name != "_importance_particles":
+    for site in guide_trace.nodes.values():
+        if site["type"] == "sample" and not site_is_subsample(site):
             total = total - _site_log_prob(site, num_samples, n)
     return total
 
