@@ -325,8 +325,9 @@ class TwoStageVQLoss(VectorQuantizedLoss):
 class RelaxedCategoricalELBO(nn.Module):
     r"""Creates the Gumbel-softmax VAE's objective: Pyro's ELBO with an annealed temperature.
 
-    Each training call first sets ``model.temperature`` to ``schedule(step)`` (``step``
-    counts training calls from 0, a buffer saved with checkpoints), then returns the outputs
+    Each training call (training mode, gradients enabled) first sets ``model.temperature``
+    to ``schedule(step)`` (``step`` counts training calls from 0, a buffer saved with
+    checkpoints), then returns the outputs
     of :class:`probgen.inference.ELBO` (Pyro's ``Trace_ELBO`` or ``TraceMeanField_ELBO``
     through ``differentiable_loss``: ``loss`` = negative ELBO in nats per example,
     ``elbo``, ``recon``, ``kl``, ``kl_weight``) and ``temperature``. Evaluation keeps the
@@ -375,7 +376,7 @@ class RelaxedCategoricalELBO(nn.Module):
 
     def forward(self, batch: Any) -> dict[str, Tensor]:
         """The ELBO outputs and ``temperature``; a training call anneals first."""
-        if self.training:
+        if self.training and torch.is_grad_enabled():  # not in a no-grad held-out pass
             self.vae.temperature.fill_(self.schedule(int(self.step)))
             self.step += 1
         out = self.elbo(batch)

@@ -163,3 +163,21 @@ def test_low_temperature_samples_stay_finite():
     x = torch.bernoulli(torch.full((256, 1, 4, 4), 0.5))
     out = RelaxedCategoricalELBO(vae, schedule=ExponentialTemperature(0.3, 0.3, 0.0))(x)
     assert all(torch.isfinite(v) for v in out.values())
+
+
+def test_gumbel_preset_runs_from_the_cli(tmp_path):
+    import json
+
+    from probgen.cli import main
+
+    out = tmp_path / "gumbel"
+    args = ["fit", "gumbel-digits", "--out", str(out), "--quiet"]
+    for o in ("train.steps=5", "train.eval_every=5", "eval.num_samples=40", "sample.n=4",
+              "objective.anneal_rate=0.1"):
+        args += ["--set", o]
+    assert main(args) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert result["test/temperature"] == pytest.approx(math.exp(-0.1 * 4), rel=1e-5)
+    assert result["test/elbo"] == pytest.approx(result["test/recon"] - result["test/kl"],
+                                                abs=1e-3)
+    assert (out / "samples.png").is_file()

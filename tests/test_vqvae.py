@@ -289,3 +289,27 @@ def test_fit_code_prior_learns_the_code_distribution():
         nll = -model.prior.log_prob(codes).mean()
     # two equally likely maps: the best possible NLL is log 2
     assert float(nll) < math.log(2) + 0.05
+
+
+def test_vqvae_preset_runs_both_stages_from_the_cli(tmp_path):
+    import json
+
+    from probgen.cli import main
+
+    out = tmp_path / "vq"
+    args = ["fit", "vqvae-digits", "--out", str(out), "--quiet"]
+    for o in ("train.steps=6", "objective.prior_start=3", "train.eval_every=3",
+              "train.log_every=1", "eval.num_samples=40", "sample.n=4",
+              "model.channels=8", "model.prior_channels=8"):
+        args += ["--set", o]
+    assert main(args) == 0
+    result = json.loads((out / "eval.json").read_text())
+    for key in ("test/recon", "test/perplexity", "test/usage", "test/prior_nll", "test/nelbo"):
+        assert math.isfinite(result[key]), key
+    assert 1.0 <= result["test/perplexity"] <= 16.0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    stage = {int(r["step"]): r for r in records if "eval/loss" not in r}
+    assert "perplexity" in stage[1] and "prior_nll" not in stage[1]
+    assert "prior_nll" in stage[6] and "perplexity" not in stage[6]
+    assert main(["sample", str(out), "--n", "4"]) == 0
+    assert (out / "samples_4.png").is_file()
