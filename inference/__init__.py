@@ -7,6 +7,7 @@ from probgen.inference import registry
 from probgen.inference.adversarial import ADAM_BETAS, GAN_LOSSES, Adversarial
 from probgen.inference.checkpoint import load_checkpoint
 from probgen.inference.elbo import ELBO, DifferentiableRenyiELBO, LatentScale
+from probgen.inference.em import ExactEM, VariationalEM
 from probgen.inference.ema import EMA
 from probgen.inference.langevin import (
     SAMPLERS,
@@ -58,6 +59,8 @@ __all__ = [
     "encode_codes",
     "fit_code_prior",
     "ELBO",
+    "ExactEM",
+    "VariationalEM",
     "DifferentiableRenyiELBO",
     "LatentScale",
     "fit",

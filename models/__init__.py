@@ -41,6 +41,7 @@ from probgen.models.gan import (
     interpolate_latents,
     truncated_normal,
 )
+from probgen.models.gmm import GaussianMixtureModel, flower_mixture
 from probgen.models.image_transformer import ImageTransformer
 from probgen.models.made import MADE
 from probgen.models.pixelcnn import GatedPixelCNN, PixelCNN
@@ -86,6 +87,8 @@ __all__ = [
     "truncated_normal",
     "interpolate_latents",
     "LATENT_MODELS",
+    "GaussianMixtureModel",
+    "flower_mixture",
     "VQ_MODELS",
     "DISCRETE_LATENT_MODELS",
     "GumbelSoftmaxVAE",

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from probgen.latent import importance_log_likelihood
 from probgen.models.flows import IAF, MAF, PlanarFlow, RealNVP
+from probgen.models.gmm import GMM_MODELS
 from probgen.nn import MLP, ConvResidualBlock
 
 __all__ = [
@@ -652,4 +653,4 @@ class VAE(PyroModule):
 
 
 #: The latent-variable family's name -> class table (joined into ``probgen.models.MODELS``).
-LATENT_MODELS: dict[str, type[nn.Module]] = {"VAE": VAE}
+LATENT_MODELS: dict[str, type[nn.Module]] = {"VAE": VAE, **GMM_MODELS}

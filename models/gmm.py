@@ -1,0 +1,290 @@
+r"""Gaussian mixtures: a Distribution, a Pyro program with an amortized categorical
+posterior, closed-form EM steps, and the course's 8-component "flower" mixture.
+
+:class:`GaussianMixtureModel` is at once
+
+- a density model (``distribution()`` is a Pyro ``MixtureSameFamily`` of
+  ``MultivariateNormal``\ s; ``log_prob``, ``sample``), trained by gradient maximum
+  likelihood with :class:`probgen.inference.MaximumLikelihood`;
+- a latent-variable Pyro program: ``model(x)`` draws the component
+  :math:`c \sim \mathrm{Cat}(\pi)` and :math:`x \sim N(\mu_c, \Sigma_c)`; ``guide(x)`` is an
+  amortized categorical posterior :math:`q(c \mid x) = \mathrm{Cat}(\mathrm{softmax}(f(x)))`
+  (an MLP), enumerated in parallel so Pyro's ``TraceEnum_ELBO`` sums it exactly; trained by
+  :class:`probgen.inference.VariationalEM` (alternating or joint updates);
+- an EM model: ``e_step(x)`` gives the exact responsibilities
+  :math:`r_{nk} = p(c = k \mid x_n)`, ``m_step(x, r)`` sets weights, means and covariances
+  to their closed-form maximizers; :class:`probgen.inference.ExactEM` runs them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from torch import Tensor, nn
+
+from probgen.nn import MLP
+from probgen.utils import check_tensor
+
+__all__ = ["GaussianMixtureModel", "flower_mixture", "GMM_MODELS"]
+
+_COVARIANCES = ("full", "diag")
+
+
+class GaussianMixtureModel(PyroModule):
+    r"""Creates a mixture of ``components`` Gaussians in ``features`` dimensions.
+
+    Parameters (unconstrained): mixture logits, means, and the Cholesky factor of each
+    covariance (log-diagonal plus strictly lower part; ``covariance="diag"`` keeps only the
+    diagonal).
+
+    Args:
+        features: dimension D.
+        components: K.
+        covariance: ``"full"`` or ``"diag"``.
+        hidden_features: hidden sizes of the amortized posterior network ``x -> logits``.
+        min_covariance: added to the diagonal of covariances set by :meth:`m_step`.
+
+    Example:
+        >>> gmm = GaussianMixtureModel(2, 3)
+        >>> gmm.log_prob(torch.randn(5, 2)).shape
+        torch.Size([5])
+    """
+
+    def __init__(
+        self,
+        features: int,
+        components: int,
+        covariance: str = "full",
+        hidden_features: Sequence[int] = (64, 64),
+        min_covariance: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        for name, value in {"features": features, "components": components}.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}.")
+        if covariance not in _COVARIANCES:
+            raise ValueError(f"covariance: expected one of {list(_COVARIANCES)}, got "
+                             f"{covariance!r}.")
+        self.features, self.components, self.covariance_kind = features, components, covariance
+        self.min_covariance = float(min_covariance)
+        self.logits = nn.Parameter(torch.zeros(components))
+        angles = torch.arange(components) * (2 * math.pi / components)
+        loc = torch.zeros(components, features)
+        loc[:, 0] = angles.cos()
+        if features > 1:
+            loc[:, 1] = angles.sin()
+        self.loc = nn.Parameter(loc)
+        self.log_diag = nn.Parameter(torch.zeros(components, features))
+        self.lower = nn.Parameter(torch.zeros(components, features * (features - 1) // 2),
+                                  requires_grad=covariance == "full")
+        self.register_buffer("_rows", torch.tril_indices(features, features, -1)[0],
+                             persistent=False)
+        self.register_buffer("_cols", torch.tril_indices(features, features, -1)[1],
+                             persistent=False)
+        self.register_buffer("initialized", torch.tensor(False))
+        self.encoder = MLP(features, components, [int(h) for h in hidden_features])
+
+    # ----------------------------------------------------------------- parameters
+    @property
+    def weights(self) -> Tensor:
+        """Mixture weights :math:`\\pi`, ``(K,)``."""
+        return self.logits.softmax(-1)
+
+    def scale_tril(self) -> Tensor:
+        """Cholesky factors :math:`L_k` (``Sigma_k = L_k L_k^T``), ``(K, D, D)``."""
+        tril = torch.diag_embed(self.log_diag.exp())
+        if self.covariance_kind == "full" and self.features > 1:
+            lower = self.lower.new_zeros(self.components, self.features, self.features)
+            lower[:, self._rows, self._cols] = self.lower
+            tril = tril + lower
+        return tril
+
+    def covariance(self) -> Tensor:
+        """Covariances :math:`\\Sigma_k`, ``(K, D, D)``."""
+        tril = self.scale_tril()
+        return tril @ tril.transpose(-1, -2)
+
+    @torch.no_grad()
+    def set_parameters(self, weights: Tensor, loc: Tensor, covariance: Tensor) -> None:
+        """Sets weights ``(K,)``, means ``(K, D)`` and covariances ``(K, D, D)``."""
+        k, d = self.components, self.features
+        for name, value, shape in (("weights", weights, (k,)), ("loc", loc, (k, d)),
+                                   ("covariance", covariance, (k, d, d))):
+            if not isinstance(value, Tensor) or tuple(value.shape) != shape:
+                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(f"{name}: expected shape {shape}, got {got}.")
+        if self.covariance_kind == "diag":
+            covariance = torch.diag_embed(covariance.diagonal(dim1=-2, dim2=-1))
+        tril = torch.linalg.cholesky(covariance.to(self.loc.dtype))
+        self.logits.copy_(weights.clamp_min(1e-30).log())
+        self.loc.copy_(loc)
+        self.log_diag.copy_(tril.diagonal(dim1=-2, dim2=-1).log())
+        if self.features > 1:
+            self.lower.copy_(tril[:, self._rows, self._cols])
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor, generator: torch.Generator | None = None) -> None:
+        """Data-based start: means seeded by k-means++ (each next mean drawn with
+        probability proportional to the squared distance to the nearest chosen one), the
+        data covariance for every component, equal weights.
+
+        References:
+            k-means++: the advantages of careful seeding (Arthur & Vassilvitskii, 2007),
+            https://dl.acm.org/doi/10.5555/1283383.1283494
+        """
+        x = self._check(x)
+        if x.shape[0] < self.components:
+            raise ValueError(f"x: need at least {self.components} points to initialize, "
+                             f"got {x.shape[0]}.")
+        data = x.double()
+        chosen = [int(torch.randint(data.shape[0], (1,), generator=generator))]
+        nearest = ((data - data[chosen[0]]) ** 2).sum(-1)
+        for _ in range(1, self.components):
+            probs = nearest / nearest.sum() if nearest.sum() > 0 else None
+            i = (int(torch.multinomial(probs, 1, generator=generator)) if probs is not None
+                 else int(torch.randint(data.shape[0], (1,), generator=generator)))
+            chosen.append(i)
+            nearest = torch.minimum(nearest, ((data - data[i]) ** 2).sum(-1))
+        cov = torch.cov(data.T).reshape(self.features, self.features)
+        cov = cov + self.min_covariance * torch.eye(self.features, dtype=cov.dtype)
+        self.set_parameters(torch.full((self.components,), 1.0 / self.components),
+                            data[chosen], cov.expand(self.components, -1, -1))
+
+    # -------------------------------------------------------------- distribution
+    def _check(self, x: Tensor) -> Tensor:
+        return check_tensor(x, "x", event_shape=(self.features,))
+
+    def component_distribution(self) -> dist.MultivariateNormal:
+        """The K Gaussians as one batched ``MultivariateNormal`` (batch shape ``(K,)``)."""
+        return dist.MultivariateNormal(self.loc, scale_tril=self.scale_tril(),
+                                       validate_args=False)
+
+    def distribution(self, context: Tensor | None = None) -> dist.MixtureSameFamily:
+        """The mixture as a Pyro ``MixtureSameFamily`` (``context`` must be ``None``)."""
+        if context is not None:
+            raise ValueError("context: a GaussianMixtureModel is unconditional, got a tensor.")
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits, validate_args=False),
+                                      self.component_distribution(), validate_args=False)
+
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Exact log-density, ``(*batch, D)`` -> ``(*batch,)``."""
+        return self.distribution(context).log_prob(self._check(x))
+
+    @torch.no_grad()
+    def sample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+        """Samples, ``(*shape, D)``."""
+        return self.distribution(context).sample(torch.Size(shape))
+
+    def joint_log_prob(self, x: Tensor) -> Tensor:
+        """:math:`\\log \\pi_k + \\log N(x_n; \\mu_k, \\Sigma_k)`, ``(N, K)``."""
+        comp = self.component_distribution().log_prob(self._check(x).unsqueeze(-2))
+        return comp + self.logits.log_softmax(-1)
+
+    def responsibilities(self, x: Tensor) -> Tensor:
+        """Exact posterior :math:`p(c = k \\mid x_n)`, ``(N, K)``."""
+        return self.joint_log_prob(x).softmax(-1)
+
+    @torch.no_grad()
+    def assign(self, x: Tensor) -> Tensor:
+        """The most probable component of each point, ``(N,)`` (long)."""
+        return self.joint_log_prob(x).argmax(-1)
+
+    # ------------------------------------------------------------------------ EM
+    @torch.no_grad()
+    def e_step(self, x: Tensor) -> Tensor:
+        """E-step: the responsibilities ``(N, K)`` (the exact posterior over components)."""
+        return self.responsibilities(x)
+
+    @torch.no_grad()
+    def m_step(self, x: Tensor, responsibilities: Tensor) -> None:
+        r"""M-step in closed form: :math:`N_k = \sum_n r_{nk}`, :math:`\pi_k = N_k / N`,
+        :math:`\mu_k = \sum_n r_{nk} x_n / N_k`,
+        :math:`\Sigma_k = \sum_n r_{nk} (x_n - \mu_k)(x_n - \mu_k)^T / N_k + \epsilon I`.
+        Computed in float64."""
+        x = self._check(x).double()
+        r = responsibilities.double()
+        if r.shape != (x.shape[0], self.components):
+            raise ValueError(f"responsibilities: expected shape ({x.shape[0]}, "
+                             f"{self.components}), got {tuple(r.shape)}.")
+        nk = r.sum(0) + 1e-12
+        loc = (r.T @ x) / nk[:, None]
+        diff = x.unsqueeze(1) - loc  # (N, K, D)
+        cov = torch.einsum("nk,nki,nkj->kij", r, diff, diff) / nk[:, None, None]
+        cov = cov + self.min_covariance * torch.eye(self.features, dtype=cov.dtype)
+        self.set_parameters(nk / nk.sum(), loc, cov)
+
+    def fit_em(self, x: Tensor, iterations: int = 100, tol: float = 1e-6) -> list[float]:
+        """Runs exact EM on ``x`` until the mean log-likelihood gains less than ``tol``;
+        returns the mean log-likelihood before each iteration and after the last one."""
+        x = self._check(x)
+        if not bool(self.initialized):
+            self.initialize(x)
+        history: list[float] = []
+        with torch.no_grad():
+            for _ in range(iterations):
+                history.append(float(self.log_prob(x).mean()))
+                self.m_step(x, self.e_step(x))
+                if len(history) > 1 and history[-1] - history[-2] < tol:
+                    break
+            history.append(float(self.log_prob(x).mean()))
+        return history
+
+    # --------------------------------------------------------------- Pyro program
+    def model(self, x: Tensor) -> None:
+        """``c ~ Cat(pi)``, ``x ~ N(mu_c, Sigma_c)`` observed, in a plate over the batch."""
+        x = self._check(x)
+        tril, loc = self.scale_tril(), self.loc
+        with pyro.plate("data", x.shape[0], dim=-1):
+            c = pyro.sample("c", dist.Categorical(logits=self.logits, validate_args=False))
+            pyro.sample("x", dist.MultivariateNormal(loc[c], scale_tril=tril[c],
+                                                     validate_args=False), obs=x)
+
+    def guide(self, x: Tensor) -> None:
+        """Amortized ``q(c | x) = Cat(softmax(encoder(x)))``, enumerated in parallel."""
+        logits = self.encoder(self._check(x))
+        with pyro.plate("data", x.shape[0], dim=-1):
+            pyro.sample("c", dist.Categorical(logits=logits, validate_args=False),
+                        infer={"enumerate": "parallel"})
+
+    def guide_parameters(self) -> list[nn.Parameter]:
+        """The amortized posterior's parameters (variational EM's E-step updates these)."""
+        return list(self.encoder.parameters())
+
+    def model_parameters(self) -> list[nn.Parameter]:
+        """The mixture's parameters (variational EM's M-step updates these)."""
+        return [p for p in (self.logits, self.loc, self.log_diag, self.lower) if p.requires_grad]
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return (f"features={self.features}, components={self.components}, "
+                f"covariance={self.covariance_kind!r}")
+
+
+def flower_mixture(dtype: torch.dtype = torch.float32) -> GaussianMixtureModel:
+    r"""The course's 8-component "flower" mixture in 2-D: equal weights, one component
+    :math:`N(0, I)` at the centre and 7 petals at radius 6, angles :math:`2\pi k / 7`, each
+    with variance 3 along its radius and 1 across it.
+
+    Example:
+        >>> gmm = flower_mixture()
+        >>> gmm.sample((4,)).shape, round(float(gmm.weights[0]), 3)
+        (torch.Size([4, 2]), 0.125)
+    """
+    angles = torch.arange(7, dtype=torch.float64) * (2 * math.pi / 7)
+    radial = torch.stack([angles.cos(), angles.sin()], -1)
+    across = torch.stack([-angles.sin(), angles.cos()], -1)
+    rot = torch.stack([radial, across], 1)  # rows: the radial and the perpendicular axis
+    petals = rot.transpose(1, 2) @ torch.diag(torch.tensor([3.0, 1.0], dtype=torch.float64)) @ rot
+    cov = torch.cat([torch.eye(2, dtype=torch.float64)[None], petals])
+    loc = torch.cat([torch.zeros(1, 2, dtype=torch.float64), 6.0 * radial])
+    gmm = GaussianMixtureModel(2, 8).to(dtype)
+    gmm.set_parameters(torch.full((8,), 1 / 8, dtype=dtype), loc.to(dtype), cov.to(dtype))
+    return gmm
+
+
+GMM_MODELS: dict[str, type[nn.Module]] = {"GaussianMixtureModel": GaussianMixtureModel}
