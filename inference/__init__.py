@@ -29,6 +29,19 @@ from probgen.inference.score_matching import (
     NoiseConditionalScoreMatching,
     SlicedScoreMatching,
 )
+from probgen.inference.sde import (
+    SDE_METHODS,
+    WEIGHTINGS,
+    ContinuousScoreMatching,
+    SDEResult,
+    probability_flow_bits_per_dim,
+    predictor_corrector_sample,
+    probability_flow_distribution,
+    probability_flow_log_prob,
+    probability_flow_sample,
+    reverse_sde_sample,
+    tweedie_denoise,
+)
 from probgen.inference.steps import NonFiniteLossError
 from probgen.inference.training import History, fit
 from probgen.inference.vq import (
@@ -86,4 +99,15 @@ __all__ = [
     "LangevinResult",
     "ScoreSampler",
     "SAMPLERS",
+    "ContinuousScoreMatching",
+    "WEIGHTINGS",
+    "SDE_METHODS",
+    "SDEResult",
+    "reverse_sde_sample",
+    "predictor_corrector_sample",
+    "probability_flow_sample",
+    "probability_flow_distribution",
+    "probability_flow_log_prob",
+    "probability_flow_bits_per_dim",
+    "tweedie_denoise",
 ]
