@@ -324,7 +324,7 @@ class VQVAE(nn.Module):
         if x.dim() != 4 or x.shape[1:] != self.event_shape:
             raise ValueError(f"x: expected images (N, {', '.join(map(str, self.event_shape))})"
                              f", got {tuple(x.shape)}.")
-        return x.to(self.quantizer.cluster_size.dtype)
+        return x.to(next(self.encoder.parameters()).dtype)
 
     def encode(self, x: Tensor) -> Tensor:
         """Encoder outputs ``z_e`` ``(N, D, h, w)`` of images ``x`` ``(N, C, H, W)``."""
