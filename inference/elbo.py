@@ -3,7 +3,8 @@ annealing and free bits; IWAE and Renyi (VR) bounds.
 
 :class:`ELBO` wraps any latent-variable model (an ``nn.Module`` with ``model(x)`` and
 ``guide(x)``, DESIGN.md's protocol) and returns, per batch, the negative bound as ``loss``
-(nats per example) with ``elbo`` (the estimator's bound), ``recon``
+(nats per example) with ``elbo`` (the estimator's bound), ``nll`` (its negative: an upper
+bound on the negative log-likelihood) and ``bits_per_dim`` (``nll / (D ln 2)``), ``recon``
 (:math:`E_q \log p(x \mid z)`, Monte Carlo), ``kl`` (:math:`KL(q(z \mid x) \| p(z))`,
 closed form when torch knows it, else Monte Carlo) and ``kl_weight``.
 
@@ -173,7 +174,7 @@ class ELBO(nn.Module):
         >>> vae = VAE((4,), latent_features=2, hidden_features=[8], likelihood="gaussian")
         >>> out = ELBO(vae)(torch.randn(16, 4))
         >>> sorted(out)
-        ['elbo', 'kl', 'kl_weight', 'loss', 'recon']
+        ['bits_per_dim', 'elbo', 'kl', 'kl_weight', 'loss', 'nll', 'recon']
     """
 
     def __init__(
@@ -288,9 +289,13 @@ class ELBO(nn.Module):
         if bound is None or weight != 1.0:
             # The reported bound is the plain one (KL weight 1, no free bits).
             bound = (recon - kl.detach()) / (n * particles)
+        elbo = bound + ladj_mean
+        dims = math.prod(x.shape[1:])
         return {
             "loss": loss / n,
-            "elbo": bound + ladj_mean,
+            "elbo": elbo,
+            "nll": -elbo,
+            "bits_per_dim": -elbo / (dims * math.log(2.0)),
             "recon": recon / (n * particles),
             "kl": kl.detach() / (n * particles),
             "kl_weight": torch.tensor(weight),

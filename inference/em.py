@@ -46,7 +46,8 @@ def _x(batch: Any) -> Tensor:
 class ExactEM(nn.Module):
     r"""Creates exact EM for a model with closed-form E and M steps.
 
-    Outputs: ``loss`` = ``-log_likelihood`` (mean per example, before the step's update).
+    Outputs: ``loss`` = ``nll`` = ``-log_likelihood`` (mean per example, before the step's
+    update).
 
     Args:
         model: an ``nn.Module`` with ``e_step(x)``, ``m_step(x, stats)`` and ``log_prob(x)``;
@@ -74,7 +75,7 @@ class ExactEM(nn.Module):
     def forward(self, batch: Any) -> dict[str, Tensor]:
         """The mean log-likelihood of ``batch`` (evaluation)."""
         ll = self.model.log_prob(_x(batch)).mean()
-        return {"loss": -ll, "log_likelihood": ll}
+        return {"loss": -ll, "nll": -ll, "log_likelihood": ll}
 
     @torch.no_grad()
     def training_step(self, batch: Any, step: int, update: Callable) -> dict[str, Tensor]:
@@ -86,14 +87,15 @@ class ExactEM(nn.Module):
             self.model.initialize(x)
         ll = self.model.log_prob(x).mean()
         self.model.m_step(x, self.model.e_step(x))
-        return {"loss": -ll, "log_likelihood": ll}
+        return {"loss": -ll, "nll": -ll, "log_likelihood": ll}
 
 
 class VariationalEM(nn.Module):
     r"""Creates variational EM over a Pyro model/guide pair with an amortized posterior.
 
     Outputs (means per example): ``loss`` (= ``-elbo``), ``elbo`` and, when the model has an
-    exact ``log_prob``, ``log_likelihood`` and ``gap`` (:math:`KL(q \| p(c \mid x)) \ge 0`).
+    exact ``log_prob``, ``log_likelihood``, ``nll`` and ``gap``
+    (:math:`KL(q \| p(c \mid x)) \ge 0`).
 
     Args:
         model: an ``nn.Module`` with ``model(x)``, ``guide(x)`` and ``guide_parameters()``.
@@ -129,6 +131,9 @@ class VariationalEM(nn.Module):
         return {"e": guide, "m": rest}
 
     def _loss(self, x: Tensor) -> Tensor:
+        if not torch.is_grad_enabled():  # evaluation: Pyro refuses a non-differentiable loss
+            value = self.elbo.loss(self.model.model, self.model.guide, x)
+            return torch.tensor(value / x.shape[0], dtype=x.dtype, device=x.device)
         return self.elbo.differentiable_loss(self.model.model, self.model.guide, x) / x.shape[0]
 
     def _outputs(self, x: Tensor, loss: Tensor) -> dict[str, Tensor]:
@@ -136,7 +141,7 @@ class VariationalEM(nn.Module):
         if callable(getattr(self.model, "log_prob", None)):
             with torch.no_grad():
                 ll = self.model.log_prob(x).mean()
-            out.update(log_likelihood=ll, gap=ll - out["elbo"])
+            out.update(log_likelihood=ll, nll=-ll, gap=ll - out["elbo"])
         return out
 
     def forward(self, batch: Any) -> dict[str, Tensor]:

@@ -119,6 +119,10 @@ def test_variational_em_elbo_stays_below_the_exact_log_likelihood(schedule):
     lls = [r["log_likelihood"] for r in records]
     assert np.mean(lls[-20:]) > np.mean(lls[:20]) + 0.05
     assert np.mean(gaps[-20:]) < 0.5 * np.mean(gaps[:20])
+    with torch.no_grad():  # held-out evaluation runs without gradients
+        out = objective.eval()(x)
+    assert float(out["gap"]) >= -1e-5 and float(out["nll"]) == pytest.approx(
+        -gmm.log_prob(x).mean().item(), rel=1e-5)
 
 
 def test_gradient_maximum_likelihood_climbs():
