@@ -6,6 +6,18 @@ from __future__ import annotations
 from probgen.inference import registry
 from probgen.inference.adversarial import ADAM_BETAS, GAN_LOSSES, Adversarial
 from probgen.inference.checkpoint import load_checkpoint
+from probgen.inference.diffusion import (
+    DIFFUSION_LOSSES,
+    DIFFUSION_SAMPLERS,
+    VARIANCES,
+    DiffusionLoss,
+    DiffusionResult,
+    NoisyClassifierLoss,
+    ddim_invert,
+    diffusion_sample,
+    guided_epsilon,
+    variational_bound,
+)
 from probgen.inference.elbo import ELBO, DifferentiableRenyiELBO, LatentScale
 from probgen.inference.em import ExactEM, VariationalEM
 from probgen.inference.ema import EMA
@@ -58,6 +70,16 @@ from probgen.inference.vq import (
 )
 
 __all__ = [
+    "DiffusionLoss",
+    "NoisyClassifierLoss",
+    "DiffusionResult",
+    "diffusion_sample",
+    "ddim_invert",
+    "variational_bound",
+    "guided_epsilon",
+    "DIFFUSION_LOSSES",
+    "DIFFUSION_SAMPLERS",
+    "VARIANCES",
     "Adversarial",
     "GAN_LOSSES",
     "ADAM_BETAS",

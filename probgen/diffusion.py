@@ -80,7 +80,8 @@ class NoiseSchedule(nn.Module):
     :math:`\tilde\beta_s = \beta_s(1-\bar\alpha_{s-1})/(1-\bar\alpha_s)` (0 at index 0),
     ``posterior_log_variance_clipped`` (index 0 takes index 1's value, so the log is
     finite), ``posterior_mean_coef1``/``coef2`` (the weights of :math:`x_0` and
-    :math:`x_s` in the posterior mean), and ``timesteps``: the original indices of the
+    :math:`x_s` in the posterior mean), ``log_snr`` :math:`\log(\bar\alpha/(1-\bar\alpha))`,
+    and ``timesteps``: the original indices of the
     steps (``0..T-1``, or the kept ones after :meth:`respace`), which is what a network is
     called with.
 
@@ -103,6 +104,7 @@ class NoiseSchedule(nn.Module):
     posterior_log_variance_clipped: Tensor
     posterior_mean_coef1: Tensor
     posterior_mean_coef2: Tensor
+    log_snr: Tensor
     timesteps: Tensor
 
     def __init__(self, betas: Tensor | Sequence[float], timesteps: Tensor | None = None) -> None:
@@ -128,6 +130,7 @@ class NoiseSchedule(nn.Module):
             "betas": betas, "alphas": alphas, "alphas_cumprod": ab,
             "alphas_cumprod_prev": ab_prev, "posterior_variance": post_var,
             "posterior_log_variance_clipped": clipped.log(),
+            "log_snr": (ab / (1.0 - ab)).log(),
             "posterior_mean_coef1": betas * ab_prev.sqrt() / (1.0 - ab),
             "posterior_mean_coef2": (1.0 - ab_prev) * alphas.sqrt() / (1.0 - ab),
             "timesteps": timesteps,
@@ -174,7 +177,13 @@ class NoiseSchedule(nn.Module):
                 f"beta_max={float(self.betas.max()):.3g}")
 
     def _at(self, buf: Tensor, step: Tensor | int, x: Tensor) -> Tensor:
-        """``buf[step]`` cast to ``x``'s dtype, shaped ``(batch, 1, ..., 1)`` against ``x``."""
+        """``buf[step]`` cast to ``x``'s dtype, shaped ``(batch, 1, ..., 1)`` against ``x``
+        (``(1, ..., 1)`` for one Python int step, the samplers' fast path)."""
+        if isinstance(step, int) and not isinstance(step, bool):
+            if not 0 <= step < self.num_steps:
+                raise ValueError(f"step: expected indices in 0..{self.num_steps - 1}, got "
+                                 f"{step}.")
+            return buf[step].to(device=x.device, dtype=x.dtype).reshape([1] * x.dim())
         step = _steps_tensor(step, x.shape[0]).to(buf.device)
         if step.dtype.is_floating_point:
             raise TypeError("step: expected integer indices; use alphas_cumprod_at for "
@@ -202,7 +211,7 @@ class NoiseSchedule(nn.Module):
         s = step.clamp(0, self.num_steps - 1)
         lo = s.floor().long().clamp(max=self.num_steps - 2)
         w = s - lo
-        log_snr = (ab / (1 - ab)).log()
+        log_snr = self.log_snr
         value = (1 - w) * log_snr[lo] + w * log_snr[lo + 1]
         return torch.sigmoid(value)
 
@@ -215,8 +224,7 @@ class NoiseSchedule(nn.Module):
         r"""The fractional step whose :meth:`sigma_ve` is ``sigma`` (inverse of the
         log-SNR interpolation; clamped to ``[0, T-1]``), float64."""
         sigma = torch.as_tensor(sigma).to(self.betas.device, torch.float64)
-        ab = self.alphas_cumprod
-        neg_log_snr = ((1 - ab) / ab).log()  # increasing in step
+        neg_log_snr = -self.log_snr  # increasing in step
         target = 2 * sigma.log()
         if self.num_steps == 1:
             return torch.zeros_like(sigma)
@@ -463,14 +471,13 @@ def gaussian_epsilon(schedule: NoiseSchedule, mean: Tensor, cov: Tensor
     if mean.dim() != 1 or cov.shape != (mean.shape[0], mean.shape[0]):
         raise ValueError(f"mean, cov: expected shapes (D,) and (D, D), got "
                          f"{tuple(mean.shape)} and {tuple(cov.shape)}.")
-    eye = torch.eye(mean.shape[0], dtype=torch.float64)
+    # Sigma = U diag(lam) U^T, so C_s^{-1} = U diag(1 / (ab lam + 1 - ab)) U^T for every step.
+    lam, U = torch.linalg.eigh(cov)
 
     def eps(x: Tensor, step: Tensor) -> Tensor:
-        ab = schedule.alphas_cumprod_at(_steps_tensor(step, x.shape[0])).cpu()
-        a = ab[:, None, None]
-        c = a * cov + (1 - a) * eye  # (batch, D, D)
-        r = (x.detach().to(torch.float64).cpu() - ab.sqrt()[:, None] * mean)[..., None]
-        out = (1 - ab).sqrt()[:, None] * torch.linalg.solve(c, r)[..., 0]
+        ab = schedule.alphas_cumprod_at(_steps_tensor(step, x.shape[0])).cpu()[:, None]
+        r = x.detach().to(torch.float64).cpu() - ab.sqrt() * mean
+        out = (1 - ab).sqrt() * (((r @ U) / (ab * lam + 1 - ab)) @ U.T)
         return out.to(device=x.device, dtype=x.dtype)
 
     return eps

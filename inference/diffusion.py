@@ -1,0 +1,620 @@
+r"""Diffusion objectives and samplers: DDPM's losses and bound, ancestral/strided DDPM, DDIM,
+DDIM inversion, classifier and classifier-free guidance.
+
+Written against a protocol, never a concrete model. A *diffusion model* ``m`` has
+
+- ``m.schedule``: a :class:`probgen.diffusion.NoiseSchedule` with ``T`` steps;
+- ``m.parametrization``: what its network predicts, ``"eps"``, ``"x0"`` or ``"v"``;
+- ``m.variance``: the reverse variances, one of :data:`VARIANCES`:
+  ``"fixed_large"`` (:math:`\beta_s`, Ho et al.'s choice for sampling), ``"fixed_small"``
+  (the posterior's :math:`\tilde\beta_s`) or ``"learned_range"``
+  (:math:`\exp(f\log\beta_s + (1-f)\log\tilde\beta_s)`, :math:`f = (v+1)/2` predicted by
+  the network; Nichol & Dhariwal, 2021);
+- ``m.num_classes``: the number of classes (``None``: unconditional);
+- ``m.output(x_s, step, labels=None) -> (prediction, v)``: the network's prediction in
+  its parametrization and, for ``"learned_range"``, the variance output ``v`` (else
+  ``None``); ``step`` holds original indices in ``0..T-1`` (``labels=None`` is the null
+  class of a class-conditional model).
+
+A noise-conditional *classifier* (for classifier guidance) is ``classifier(x_s, t) ->
+logits`` of shape ``(batch, K)`` with the network time ``t = step / T`` of shape
+``(batch,)`` (a :class:`probgen.nn.ConditionalMLP` with ``out_features=K``, or a
+:class:`probgen.nn.UNetClassifier`); :class:`NoisyClassifierLoss` trains one.
+
+Data for the objectives: vectors as they are, or integer pixels (``levels`` given) mapped
+to the grid :math:`2x/(L-1) - 1` in [-1, 1], on which the discretized Gaussian decoder
+makes the variational bound an upper bound on the negative log-likelihood of the discrete
+data (bits per dimension).
+
+diffusers' schedulers would give the sampling steps, but not the bound, the respaced
+learned variances or guidance on our protocol, and probgen may not depend on it; the steps
+are a few lines of the closed forms in :mod:`probgen.diffusion`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from probgen.diffusion import (
+    NoiseSchedule,
+    discretized_gaussian_log_likelihood,
+    normal_kl,
+    spaced_timesteps,
+    to_signed,
+)
+from probgen.inference.registry import register_objective
+
+__all__ = [
+    "VARIANCES",
+    "DIFFUSION_SAMPLERS",
+    "DIFFUSION_LOSSES",
+    "DiffusionLoss",
+    "NoisyClassifierLoss",
+    "DiffusionResult",
+    "diffusion_sample",
+    "ddim_invert",
+    "variational_bound",
+    "guided_epsilon",
+]
+
+#: Reverse-variance choices of a diffusion model.
+VARIANCES: tuple[str, ...] = ("fixed_large", "fixed_small", "learned_range")
+#: Sampler names: ancestral (DDPM; strided when ``steps < T``) and DDIM.
+DIFFUSION_SAMPLERS: tuple[str, ...] = ("ancestral", "ddim")
+#: Training losses of :class:`DiffusionLoss`.
+DIFFUSION_LOSSES: tuple[str, ...] = ("simple", "vlb", "hybrid")
+
+_LN2 = math.log(2.0)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _flat_sum(x: Tensor) -> Tensor:
+    return x.flatten(1).sum(1)
+
+
+def _index(sched: NoiseSchedule, buf: Tensor, i: Tensor, x: Tensor) -> Tensor:
+    return sched._at(buf, i, x)
+
+
+def _model_log_variance(sched: NoiseSchedule, variance: str, v: Tensor | None,
+                        i: Tensor | int, x: Tensor) -> Tensor:
+    """The reverse process's log-variance at indices ``i`` of ``sched`` (respaced or not)."""
+    clipped = _index(sched, sched.posterior_log_variance_clipped, i, x)
+    if variance == "fixed_small":
+        return clipped.expand_as(x)
+    # beta_s, with index 0 taking the clipped posterior variance (as the decoder's scale)
+    first = (i == 0) if isinstance(i, int) else (i.reshape(clipped.shape) == 0)
+    large = torch.where(torch.as_tensor(first, device=x.device), clipped,
+                        _index(sched, sched.betas, i, x).log())
+    if variance == "fixed_large":
+        return large.expand_as(x)
+    if variance == "learned_range":
+        if v is None:
+            raise ValueError("variance 'learned_range': the model returned no variance "
+                             "output v.")
+        frac = (v + 1) / 2
+        return frac * large + (1 - frac) * clipped
+    raise ValueError(f"variance: expected one of {list(VARIANCES)}, got {variance!r}.")
+
+
+def _check_model(model: Any) -> None:
+    for name in ("schedule", "parametrization", "variance", "output"):
+        if not hasattr(model, name):
+            raise TypeError(f"model: expected a diffusion model with .schedule, "
+                            f".parametrization, .variance and .output(x, step, labels); "
+                            f"{type(model).__name__} has no {name!r}.")
+    if model.parametrization not in ("eps", "x0", "v"):
+        raise ValueError(f"model.parametrization: expected 'eps', 'x0' or 'v', got "
+                         f"{model.parametrization!r}.")
+    if model.variance not in VARIANCES:
+        raise ValueError(f"model.variance: expected one of {list(VARIANCES)}, got "
+                         f"{model.variance!r}.")
+
+
+def _network_time(step: Tensor, num_steps: int, x: Tensor) -> Tensor:
+    return step.to(device=x.device, dtype=x.dtype) / num_steps
+
+
+def _labels_like(labels: Any, n: int, device: torch.device) -> Tensor | None:
+    if labels is None:
+        return None
+    if isinstance(labels, int) and not isinstance(labels, bool):
+        return torch.full((n,), labels, dtype=torch.long, device=device)
+    labels = torch.as_tensor(labels, device=device)
+    if labels.is_floating_point() or labels.dim() != 1 or labels.numel() < 1:
+        raise ValueError(f"labels: expected an int or a 1-d sequence of ints, got "
+                         f"{labels.dtype} of shape {tuple(labels.shape)}.")
+    if labels.numel() != n:
+        labels = labels.repeat(math.ceil(n / labels.numel()))[:n]  # cycle through them
+    return labels.long()
+
+
+# ----------------------------------------------------------------------------- guidance
+def guided_epsilon(
+    model: Any,
+    x: Tensor,
+    step: Tensor,
+    *,
+    labels: Tensor | None = None,
+    guidance: float | None = None,
+    classifier: Callable[[Tensor, Tensor], Tensor] | None = None,
+    classifier_scale: float = 0.0,
+) -> tuple[Tensor, Tensor | None]:
+    r"""The (guided) noise prediction :math:`\hat\epsilon(x_s, s)` and the variance output.
+
+    - Classifier-free guidance (Ho & Salimans, 2021) with weight :math:`w` = ``guidance``:
+      :math:`\hat\epsilon = \epsilon(x, \varnothing) + w\,(\epsilon(x, y) -
+      \epsilon(x, \varnothing))`; :math:`w = 0` is the unconditional model, :math:`w = 1`
+      the conditional one (the default when ``labels`` are given), :math:`w > 1` sharpens
+      the classes. Both predictions come from one batched call.
+    - Classifier guidance (Dhariwal & Nichol, 2021) with scale :math:`\lambda`:
+      :math:`\hat\epsilon \leftarrow \hat\epsilon - \lambda\sqrt{1-\bar\alpha_s}\,
+      \nabla_x \log p_\phi(y \mid x_s, s)`, the noise of
+      :math:`p(x_s)\,p_\phi(y \mid x_s)^\lambda`.
+
+    Args:
+        model: a diffusion model (see the module docstring).
+        x: states, ``(batch, *event)``.
+        step: original indices, ``(batch,)``.
+        labels: target classes, ``(batch,)``; ``None`` samples unconditionally.
+        guidance: :math:`w` (needs a class-conditional model and ``labels``).
+        classifier: ``classifier(x, t) -> logits``; classifier_scale: :math:`\lambda`.
+
+    Returns:
+        :math:`\hat\epsilon` of the shape of ``x`` and the variance output (or ``None``).
+    """
+    sched = model.schedule
+    w = 1.0 if guidance is None else float(guidance)
+    cfg = labels is not None and w != 1.0
+    if labels is not None and not getattr(model, "num_classes", None) and classifier is None:
+        raise ValueError("labels: the model is unconditional (num_classes=None) and no "
+                         "classifier is given; pass classifier= for classifier guidance.")
+    model_labels = labels if getattr(model, "num_classes", None) else None
+    if guidance is not None and model_labels is None:
+        raise ValueError("guidance: classifier-free guidance needs a class-conditional model "
+                         "and labels.")
+    if cfg:
+        null = torch.full_like(model_labels, model.num_classes)
+        pred, v = model.output(torch.cat([x, x]), torch.cat([step, step]),
+                               torch.cat([model_labels, null]))
+        xx = torch.cat([x, x])
+        eps_both = sched.convert(pred, xx, torch.cat([step, step]), model.parametrization,
+                                 "eps")
+        eps_c, eps_u = eps_both.chunk(2)
+        eps = eps_u + w * (eps_c - eps_u)
+        v = None if v is None else v.chunk(2)[0]
+    else:
+        pred, v = model.output(x, step, model_labels)
+        eps = sched.convert(pred, x, step, model.parametrization, "eps")
+    if classifier is not None and classifier_scale:
+        if labels is None:
+            raise ValueError("classifier: classifier guidance needs labels.")
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            logits = classifier(xg, _network_time(step, sched.num_steps, xg))
+            if logits.shape != (x.shape[0], logits.shape[-1]) or logits.dim() != 2:
+                raise ValueError(f"classifier: expected logits of shape ({x.shape[0]}, K), "
+                                 f"got {tuple(logits.shape)}.")
+            chosen = F.log_softmax(logits, dim=-1).gather(1, labels[:, None].long()).sum()
+            grad, = torch.autograd.grad(chosen, xg)
+        ab = sched._at(sched.alphas_cumprod, step, x)
+        eps = eps - float(classifier_scale) * (1 - ab).sqrt() * grad.detach()
+    return eps, v
+
+
+# ----------------------------------------------------------------------------- samplers
+class DiffusionResult(NamedTuple):
+    """A diffusion sampler's output.
+
+    Attributes:
+        samples: the final states ``(batch, *event)``.
+        trajectory: ``(records, batch, *event)``: the start and every ``record_every``-th
+            state (the last always included); ``None`` unless asked for.
+        x0_predictions: the predicted clean data at the recorded steps, same shape, or
+            ``None``.
+        timesteps: the original indices visited, decreasing.
+    """
+
+    samples: Tensor
+    trajectory: Tensor | None
+    x0_predictions: Tensor | None
+    timesteps: Tensor
+
+
+def _timesteps(sched: NoiseSchedule, steps: int | None, spacing: str,
+               timesteps: Sequence[int] | Tensor | None) -> Tensor:
+    if timesteps is not None:
+        if steps is not None:
+            raise ValueError("steps, timesteps: give one of them, not both.")
+        return torch.as_tensor(timesteps, dtype=torch.long)
+    return spaced_timesteps(sched.num_steps, sched.num_steps if steps is None else steps,
+                            spacing)
+
+
+def _eps_x0(model: Any, sub: NoiseSchedule, x: Tensor, i: int, clip: float | None,
+            guide: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Guided eps, predicted x0 (clipped to [-clip, clip], eps recomputed from it) and v."""
+    orig = sub.timesteps[i].to(x.device).expand(x.shape[0])
+    eps, v = guided_epsilon(model, x, orig, **guide)
+    x0 = sub.convert(eps, x, i, "eps", "x0")
+    if clip is not None:
+        x0 = x0.clamp(-clip, clip)
+        eps = sub.convert(x0, x, i, "x0", "eps")
+    return eps, x0, v
+
+
+def diffusion_sample(
+    model: Any,
+    x: Tensor,
+    *,
+    sampler: str = "ancestral",
+    steps: int | None = None,
+    eta: float = 0.0,
+    spacing: str = "linspace",
+    timesteps: Sequence[int] | Tensor | None = None,
+    labels: Any = None,
+    guidance: float | None = None,
+    classifier: Callable[[Tensor, Tensor], Tensor] | None = None,
+    classifier_scale: float = 0.0,
+    clip: float | None = None,
+    generator: torch.Generator | None = None,
+    record_every: int | None = None,
+) -> DiffusionResult:
+    r"""Runs the reverse process from ``x`` (noise at the last step) to data.
+
+    The chain visits ``timesteps`` (default: ``steps`` indices spaced by ``spacing`` out
+    of ``0..T-1``; all of them when ``steps`` is ``None``) through the respaced schedule
+    (:meth:`probgen.diffusion.NoiseSchedule.respace`), whose marginals are the original
+    ones.
+
+    - ``"ancestral"`` (DDPM; strided DDPM when fewer steps):
+      :math:`x_{prev} = \tilde\mu(\hat x_0, x) + \sigma z` with the model's variance
+      (respaced: :math:`\beta` and :math:`\tilde\beta` of the sub-chain), no noise at the
+      last step.
+    - ``"ddim"`` (Song et al., 2021): :math:`x_{prev} = \sqrt{\bar\alpha_{prev}}\,\hat x_0
+      + \sqrt{1-\bar\alpha_{prev}-\sigma^2}\,\hat\epsilon + \sigma z`,
+      :math:`\sigma = \eta\sqrt{(1-\bar\alpha_{prev})/(1-\bar\alpha)}
+      \sqrt{1-\bar\alpha/\bar\alpha_{prev}}`; ``eta = 0`` is deterministic, ``eta = 1``
+      is the ancestral sampler with the posterior variance.
+
+    Args:
+        model: a diffusion model (see the module docstring).
+        x: the start, ``(batch, *event)``, usually :math:`N(0, I)`.
+        sampler: one of :data:`DIFFUSION_SAMPLERS`.
+        steps: number of steps (``None``: all T); spacing: see
+            :func:`probgen.diffusion.spaced_timesteps`; timesteps: explicit increasing
+            indices instead.
+        eta: DDIM's noise, in [0, 1].
+        labels: classes (int, or a sequence cycled over the batch) for a conditional
+            model or a classifier; guidance, classifier, classifier_scale: see
+            :func:`guided_epsilon`.
+        clip: clamp the predicted :math:`\hat x_0` to ``[-clip, clip]`` (1 for images).
+        generator: for the noise.
+        record_every: keep every this-many-th state for plots.
+
+    Returns:
+        A :class:`DiffusionResult`.
+    """
+    _check_model(model)
+    if sampler not in DIFFUSION_SAMPLERS:
+        raise ValueError(f"sampler: expected one of {list(DIFFUSION_SAMPLERS)}, got "
+                         f"{sampler!r}.")
+    if not 0.0 <= float(eta) <= 1.0:
+        raise ValueError(f"eta: expected a value in [0, 1], got {eta!r}.")
+    if sampler == "ancestral" and eta:
+        raise ValueError("eta: applies to sampler 'ddim' only (ancestral sampling uses the "
+                         "model's variance).")
+    if not isinstance(x, Tensor) or x.dim() < 2:
+        raise ValueError(f"x: expected a start tensor of shape (batch, *event), got "
+                         f"{getattr(x, 'shape', type(x).__name__)}.")
+    sched = model.schedule
+    tau = _timesteps(sched, steps, spacing, timesteps)
+    sub = sched.respace(tau)
+    guide = {"labels": _labels_like(labels, x.shape[0], x.device), "guidance": guidance,
+             "classifier": classifier, "classifier_scale": classifier_scale}
+    states, x0s = ([x.detach().clone()], []) if record_every else (None, None)
+    x = x.detach()
+    with torch.no_grad():
+        for k, i in enumerate(reversed(range(sub.num_steps))):
+            eps, x0, v = _eps_x0(model, sub, x, i, clip, guide)
+            noise = (torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+                     if i > 0 and (sampler == "ancestral" or eta > 0) else None)
+            if sampler == "ancestral":
+                mean, _, _ = sub.q_posterior(x0, x, i)
+                if noise is not None:
+                    logvar = _model_log_variance(sub, model.variance, v, i, x)
+                    mean = mean + (0.5 * logvar).exp() * noise
+                x = mean
+            else:
+                ab = sub._at(sub.alphas_cumprod, i, x)
+                ab_prev = sub._at(sub.alphas_cumprod_prev, i, x)
+                sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
+                x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
+                if noise is not None:
+                    x = x + sigma * noise
+            if record_every and ((k + 1) % record_every == 0 or i == 0):
+                states.append(x.clone())
+                x0s.append(x0.clone())
+    return DiffusionResult(x, torch.stack(states) if states else None,
+                           torch.stack(x0s) if x0s else None, tau.flip(0))
+
+
+def ddim_invert(
+    model: Any,
+    x0: Tensor,
+    *,
+    steps: int | None = None,
+    spacing: str = "linspace",
+    timesteps: Sequence[int] | Tensor | None = None,
+    labels: Any = None,
+    guidance: float | None = None,
+) -> Tensor:
+    r"""Deterministic DDIM inversion: data ``x0`` -> the latent at the last step.
+
+    Runs the :math:`\eta = 0` update forwards,
+    :math:`x_{next} = \sqrt{\bar\alpha_{next}}\,\hat x_0(x) + \sqrt{1-\bar\alpha_{next}}\,
+    \hat\epsilon(x)`, the network evaluated at the current state and step (at the data
+    itself for the first step). :func:`diffusion_sample` with ``sampler="ddim"``,
+    ``eta=0`` and the same timesteps maps the latent back to ``x0`` up to the
+    discretization error of the probability-flow ODE.
+
+    Args:
+        model: a diffusion model; x0: data ``(batch, *event)``; steps, spacing,
+            timesteps, labels, guidance: as in :func:`diffusion_sample`.
+
+    Returns:
+        The latent, shape of ``x0``.
+    """
+    _check_model(model)
+    sched = model.schedule
+    tau = _timesteps(sched, steps, spacing, timesteps)
+    sub = sched.respace(tau)
+    guide = {"labels": _labels_like(labels, x0.shape[0], x0.device), "guidance": guidance,
+             "classifier": None, "classifier_scale": 0.0}
+    x = x0.detach()
+    n = x.shape[0]
+    with torch.no_grad():
+        for i in range(sub.num_steps):
+            # the network at the current state: step i-1's index (the first uses index 0)
+            j = max(i - 1, 0)
+            orig = sub.timesteps[j].to(x.device).expand(n)
+            eps, _ = guided_epsilon(model, x, orig, **guide)
+            # at i = 0 the state is the data itself (ab_prev = 1)
+            x0_hat = x if i == 0 else sub.convert(eps, x, j, "eps", "x0")
+            ab_next = sub._at(sub.alphas_cumprod, i, x)
+            x = ab_next.sqrt() * x0_hat + (1 - ab_next).sqrt() * eps
+    return x
+
+
+# ----------------------------------------------------------------------------- bound
+def _data(batch: Any, levels: int | None) -> tuple[Tensor, Tensor | None]:
+    labels = None
+    if isinstance(batch, (tuple, list)):
+        if len(batch) != 2 or not isinstance(batch[0], Tensor):
+            raise TypeError("batch: expected a tensor x or a pair (x, labels).")
+        batch, labels = batch
+    if not isinstance(batch, Tensor) or batch.dim() < 2:
+        got = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
+        raise TypeError(f"batch: expected a tensor of shape (batch, *event), got {got}.")
+    x = to_signed(batch, levels) if levels is not None else batch
+    return (x if x.is_floating_point() else x.float()), labels
+
+
+def _term(model: Any, x0: Tensor, x_t: Tensor, step: Tensor, pred: Tensor, v: Tensor | None,
+          levels: int | None) -> Tensor:
+    """Per-example term of the bound at ``step`` (nats): the KL for step > 0, the decoder's
+    negative log-likelihood for step 0."""
+    sched = model.schedule
+    x0_hat = sched.convert(pred, x_t, step, model.parametrization, "x0")
+    mean, _, _ = sched.q_posterior(x0_hat, x_t, step)
+    logvar = _model_log_variance(sched, model.variance, v, step, x_t)
+    true_mean, _, true_logvar = sched.q_posterior(x0, x_t, step)
+    kl = _flat_sum(normal_kl(true_mean, true_logvar.expand_as(x0), mean, logvar))
+    if levels is not None:
+        nll = -_flat_sum(discretized_gaussian_log_likelihood(x0, mean, 0.5 * logvar, levels))
+    else:
+        nll = _flat_sum(0.5 * (math.log(2 * math.pi) + logvar
+                               + (x0 - mean) ** 2 * torch.exp(-logvar)))
+    return torch.where(step == 0, nll, kl)
+
+
+def variational_bound(
+    model: Any,
+    batch: Any,
+    *,
+    levels: int | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    r"""The full variational bound of every example, over all T steps (T network calls).
+
+    :math:`-\log p_\theta(x_0) \le KL(q(x_{T-1} \mid x_0) \| N(0, I)) + \sum_{s \ge 1}
+    KL(q(x_{s-1} \mid x_s, x_0) \| p_\theta(x_{s-1} \mid x_s)) - \log p_\theta(x_0 \mid x_0^{(0)})`
+    with one draw :math:`x_s \sim q(x_s \mid x_0)` per step (an unbiased estimate of the
+    bound, whose expectation is at least the negative log-likelihood). With ``levels``
+    the data are integer pixels and the decoder is the discretized Gaussian, so ``bpd`` is
+    an upper bound on the discrete data's bits per dimension; without, the decoder is a
+    Gaussian density and the bound is on the differential NLL.
+
+    Args:
+        model: a diffusion model; batch: ``x`` or ``(x, labels)``.
+        levels: the pixel levels of integer data (``None``: continuous vectors).
+        generator: for the noise draws.
+
+    Returns:
+        Per-example tensors: ``nll`` (nats), ``bpd``, ``prior`` (nats), ``decoder`` (nats),
+        and ``terms`` of shape ``(batch, T)`` (nats; index 0 is the decoder).
+    """
+    _check_model(model)
+    x0, labels = _data(batch, levels)
+    if not getattr(model, "num_classes", None):
+        labels = None
+    sched = model.schedule
+    n = x0.shape[0]
+    terms = []
+    with torch.no_grad():
+        for s in range(sched.num_steps):
+            step = torch.full((n,), s, dtype=torch.long, device=x0.device)
+            noise = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=generator)
+            x_t = sched.q_sample(x0, step, noise)
+            pred, v = model.output(x_t, step, labels)
+            terms.append(_term(model, x0, x_t, step, pred, v, levels))
+        terms = torch.stack(terms, dim=1)
+        prior = sched.prior_kl(x0)
+    nll = prior + terms.sum(1)
+    dims = x0[0].numel()
+    return {"nll": nll, "bpd": nll / (dims * _LN2), "prior": prior, "decoder": terms[:, 0],
+            "terms": terms}
+
+
+# ----------------------------------------------------------------------------- objectives
+class DiffusionLoss(nn.Module):
+    r"""Creates DDPM's training objective: the simple noise MSE, the variational bound, or
+    their hybrid.
+
+    Each call draws one step :math:`s \sim U\{0..T-1\}` and noise per example and returns
+
+    - ``mse``: :math:`\|f_\theta(x_s, s) - \text{target}\|^2` averaged over dimensions,
+      the target being :math:`\epsilon`, :math:`x_0` or :math:`v` (the model's
+      parametrization): Ho et al.'s :math:`L_\text{simple}`;
+    - ``bpd_estimate``: :math:`(KL_\text{prior} + T\,L_s)/(D\ln 2)`, an unbiased estimate
+      of the full variational bound in bits per dimension (:math:`L_s` the KL term, or
+      the decoder term at step 0);
+    - ``loss``: ``mse`` (``"simple"``), ``bpd_estimate`` (``"vlb"``), or
+      ``mse + vlb_weight * bpd_estimate`` with the mean's gradient stopped in the bound
+      (``"hybrid"``: only the learned variances learn from it; Nichol & Dhariwal's
+      :math:`\lambda = 0.001`).
+
+    Classifier-free guidance training: with a class-conditional model and ``(x, labels)``
+    batches, each label is replaced by the null class with probability ``label_dropout``
+    (in training mode only).
+
+    Args:
+        model: a diffusion model (see the module docstring).
+        loss: one of :data:`DIFFUSION_LOSSES`.
+        levels: integer pixel levels of image data (``None``: vectors used as they are).
+        label_dropout: probability of dropping a label (CFG; Ho & Salimans use 0.1-0.2).
+        vlb_weight: :math:`\lambda` of the hybrid loss.
+
+    References:
+        Denoising diffusion probabilistic models (Ho et al., 2020),
+        https://arxiv.org/abs/2006.11239; Improved denoising diffusion probabilistic
+        models (Nichol & Dhariwal, 2021), https://arxiv.org/abs/2102.09672;
+        Classifier-free diffusion guidance (Ho & Salimans, 2021),
+        https://arxiv.org/abs/2207.12598
+    """
+
+    def __init__(self, model: nn.Module, loss: str = "simple", *, levels: int | None = None,
+                 label_dropout: float = 0.0, vlb_weight: float = 0.001) -> None:
+        super().__init__()
+        _check_model(model)
+        if loss not in DIFFUSION_LOSSES:
+            raise ValueError(f"loss: expected one of {list(DIFFUSION_LOSSES)}, got {loss!r}.")
+        if loss == "hybrid" and model.variance != "learned_range":
+            raise ValueError("loss 'hybrid': trains learned variances; the model has "
+                             f"variance={model.variance!r} (use 'learned_range' or 'simple').")
+        if not 0.0 <= float(label_dropout) < 1.0:
+            raise ValueError(f"label_dropout: expected a probability in [0, 1), got "
+                             f"{label_dropout!r}.")
+        if label_dropout and not getattr(model, "num_classes", None):
+            raise ValueError("label_dropout: the model is unconditional (num_classes=None).")
+        if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int)
+                                   or levels < 2):
+            raise ValueError(f"levels: expected an int >= 2 or None, got {levels!r}.")
+        self.model, self.loss, self.levels = model, loss, levels
+        self.label_dropout, self.vlb_weight = float(label_dropout), float(vlb_weight)
+
+    def forward(self, batch: Any) -> dict[str, Tensor]:  # noqa: D102
+        x0, labels = _data(batch, self.levels)
+        model, sched = self.model, self.model.schedule
+        if getattr(model, "num_classes", None) and labels is not None:
+            labels = labels.to(x0.device).long()
+            if self.training and self.label_dropout:
+                drop = torch.rand(labels.shape, device=labels.device) < self.label_dropout
+                labels = torch.where(drop, torch.full_like(labels, model.num_classes), labels)
+        else:
+            labels = None
+        n = x0.shape[0]
+        step = torch.randint(0, sched.num_steps, (n,), device=x0.device)
+        noise = torch.randn_like(x0)
+        x_t = sched.q_sample(x0, step, noise)
+        pred, v = model.output(x_t, step, labels)
+        if model.parametrization == "eps":
+            target = noise
+        elif model.parametrization == "x0":
+            target = x0
+        else:
+            target = sched.convert(noise, x_t, step, "eps", "v")
+        mse = (pred - target).pow(2).flatten(1).mean(1)
+        dims = x0[0].numel()
+        mean_pred = pred.detach() if self.loss == "hybrid" else pred
+        term = _term(model, x0, x_t, step, mean_pred, v, self.levels)
+        bpd = (sched.prior_kl(x0) + sched.num_steps * term) / (dims * _LN2)
+        if self.loss == "simple":
+            loss = mse.mean()
+        elif self.loss == "vlb":
+            loss = bpd.mean()
+        else:
+            loss = mse.mean() + self.vlb_weight * bpd.mean()
+        return {"loss": loss, "mse": mse.mean().detach(), "bpd_estimate": bpd.mean().detach()}
+
+    def extra_repr(self) -> str:
+        return (f"loss={self.loss!r}, levels={self.levels}, label_dropout={self.label_dropout}"
+                f", vlb_weight={self.vlb_weight}")
+
+
+class NoisyClassifierLoss(nn.Module):
+    r"""Creates the cross-entropy objective of a noise-conditional classifier
+    :math:`p_\phi(y \mid x_s, s)` for classifier guidance.
+
+    Each call noises the batch to a uniform step of ``schedule``
+    (:math:`x_s \sim q(x_s \mid x_0)`) and returns ``loss`` (cross-entropy) and
+    ``accuracy``; the classifier is called ``classifier(x_s, step / T) -> logits``.
+
+    Args:
+        classifier: the network, ``(batch, *event), (batch,) -> (batch, K)``.
+        schedule: the diffusion's noise schedule.
+        levels: integer pixel levels of image data (``None``: vectors).
+    """
+
+    def __init__(self, classifier: nn.Module, schedule: NoiseSchedule, *,
+                 levels: int | None = None) -> None:
+        super().__init__()
+        self.classifier, self.schedule, self.levels = classifier, schedule, levels
+
+    def forward(self, batch: Any) -> dict[str, Tensor]:  # noqa: D102
+        x0, labels = _data(batch, self.levels)
+        if labels is None:
+            raise TypeError("batch: a classifier needs (x, labels) batches.")
+        labels = labels.to(x0.device).long()
+        step = torch.randint(0, self.schedule.num_steps, (x0.shape[0],), device=x0.device)
+        x_t = self.schedule.q_sample(x0, step)
+        logits = self.classifier(x_t, _network_time(step, self.schedule.num_steps, x_t))
+        loss = F.cross_entropy(logits, labels)
+        accuracy = (logits.argmax(-1) == labels).float().mean()
+        return {"loss": loss, "accuracy": accuracy.detach()}
+
+
+# ----------------------------------------------------------------------------- registry
+def _levels(data: Any) -> int | None:
+    if getattr(data, "kind", None) != "image":
+        return None
+    pre = data.preprocess
+    if getattr(pre, "transform", None) != "signed":
+        raise ValueError("diffusion on images needs [data] preprocess = \"signed\" (pixels "
+                         f"on the [-1, 1] grid), got {getattr(pre, 'transform', pre)!r}.")
+    if getattr(pre, "flatten", False):
+        raise ValueError("diffusion on images needs image-shaped data; remove [data] "
+                         "flatten.")
+    return int(pre.levels)
+
+
+@register_objective("ddpm", keys=("loss", "label_dropout", "vlb_weight"))
+def _build_ddpm(model: nn.Module, data: Any, **table: Any) -> DiffusionLoss:
+    """DDPM's simple, variational-bound or hybrid loss (label dropout for guidance)."""
+    return DiffusionLoss(model, levels=_levels(data), **table)

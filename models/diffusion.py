@@ -1,0 +1,331 @@
+r"""Diffusion models: a network plus a noise schedule, sampled by DDPM or DDIM, with guidance.
+
+:class:`DiffusionModel` holds any network ``net(x, t, labels=None)`` (DESIGN.md's network
+of x and t, called with the network time ``t = step / T``) and a
+:class:`probgen.diffusion.NoiseSchedule`; it satisfies the diffusion-model protocol of
+:mod:`probgen.inference.diffusion`, whose objectives train it and whose samplers its
+:meth:`~DiffusionModel.sample` delegates to. :class:`DDPM` builds one on a
+:class:`probgen.nn.UNet` for images, :class:`VectorDDPM` on the course's
+:class:`probgen.nn.ConditionalMLP` for vectors (2-D toys).
+
+Seen as a hierarchical VAE (the lectures' view), the latents are :math:`x_{0..T-1}`, the
+encoder is the fixed forward process, the decoder the learned reverse process, and
+:meth:`~DiffusionModel.variational_bound` its ELBO, an upper bound on the NLL.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from probgen.diffusion import PARAMETRIZATIONS, NoiseSchedule, VEScore, make_schedule
+from probgen.inference.diffusion import (
+    VARIANCES,
+    DiffusionResult,
+    ddim_invert,
+    diffusion_sample,
+    variational_bound,
+)
+from probgen.nn import ConditionalMLP, UNet
+
+__all__ = ["DiffusionModel", "DDPM", "VectorDDPM", "DIFFUSION_MODELS"]
+
+
+class DiffusionModel(nn.Module):
+    r"""Creates a Gaussian diffusion model from a network and a noise schedule.
+
+    Args:
+        network: ``net(x, t, labels=None) -> (batch, C', ...)``; its output is the
+            prediction (``C' = C``), or the prediction and the variance output stacked
+            along dimension 1 (``C' = 2C``) when ``variance="learned_range"``.
+        schedule: the noise schedule (T steps).
+        event_shape: the shape of one example.
+        parametrization: what the network predicts: ``"eps"``, ``"x0"`` or ``"v"``.
+        variance: ``"fixed_large"``, ``"fixed_small"`` or ``"learned_range"`` (see
+            :data:`probgen.inference.diffusion.VARIANCES`).
+        num_classes: classes of a class-conditional network (``None``: unconditional).
+        clip: clamp predicted clean data to ``[-clip, clip]`` while sampling (1 for images
+            on [-1, 1]; ``None`` for unbounded data).
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        schedule: NoiseSchedule,
+        event_shape: Sequence[int],
+        *,
+        parametrization: str = "eps",
+        variance: str = "fixed_large",
+        num_classes: int | None = None,
+        clip: float | None = None,
+    ) -> None:
+        super().__init__()
+        if parametrization not in PARAMETRIZATIONS[:3]:
+            raise ValueError(f"parametrization: expected one of {list(PARAMETRIZATIONS[:3])}, "
+                             f"got {parametrization!r}.")
+        if variance not in VARIANCES:
+            raise ValueError(f"variance: expected one of {list(VARIANCES)}, got {variance!r}.")
+        if not isinstance(schedule, NoiseSchedule):
+            raise TypeError(f"schedule: expected a NoiseSchedule, got "
+                            f"{type(schedule).__name__}.")
+        self.network, self.schedule = network, schedule
+        self.event_shape = tuple(int(s) for s in event_shape)
+        self.parametrization, self.variance = parametrization, variance
+        self.num_classes = int(num_classes) if num_classes else None
+        self.clip = None if clip is None else float(clip)
+
+    @property
+    def num_steps(self) -> int:
+        """T, the number of diffusion steps."""
+        return self.schedule.num_steps
+
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        r""":math:`\bar\alpha_s` for ``step = 0..T-1`` (float64)."""
+        return self.schedule.alphas_cumprod
+
+    def _check_x(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor) or tuple(x.shape[1:]) != self.event_shape:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x: expected shape (batch, "
+                             f"{', '.join(map(str, self.event_shape))}), got {got}.")
+
+    def output(self, x: Tensor, step: Tensor, labels: Tensor | None = None
+               ) -> tuple[Tensor, Tensor | None]:
+        """The network's prediction (in :attr:`parametrization`) and variance output.
+
+        Args:
+            x: noisy states ``(batch, *event)``.
+            step: indices ``(batch,)`` in ``0..T-1`` (fractional values are allowed: the
+                network sees ``step / T``).
+            labels: classes ``(batch,)`` (``None``: the null class / unconditional).
+        """
+        self._check_x(x)
+        if not isinstance(step, Tensor) or step.shape != x.shape[:1]:
+            got = tuple(step.shape) if isinstance(step, Tensor) else type(step).__name__
+            raise ValueError(f"step: expected shape ({x.shape[0]},), got {got}.")
+        kwargs = {"labels": labels} if self.num_classes else {}
+        if labels is not None and not self.num_classes:
+            raise ValueError("labels: this diffusion model is unconditional.")
+        out = self.network(x, (step.to(x.dtype) / self.num_steps).to(x.device), **kwargs)
+        if self.variance == "learned_range":
+            if out.shape[1] != 2 * x.shape[1]:
+                raise ValueError(f"network: with learned variances the output needs "
+                                 f"{2 * x.shape[1]} channels, got {out.shape[1]}.")
+            pred, v = out.chunk(2, dim=1)
+            return pred, v
+        if out.shape != x.shape:
+            raise ValueError(f"network: expected an output of shape {tuple(x.shape)}, got "
+                             f"{tuple(out.shape)}.")
+        return out, None
+
+    def eps(self, x: Tensor, step: Tensor, labels: Tensor | None = None) -> Tensor:
+        r"""The noise prediction :math:`\epsilon_\theta(x_s, s)` at integer or fractional
+        steps (converted from the parametrization; :math:`\bar\alpha` interpolated in
+        log-SNR between integer steps)."""
+        pred, _ = self.output(x, step, labels)
+        if self.parametrization == "eps":
+            return pred
+        ab = self.schedule.alphas_cumprod_at(step).to(x.device, x.dtype)
+        ab = ab.reshape(-1, *([1] * (x.dim() - 1)))
+        a, s = ab.sqrt(), (1 - ab).sqrt()
+        if self.parametrization == "x0":
+            return (x - a * pred) / s
+        return s * x + a * pred
+
+    def score(self, x: Tensor, step: Tensor, labels: Tensor | None = None) -> Tensor:
+        r"""The score :math:`\nabla\log q(x_s) \approx -\epsilon_\theta/\sqrt{1-\bar\alpha_s}`."""
+        ab = self.schedule.alphas_cumprod_at(step).to(x.device, x.dtype)
+        return -self.eps(x, step, labels) / (1 - ab).sqrt().reshape(-1, *([1] * (x.dim() - 1)))
+
+    def ve_score(self) -> VEScore:
+        """This model as a noise-conditional score ``score(y, sigma)`` for the Langevin
+        samplers of :mod:`probgen.inference.langevin` (see :class:`probgen.diffusion.VEScore`)."""
+        return VEScore(self.eps, self.schedule)
+
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        for p in self.parameters():
+            return p.device, p.dtype
+        return self.schedule.betas.device, torch.get_default_dtype()
+
+    def run(self, n: int, *, generator: torch.Generator | None = None,
+            noise: Tensor | None = None, record_every: int | None = None,
+            **kwargs: Any) -> DiffusionResult:
+        """Draws ``n`` samples and returns the sampler's full result (see :meth:`sample`)."""
+        if noise is None:
+            device, dtype = self._device_dtype()
+            noise = torch.randn(n, *self.event_shape, device=device, dtype=dtype,
+                                generator=generator)
+        kwargs.setdefault("clip", self.clip)
+        was_training = self.training
+        self.eval()
+        try:
+            return diffusion_sample(self, noise, generator=generator,
+                                    record_every=record_every, **kwargs)
+        finally:
+            self.train(was_training)
+
+    def sample(
+        self,
+        shape: Sequence[int] = (),
+        *,
+        sampler: str = "ancestral",
+        steps: int | None = None,
+        eta: float = 0.0,
+        spacing: str = "linspace",
+        labels: Any = None,
+        guidance: float | None = None,
+        classifier: nn.Module | None = None,
+        classifier_scale: float = 0.0,
+        clip: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        r"""Draws samples of shape ``(*shape, *event_shape)``.
+
+        Args:
+            shape: sample shape.
+            sampler: ``"ancestral"`` (DDPM; strided when ``steps < T``) or ``"ddim"``.
+            steps: number of steps (``None``: T).
+            eta: DDIM's noise in [0, 1] (0: deterministic).
+            spacing: how strided samplers pick their steps (``"linspace"``,
+                ``"leading"``, ``"trailing"``).
+            labels: class(es) to sample: an int, or a sequence cycled over the samples.
+            guidance: classifier-free guidance weight :math:`w` (0: unconditional,
+                1: conditional, the default with labels; > 1 guided).
+            classifier: a noise-conditional classifier ``classifier(x, t) -> logits``;
+                classifier_scale: its guidance scale.
+            clip: clamp predicted clean data (default: the model's ``clip``).
+            generator: for the start noise and the sampler's noise.
+        """
+        n = math.prod(shape)
+        out = self.run(n, generator=generator, sampler=sampler, steps=steps, eta=eta,
+                       spacing=spacing, labels=labels, guidance=guidance,
+                       classifier=classifier, classifier_scale=classifier_scale,
+                       clip=self.clip if clip is None else clip)
+        return out.samples.reshape(*shape, *self.event_shape)
+
+    def encode(self, x: Tensor, *, steps: int | None = None, labels: Any = None,
+               guidance: float | None = None) -> Tensor:
+        """The DDIM latent of data ``x`` (deterministic inversion; see
+        :func:`probgen.inference.diffusion.ddim_invert`)."""
+        self._check_x(x)
+        return ddim_invert(self, x, steps=steps, labels=labels, guidance=guidance)
+
+    def decode(self, z: Tensor, *, steps: int | None = None, labels: Any = None,
+               guidance: float | None = None, clip: float | None = None) -> Tensor:
+        """Data from a DDIM latent (the deterministic ``eta = 0`` sampler from ``z``)."""
+        self._check_x(z)
+        return self.run(z.shape[0], noise=z, sampler="ddim", steps=steps, eta=0.0,
+                        labels=labels, guidance=guidance, clip=clip).samples
+
+    def variational_bound(self, x: Any, *, levels: int | None = None,
+                          generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The full variational bound of each example (nats and bits per dimension); see
+        :func:`probgen.inference.diffusion.variational_bound`."""
+        return variational_bound(self, x, levels=levels, generator=generator)
+
+
+def _schedule(schedule: str, num_steps: int, betas: Sequence[float] | None) -> NoiseSchedule:
+    return make_schedule(schedule, num_steps, betas=betas)
+
+
+class DDPM(DiffusionModel):
+    r"""Creates a DDPM for images: a time- and class-conditional :class:`probgen.nn.UNet`.
+
+    Images live on [-1, 1] (``[data] preprocess = "signed"``); sampling clamps the
+    predicted clean image to that range.
+
+    Args:
+        shape: the image shape ``(C, H, W)``.
+        num_steps: T (1000 as Ho et al.).
+        schedule: ``"linear"`` (1e-4 to 0.02) or ``"cosine"``; betas: user betas instead.
+        parametrization: ``"eps"``, ``"x0"`` or ``"v"``.
+        variance: ``"fixed_large"``, ``"fixed_small"`` or ``"learned_range"``.
+        num_classes: for class-conditional models (classifier-free guidance).
+        base_channels, channel_mults, num_res_blocks, attention_levels, attention_heads,
+            dropout, groups: the U-Net's (see :class:`probgen.nn.UNet`).
+
+    Example:
+        >>> model = DDPM((1, 8, 8), num_steps=10, base_channels=8)
+        >>> model.sample((2,), sampler="ddim", steps=3).shape
+        torch.Size([2, 1, 8, 8])
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        num_steps: int = 1000,
+        schedule: str = "linear",
+        betas: Sequence[float] | None = None,
+        parametrization: str = "eps",
+        variance: str = "fixed_large",
+        num_classes: int | None = None,
+        base_channels: int = 32,
+        channel_mults: Sequence[int] = (1, 2, 2),
+        num_res_blocks: int = 1,
+        attention_levels: Sequence[int] = (),
+        attention_heads: int = 1,
+        dropout: float = 0.0,
+        groups: int = 8,
+    ) -> None:
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 3:
+            raise ValueError(f"shape: expected (C, H, W), got {shape}.")
+        out = 2 * shape[0] if variance == "learned_range" else shape[0]
+        net = UNet(shape, base_channels=base_channels, channel_mults=channel_mults,
+                   num_res_blocks=num_res_blocks, attention_levels=attention_levels,
+                   attention_heads=attention_heads, num_classes=num_classes,
+                   out_channels=out, dropout=dropout, groups=groups)
+        super().__init__(net, _schedule(schedule, num_steps, betas), shape,
+                         parametrization=parametrization, variance=variance,
+                         num_classes=num_classes, clip=1.0)
+
+
+class VectorDDPM(DiffusionModel):
+    r"""Creates a DDPM for vectors (2-D toys): the course's :class:`probgen.nn.ConditionalMLP`.
+
+    Args:
+        features: the dimension D.
+        num_steps: T (the course uses 100 on 2-D data).
+        schedule: ``"cosine"`` or ``"linear"``; betas: user betas instead.
+        parametrization: ``"eps"``, ``"x0"`` or ``"v"``.
+        variance: ``"fixed_large"``, ``"fixed_small"`` or ``"learned_range"``.
+        num_classes: for class-conditional models.
+        hidden_features, embedding_dim, activation: the MLP's.
+        clip: clamp predicted clean data while sampling (``None``: no clamp).
+
+    Example:
+        >>> model = VectorDDPM(2, num_steps=20, hidden_features=[16])
+        >>> model.sample((5,)).shape
+        torch.Size([5, 2])
+    """
+
+    def __init__(
+        self,
+        features: int,
+        num_steps: int = 100,
+        schedule: str = "cosine",
+        betas: Sequence[float] | None = None,
+        parametrization: str = "eps",
+        variance: str = "fixed_large",
+        num_classes: int | None = None,
+        hidden_features: Sequence[int] = (128, 128, 128),
+        embedding_dim: int = 128,
+        activation: str = "silu",
+        clip: float | None = None,
+    ) -> None:
+        out = 2 * features if variance == "learned_range" else features
+        net = ConditionalMLP(features, hidden_features, num_classes=num_classes,
+                             out_features=out, embedding_dim=embedding_dim,
+                             activation=activation)
+        super().__init__(net, _schedule(schedule, num_steps, betas), (features,),
+                         parametrization=parametrization, variance=variance,
+                         num_classes=num_classes, clip=clip)
+
+
+#: The diffusion models, for the CLI's ``[model] name``.
+DIFFUSION_MODELS: dict[str, type[DiffusionModel]] = {"DDPM": DDPM, "VectorDDPM": VectorDDPM}
