@@ -15,6 +15,7 @@ from probgen.models.cnf import (
     ContinuousFlowModel,
     TimeMLPField,
 )
+from probgen.models.diffusion import DDPM, DIFFUSION_MODELS, DiffusionModel, VectorDDPM
 from probgen.models.discrete_vae import DISCRETE_LATENT_MODELS, GumbelSoftmaxVAE
 from probgen.models.flows import (
     FLOWS,
@@ -73,9 +74,14 @@ AUTOREGRESSIVE: dict[str, type[AutoregressiveModel]] = {
     "ImageTransformer": ImageTransformer,
 }
 MODELS: dict[str, type] = {**FLOWS, **CONTINUOUS_FLOWS, **AUTOREGRESSIVE, **SCORE_MODELS,
-                          **GAN_MODELS, **LATENT_MODELS, **VQ_MODELS, **DISCRETE_LATENT_MODELS}
+                          **GAN_MODELS, **LATENT_MODELS, **VQ_MODELS, **DISCRETE_LATENT_MODELS,
+                          **DIFFUSION_MODELS}
 
 __all__ = [
+    "DIFFUSION_MODELS",
+    "DiffusionModel",
+    "DDPM",
+    "VectorDDPM",
     "GAN_MODELS",
     "GAN",
     "MLPGAN",
