@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import torch
 from pyro.distributions.transforms import AffineAutoregressive, ConditionalAffineAutoregressive
@@ -23,9 +24,19 @@ class MaskedAffineAutoregressive(AffineAutoregressive):
 
     Forward (``t(x)``) is IAF's one-pass sampling direction; MAF is ``Invert(t)``.
 
+    The log-scale is bounded *softly* by default: :math:`s \mapsto s / (1 + |s| / B)` with
+    :math:`B` = ``log_scale_max_clip`` above zero and ``-log_scale_min_clip`` below. Pyro's
+    hard clamp keeps the value in bounds but passes the gradient through unchanged
+    (``clamp_preserve_gradients``), so once an output passes a bound maximum likelihood keeps
+    pushing it further with no effect on the loss; the network's raw outputs then drift
+    without limit, and on hard densities (2 spirals, one seed in ten) training diverged. The
+    soft bound's gradient vanishes smoothly instead (zuko bounds its MAF the same way).
+    ``soft_clip=False`` restores Pyro's behaviour.
+
     Args:
         autoregressive_nn: a Pyro ``AutoRegressiveNN`` with ``param_dims=[1, 1]``.
-        **kwargs: passed to ``AffineAutoregressive`` (log-scale clip bounds).
+        soft_clip: bound the log-scale softly (default) or with Pyro's hard clamp.
+        **kwargs: passed to ``AffineAutoregressive`` (log-scale bounds, default -5 and 3).
 
     References:
         Masked autoregressive flow for density estimation (Papamakarios et al., 2017),
@@ -40,14 +51,35 @@ class MaskedAffineAutoregressive(AffineAutoregressive):
         True
     """
 
+    def __init__(self, autoregressive_nn: Any, soft_clip: bool = True, **kwargs: Any) -> None:
+        super().__init__(autoregressive_nn, **kwargs)
+        if self.stable:
+            raise ValueError("MaskedAffineAutoregressive: stable=True (Pyro's sigmoid "
+                             "variant) is not supported; use the default affine form.")
+        if not self.log_scale_min_clip < 0 < self.log_scale_max_clip:
+            raise ValueError(f"log-scale bounds: expected min < 0 < max, got "
+                             f"{self.log_scale_min_clip} and {self.log_scale_max_clip}.")
+        self.soft_clip = soft_clip
+
+    def _bound(self, log_scale: Tensor) -> Tensor:
+        lo, hi = self.log_scale_min_clip, self.log_scale_max_clip
+        if not self.soft_clip:
+            return clamp_preserve_gradients(log_scale, lo, hi)
+        bound = torch.where(log_scale >= 0, hi, -lo)
+        return log_scale / (1 + log_scale.abs() / bound)
+
+    def _call(self, x: Tensor) -> Tensor:
+        mean, log_scale = self.arn(x)
+        log_scale = self._bound(log_scale)
+        self._cached_log_scale = log_scale
+        return torch.exp(log_scale) * x + mean
+
     def _inverse(self, y: Tensor) -> Tensor:
         x = torch.zeros_like(y)
         log_scale = torch.zeros_like(y)
         for _ in range(y.size(-1)):
             mean, log_scale = self.arn(x)
-            log_scale = clamp_preserve_gradients(
-                log_scale, self.log_scale_min_clip, self.log_scale_max_clip
-            )
+            log_scale = self._bound(log_scale)
             x = (y - mean) * torch.exp(-log_scale)
         self._cached_log_scale = log_scale
         return x
