@@ -353,11 +353,11 @@ def reverse_sde_sample(
     y0 = x.reshape(x.shape[0], -1)
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     levy = "space-time" if method == "srk" else "none"
-    t1 = 1.0 - eps
+    ts = torch.tensor([0.0, 1.0 - eps], dtype=y0.dtype, device=y0.device)
+    t1 = float(ts[-1])  # the end time as the state's dtype rounds it
     bm = torchsde.BrownianInterval(t0=0.0, t1=t1, size=tuple(y0.shape), dtype=y0.dtype,
                                    device=y0.device, entropy=seed,
                                    levy_area_approximation=levy)
-    ts = torch.tensor([0.0, t1], dtype=y0.dtype, device=y0.device)
     with torch.no_grad():
         y = torchsde.sdeint(rev, y0, ts, bm=bm, method=method, dt=t1 / steps)[-1]
         out = y.reshape(x.shape)
@@ -460,7 +460,10 @@ def predictor_corrector_sample(
                 z = noise()
                 grad_norm = s.flatten(1).norm(dim=-1).mean()
                 noise_norm = z.flatten(1).norm(dim=-1).mean()
-                delta = 2.0 * a**2 * (snr * noise_norm / grad_norm) ** 2
+                # A zero score (e.g. a freshly initialized network) carries no direction:
+                # no step rather than an infinite one.
+                ratio = snr * noise_norm / grad_norm.clamp_min(torch.finfo(x.dtype).tiny)
+                delta = torch.where(grad_norm > 0, 2.0 * a**2 * ratio**2, 0.0)
                 x = x + delta * s + (2.0 * delta).sqrt() * z
                 nfe += 1
             if predictor == "none":
@@ -512,7 +515,9 @@ def probability_flow_distribution(
     if flow_kwargs.get("method", "dopri5") in ADAPTIVE_METHODS:
         # torchdiffeq's adaptive solvers step past the end time and interpolate back; the
         # marginals are undefined beyond the data (t > 1), so the last step must land on t1.
-        flow_kwargs["options"] = {"step_t": [t1]}
+        # (t1 as the state's dtype rounds it: the ODE's time grid is in that dtype.)
+        t1_rounded = float(torch.tensor(t1, dtype=dtype or torch.get_default_dtype()))
+        flow_kwargs["options"] = {"step_t": [t1_rounded]}
     return ContinuousFlow(field, base, t1=t1, **flow_kwargs)
 
 
@@ -584,6 +589,7 @@ def probability_flow_log_prob(
     method: str = "dopri5",
     rtol: float = 1e-5,
     atol: float = 1e-5,
+    step_size: float | None = None,
     eps: float = 1e-5,
     prior: Distribution | None = None,
     cond: Mapping[str, Any] | None = None,
@@ -602,6 +608,7 @@ def probability_flow_log_prob(
         trace: ``"exact"`` or ``"hutchinson"``.
         noise: Hutchinson's probe, ``"rademacher"`` or ``"gaussian"``.
         method: a torchdiffeq method; rtol, atol: its tolerances.
+        step_size: step of fixed-step methods.
         eps: evaluate at ``t = 1 - eps`` (1e-5 in Song et al.).
         prior: the distribution at ``t = 0`` (default: :meth:`probgen.sde.SDE.prior`, which
             approximates the true :math:`p_0`).
@@ -614,8 +621,9 @@ def probability_flow_log_prob(
     sde = _check_sde(sde)
     flow = probability_flow_distribution(sde, score, x.shape[1:], eps=eps, cond=cond,
                                          device=x.device, dtype=x.dtype, prior=prior,
-                                         method=method, rtol=rtol, atol=atol, trace=trace,
-                                         noise=noise, generator=generator)
+                                         method=method, rtol=rtol, atol=atol,
+                                         step_size=step_size, trace=trace, noise=noise,
+                                         generator=generator)
     with torch.no_grad():
         lp = flow.log_prob(x)
     return lp, flow.last_solve.nfe

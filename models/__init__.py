@@ -47,6 +47,14 @@ from probgen.models.image_transformer import ImageTransformer
 from probgen.models.made import MADE
 from probgen.models.pixelcnn import GatedPixelCNN, PixelCNN
 from probgen.models.score import SCORE_MODELS, ConvScoreNet, ScoreMLP
+from probgen.models.sde import (
+    SDE_MODELS,
+    SDE_SAMPLERS,
+    ImageScoreSDE,
+    NoiseLevelScore,
+    ScoreSDE,
+    VectorScoreSDE,
+)
 from probgen.models.vae import (
     LATENT_MODELS,
     VAE,
@@ -76,6 +84,7 @@ AUTOREGRESSIVE: dict[str, type[AutoregressiveModel]] = {
 MODELS: dict[str, type] = {**FLOWS, **CONTINUOUS_FLOWS, **AUTOREGRESSIVE, **SCORE_MODELS,
                           **GAN_MODELS, **LATENT_MODELS, **VQ_MODELS, **DISCRETE_LATENT_MODELS,
                           **DIFFUSION_MODELS}
+MODELS.update(SDE_MODELS)
 
 __all__ = [
     "DIFFUSION_MODELS",
@@ -143,4 +152,10 @@ __all__ = [
     "SCORE_MODELS",
     "ScoreMLP",
     "ConvScoreNet",
+    "SDE_MODELS",
+    "SDE_SAMPLERS",
+    "ScoreSDE",
+    "VectorScoreSDE",
+    "ImageScoreSDE",
+    "NoiseLevelScore",
 ]

@@ -127,6 +127,8 @@ _CHEAP = [n for n in list_presets() if not n.endswith("-mnist")]
 _GAN_OBJECTIVES = ("gan", "wgan", "wgan_gp", "fgan")  # report the divergence estimate
 # Discrete latents: no exact NLL; the held-out reconstruction NLL (VQ-VAE) or ELBO (Gumbel).
 _DISCRETE_LATENT_KEYS = {"vqvae": "test/recon", "gumbel_elbo": "test/elbo"}
+# Score SDEs: no density in training; the held-out continuous-time DSM loss; a short sampler.
+_SDE_KEYS = {"sde_dsm": "test/dsm"}
 
 
 @pytest.mark.parametrize("name", _CHEAP)
@@ -143,6 +145,8 @@ def test_every_preset_runs(tmp_path, name):
         overrides.append("data.eval_size=200")
     else:
         overrides.append("eval.num_samples=256")
+    if config.get("objective", {}).get("name") in _SDE_KEYS:
+        overrides.append("sample.steps=5")
     out = _fit(tmp_path, name, *overrides)
     result = json.loads((out / "eval.json").read_text())
     assert all(math.isfinite(v) for v in result.values() if isinstance(v, float)), result
@@ -153,6 +157,7 @@ def test_every_preset_runs(tmp_path, name):
     if objective in _GAN_OBJECTIVES:  # no density: the critic's divergence estimate
         expected = "test/divergence"
     expected = _DISCRETE_LATENT_KEYS.get(objective, expected)
+    expected = _SDE_KEYS.get(objective, expected)
     assert expected in result, result
 
 
@@ -161,11 +166,14 @@ def test_every_preset_runs(tmp_path, name):
 def test_mnist_presets_run(tmp_path, mnist_root, name):
     out = _fit(tmp_path, name, f"data.root={json.dumps(str(mnist_root))}", "train.steps=2",
                "train.eval_every=2", "train.warmup_steps=0", "eval.num_samples=16",
-               "sample.n=4", "train.batch_size=8")
+               "sample.n=4", "train.batch_size=8",
+               *(["sample.steps=5"] if load_config(name)["objective"]["name"] in _SDE_KEYS
+                 else []))
     objective = load_config(name)["objective"]["name"]
     expected = f"test/{objective}" if objective in SCORE_OBJECTIVES else "test/bits_per_dim"
     expected = "test/divergence" if objective in _GAN_OBJECTIVES else expected
     expected = _DISCRETE_LATENT_KEYS.get(objective, expected)
+    expected = _SDE_KEYS.get(objective, expected)
     assert expected in json.loads((out / "eval.json").read_text())
 
 

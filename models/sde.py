@@ -1,0 +1,454 @@
+r"""Score SDE models: a score network plus a VP, VE or sub-VP SDE, with every sampler and exact
+likelihoods; and adapters that turn a trained DDPM or NCSN into an SDE score.
+
+:class:`ScoreSDE` holds any network ``net(x, t, labels=None)`` (DESIGN.md's network of x and
+t, with probgen time ``t``: 0 noise, 1 data) and a :class:`probgen.sde.SDE`. Its
+:meth:`~ScoreSDE.forward` is the score ``s(x, t)``, which
+:class:`probgen.inference.ContinuousScoreMatching` trains (``[objective] name = "sde_dsm"``)
+and the samplers of :mod:`probgen.inference.sde` integrate: :meth:`~ScoreSDE.sample` with
+``sampler="pc"`` (predictor-corrector), ``"sde"`` (reverse SDE through torchsde) or
+``"ode"`` (probability flow through torchdiffeq), and :meth:`~ScoreSDE.log_prob` /
+:meth:`~ScoreSDE.bits_per_dim` through the probability-flow ODE.
+
+:class:`VectorScoreSDE` (the course's :class:`probgen.nn.ConditionalMLP`) and
+:class:`ImageScoreSDE` (:class:`probgen.nn.UNet`) build one from keyword arguments (the
+CLI's ``[model]`` table). :class:`NoiseLevelScore` turns a noise-level-conditional score
+``s(y, sigma)`` of the data blurred by :math:`N(0, \sigma^2 I)` (NCSN's networks, and a
+trained DDPM through its ``ve_score()``) into the score of any of the SDEs: DDPM and NCSN
+are discretizations of the VP and VE SDEs, so their networks serve as those SDEs' scores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from probgen.cnf import SolveStats
+from probgen.inference.sde import (
+    predictor_corrector_sample,
+    probability_flow_bits_per_dim,
+    probability_flow_distribution,
+    probability_flow_sample,
+    reverse_sde_sample,
+)
+from probgen.nn import ConditionalMLP, UNet
+from probgen.sde import SDE, SDES, get_sde
+from probgen.utils import append_dims
+
+__all__ = [
+    "ScoreSDE",
+    "VectorScoreSDE",
+    "ImageScoreSDE",
+    "NoiseLevelScore",
+    "SDE_SAMPLERS",
+    "SDE_MODELS",
+]
+
+#: The samplers of :meth:`ScoreSDE.sample`.
+SDE_SAMPLERS: tuple[str, ...] = ("pc", "sde", "ode")
+#: Parametrizations of the network output.
+PARAMETRIZATIONS: tuple[str, ...] = ("eps", "score")
+
+
+def _labels(labels: Any, n: int, num_classes: int | None, device: torch.device
+            ) -> Tensor | None:
+    """Class labels for ``n`` samples: an int, or a sequence cycled over the samples."""
+    if labels is None:
+        return None
+    if not num_classes:
+        raise ValueError("labels: this model is unconditional (num_classes=None).")
+    if isinstance(labels, int) and not isinstance(labels, bool):
+        labels = [labels]
+    y = torch.as_tensor(labels, dtype=torch.long).flatten()
+    if y.numel() == 0 or y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(f"labels: expected classes in 0..{num_classes - 1}, got "
+                         f"{y.tolist()}.")
+    return y.repeat(math.ceil(n / y.numel()))[:n].to(device)
+
+
+class ScoreSDE(nn.Module):
+    r"""Creates a score-based generative model: a network and an SDE.
+
+    The score is :math:`s(x, t) = -\text{net}(x, t)/\sigma_t` (``parametrization="eps"``:
+    the network predicts the noise, the standard and best-conditioned choice, equal to
+    NCSN++'s output divided by :math:`\sigma`) or :math:`\text{net}(x, t)`
+    (``"score"``). Time is probgen's (``t = 0`` noise, ``t = 1`` data).
+
+    Args:
+        network: ``net(x, t, labels=None)`` returning the shape of ``x``.
+        sde: the forward SDE (:class:`probgen.sde.VPSDE`, :class:`~probgen.sde.VESDE`,
+            :class:`~probgen.sde.SubVPSDE`).
+        event_shape: the shape of one example.
+        parametrization: ``"eps"`` or ``"score"``.
+        num_classes: classes of a class-conditional network (with a null class
+            ``num_classes`` for classifier-free guidance); ``None``: unconditional.
+        sample_eps: samplers stop at ``t = 1 - sample_eps`` (1e-3 in Song et al.).
+        likelihood_eps: likelihoods are of ``t = 1 - likelihood_eps`` (1e-5).
+
+    Attributes:
+        last_nfe: score evaluations of the last :meth:`sample` call.
+        last_solve: the :class:`probgen.cnf.SolveStats` of the last ODE solve.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        sde: SDE,
+        event_shape: Sequence[int],
+        *,
+        parametrization: str = "eps",
+        num_classes: int | None = None,
+        sample_eps: float = 1e-3,
+        likelihood_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if not isinstance(sde, SDE):
+            raise TypeError(f"sde: expected a probgen.sde.SDE, got {type(sde).__name__}.")
+        if parametrization not in PARAMETRIZATIONS:
+            raise ValueError(f"parametrization: expected one of {list(PARAMETRIZATIONS)}, "
+                             f"got {parametrization!r}.")
+        for name, value in (("sample_eps", sample_eps), ("likelihood_eps", likelihood_eps)):
+            if not 0 < value < 1:
+                raise ValueError(f"{name}: expected a float in (0, 1), got {value!r}.")
+        self.network, self.sde = network, sde
+        self.event_shape = tuple(int(e) for e in event_shape)
+        self.parametrization = parametrization
+        self.num_classes = int(num_classes) if num_classes else None
+        self.sample_eps, self.likelihood_eps = float(sample_eps), float(likelihood_eps)
+        self.last_nfe: int | None = None
+        self.last_solve: SolveStats | None = None
+
+    def _check_x(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor) or tuple(x.shape[1:]) != self.event_shape:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x: expected shape (batch, "
+                             f"{', '.join(map(str, self.event_shape))}), got {got}.")
+
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The score at ``x`` ``(batch, *event)``, probgen times ``t`` ``(batch,)``."""
+        self._check_x(x)
+        if labels is not None and not self.num_classes:
+            raise ValueError("labels: this model is unconditional (num_classes=None).")
+        kwargs = {"labels": labels} if self.num_classes else {}
+        out = self.network(x, t, **kwargs)
+        if out.shape != x.shape:
+            raise ValueError(f"network: expected an output of shape {tuple(x.shape)}, got "
+                             f"{tuple(out.shape)}.")
+        if self.parametrization == "score":
+            return out
+        _, sigma = self.sde.alpha_sigma(t.to(x.dtype))
+        return -out / append_dims(sigma, x.dim())
+
+    def guided_score(self, labels: Tensor | None, guidance: float | None
+                     ) -> Callable[..., Tensor]:
+        r"""The score the samplers use: conditional on ``labels``, and with classifier-free
+        guidance :math:`(1 + w)\,s(x, t \mid y) - w\,s(x, t)` when ``guidance`` :math:`w`
+        is given (Ho & Salimans, 2021; the unconditional score is the null class's)."""
+        if guidance is not None and labels is None:
+            raise ValueError("guidance: classifier-free guidance needs labels.")
+
+        def score(x: Tensor, t: Tensor) -> Tensor:
+            if labels is None:
+                return self(x, t)
+            if not guidance:
+                return self(x, t, labels)
+            both = self(torch.cat([x, x]), torch.cat([t, t]),
+                        torch.cat([labels, torch.full_like(labels, self.num_classes)]))
+            cond, uncond = both.chunk(2)
+            return (1.0 + guidance) * cond - guidance * uncond
+
+        return score
+
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        for p in self.parameters():
+            return p.device, p.dtype
+        return torch.device("cpu"), torch.get_default_dtype()
+
+    def sample(
+        self,
+        shape: Sequence[int] = (),
+        *,
+        sampler: str = "pc",
+        steps: int = 500,
+        method: str | None = None,
+        snr: float = 0.16,
+        corrector_steps: int = 1,
+        predictor: str = "reverse_diffusion",
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        denoise: bool = True,
+        labels: Any = None,
+        guidance: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        r"""Draws samples of shape ``(*shape, *event_shape)`` from the prior at ``t = 0``.
+
+        Args:
+            shape: sample shape.
+            sampler: ``"pc"`` (predictor-corrector), ``"sde"`` (reverse SDE by torchsde)
+                or ``"ode"`` (probability flow by torchdiffeq).
+            steps: predictor steps (``"pc"``), solver steps (``"sde"``; and ``"ode"``
+                with a fixed-step ``method``).
+            method: ``"sde"``: a torchsde method (default ``"euler"``, see
+                :data:`probgen.inference.SDE_METHODS`); ``"ode"``: a torchdiffeq method
+                (default adaptive ``"dopri5"``).
+            snr: the corrector's signal-to-noise ratio (``"pc"``).
+            corrector_steps: Langevin steps per predictor step (``"pc"``).
+            predictor: ``"reverse_diffusion"``, ``"euler_maruyama"`` or ``"none"``.
+            rtol: tolerances of an adaptive ``"ode"`` method; atol: likewise.
+            denoise: finish with a Tweedie denoising step.
+            labels: class(es) to sample: an int, or a sequence cycled over the samples.
+            guidance: classifier-free guidance weight :math:`w` (with ``labels``).
+            generator: seeds the prior draw and the sampler's noise.
+        """
+        if sampler not in SDE_SAMPLERS:
+            raise ValueError(f"sampler: expected one of {list(SDE_SAMPLERS)}, got "
+                             f"{sampler!r}.")
+        n = math.prod(shape)
+        device, dtype = self._device_dtype()
+        y = _labels(labels, n, self.num_classes, device)
+        score = self.guided_score(y, guidance)
+        common = dict(eps=self.sample_eps, denoise=denoise, generator=generator,
+                      device=device, dtype=dtype)
+        was_training = self.training
+        self.eval()
+        try:
+            if sampler == "pc":
+                out = predictor_corrector_sample(
+                    self.sde, score, n, self.event_shape, steps=steps, snr=snr,
+                    corrector_steps=corrector_steps, predictor=predictor, **common)
+            elif sampler == "sde":
+                out = reverse_sde_sample(self.sde, score, n, self.event_shape, steps=steps,
+                                         method=method or "euler", **common)
+            else:
+                method = method or "dopri5"
+                fixed = method in ("euler", "midpoint", "heun3", "rk4")
+                out = probability_flow_sample(
+                    self.sde, score, n, self.event_shape, method=method, rtol=rtol,
+                    atol=atol, step_size=(1.0 - self.sample_eps) / steps if fixed else None,
+                    **common)
+        finally:
+            self.train(was_training)
+        self.last_nfe = out.nfe
+        return out.samples.reshape(*shape, *self.event_shape)
+
+    def distribution(
+        self,
+        *,
+        trace: str = "exact",
+        noise: str = "rademacher",
+        method: str = "dopri5",
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Distribution:
+        """The model as a Distribution: the probability-flow ODE from the prior to
+        ``t = 1 - likelihood_eps`` (a :class:`probgen.cnf.ContinuousFlow`; ``labels`` fix
+        a class per example for a conditional model)."""
+        device, dtype = self._device_dtype()
+        cond = {} if labels is None else {"labels": labels}
+        return probability_flow_distribution(
+            self.sde, self, self.event_shape, eps=self.likelihood_eps, cond=cond,
+            device=device, dtype=dtype, trace=trace, noise=noise, method=method, rtol=rtol,
+            atol=atol, generator=generator)
+
+    def log_prob(self, x: Tensor, **kwargs: Any) -> Tensor:
+        """Log-density of ``x`` ``(batch, *event)`` by the probability-flow ODE, ``(batch,)``.
+
+        Keyword arguments go to :meth:`distribution` (exact trace by default; pass
+        ``trace="hutchinson"`` for images).
+        """
+        self._check_x(x)
+        flow = self.distribution(**kwargs)
+        out = flow.log_prob(x)
+        self.last_solve = flow.last_solve
+        return out
+
+    def bits_per_dim(self, x_int: Tensor, preprocess: Any, *, repeats: int = 1,
+                     generator: torch.Generator | None = None, **kwargs: Any) -> Tensor:
+        """Bits/dim of integer images (uniform dequantization, Hutchinson trace by default),
+        see :func:`probgen.inference.probability_flow_bits_per_dim`."""
+        kwargs.setdefault("trace", "hutchinson")
+        was_training = self.training
+        self.eval()
+        try:
+            return probability_flow_bits_per_dim(self.sde, self, x_int, preprocess,
+                                                 repeats=repeats, generator=generator,
+                                                 eps=self.likelihood_eps, **kwargs)
+        finally:
+            self.train(was_training)
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return (f"event_shape={self.event_shape}, parametrization={self.parametrization!r}, "
+                f"num_classes={self.num_classes}")
+
+
+def _sde(sde: str, beta_min: float, beta_max: float, sigma_min: float, sigma_max: float
+         ) -> SDE:
+    if sde not in SDES:
+        raise ValueError(f"sde: expected one of {sorted(SDES)}, got {sde!r}.")
+    if sde == "ve":
+        return get_sde(sde, sigma_min=sigma_min, sigma_max=sigma_max)
+    return get_sde(sde, beta_min=beta_min, beta_max=beta_max)
+
+
+class VectorScoreSDE(ScoreSDE):
+    r"""Creates a score SDE for vectors (2-D toys) on the course's
+    :class:`probgen.nn.ConditionalMLP`.
+
+    Args:
+        features: the dimension D.
+        sde: ``"vp"``, ``"ve"`` or ``"subvp"``.
+        beta_min: VP/sub-VP :math:`\beta_\min`; beta_max: :math:`\beta_\max`.
+        sigma_min: VE :math:`\sigma_\min`; sigma_max: :math:`\sigma_\max` (about the
+            data's diameter).
+        parametrization: ``"eps"`` or ``"score"``.
+        num_classes: for class-conditional models.
+        hidden_features: the MLP's widths; embedding_dim: its condition embedding size;
+        activation: its activation.
+        sample_eps: samplers stop at ``1 - sample_eps``; likelihood_eps: likelihoods at
+            ``1 - likelihood_eps``.
+
+    Example:
+        >>> model = VectorScoreSDE(2, sde="ve", sigma_max=5.0, hidden_features=[16])
+        >>> model.sample((4,), sampler="sde", steps=10).shape
+        torch.Size([4, 2])
+    """
+
+    def __init__(
+        self,
+        features: int,
+        sde: str = "vp",
+        beta_min: float = 0.1,
+        beta_max: float = 20.0,
+        sigma_min: float = 0.01,
+        sigma_max: float = 10.0,
+        parametrization: str = "eps",
+        num_classes: int | None = None,
+        hidden_features: Sequence[int] = (128, 128, 128),
+        embedding_dim: int = 128,
+        activation: str = "silu",
+        sample_eps: float = 1e-3,
+        likelihood_eps: float = 1e-5,
+    ) -> None:
+        net = ConditionalMLP(features, hidden_features, num_classes=num_classes,
+                             embedding_dim=embedding_dim, activation=activation)
+        super().__init__(net, _sde(sde, beta_min, beta_max, sigma_min, sigma_max),
+                         (features,), parametrization=parametrization,
+                         num_classes=num_classes, sample_eps=sample_eps,
+                         likelihood_eps=likelihood_eps)
+
+
+class ImageScoreSDE(ScoreSDE):
+    r"""Creates a score SDE for images on the time- and class-conditional
+    :class:`probgen.nn.UNet` (images on [-1, 1]: ``[data] preprocess = "signed"``).
+
+    Args:
+        shape: the image shape ``(C, H, W)``.
+        sde: ``"vp"``, ``"ve"`` or ``"subvp"``.
+        beta_min: VP/sub-VP :math:`\beta_\min`; beta_max: :math:`\beta_\max`.
+        sigma_min: VE :math:`\sigma_\min`; sigma_max: :math:`\sigma_\max`.
+        parametrization: ``"eps"`` or ``"score"``.
+        num_classes: for class-conditional models.
+        base_channels, channel_mults, num_res_blocks, attention_levels, attention_heads,
+            dropout, groups: the U-Net's (see :class:`probgen.nn.UNet`).
+        sample_eps: samplers stop at ``1 - sample_eps``; likelihood_eps: likelihoods at
+            ``1 - likelihood_eps``.
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        sde: str = "vp",
+        beta_min: float = 0.1,
+        beta_max: float = 20.0,
+        sigma_min: float = 0.01,
+        sigma_max: float = 50.0,
+        parametrization: str = "eps",
+        num_classes: int | None = None,
+        base_channels: int = 32,
+        channel_mults: Sequence[int] = (1, 2, 2),
+        num_res_blocks: int = 1,
+        attention_levels: Sequence[int] = (),
+        attention_heads: int = 1,
+        dropout: float = 0.0,
+        groups: int = 8,
+        sample_eps: float = 1e-3,
+        likelihood_eps: float = 1e-5,
+    ) -> None:
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 3:
+            raise ValueError(f"shape: expected (C, H, W), got {shape}.")
+        net = UNet(shape, base_channels=base_channels, channel_mults=channel_mults,
+                   num_res_blocks=num_res_blocks, attention_levels=attention_levels,
+                   attention_heads=attention_heads, num_classes=num_classes,
+                   dropout=dropout, groups=groups)
+        super().__init__(net, _sde(sde, beta_min, beta_max, sigma_min, sigma_max), shape,
+                         parametrization=parametrization, num_classes=num_classes,
+                         sample_eps=sample_eps, likelihood_eps=likelihood_eps)
+
+
+class NoiseLevelScore(nn.Module):
+    r"""Creates an SDE score from a noise-level-conditional score ``s(y, sigma, **cond)``.
+
+    ``s(y, sigma)`` estimates the score of the data blurred by :math:`N(0, \sigma^2 I)`
+    (NCSN's networks; a trained DDPM through its ``ve_score()``, with
+    :math:`y = x_k/\sqrt{\bar\alpha_k}`). The SDE's :math:`x_t = \alpha_t x_1 + \sigma_t
+    \epsilon` is :math:`\alpha_t y` with :math:`y` at level :math:`\sigma_t/\alpha_t`, so
+
+    .. math:: \nabla_x \log p_t(x) = s(x/\alpha_t,\ \sigma_t/\alpha_t)\,/\,\alpha_t .
+
+    Exact in the noise level for every SDE of :mod:`probgen.sde`: a DDPM (a discretization
+    of the VP SDE) becomes a VP-SDE score, an NCSN (of the VE SDE) a VE-SDE score, and
+    either serves the other SDEs too, within the range of levels it was trained on.
+
+    Args:
+        score: ``score(y, sigma, **cond)`` with ``sigma`` of shape ``(batch,)``.
+        sde: the SDE whose score this becomes.
+        source: the module behind ``score`` (registered so ``.to(device)`` and
+            ``parameters()`` reach it), e.g. the DDPM or the NCSN network.
+
+    Example:
+        >>> from probgen.sde import VPSDE
+        >>> blurred_std_normal = lambda y, s: -y / (1 + s[:, None] ** 2)
+        >>> score = NoiseLevelScore(blurred_std_normal, VPSDE())
+        >>> x = torch.randn(3, 2)
+        >>> torch.allclose(score(x, torch.rand(3)), -x, atol=1e-5)  # VP keeps N(0, I)
+        True
+    """
+
+    def __init__(self, score: Callable[..., Tensor], sde: SDE,
+                 source: nn.Module | None = None) -> None:
+        super().__init__()
+        if not callable(score):
+            raise TypeError(f"score: expected a callable score(y, sigma), got "
+                            f"{type(score).__name__}.")
+        if not isinstance(sde, SDE):
+            raise TypeError(f"sde: expected a probgen.sde.SDE, got {type(sde).__name__}.")
+        self.score, self.sde, self.source = score, sde, source
+
+    @classmethod
+    def from_diffusion(cls, model: nn.Module, sde: SDE) -> NoiseLevelScore:
+        """The SDE score of a trained diffusion model with a ``ve_score()`` method (a
+        :class:`probgen.models.DDPM` or ``VectorDDPM``)."""
+        if not callable(getattr(model, "ve_score", None)):
+            raise TypeError(f"model: expected a diffusion model with ve_score(), got "
+                            f"{type(model).__name__}.")
+        return cls(model.ve_score(), sde, source=model)
+
+    def forward(self, x: Tensor, t: Tensor, **cond: Any) -> Tensor:
+        """The score of the SDE's marginal at ``x`` and probgen times ``t``."""
+        alpha, sigma = self.sde.alpha_sigma(t.to(x.dtype))
+        a = append_dims(alpha, x.dim())
+        return self.score(x / a, sigma / alpha, **cond) / a
+
+
+#: The score SDE models, for the CLI's ``[model] name``.
+SDE_MODELS: dict[str, type[ScoreSDE]] = {"VectorScoreSDE": VectorScoreSDE,
+                                          "ImageScoreSDE": ImageScoreSDE}
