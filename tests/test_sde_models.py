@@ -12,7 +12,12 @@ from torch import nn
 
 from probgen.data import ImagePreprocess
 from probgen.diffusion import NoiseSchedule, VEScore, gaussian_epsilon
-from probgen.inference import ContinuousScoreMatching, fit
+from probgen.inference import (
+    ContinuousScoreMatching,
+    fit,
+    predictor_corrector_sample,
+    probability_flow_sample,
+)
 from probgen.models import (
     MODELS,
     ImageScoreSDE,
@@ -172,3 +177,27 @@ def test_image_model_samples_likelihood_and_state_dict():
     t = torch.rand(3)
     torch.testing.assert_close(copy(x, t), model(x, t))
     assert "num_classes=10" in repr(model)
+
+
+def test_trained_ddpm_samples_through_the_vp_sde():
+    # DDPM (T = 1000, linear betas = the VP SDE's discretization) trained on the Gaussian,
+    # then used as a VP-SDE score: the SDE's predictor-corrector and probability-flow
+    # samplers reproduce the data.
+    from probgen.inference import DiffusionLoss
+    from probgen.models import VectorDDPM
+
+    torch.manual_seed(0)
+    ddpm = VectorDDPM(2, num_steps=1000, schedule="linear", hidden_features=[64, 64],
+                      embedding_dim=32)
+    fit(DiffusionLoss(ddpm), _gaussian_batches, steps=600, batch_size=256, lr=3e-3,
+        lr_schedule="cosine", progress=False)
+    sde = VPSDE()
+    score = NoiseLevelScore.from_diffusion(ddpm, sde)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for x in (predictor_corrector_sample(sde, score, 3000, (2,), steps=200, snr=0.1,
+                                             generator=g).samples,
+                  probability_flow_sample(sde, score, 3000, (2,), generator=g).samples):
+            x = x.double()
+            assert (x.mean(0) - MEAN).abs().max() < 0.12, x.mean(0)
+            assert (torch.cov(x.T) - COV).abs().max() < 0.12, torch.cov(x.T)
