@@ -74,3 +74,35 @@ def test_errors_say_what_was_expected():
         density_coverage(torch.randn(10), x)
     with pytest.raises(ValueError, match="k: expected a positive int"):
         precision_recall(x, x, k=0)
+
+
+def _brute(x: torch.Tensor, y: torch.Tensor, k: int):
+    """Float64 difference-based reference: radii, precision/recall, density/coverage."""
+    x, y = x.double(), y.double()
+    sq = lambda a, b: ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)  # noqa: E731
+    dxx, dyy, dyx = sq(x, x), sq(y, y), sq(y, x)
+    rx, ry = dxx.sort(1).values[:, k], dyy.sort(1).values[:, k]
+    in_real = (dyx <= rx[None, :])  # fake j inside real ball i
+    in_fake = (dyx <= ry[:, None])  # real i inside fake ball j
+    return rx, in_real.any(1).double().mean(), in_fake.any(0).double().mean(), in_real
+
+
+@pytest.mark.parametrize("offset", [0.0, 300.0])
+def test_default_screening_gives_float64_decisions(offset):
+    # A large common offset makes |a|^2 + |b|^2 - 2 a.b cancel catastrophically in float32
+    # (errors ~ u |a|^2 ~ 0.3 against squared distances ~ 130): plain float32 decisions go
+    # wrong, the certified default must still agree with float64 differences exactly.
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(300, 64, generator=g) + offset
+    y = torch.randn(250, 64, generator=g) * 1.1 + offset
+    k = 3
+    rx, precision, recall, in_real = _brute(x, y, k)
+    torch.testing.assert_close(knn_radii(x, k, block_size=64), rx, rtol=1e-12, atol=0)
+    p, r = precision_recall(x, y, k=k, block_size=64)
+    assert (p, r) == (float(precision), float(recall))
+    d, c = density_coverage(x, y, k=k, block_size=64)
+    assert d == pytest.approx(float(in_real.sum()) / (k * 250), rel=1e-12)
+    assert c == float(in_real.any(0).double().mean())
+    if offset:
+        r32 = knn_radii(x, k, block_size=64, dtype=torch.float32).double()
+        assert (r32 - rx).abs().max() > 1e-3  # float32 alone is visibly off here
