@@ -485,6 +485,9 @@ class DiffusionLoss(nn.Module):
     - ``bpd_estimate``: :math:`(KL_\text{prior} + T\,L_s)/(D\ln 2)`, an unbiased estimate
       of the full variational bound in bits per dimension (:math:`L_s` the KL term, or
       the decoder term at step 0);
+    - ``nll``: the same estimate in nats per example (and ``bits_per_dim`` for integer
+      images): averaged over held-out data, an unbiased estimate of the upper bound on the
+      NLL, which is what the CLI's evaluation reports;
     - ``loss``: ``mse`` (``"simple"``), ``bpd_estimate`` (``"vlb"``), or
       ``mse + vlb_weight * bpd_estimate`` with the mean's gradient stopped in the bound
       (``"hybrid"``: only the learned variances learn from it; Nichol & Dhariwal's
@@ -561,7 +564,11 @@ class DiffusionLoss(nn.Module):
             loss = bpd.mean()
         else:
             loss = mse.mean() + self.vlb_weight * bpd.mean()
-        return {"loss": loss, "mse": mse.mean().detach(), "bpd_estimate": bpd.mean().detach()}
+        out = {"loss": loss, "mse": mse.mean().detach(), "bpd_estimate": bpd.mean().detach(),
+               "nll": (bpd * dims * _LN2).mean().detach()}
+        if self.levels is not None:
+            out["bits_per_dim"] = out["bpd_estimate"]
+        return out
 
     def extra_repr(self) -> str:
         return (f"loss={self.loss!r}, levels={self.levels}, label_dropout={self.label_dropout}"

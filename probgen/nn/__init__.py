@@ -22,7 +22,7 @@ from probgen.nn.masked import (
 )
 from probgen.nn.mlp import ACTIVATIONS, MLP, ResidualBlock, ResidualMLP, activation
 from probgen.nn.resnet import ConvResidualBlock, ConvResNet
-from probgen.nn.unet import UNet
+from probgen.nn.unet import UNet, UNetClassifier
 
 __all__ = [
     "ACTIVATIONS",
@@ -47,4 +47,5 @@ __all__ = [
     "check_time",
     "check_labels",
     "UNet",
+    "UNetClassifier",
 ]

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from probgen.nn.conditional import ConditionEmbedding, check_time
 from probgen.nn.init import zero_init_
 
-__all__ = ["UNet"]
+__all__ = ["UNet", "UNetClassifier"]
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -211,3 +211,68 @@ class UNet(nn.Module):
             else:  # upsample to the next skip's size, then convolve
                 h = blocks[0](F.interpolate(h, size=hs[-1].shape[-2:], mode="nearest"))
         return self.head(h)
+
+
+class UNetClassifier(nn.Module):
+    r"""Creates a noise-conditional image classifier: the U-Net's encoder, pooled, then linear.
+
+    The downsampling half and middle of :class:`UNet` (time-conditioned residual blocks),
+    global average pooling and a linear layer to ``num_classes`` logits: the classifier of
+    classifier guidance (Dhariwal & Nichol, 2021), trained on noisy images by
+    :class:`probgen.inference.NoisyClassifierLoss`.
+
+    Args:
+        shape: the image shape ``(C, H, W)``.
+        num_classes: number of classes K.
+        base_channels, channel_mults, num_res_blocks, attention_levels, attention_heads,
+            dropout, groups, time_scale: as in :class:`UNet`.
+
+    Shapes:
+        ``x``: ``(batch, C, H, W)``; ``t``: ``(batch,)`` or a scalar; output ``(batch, K)``.
+
+    Example:
+        >>> clf = UNetClassifier((1, 8, 8), num_classes=10, base_channels=8)
+        >>> clf(torch.randn(3, 1, 8, 8), torch.rand(3)).shape
+        torch.Size([3, 10])
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        num_classes: int,
+        base_channels: int = 32,
+        channel_mults: Sequence[int] = (1, 2, 2),
+        num_res_blocks: int = 1,
+        attention_levels: Sequence[int] = (),
+        attention_heads: int = 1,
+        dropout: float = 0.0,
+        groups: int = 8,
+        time_scale: float = 1000.0,
+    ) -> None:
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes: expected an int >= 2, got {num_classes!r}.")
+        unet = UNet(shape, base_channels, channel_mults, num_res_blocks, attention_levels,
+                    attention_heads, None, None, dropout, groups, time_scale)
+        self.event_shape = unet.event_shape
+        self.embed, self.stem, self.down = unet.embed, unet.stem, unet.down
+        self.mid1, self.mid_attn, self.mid2 = unet.mid1, unet.mid_attn, unet.mid2
+        width = self.mid2.conv2.out_channels
+        self.head = nn.Sequential(_norm(width, groups), nn.SiLU(), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten(), nn.Linear(width, num_classes))
+
+    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """The logits of the classes of noisy images ``x`` at times ``t``."""
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.event_shape:
+            raise ValueError(f"x: expected shape (batch, {', '.join(map(str, self.event_shape))})"
+                             f", got {tuple(x.shape)}.")
+        e = self.embed(check_time(t, x).to(x.dtype))
+        h = self.stem(x)
+        for blocks in self.down:
+            if isinstance(blocks[0], _ResBlock):
+                h = blocks[0](h, e)
+                for extra in blocks[1:]:
+                    h = extra(h)
+            else:
+                h = blocks[0](h)
+        return self.head(self.mid2(self.mid_attn(self.mid1(h, e)), e))
