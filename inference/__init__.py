@@ -21,6 +21,16 @@ from probgen.inference.diffusion import (
 from probgen.inference.elbo import ELBO, DifferentiableRenyiELBO, LatentScale
 from probgen.inference.em import ExactEM, VariationalEM
 from probgen.inference.ema import EMA
+from probgen.inference.flow_matching import (
+    FIXED_STEP_METHODS,
+    FM_METHODS,
+    ConditionalFlowMatching,
+    ODEResult,
+    guided_field,
+    ode_sample,
+    reflow_pairs,
+    straightness,
+)
 from probgen.inference.langevin import (
     SAMPLERS,
     LangevinResult,
@@ -46,8 +56,8 @@ from probgen.inference.sde import (
     WEIGHTINGS,
     ContinuousScoreMatching,
     SDEResult,
-    probability_flow_bits_per_dim,
     predictor_corrector_sample,
+    probability_flow_bits_per_dim,
     probability_flow_distribution,
     probability_flow_log_prob,
     probability_flow_sample,
@@ -94,6 +104,14 @@ __all__ = [
     "encode_codes",
     "fit_code_prior",
     "ELBO",
+    "ConditionalFlowMatching",
+    "ODEResult",
+    "ode_sample",
+    "guided_field",
+    "reflow_pairs",
+    "straightness",
+    "FM_METHODS",
+    "FIXED_STEP_METHODS",
     "ExactEM",
     "VariationalEM",
     "DifferentiableRenyiELBO",

@@ -17,6 +17,12 @@ from probgen.models.cnf import (
 )
 from probgen.models.diffusion import DDPM, DIFFUSION_MODELS, DiffusionModel, VectorDDPM
 from probgen.models.discrete_vae import DISCRETE_LATENT_MODELS, GumbelSoftmaxVAE
+from probgen.models.flow_matching import (
+    FM_MODELS,
+    FlowMatching,
+    ImageFlowMatching,
+    VectorFlowMatching,
+)
 from probgen.models.flows import (
     FLOWS,
     IAF,
@@ -85,22 +91,13 @@ MODELS: dict[str, type] = {**FLOWS, **CONTINUOUS_FLOWS, **AUTOREGRESSIVE, **SCOR
                           **GAN_MODELS, **LATENT_MODELS, **VQ_MODELS, **DISCRETE_LATENT_MODELS,
                           **DIFFUSION_MODELS}
 MODELS.update(SDE_MODELS)
+MODELS.update(FM_MODELS)
 
 __all__ = [
     "DIFFUSION_MODELS",
     "DiffusionModel",
     "DDPM",
     "VectorDDPM",
-    "GAN_MODELS",
-    "GAN",
-    "MLPGAN",
-    "DCGAN",
-    "MLPGenerator",
-    "MLPCritic",
-    "DCGANGenerator",
-    "DCGANCritic",
-    "truncated_normal",
-    "interpolate_latents",
     "LATENT_MODELS",
     "GaussianMixtureModel",
     "flower_mixture",
@@ -123,6 +120,20 @@ __all__ = [
     "make_likelihood",
     "StandardNormalPrior",
     "VampPrior",
+    "FM_MODELS",
+    "FlowMatching",
+    "VectorFlowMatching",
+    "ImageFlowMatching",
+    "GAN_MODELS",
+    "GAN",
+    "MLPGAN",
+    "DCGAN",
+    "MLPGenerator",
+    "MLPCritic",
+    "DCGANGenerator",
+    "DCGANCritic",
+    "truncated_normal",
+    "interpolate_latents",
     "MODELS",
     "FLOWS",
     "PlanarFlow",

@@ -1,0 +1,413 @@
+r"""Probability paths of flow matching: how a source sample becomes data over time.
+
+**Time convention** (probgen's, :mod:`probgen.cnf`, :mod:`probgen.sde`): :math:`t \in [0, 1]`,
+``t = 0`` the source (noise), ``t = 1`` the data. Every path here is *affine*:
+
+.. math:: x_t = \alpha_t\, x_1 + \sigma_t\, x_0, \qquad x_0 \sim N(0, I),\ x_1 \sim q,
+
+with a schedule :math:`(\alpha_t, \sigma_t)` and its time derivatives, returned as a
+:class:`probgen.sde.Marginal` (the same schedule object the score SDEs use: the VP and VE
+paths *are* the SDEs' marginals, so diffusion is flow matching along a curved path).
+The conditional target field is the time derivative of :math:`x_t` with both ends held:
+
+.. math:: \dot x_t = \dot\alpha_t\, x_1 + \dot\sigma_t\, x_0,
+
+and the marginal field that flow matching learns is its conditional mean
+:math:`u_t(x) = E[\dot x_t \mid x_t = x]`, which carries the source onto the data
+(Lipman et al., 2023, Theorem 1). With a Gaussian source and an independent coupling the
+field, the noise predictor :math:`\hat\epsilon = E[x_0 \mid x_t]`, the data predictor
+:math:`\hat x_1 = E[x_1 \mid x_t]` and the score :math:`\nabla \log p_t = -\hat\epsilon /
+\sigma_t` are one another's affine images; with :math:`\Delta_t = \alpha_t\dot\sigma_t -
+\dot\alpha_t\sigma_t` (never 0 on a valid path),
+
+.. math::
+    u = \frac{\dot\alpha_t x + \Delta_t \hat\epsilon}{\alpha_t}
+      = \frac{\dot\sigma_t x - \Delta_t \hat x_1}{\sigma_t},
+
+the conversions of :class:`AffinePath` (``velocity_from_*`` and back). For the VP path the
+score form is exactly the probability-flow ODE of the VP SDE.
+
+The paths:
+
+- :class:`CondOTPath`: the conical Gaussian / optimal-transport path with
+  :math:`\sigma_\min`, :math:`x_t = t x_1 + (1 - (1 - \sigma_\min) t) x_0`, target
+  :math:`x_1 - (1 - \sigma_\min) x_0` (Lipman et al., 2023, eq. 20-23);
+- :class:`LinearPath`: the straight interpolation :math:`t x_1 + (1 - t) x_0` of rectified
+  flow, for any coupling of the two ends (Liu et al., 2023);
+- :class:`DiffusionPath` over any :class:`probgen.sde.SDE`, with :class:`VPPath` and
+  :class:`VEPath`; their :math:`\dot\sigma_t` is infinite at the data, so they stop at
+  ``t_end = 1 - eps``.
+
+References:
+    Flow Matching for Generative Modeling (Lipman et al., 2023),
+    https://arxiv.org/abs/2210.02747
+    Flow Straight and Fast: Learning to Generate and Transfer Data with Rectified Flow (Liu,
+    Gong & Liu, 2023), https://arxiv.org/abs/2209.03003
+    Flow Matching Guide and Code (Lipman et al., 2024), https://arxiv.org/abs/2412.06264
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, Normal
+
+from probgen.sde import SDE, VESDE, VPSDE, Marginal
+from probgen.utils import append_dims
+
+__all__ = [
+    "PathSample",
+    "AffinePath",
+    "CondOTPath",
+    "LinearPath",
+    "DiffusionPath",
+    "VPPath",
+    "VEPath",
+    "PATHS",
+    "get_path",
+]
+
+
+@dataclass
+class PathSample:
+    r"""A point on a conditional path and its target field.
+
+    Attributes:
+        x0: source samples, ``(batch, *event)``.
+        x1: data samples, ``(batch, *event)``.
+        t: times, ``(batch,)``.
+        x_t: :math:`\alpha_t x_1 + \sigma_t x_0`, ``(batch, *event)``.
+        dx_t: the conditional target :math:`\dot\alpha_t x_1 + \dot\sigma_t x_0`.
+    """
+
+    x0: Tensor
+    x1: Tensor
+    t: Tensor
+    x_t: Tensor
+    dx_t: Tensor
+
+
+def _check_pair(x: Tensor, other: Tensor, name: str, other_name: str) -> None:
+    for value, label in ((x, name), (other, other_name)):
+        if not isinstance(value, Tensor) or not value.is_floating_point():
+            got = value.dtype if isinstance(value, Tensor) else type(value).__name__
+            raise TypeError(f"{label}: expected a floating-point tensor (batch, *event), "
+                            f"got {got}.")
+    if x.shape != other.shape:
+        raise ValueError(f"{name} and {other_name}: expected one shape (batch, *event), got "
+                         f"{tuple(x.shape)} and {tuple(other.shape)}.")
+    if x.dim() < 2:
+        raise ValueError(f"{name}: expected shape (batch, *event), got {tuple(x.shape)}.")
+
+
+def _check_time(t: Tensor | float, x: Tensor, bounded: bool = False) -> Tensor:
+    """``t`` as ``(batch,)`` in ``x``'s dtype; a scalar is broadcast. Finite, and in [0, 1]
+    when ``bounded`` (fields may be evaluated slightly past the end by adaptive solvers)."""
+    if not isinstance(t, Tensor):
+        t = torch.as_tensor(float(t))
+    t = t.to(device=x.device, dtype=x.dtype)
+    if t.numel() == 1 and t.dim() <= 1:
+        t = t.reshape(1).expand(x.shape[0])
+    if t.shape != x.shape[:1]:
+        raise ValueError(f"t: expected shape ({x.shape[0]},) (one time per example) or a "
+                         f"scalar, got {tuple(t.shape)}.")
+    if not torch.isfinite(t).all():
+        raise ValueError("t: expected finite times, got NaN or Inf.")
+    if bounded and (t.min() < 0 or t.max() > 1):
+        raise ValueError("t: expected times in [0, 1] (0 source, 1 data), got values in "
+                         f"[{float(t.min()):g}, {float(t.max()):g}].")
+    return t
+
+
+class AffinePath(nn.Module, ABC):
+    r"""Abstract class of an affine probability path :math:`x_t = \alpha_t x_1 + \sigma_t x_0`.
+
+    Subclasses give the schedule :meth:`schedule`; this class builds the conditional samples
+    and targets, the conversions between velocity, noise, data and score predictions, and
+    the closed-form marginals and marginal field of Gaussian data (the ground truth of
+    tests). Holds no parameters (an ``nn.Module`` so models register it as a submodule).
+
+    Attributes:
+        t_end: the last time the path is trained and sampled at (1, or ``1 - eps`` where
+            the field is singular at the data).
+        prior_std: the standard deviation of the isotropic Gaussian the samplers start from
+            at ``t = 0``.
+    """
+
+    t_end: float = 1.0
+    prior_std: float = 1.0
+
+    @abstractmethod
+    def schedule(self, t: Tensor) -> Marginal:
+        r"""``(alpha_t, sigma_t, d alpha_t/dt, d sigma_t/dt)``, each of the shape of ``t``."""
+
+    # ------------------------------------------------------------------ conditional paths
+    def _coefficients(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        m = self.schedule(_check_time(t, x))
+        return tuple(append_dims(v.to(x.dtype), x.dim()) for v in m)  # type: ignore[return-value]
+
+    def sample(self, x0: Tensor, x1: Tensor, t: Tensor | float) -> PathSample:
+        r"""The point :math:`x_t` between ``x0`` and ``x1`` and its conditional target.
+
+        Args:
+            x0: source samples, ``(batch, *event)``.
+            x1: data samples, ``(batch, *event)``.
+            t: times ``(batch,)`` (or a scalar) in ``[0, 1]``.
+
+        Returns:
+            A :class:`PathSample`.
+
+        Example:
+            >>> path = CondOTPath()
+            >>> s = path.sample(torch.zeros(1, 2), torch.ones(1, 2), torch.tensor([0.25]))
+            >>> s.x_t, s.dx_t
+            (tensor([[0.2500, 0.2500]]), tensor([[1., 1.]]))
+        """
+        _check_pair(x0, x1, "x0", "x1")
+        t = _check_time(t, x1, bounded=True)
+        a, s, da, ds = self._coefficients(t, x1)
+        return PathSample(x0, x1, t, a * x1 + s * x0, da * x1 + ds * x0)
+
+    def conditional_field(self, x: Tensor, x1: Tensor, t: Tensor | float) -> Tensor:
+        r"""The field :math:`u_t(x \mid x_1) = \dot\alpha_t x_1 + \dot\sigma_t (x - \alpha_t
+        x_1)/\sigma_t` that moves :math:`N(\alpha_t x_1, \sigma_t^2 I)` along the path
+        (needs :math:`\sigma_t > 0`)."""
+        _check_pair(x, x1, "x", "x1")
+        a, s, da, ds = self._coefficients(t, x)
+        return da * x1 + ds * (x - a * x1) / s
+
+    # ------------------------------------------------------------------ conversions
+    def _delta(self, a: Tensor, s: Tensor, da: Tensor, ds: Tensor) -> Tensor:
+        return a * ds - da * s
+
+    def velocity_from_epsilon(self, epsilon: Tensor, x: Tensor, t: Tensor | float) -> Tensor:
+        r"""The velocity from a noise prediction :math:`\hat\epsilon = E[x_0 \mid x_t = x]`
+        (needs :math:`\alpha_t > 0`)."""
+        _check_pair(epsilon, x, "epsilon", "x")
+        a, s, da, ds = self._coefficients(t, x)
+        return (da * x + self._delta(a, s, da, ds) * epsilon) / a
+
+    def epsilon_from_velocity(self, velocity: Tensor, x: Tensor, t: Tensor | float) -> Tensor:
+        r""":math:`\hat\epsilon = (\alpha_t u - \dot\alpha_t x) / \Delta_t`."""
+        _check_pair(velocity, x, "velocity", "x")
+        a, s, da, ds = self._coefficients(t, x)
+        return (a * velocity - da * x) / self._delta(a, s, da, ds)
+
+    def velocity_from_x1(self, x1_hat: Tensor, x: Tensor, t: Tensor | float) -> Tensor:
+        r"""The velocity from a data prediction :math:`\hat x_1 = E[x_1 \mid x_t = x]`
+        (needs :math:`\sigma_t > 0`)."""
+        _check_pair(x1_hat, x, "x1_hat", "x")
+        a, s, da, ds = self._coefficients(t, x)
+        return (ds * x - self._delta(a, s, da, ds) * x1_hat) / s
+
+    def x1_from_velocity(self, velocity: Tensor, x: Tensor, t: Tensor | float) -> Tensor:
+        r""":math:`\hat x_1 = (\dot\sigma_t x - \sigma_t u) / \Delta_t`."""
+        _check_pair(velocity, x, "velocity", "x")
+        a, s, da, ds = self._coefficients(t, x)
+        return (ds * x - s * velocity) / self._delta(a, s, da, ds)
+
+    def velocity_from_score(self, score: Tensor, x: Tensor, t: Tensor | float) -> Tensor:
+        r"""The velocity from the score :math:`\nabla\log p_t(x) = -\hat\epsilon/\sigma_t` of
+        the marginal (Gaussian source, independent coupling; needs :math:`\alpha_t > 0`)."""
+        _check_pair(score, x, "score", "x")
+        a, s, da, ds = self._coefficients(t, x)
+        return (da * x - self._delta(a, s, da, ds) * s * score) / a
+
+    def score_from_velocity(self, velocity: Tensor, x: Tensor, t: Tensor | float) -> Tensor:
+        r"""The marginal score :math:`-(\alpha_t u - \dot\alpha_t x)/(\Delta_t \sigma_t)`
+        (Gaussian source, independent coupling; needs :math:`\sigma_t > 0`)."""
+        _check_pair(velocity, x, "velocity", "x")
+        a, s, da, ds = self._coefficients(t, x)
+        return -(a * velocity - da * x) / (self._delta(a, s, da, ds) * s)
+
+    # ------------------------------------------------------------------ Gaussian data
+    def prior(self, event_shape: Sequence[int], *, device: Any = None,
+              dtype: torch.dtype | None = None) -> Distribution:
+        """The distribution samplers start from at ``t = 0``: :math:`N(0, \\text{prior\\_std}^2
+        I)` with the given event shape."""
+        shape = tuple(int(e) for e in event_shape)
+        dtype = dtype or torch.get_default_dtype()
+        loc = torch.zeros(shape, device=device, dtype=dtype)
+        return Independent(Normal(loc, torch.full_like(loc, self.prior_std)), len(shape))
+
+    def gaussian_marginal(self, t: Tensor | float, mean: Tensor, cov: Tensor
+                          ) -> tuple[Tensor, Tensor]:
+        r"""Mean and covariance of :math:`x_t` for data :math:`N(\mu, \Sigma)`:
+        :math:`(\alpha_t\mu,\ \alpha_t^2\Sigma + \sigma_t^2 I)` at one scalar time ``t``."""
+        t = torch.as_tensor(t, dtype=mean.dtype, device=mean.device).reshape(())
+        a, s, _, _ = self.schedule(t)
+        eye = torch.eye(mean.shape[0], dtype=mean.dtype, device=mean.device)
+        return a * mean, a**2 * cov + s**2 * eye
+
+    def gaussian_marginal_field(self, x: Tensor, t: Tensor | float, mean: Tensor, cov: Tensor
+                                ) -> Tensor:
+        r"""The exact marginal field :math:`u_t(x) = \dot\alpha_t E[x_1 \mid x] + \dot\sigma_t
+        E[x_0 \mid x]` for data :math:`N(\mu, \Sigma)`.
+
+        With :math:`C_t = \alpha_t^2\Sigma + \sigma_t^2 I`, :math:`E[x_0 \mid x] = \sigma_t
+        C_t^{-1}(x - \alpha_t\mu)` and :math:`E[x_1 \mid x] = \mu + \alpha_t \Sigma
+        C_t^{-1}(x - \alpha_t\mu)` (jointly Gaussian ends, independent coupling).
+
+        Args:
+            x: points ``(batch, D)``; t: times ``(batch,)`` or a scalar;
+            mean: :math:`\mu`, ``(D,)``; cov: :math:`\Sigma`, ``(D, D)``.
+
+        Returns:
+            ``(batch, D)``.
+        """
+        if x.dim() != 2:
+            raise ValueError(f"x: expected points (batch, D), got {tuple(x.shape)}.")
+        t = _check_time(t, x)
+        a, s, da, ds = self.schedule(t)
+        mean, cov = mean.to(x), cov.to(x)
+        eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+        c = a[:, None, None] ** 2 * cov + s[:, None, None] ** 2 * eye
+        w = torch.linalg.solve(c, (x - a[:, None] * mean).unsqueeze(-1))  # C^{-1}(x - a mu)
+        x0_hat = s[:, None] * w.squeeze(-1)
+        x1_hat = mean + a[:, None] * (cov @ w).squeeze(-1)
+        return da[:, None] * x1_hat + ds[:, None] * x0_hat
+
+
+class CondOTPath(AffinePath):
+    r"""Creates the conditional optimal-transport (conical Gaussian) path.
+
+    :math:`\alpha_t = t`, :math:`\sigma_t = 1 - (1 - \sigma_\min) t`: each conditional path
+    :math:`N(t x_1, \sigma_t^2 I)` moves its source to :math:`N(x_1, \sigma_\min^2 I)` along
+    straight lines at constant speed, with target :math:`x_1 - (1 - \sigma_\min) x_0`
+    (Lipman et al., 2023, eq. 20-23). ``sigma_min = 0`` is the linear interpolation.
+
+    Args:
+        sigma_min: the width of the conditional path at the data, ``0 <= sigma_min < 1``.
+
+    Example:
+        >>> path = CondOTPath(sigma_min=0.1)
+        >>> m = path.schedule(torch.tensor([0.0, 1.0]))
+        >>> m.alpha.tolist(), [round(v, 4) for v in m.sigma.tolist()], m.d_sigma.tolist()
+        ([0.0, 1.0], [1.0, 0.1], [-0.8999999761581421, -0.8999999761581421])
+    """
+
+    def __init__(self, sigma_min: float = 0.0) -> None:
+        super().__init__()
+        if isinstance(sigma_min, bool) or not isinstance(sigma_min, (int, float)) \
+                or not 0.0 <= sigma_min < 1.0:
+            raise ValueError(f"sigma_min: expected a float in [0, 1), got {sigma_min!r}.")
+        self.sigma_min = float(sigma_min)
+
+    def schedule(self, t: Tensor) -> Marginal:  # noqa: D102
+        t = torch.as_tensor(t)
+        c = 1.0 - self.sigma_min
+        return Marginal(t, 1.0 - c * t, torch.ones_like(t), torch.full_like(t, -c))
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return f"sigma_min={self.sigma_min:g}"
+
+
+class LinearPath(AffinePath):
+    r"""Creates the straight interpolation :math:`x_t = t x_1 + (1 - t) x_0` of rectified flow.
+
+    Target :math:`x_1 - x_0`. The schedule of :class:`CondOTPath` with ``sigma_min = 0``; a
+    class of its own because rectified flow trains it on any coupling of the two ends, e.g.
+    the (noise, sample) pairs of a trained flow in reflow, where the Gaussian-source
+    conversions to a score no longer describe the marginal (Liu et al., 2023).
+    """
+
+    def schedule(self, t: Tensor) -> Marginal:  # noqa: D102
+        t = torch.as_tensor(t)
+        return Marginal(t, 1.0 - t, torch.ones_like(t), -torch.ones_like(t))
+
+
+class DiffusionPath(AffinePath):
+    r"""Creates the path of a diffusion SDE's marginals :math:`x_t = \alpha_t x_1 + \sigma_t
+    x_0` (:meth:`probgen.sde.SDE.marginal`).
+
+    Flow matching along it learns the SDE's probability-flow field (the velocity form of
+    its score, :meth:`AffinePath.velocity_from_score`). :math:`\dot\sigma_t` is infinite at
+    the data, so training and sampling stop at ``t_end = 1 - eps``; samplers start from the
+    SDE's prior :math:`N(0, \text{prior\_std}^2 I)`.
+
+    Args:
+        sde: a :class:`probgen.sde.SDE` (VP, VE, sub-VP).
+        eps: the path stops at ``t_end = 1 - eps`` (1e-3 as score_sde's samplers).
+    """
+
+    def __init__(self, sde: SDE, eps: float = 1e-3) -> None:
+        super().__init__()
+        if not isinstance(sde, SDE):
+            raise TypeError(f"sde: expected a probgen.sde.SDE, got {type(sde).__name__}.")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+            raise ValueError(f"eps: expected a float in (0, 1), got {eps!r}.")
+        self.sde, self.eps = sde, float(eps)
+        self.t_end = 1.0 - self.eps
+        self.prior_std = float(sde.prior_std())
+
+    def schedule(self, t: Tensor) -> Marginal:  # noqa: D102
+        return self.sde.marginal(torch.as_tensor(t))
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return f"eps={self.eps:g}"
+
+
+class VPPath(DiffusionPath):
+    r"""Creates the variance-preserving path: the marginals of :class:`probgen.sde.VPSDE`,
+    :math:`\alpha_t = e^{-B(1-t)/2}`, :math:`\sigma_t = \sqrt{1 - \alpha_t^2}`.
+
+    Args:
+        beta_min: :math:`\beta_\min`; beta_max: :math:`\beta_\max` (0.1 and 20).
+        eps: the path stops at ``1 - eps``.
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, eps: float = 1e-3
+                 ) -> None:
+        super().__init__(VPSDE(beta_min, beta_max), eps)
+
+
+class VEPath(DiffusionPath):
+    r"""Creates the variance-exploding path: the marginals of :class:`probgen.sde.VESDE`,
+    :math:`\alpha_t = 1`, :math:`\sigma_t^2 = \sigma(1-t)^2 - \sigma_\min^2`; the samplers
+    start from :math:`N(0, \sigma_\max^2 I)`.
+
+    Args:
+        sigma_min: :math:`\sigma_\min`; sigma_max: :math:`\sigma_\max` (0.01 and 50; pick
+            ``sigma_max`` about the largest distance between data points).
+        eps: the path stops at ``1 - eps``.
+    """
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, eps: float = 1e-3
+                 ) -> None:
+        super().__init__(VESDE(sigma_min, sigma_max), eps)
+
+
+#: The paths by name (the CLI's ``[model] path``).
+PATHS: dict[str, type[AffinePath]] = {
+    "ot": CondOTPath,
+    "linear": LinearPath,
+    "vp": VPPath,
+    "ve": VEPath,
+}
+
+
+def get_path(name: str, **kwargs: float) -> AffinePath:
+    """Builds the path called ``name`` (see :data:`PATHS`) with its parameters.
+
+    Raises:
+        ValueError: an unknown name, or parameters the path does not take.
+
+    Example:
+        >>> get_path("ot", sigma_min=0.01)
+        CondOTPath(sigma_min=0.01)
+    """
+    if name not in PATHS:
+        raise ValueError(f"path: expected one of {sorted(PATHS)}, got {name!r}.")
+    cls = PATHS[name]
+    allowed = [p for p in inspect.signature(cls).parameters]
+    extra = sorted(set(kwargs) - set(allowed))
+    if extra:
+        raise ValueError(f"path {name!r}: parameters {extra} do not apply (allowed: "
+                         f"{allowed or 'none'}).")
+    return cls(**kwargs)
