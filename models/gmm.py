@@ -272,7 +272,7 @@ def flower_mixture(dtype: torch.dtype = torch.float32) -> GaussianMixtureModel:
 
     Example:
         >>> gmm = flower_mixture()
-        >>> gmm.sample((4,)).shape, round(float(gmm.weights[0]), 3)
+        >>> gmm.sample((4,)).shape, round(gmm.weights[0].item(), 3)
         (torch.Size([4, 2]), 0.125)
     """
     angles = torch.arange(7, dtype=torch.float64) * (2 * math.pi / 7)
