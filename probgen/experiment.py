@@ -181,7 +181,8 @@ def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
                               "(allowed: name, eval_size).")
         n_eval = int(table.get("eval_size", 20000))
         held_out = pdata.toy_sample(name, n_eval, generator=generator)
-        return DataBundle(name, "toy", pdata.ToySampler(name), held_out, (2,))
+        return DataBundle(name, "toy", pdata.ToySampler(name), held_out,
+                          tuple(held_out.shape[1:]))
     if name == "two_modes":  # 0.95 N((5, 5), I) + 0.05 N((-5, -5), I), the score lectures'
         from probgen.score import two_modes
 

@@ -68,10 +68,10 @@ def _figure_and_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Fig
 def plot_samples(
     x: Tensor, ax: Axes | None = None, title: str | None = None, *, bounds: Bounds | None = None
 ) -> Figure:
-    """Scatters 2-D points.
+    """Scatters 2-D points (1-D points, shape ``(N, 1)``, as a density histogram).
 
     Args:
-        x: points, shape ``(N, 2)``.
+        x: points, shape ``(N, 2)`` or ``(N, 1)``.
         ax: draw into these axes (their figure is returned) instead of a new figure.
         title: the axes' title.
         bounds: fix the axes' limits (see :func:`probgen.metrics.parse_bounds`).
@@ -80,17 +80,26 @@ def plot_samples(
         Figure: the figure holding the plot.
 
     Raises:
-        ValueError: ``x`` is not of shape ``(N, 2)``.
+        ValueError: ``x`` is not of shape ``(N, 2)`` or ``(N, 1)``.
 
     Example:
         >>> fig = plot_samples(torch.randn(100, 2), title="Gaussian")
         >>> len(fig.axes)
         1
     """
-    if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] != 2:
+    if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] not in (1, 2):
         got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"x: expected 2-D points of shape (N, 2), got {got}.")
+        raise ValueError(f"x: expected 2-D points of shape (N, 2), got {got} (1-D points "
+                         "of shape (N, 1) are drawn as a histogram).")
     points = x.detach().to("cpu", torch.float64).numpy()
+    if points.shape[1] == 1:
+        fig, ax = _figure_and_axes(ax, (5.0, 3.0))
+        ax.hist(points[:, 0], bins=100, density=True, alpha=0.7)
+        if bounds is not None:
+            ax.set_xlim(*parse_bounds(bounds)[0])
+        if title is not None:
+            ax.set_title(title)
+        return fig
     fig, ax = _figure_and_axes(ax, (4.0, 4.0))
     size = 4.0 if points.shape[0] <= 2000 else 1.0
     ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.6, linewidths=0)

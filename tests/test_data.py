@@ -34,13 +34,23 @@ from probgen.data import (
 @pytest.mark.parametrize("name", TOY_NAMES)
 def test_toy_shape_dtype_determinism(name):
     x = toy_sample(name, 1001, generator=torch.Generator().manual_seed(3))
-    assert x.shape == (1001, 2) and x.dtype == torch.float32
+    assert x.shape == (1001, 1 if name == "mixture1d" else 2) and x.dtype == torch.float32
     assert torch.isfinite(x).all()
     assert x.abs().max() < 10
     again = toy_sample(name, 1001, generator=torch.Generator().manual_seed(3))
     assert torch.equal(x, again)
     other = toy_sample(name, 1001, generator=torch.Generator().manual_seed(4))
     assert not torch.allclose(x, other)
+
+
+def test_mixture1d_moments():
+    # 0.5 N(-1, 0.25) + 0.5 N(1.5, 0.49): mean 0.25, variance 0.37 + 1.5625 = 1.9325.
+    x = toy_sample("mixture1d", 200_000, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (200_000, 1) and toy_sample("mixture1d", 0).shape == (0, 1)
+    assert float(x.mean()) == pytest.approx(0.25, abs=0.01)
+    assert float(x.var()) == pytest.approx(1.9325, rel=0.01)
+    # P(x < 0.25) = 0.5 Phi(2.5) + 0.5 Phi(-1.25 / 0.7)
+    assert float((x < 0.25).double().mean()) == pytest.approx(0.5 * (0.99379 + 0.03707), abs=0.005)
 
 
 def test_toy_does_not_touch_global_rng():

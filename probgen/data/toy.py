@@ -19,6 +19,7 @@ TOY_NAMES: tuple[str, ...] = (
     "pinwheel",
     "2spirals",
     "swissroll",
+    "mixture1d",
 )
 
 
@@ -110,6 +111,13 @@ def _swissroll(n: int, g: torch.Generator | None) -> Tensor:
     return x / 5.0
 
 
+def _mixture1d(n: int, g: torch.Generator | None) -> Tensor:
+    # A 1-D two-component mixture, 0.5 N(-1, 0.5^2) + 0.5 N(1.5, 0.7^2): points (n, 1).
+    k = torch.randint(0, 2, (n,), generator=g)
+    eps = _randn(n, g=g)
+    return torch.where(k == 0, -1.0 + 0.5 * eps, 1.5 + 0.7 * eps).unsqueeze(1)
+
+
 _SAMPLERS: dict[str, Callable[[int, torch.Generator | None], Tensor]] = {
     "moons": _moons,
     "circles": _circles,
@@ -118,7 +126,10 @@ _SAMPLERS: dict[str, Callable[[int, torch.Generator | None], Tensor]] = {
     "pinwheel": _pinwheel,
     "2spirals": _two_spirals,
     "swissroll": _swissroll,
+    "mixture1d": _mixture1d,
 }
+# The dimension of each density's points (2 unless listed).
+_DIMS: dict[str, int] = {"mixture1d": 1}
 
 
 def _check_name(name: object) -> str:
@@ -152,7 +163,9 @@ def toy_sample(name: str, n: int, *, generator: torch.Generator | None = None) -
     - ``checkerboard``: uniform on the 8 black squares of a 4x4 board on [-4, 4]^2;
     - ``pinwheel``: five spiralling arms;
     - ``2spirals``: two interleaved spirals;
-    - ``swissroll``: a 2-D swiss roll, roughly in [-3, 3]^2.
+    - ``swissroll``: a 2-D swiss roll, roughly in [-3, 3]^2;
+    - ``mixture1d``: the one 1-D density, ``0.5 N(-1, 0.5^2) + 0.5 N(1.5, 0.7^2)``, points
+      of shape ``(n, 1)`` (a GAN warm-up).
 
     ``moons`` and ``circles`` draw their angles uniformly at random (scikit-learn spaces them
     evenly), so that every batch is i.i.d. All randomness comes from ``generator`` (the global
@@ -164,7 +177,7 @@ def toy_sample(name: str, n: int, *, generator: torch.Generator | None = None) -
         generator: a CPU :class:`torch.Generator` for reproducible draws.
 
     Returns:
-        Tensor: float32 points, shape ``(n, 2)``, on the CPU.
+        Tensor: float32 points, shape ``(n, 2)`` (``(n, 1)`` for ``mixture1d``), on the CPU.
 
     Raises:
         ValueError: unknown ``name`` (the message lists the allowed ones), or negative ``n``.
@@ -189,7 +202,7 @@ def toy_sample(name: str, n: int, *, generator: torch.Generator | None = None) -
         raise ValueError(f"n: expected a non-negative number of points, got {n}.")
     _check_generator(generator)
     if n == 0:
-        return torch.zeros(0, 2)
+        return torch.zeros(0, _DIMS.get(name, 2))
     return _SAMPLERS[name](n, generator).to(torch.float32).contiguous()
 
 
