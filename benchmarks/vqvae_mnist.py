@@ -175,6 +175,9 @@ def main() -> None:
                         help="training budget of each arm's autoencoder (wall clock)")
     parser.add_argument("--prior-minutes", type=float, default=30.0,
                         help="training budget of the PixelCNN prior (first arm)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="also stop each autoencoder arm after this many steps (equal "
+                             "steps make arms comparable on a loaded machine)")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"subset of {ARMS}")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -213,7 +216,7 @@ def main() -> None:
     for arm in arms:
         model, objective = build(arm, args.seed)
         clock = Clock(60 * args.minutes)
-        fit(objective, sampler, steps=10**7, batch_size=args.batch_size, lr=5e-4,
+        fit(objective, sampler, steps=args.steps or 10**7, batch_size=args.batch_size, lr=5e-4,
             grad_clip=1.0, log_every=10, seed=args.seed, progress=False, callbacks=clock)
         ms = 1e3 * clock.seconds / max(clock.step, 1)
         stats = evaluate(model, test)
@@ -289,7 +292,9 @@ def main() -> None:
         "",
         f"`{command_line()}`, {today()}; {machine(args.threads)}.",
         "",
-        f"Budget: {args.minutes:g} min per autoencoder arm, {args.prior_minutes:g} min for "
+        f"Budget: {args.minutes:g} min per autoencoder arm"
+        + (f" or {args.steps} steps, whichever comes first" if args.steps else "")
+        + f", {args.prior_minutes:g} min for "
         "the prior" + (" -- a short run on a shared, loaded 2-core CPU; the full protocol "
                        "is `--minutes 30 --prior-minutes 30`, not run here, so these numbers "
                        "are far from converged." if short else "."),
