@@ -127,8 +127,9 @@ class FlowMatching(nn.Module):
                              f"{', '.join(map(str, self.event_shape))}), got {got}.")
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
-        for p in self.parameters():
-            return p.device, p.dtype
+        for p in [*self.parameters(), *self.buffers()]:
+            if p.is_floating_point():
+                return p.device, p.dtype
         return torch.device("cpu"), torch.get_default_dtype()
 
     def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
