@@ -167,7 +167,10 @@ class ELBO(nn.Module):
             then bound the plates of model and guide).
         max_plate_nesting: plates nested in model and guide (1: the batch plate).
         preprocess: ``preprocess(x) -> y`` or ``(y, ladj)`` applied to each batch; a
-            ``ladj`` is added to the reported ``elbo`` (the bound in data space).
+            ``ladj`` is added to the reported ``elbo`` (the bound in data space), and for a
+            preprocess of integer data with ``levels`` values (e.g.
+            :class:`probgen.data.ImagePreprocess`) ``D log(levels)`` is subtracted, as
+            :class:`probgen.inference.MaximumLikelihood` does.
 
     Example:
         >>> from probgen.models import VAE
@@ -222,6 +225,7 @@ class ELBO(nn.Module):
         self.alpha, self.beta = float(alpha), float(beta)
         self.anneal_steps, self.free_bits = anneal_steps, float(free_bits)
         self.preprocess = preprocess
+        self.levels = getattr(preprocess, "levels", None)
         vec = bool(vectorize) and num_particles > 1
         common = {"num_particles": num_particles, "vectorize_particles": vec,
                   "max_plate_nesting": max_plate_nesting}
@@ -255,9 +259,12 @@ class ELBO(nn.Module):
         """Computes the outputs for ``batch``; in training mode advances the KL schedule."""
         x, cond = self._split(batch)
         ladj: Tensor | float = 0.0
+        discrete = 0.0
         if self.preprocess is not None:
             result = self.preprocess(x)
             x, ladj = result if isinstance(result, tuple) else (result, 0.0)
+            if isinstance(result, tuple) and self.levels:
+                discrete = math.prod(x.shape[1:]) * math.log(self.levels)
         if self.training:
             self.step += 1
         weight = self.kl_weight()
@@ -289,7 +296,7 @@ class ELBO(nn.Module):
         if bound is None or weight != 1.0:
             # The reported bound is the plain one (KL weight 1, no free bits).
             bound = (recon - kl.detach()) / (n * particles)
-        elbo = bound + ladj_mean
+        elbo = bound + ladj_mean - discrete
         dims = math.prod(x.shape[1:])
         return {
             "loss": loss / n,

@@ -234,3 +234,24 @@ def test_a_generic_pyro_model_trains_to_the_conjugate_posterior():
         progress=False)
     assert m.loc.item() == pytest.approx(18.0 / 10.0, abs=0.05)
     assert m.log_scale.exp().item() == pytest.approx(math.sqrt(1 / 10), abs=0.03)
+
+
+def test_a_preprocess_carries_the_bound_to_data_space():
+    """With y = f(x) and log|det df/dx| = ladj, log p(x) >= ELBO(y) + ladj; integer data
+    scaled by 1/levels lose D log(levels) more, as in MaximumLikelihood."""
+
+    class Scale:
+        levels = 4
+
+        def __call__(self, x):
+            return x / 2.0, torch.full((x.shape[0],), -4 * math.log(2.0))
+
+    vae = _small()
+    x = torch.randn(16, 4)
+    torch.manual_seed(3)
+    plain = ELBO(vae).eval()(x / 2.0)
+    torch.manual_seed(3)
+    mapped = ELBO(vae, preprocess=Scale()).eval()(x)
+    expected = plain["elbo"] - 4 * math.log(2.0) - 4 * math.log(4)
+    assert float(mapped["elbo"]) == pytest.approx(float(expected), rel=1e-6)
+    assert float(mapped["nll"]) == pytest.approx(-float(expected), rel=1e-6)
