@@ -145,3 +145,26 @@ def test_bad_arguments_say_what_was_expected():
         ELBO(vae)(torch.rand(4, 64))
     with pytest.raises(ValueError, match="dims: expected indices"):
         vae.traverse(dims=[5])
+
+
+def test_flow_prior_is_the_flow_and_flow_posterior_obeys_the_change_of_variables():
+    vae = VAE(SHAPE, 3, hidden_features=[8], prior="maf", prior_transforms=2, prior_hidden=[8])
+    z = torch.randn(5, 3)
+    assert torch.allclose(vae.prior_distribution().log_prob(z), vae.prior.log_prob(z), atol=1e-5)
+    for kind in ("iaf", "planar"):
+        torch.manual_seed(1)
+        vae = VAE(SHAPE, 3, hidden_features=[8], posterior=kind, posterior_transforms=2,
+                  posterior_hidden=[8], context_features=4).double()
+        x = _binary(1).double()
+        q = vae.posterior(x)
+        z0 = q.base_dist.sample()
+        transforms = q.transforms
+
+        def push(u, transforms=transforms):
+            for t in transforms:
+                u = t(u)
+            return u
+
+        jac = torch.autograd.functional.jacobian(lambda u, push=push: push(u[None])[0], z0[0])
+        expected = q.base_dist.log_prob(z0) - torch.linalg.slogdet(jac)[1]
+        assert torch.allclose(q.log_prob(push(z0)), expected, atol=1e-8), kind
