@@ -390,9 +390,10 @@ def predictor_corrector_sample(
     On the grid :math:`0 = t_0 < \dots < t_N = 1 - \text{eps}`, each step first runs
     ``corrector_steps`` Langevin updates at :math:`t_i`,
     :math:`x \leftarrow x + \delta\,s + \sqrt{2\delta}\,z` with the signal-to-noise step
-    :math:`\delta = 2 a_i (r\,\|z\| / \|s\|)^2` (``snr`` :math:`r`, norms averaged over the
-    batch, :math:`a_i` the step's mean coefficient below, 1 for VE), then the predictor to
-    :math:`t_{i+1}`:
+    :math:`\delta = 2 a_i^2 (r\,\|z\| / \|s\|)^2` (``snr`` :math:`r`, norms averaged over
+    the batch, :math:`a_i` the step's mean coefficient below: :math:`a_i^2 \approx 1 -
+    \beta_i` for VP, 1 for VE, as score_sde's :math:`\alpha_i`; no step where the score is
+    zero), then the predictor to :math:`t_{i+1}`:
 
     - ``"reverse_diffusion"``: the forward SDE's exact one-step kernel
       :math:`x_{t_i} \mid x_{t_{i+1}} \sim N(a_i x_{t_{i+1}}, v_i)`,
