@@ -129,10 +129,13 @@ class GaussianMixtureModel(PyroModule):
         self.initialized.fill_(True)
 
     @torch.no_grad()
-    def initialize(self, x: Tensor, generator: torch.Generator | None = None) -> None:
-        """Data-based start: means seeded by k-means++ (each next mean drawn with
-        probability proportional to the squared distance to the nearest chosen one), the
-        data covariance for every component, equal weights.
+    def initialize(self, x: Tensor, generator: torch.Generator | None = None,
+                   kmeans_iterations: int = 20) -> None:
+        """Data-based start, as scikit-learn's ``init_params="kmeans"``: k-means++ seeding
+        (each next centre drawn with probability proportional to the squared distance to the
+        nearest chosen one), ``kmeans_iterations`` Lloyd iterations, then each cluster's
+        share, mean and covariance (the data covariance for clusters of fewer than D + 1
+        points).
 
         References:
             k-means++: the advantages of careful seeding (Arthur & Vassilvitskii, 2007),
@@ -146,15 +149,32 @@ class GaussianMixtureModel(PyroModule):
         chosen = [int(torch.randint(data.shape[0], (1,), generator=generator))]
         nearest = ((data - data[chosen[0]]) ** 2).sum(-1)
         for _ in range(1, self.components):
-            probs = nearest / nearest.sum() if nearest.sum() > 0 else None
-            i = (int(torch.multinomial(probs, 1, generator=generator)) if probs is not None
-                 else int(torch.randint(data.shape[0], (1,), generator=generator)))
+            if float(nearest.sum()) > 0:
+                i = int(torch.multinomial(nearest / nearest.sum(), 1, generator=generator))
+            else:
+                i = int(torch.randint(data.shape[0], (1,), generator=generator))
             chosen.append(i)
             nearest = torch.minimum(nearest, ((data - data[i]) ** 2).sum(-1))
-        cov = torch.cov(data.T).reshape(self.features, self.features)
-        cov = cov + self.min_covariance * torch.eye(self.features, dtype=cov.dtype)
-        self.set_parameters(torch.full((self.components,), 1.0 / self.components),
-                            data[chosen], cov.expand(self.components, -1, -1))
+        centres = data[chosen].clone()
+        for _ in range(kmeans_iterations):
+            assign = torch.cdist(data, centres).argmin(-1)
+            moved = centres.clone()
+            for k in range(self.components):
+                members = data[assign == k]
+                if len(members):
+                    moved[k] = members.mean(0)
+            if torch.equal(moved, centres):
+                break
+            centres = moved
+        assign = torch.cdist(data, centres).argmin(-1)
+        eye = torch.eye(self.features, dtype=data.dtype)
+        overall = torch.cov(data.T).reshape(self.features, self.features)
+        counts = torch.bincount(assign, minlength=self.components).double()
+        cov = torch.stack([
+            torch.cov(data[assign == k].T).reshape(self.features, self.features)
+            if counts[k] > self.features else overall for k in range(self.components)])
+        weights = (counts + 1.0) / (counts.sum() + self.components)
+        self.set_parameters(weights, centres, cov + self.min_covariance * eye)
 
     # -------------------------------------------------------------- distribution
     def _check(self, x: Tensor) -> Tensor:
