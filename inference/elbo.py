@@ -280,10 +280,11 @@ class ELBO(nn.Module):
             mt, gt = model_tracer.trace, guide_tracer.trace
             recon = sum((s["fn"].log_prob(s["value"]).sum() for s in mt.nodes.values()
                          if s["type"] == "sample" and s["is_observed"]
-                         and not site_is_subsample(s)), torch.zeros(()))
+                         and not site_is_subsample(s)), x.new_zeros(()))
         need_grad = self.training and self.free_bits > 0
         with torch.set_grad_enabled(need_grad and torch.is_grad_enabled()):
             kl, kl_dims = _latent_kl_terms(mt, gt)
+        kl = kl.to(x.device)
         particles = recon.new_tensor(float(self._particles_in(mt, n)))
         if need_grad:
             if kl_dims is None:
@@ -291,7 +292,7 @@ class ELBO(nn.Module):
                                  "(closed-form KL per latent dimension).")
             mean_dims = kl_dims / (n * particles)
             loss = loss + n * weight * torch.relu(self.free_bits - mean_dims).sum()
-        ladj_mean = ladj.mean() if isinstance(ladj, Tensor) else torch.tensor(float(ladj))
+        ladj_mean = ladj.mean() if isinstance(ladj, Tensor) else float(ladj)
         bound = -loss.detach() / n if not need_grad else None
         if bound is None or weight != 1.0:
             # The reported bound is the plain one (KL weight 1, no free bits).
@@ -305,7 +306,7 @@ class ELBO(nn.Module):
             "bits_per_dim": -elbo / (dims * math.log(2.0)),
             "recon": recon / (n * particles),
             "kl": kl.detach() / (n * particles),
-            "kl_weight": torch.tensor(weight),
+            "kl_weight": torch.tensor(weight, device=x.device),
         }
 
     def _particles_in(self, trace: Any, n: int) -> int:
