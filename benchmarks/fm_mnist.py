@@ -1,0 +1,156 @@
+"""Flow matching on MNIST at a CPU wall-clock budget: FID, precision and recall in the bundled
+MNIST classifier's feature space and bits/dim through the ODE, for samples drawn with 10, 20
+and 50 Euler steps and with adaptive dopri5 (NFE counted).
+
+The model is ``ImageFlowMatching`` (the time-conditional U-Net) on images scaled to
+[-1, 1], trained by ``ConditionalFlowMatching`` on the conditional OT path (independent or
+exact-OT minibatch coupling) for ``--minutes`` of wall-clock (the issue's protocol: 60 on 2
+CPU cores). Bits/dim: uniform dequantization, the [-1, 1] scaling's log-determinant and the
+exact change of variables along the ODE with a Hutchinson trace (dopri5, rtol = atol =
+1e-5), on ``--bpd-images`` test images. FID/precision/recall (k = 3) use the bundled
+classifier's 128-d features (not Inception) against ``--n-ref`` test images; the row
+``test images`` is held-out test images against the same reference (the floor at this
+sample size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    command_line,
+    machine,
+    markdown_table,
+    set_threads,
+    today,
+    write_section,
+)
+
+from probgen.couplings import get_coupling  # noqa: E402
+from probgen.data import ImagePreprocess, load_mnist  # noqa: E402
+from probgen.inference import ConditionalFlowMatching, fit  # noqa: E402
+from probgen.metrics import fid, mnist_classifier, precision_recall  # noqa: E402
+from probgen.models import ImageFlowMatching  # noqa: E402
+
+SOLVERS = (("euler", 10), ("euler", 20), ("euler", 50), ("dopri5", None))
+
+
+def run(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    train, _ = load_mnist(args.root, "train")
+    test, _ = load_mnist(args.root, "test")
+    torch.manual_seed(0)
+    model = ImageFlowMatching((1, 28, 28), base_channels=args.channels,
+                              channel_mults=(1, 2, 2))
+    pre = ImagePreprocess(levels=256, transform="signed", shape=(1, 28, 28))
+    coupling = None if args.coupling == "independent" else get_coupling(args.coupling)
+    objective = ConditionalFlowMatching(model, model.path, coupling, preprocess=pre)
+    start = time.perf_counter()
+
+    def out_of_time(step: int, record: dict) -> bool:
+        return time.perf_counter() - start > 60 * args.minutes
+
+    history = fit(objective, train.float(), steps=args.max_steps, batch_size=args.batch_size,
+                  lr=args.lr, warmup_steps=args.warmup, grad_clip=1.0,
+                  ema_decay=args.ema, log_every=20, progress=False, callbacks=out_of_time,
+                  seed=0)
+    train_s = time.perf_counter() - start
+    steps_done = int(history.records[-1]["step"])
+    first = statistics.fmean(r["loss"] for r in history.records[:5])
+    last = statistics.fmean(r["loss"] for r in history.records[-5:])
+    model.eval()
+
+    classifier = mnist_classifier()
+    real = test[: args.n_ref].float() / 255
+    other = test[args.n_ref: args.n_ref + args.n].float() / 255
+    with torch.no_grad():
+        f_real, f_other = classifier.features(real), classifier.features(other)
+    rows, grids = [], []
+    for method, steps in SOLVERS:
+        g = torch.Generator().manual_seed(1)
+        t0 = time.perf_counter()
+        chunks, nfe = [], 0
+        for i in range(0, args.n, args.batch):
+            chunks.append(model.sample((min(args.batch, args.n - i),), method=method,
+                                       steps=steps, generator=g))
+            nfe = max(nfe, model.last_nfe)
+        seconds = time.perf_counter() - t0
+        images = pre.to_unit(torch.cat(chunks)).clamp(0, 1)
+        grids.append(images[:10])
+        with torch.no_grad():
+            f_fake = classifier.features(images)
+        pr = precision_recall(f_real, f_fake)
+        label = f"{method} {steps} steps" if steps else "dopri5 (adaptive)"
+        rows.append([label, str(nfe), f"{fid(f_real, f_fake):.2f}", f"{pr.precision:.3f}",
+                     f"{pr.recall:.3f}", f"{seconds:.0f}"])
+        print(f"[fm_mnist] {rows[-1]}", flush=True)
+    pr_floor = precision_recall(f_real, f_other)
+    rows.append([f"test images ({args.n} vs {args.n_ref})", "-",
+                 f"{fid(f_real, f_other):.2f}", f"{pr_floor.precision:.3f}",
+                 f"{pr_floor.recall:.3f}", "-"])
+    t0 = time.perf_counter()
+    bpd = model.bits_per_dim(test[-args.bpd_images:], pre,
+                             generator=torch.Generator().manual_seed(2))
+    bpd_s = time.perf_counter() - t0
+    bpd_nfe = model.last_solve.nfe
+
+    from probgen import plots
+
+    fig = plots.plot_image_grid(torch.cat(grids), nrow=10)
+    figure = Path(__file__).resolve().parent / "fm_mnist.png"
+    plots.save_figure(fig, figure)
+    table = markdown_table(["sampler", "NFE", "FID (probgen MNIST classifier)", "precision",
+                            "recall", f"seconds for {args.n}"], rows)
+    body = (
+        "## MNIST: flow matching at a CPU budget (fm_mnist)\n\n"
+        f"`{command_line()}` ({today()}; {machine(args.threads)}).\n\n"
+        f"ImageFlowMatching (U-Net, {args.channels} base channels, "
+        f"{sum(p.numel() for p in model.parameters())} parameters), conditional OT path, "
+        f"{args.coupling} coupling, batch {args.batch_size}, Adam lr {args.lr} "
+        f"({args.warmup} warm-up steps), EMA {args.ema}, stopped after {args.minutes:g} "
+        f"minutes ({steps_done} steps, {train_s / 60:.1f} min; CFM loss {first:.3f} -> "
+        f"{last:.3f}). {args.n} samples per sampler from the same prior draws. "
+        f"**The issue's protocol is 60 minutes on 2 cores; a run of {args.minutes:g} minutes "
+        "is far from it, so these numbers say that the pipeline works, not what flow "
+        "matching reaches.**\n\n" + table + "\n\n"
+        f"Bits/dim of {args.bpd_images} test images through the ODE (Hutchinson trace, "
+        f"dopri5): **{float(bpd.mean()):.3f}** ({bpd_nfe} NFE, {bpd_s:.0f} s). "
+        f"Samples (rows: Euler 10, 20, 50 steps, dopri5; same prior draws): "
+        f"`benchmarks/fm_mnist.png`.\n")
+    print(body)
+    if args.write:
+        print(f"wrote {write_section('fm-mnist', body)}")
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    here = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", default=str(here))
+    p.add_argument("--minutes", type=float, default=60.0)
+    p.add_argument("--max-steps", type=int, default=1_000_000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--ema", type=float, default=0.995)
+    p.add_argument("--channels", type=int, default=32)
+    p.add_argument("--coupling", default="independent",
+                   choices=["independent", "exact_ot", "sinkhorn"])
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--n-ref", type=int, default=5000)
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--bpd-images", type=int, default=500)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--write", action="store_true", help="write the RESULTS.md section")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(run(parse_args()))
