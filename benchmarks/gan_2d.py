@@ -168,6 +168,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=None, help="run only these names")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--no-timing", action="store_true", help="skip fit vs plain loop")
+    parser.add_argument("--section", default="gan_2d",
+                        help="RESULTS.md section (and .json/.png file stem) to write")
     args = parser.parse_args()
     set_threads(args.threads)
     t0 = time.perf_counter()
@@ -179,18 +182,19 @@ def main() -> None:
               f"{r['modes']}/8  high quality {r['high_quality']:.3f}  counts {r['counts']}",
               flush=True)
     timing = {}
-    for label, loss, n_critic, gp in (("non_saturating", "non_saturating", 1, 0.0),
-                                      ("wgan_gp", "wasserstein", 5, 10.0)):
+    for label, loss, n_critic, gp in () if args.no_timing else (
+            ("non_saturating", "non_saturating", 1, 0.0), ("wgan_gp", "wasserstein", 5, 10.0)):
         timing[label] = plain_loop_timing(args, loss, n_critic, gp, args.timing_steps)
         plain, fitted = timing[label]
         print(f"{label}: plain {plain:.2f} ms/step, fit {fitted:.2f} ms/step", flush=True)
     total = time.perf_counter() - t0
-    out = Path(__file__).resolve().parent / "gan_2d.json"
+    here = Path(__file__).resolve().parent
     if not args.no_write:
-        out.write_text(json.dumps({"results": [{k: v for k, v in r.items() if k != "samples"}
-                                               for r in results], "timing": timing}, indent=1))
-        _figure(results, Path(__file__).resolve().parent / "gan_2d.png")
-        write_section("gan_2d", _report(results, timing, args, total))
+        (here / f"{args.section}.json").write_text(json.dumps(
+            {"results": [{k: v for k, v in r.items() if k != "samples"} for r in results],
+             "timing": timing}, indent=1))
+        _figure(results, here / f"{args.section}.png")
+        write_section(args.section, _report(results, timing, args, total))
 
 
 def _figure(results: list[dict], path: Path) -> None:
@@ -216,7 +220,8 @@ def _figure(results: list[dict], path: Path) -> None:
 
 def _report(results: list[dict], timing: dict, args: argparse.Namespace, total: float) -> str:
     lines = [
-        "## GANs on the course's 8-Gaussian ring: every loss at one budget",
+        "## GANs on the course's 8-Gaussian ring: every loss at one budget"
+        + ("" if args.section == "gan_2d" else f" ({args.section})"),
         "",
         f"Command: `{command_line()}`  ",
         f"Date: {today()}  ",
@@ -228,7 +233,7 @@ def _report(results: list[dict], timing: dict, args: argparse.Namespace, total: 
         f"whichever came first (the steps column says which); seed {args.seed}. Metrics on "
         f"{args.samples} samples: high quality = within 3 std (0.17) of the nearest centre; "
         f"a mode is captured with >= {args.min_count} high-quality samples. Figure: "
-        f"`benchmarks/gan_2d.png`. Total wall time {total:.0f} s.",
+        f"`benchmarks/{args.section}.png`. Total wall time {total:.0f} s.",
         "",
         "| loss | critic steps / generator step | generator steps | ms/step | modes captured "
         "| high-quality share | final divergence estimate |",
@@ -254,6 +259,8 @@ def _report(results: list[dict], timing: dict, args: argparse.Namespace, total: 
                      f"does not): {'reproduced' if seen else 'NOT reproduced'} here (1 step: "
                      f"{one['modes']}/8 modes, {100 * one['high_quality']:.1f}% HQ; 5 steps: "
                      f"{five['modes']}/8, {100 * five['high_quality']:.1f}% HQ).")
+    if not timing:
+        return "\n".join(lines) + "\n"
     lines += ["", "Trainer overhead (the same networks and sizes, a plain PyTorch loop "
               "alternating blocks of 10 steps with fit, medians):", "",
               "| loss | plain loop ms/step | fit ms/step | fit / plain |",
