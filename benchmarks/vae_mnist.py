@@ -208,7 +208,7 @@ def run_one(name: str, data, args: argparse.Namespace) -> dict:
         "train_elbo_last_log": train_elbo, "eval_k": args.eval_k,
         "eval_images": int(test.shape[0]), "eval_seconds": eval_s, "command": command_line(),
         "date": today(), "machine": machine(args.threads),
-        "samples": samples.detach().reshape(8, -1).tolist(),
+        "samples_u8": _pack(samples),
     })
     print(f"[vae_mnist] {name}: test ELBO {result['test_elbo']:.2f}, log-likelihood "
           f"(k={args.eval_k}) {result['test_ll']:.2f} nats after {clock.step} steps in "
@@ -259,11 +259,21 @@ def overhead(data, args: argparse.Namespace) -> dict:
             "machine": machine(args.threads)}
 
 
+def _pack(images: torch.Tensor) -> str:
+    """Images in [0, 1] as a hex string of 8-bit values (kept small in the JSON)."""
+    pixels = (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).reshape(-1)
+    return bytes(pixels.tolist()).hex()
+
+
+def _unpack(hexed: str) -> torch.Tensor:
+    return torch.tensor(list(bytes.fromhex(hexed)), dtype=torch.float32).reshape(-1, *SHAPE) / 255
+
+
 def plot(results: dict, out: Path) -> None:
     from probgen.plots import plot_image_grid, save_figure
 
-    rows = [(k, torch.tensor(r["samples"]).reshape(-1, *SHAPE)) for k, r in sorted(
-        results.items()) if isinstance(r, dict) and "samples" in r]
+    rows = [(k, _unpack(r["samples_u8"])) for k, r in sorted(results.items())
+            if isinstance(r, dict) and "samples_u8" in r]
     if rows:
         grid = torch.cat([x for _, x in rows])
         fig = plot_image_grid(grid, nrow=8, title="rows: " + ", ".join(k for k, _ in rows))
