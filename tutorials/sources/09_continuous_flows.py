@@ -27,7 +27,14 @@ CELLS: list[tuple[str, str]] = [
        kinetic and Jacobian penalties, and compares the cost of solving them;
     5. compares the adjoint method with backpropagation through the solver;
     6. plugs an analytic field into the same `ContinuousFlow` (what flow matching and
-       diffusion's probability-flow ODE will do).
+       diffusion's probability-flow ODE will do);
+    7. introduces the score SDEs (VP, sub-VP, VE) and checks their closed-form marginals
+       against torchsde paths;
+    8. solves the 1-D Fokker-Planck equation on a grid, forward and for the reverse-time SDE;
+    9. compares the reverse-SDE, predictor-corrector and probability-flow samplers with an
+       exact score;
+    10. checks the probability-flow likelihood against the exact density;
+    11. trains a score SDE on moons and samples a DDPM through the VP SDE.
 
     The full run takes a few minutes on one CPU thread. With `PROBGEN_QUICK=1` every fit
     takes a few steps (a smoke test; the printed numbers are then meaningless).
@@ -277,6 +284,309 @@ CELLS: list[tuple[str, str]] = [
           f"std {[round(v, 3) for v in samples.std(0).tolist()]}")
     """),
     ("md", r"""
+    ## 7. Score SDEs: diffusions in continuous time
+
+    A diffusion model noises data with an SDE $dx = f(x, s)\,ds + g(s)\,dW_s$ running in
+    *diffusion time* $s$ from data ($s = 0$) to noise ($s = 1$). `probgen.sde` has the three
+    of Song et al. (2021), each with its closed-form kernel $x \mid x_{\text{data}} \sim
+    \mathcal N(\alpha x_{\text{data}}, \sigma^2 I)$:
+
+    | SDE | $f(x, s)$ | $g(s)^2$ | $\alpha$ | $\sigma^2$ |
+    | --- | --- | --- | --- | --- |
+    | VP (DDPM's limit) | $-\tfrac12\beta(s)x$ | $\beta(s)$ | $e^{-B(s)/2}$ | $1 - e^{-B(s)}$ |
+    | sub-VP | $-\tfrac12\beta(s)x$ | $\beta(s)(1 - e^{-2B(s)})$ | $e^{-B(s)/2}$ | $(1 - e^{-B(s)})^2$ |
+    | VE (NCSN's limit) | $0$ | $\tfrac{d}{ds}\sigma_{\text{VE}}(s)^2$ | $1$ | $\sigma_{\text{VE}}(s)^2 - \sigma_{\min}^2$ |
+
+    with $\beta(s) = \beta_{\min} + s(\beta_{\max} - \beta_{\min})$ (0.1 and 20),
+    $B = \int_0^s \beta$ and $\sigma_{\text{VE}}(s) = \sigma_{\min}(\sigma_{\max}/\sigma_{\min})^s$.
+
+    **Time.** The SDE objects are what torchsde integrates (`f(s, y)`, `g(s, y)`,
+    `noise_type`, `sde_type`), so they take diffusion time. Everything else takes probgen's
+    time $t = 1 - s$ (noise at 0, data at 1, as in the rest of this notebook):
+    `sde.alpha_sigma(t)`, score networks $s(x, t)$, the reverse SDE and the
+    probability-flow field. Below: the schedules in probgen time, then 20 000 paths
+    simulated by torchsde from the point $x = 2$, whose mean and standard deviation must
+    be $2\alpha$ and $\sigma$.
+    """),
+    ("code", r"""
+    import torchsde
+
+    from probgen.fokker_planck import histogram_density, solve_fokker_planck
+    from probgen.inference import (
+        ContinuousScoreMatching,
+        DiffusionLoss,
+        predictor_corrector_sample,
+        probability_flow_log_prob,
+        probability_flow_sample,
+        reverse_sde_sample,
+    )
+    from probgen.metrics import wasserstein2
+    from probgen.models import NoiseLevelScore, VectorDDPM, VectorScoreSDE
+    from probgen.score import GaussianMixture
+    from probgen.sde import VESDE, VPSDE, SubVPSDE
+
+    sdes = {"VP": VPSDE(), "sub-VP": SubVPSDE(), "VE": VESDE(sigma_min=0.01, sigma_max=10.0)}
+    t = torch.linspace(0, 1, 201)
+    fig = Figure(figsize=(9, 3), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    for name, sde in sdes.items():
+        alpha, sig = sde.alpha_sigma(t)
+        ax1.plot(t, alpha, label=name)
+        ax2.plot(t, sig, label=name)
+    ax1.set(title=r"$\alpha_t$ (probgen time: data at t = 1)", xlabel="t")
+    ax2.set(title=r"$\sigma_t$", xlabel="t", yscale="log", ylim=(1e-3, 20))
+    ax1.legend()
+
+    s_grid = torch.tensor([0.0, 0.1, 0.5, 1.0])  # diffusion time, increasing for torchsde
+    n_paths = 2000 if QUICK else 20000
+    print("SDE     s    mean (sim / 2 alpha)    std (sim / sigma)")
+    for name, sde in sdes.items():
+        paths = torchsde.sdeint(sde, torch.full((n_paths, 1), 2.0), s_grid, method="euler",
+                                dt=1e-3)
+        alpha, sig = sde.alpha_sigma(1 - s_grid)  # probgen time t = 1 - s
+        for k in range(1, 4):
+            print(f"{name:6s} {s_grid[k]:.1f}   {paths[k].mean():7.3f} / {2 * alpha[k]:7.3f}"
+                  f"      {paths[k].std():7.3f} / {sig[k]:7.3f}")
+    fig
+    """),
+    ("md", r"""
+    ## 8. The Fokker-Planck equation, solved on a grid
+
+    The density of $x_s$ obeys the Kolmogorov forward (Fokker-Planck) equation
+    $$\partial_s p = -\partial_x (f p) + \tfrac12 \partial_x^2 (g^2 p).$$
+    `probgen.fokker_planck.solve_fokker_planck` discretizes it in 1-D by finite volumes
+    (Scharfetter-Gummel fluxes, zero flux at the ends) and integrates the stiff linear
+    system with scipy's BDF. It takes the same SDE object torchsde simulates. Below, the VP
+    SDE carries a two-mode density to $\mathcal N(0, 1)$: the grid solution (lines) against
+    histograms of 20 000 torchsde paths (bars), and against the closed form (each Gaussian
+    component $\mathcal N(m, v)$ becomes $\mathcal N(\alpha m, \alpha^2 v + \sigma^2)$).
+    """),
+    ("code", r"""
+    mix1d = GaussianMixture([0.3, 0.7], [[-2.0], [1.5]], std=0.3)
+
+
+    def mixture_density(x: torch.Tensor, alpha: float = 1.0, sigma: float = 0.0):
+        # the mixture pushed through x_s = alpha x + sigma eps: its exact density
+        y = x.reshape(-1, 1) / alpha
+        return (mix1d.log_prob(y, sigma / alpha).exp() / alpha).reshape(x.shape)
+
+
+    vp = sdes["VP"]
+    times = torch.tensor([0.0, 0.05, 0.2, 0.5, 1.0])
+    fp = solve_fokker_planck(vp, mixture_density, (-6.0, 6.0), 600, times)
+    paths = torchsde.sdeint(vp, mix1d.sample(n_paths)[:, :1], times, method="euler", dt=1e-3)
+    fig = Figure(figsize=(12, 2.6), layout="constrained")
+    axes = fig.subplots(1, len(times), sharey=True)
+    coarse = fp.edges[::12]
+    for k, ax in enumerate(axes):
+        hist = histogram_density(paths[k], coarse)
+        ax.bar(0.5 * (coarse[1:] + coarse[:-1]), hist, width=0.2, color="0.8")
+        ax.plot(fp.centers, fp.density[k], "C0")
+        a, s = vp.alpha_sigma(1 - times[k])
+        exact = mixture_density(fp.centers, float(a), float(s))
+        l1 = float((fp.density[k] - exact).abs().sum()) * fp.width
+        ax.set(title=f"s = {times[k]:.2f}: L1 to exact {l1:.1e}", xlim=(-5, 5))
+    print("mass on the grid at each time:", [round(m, 6) for m in fp.mass().tolist()])
+    fig
+    """),
+    ("md", r"""
+    The same solver runs the **reverse-time SDE** $dx = [-f + g^2\nabla\log p_t]\,dt +
+    g\,dW_t$ (Anderson, 1982; `sde.reverse(score)`, over increasing probgen time from noise
+    to data). With the exact score of the blurred mixture, started from the prior
+    $\mathcal N(0, 1)$, its density must retrace the forward marginals backwards and end at
+    the data. `NoiseLevelScore` turns the mixture's score at a noise level,
+    $\nabla\log(p * \mathcal N(0, \sigma^2))$ (what NCSN learns), into the score of any of the
+    SDEs: $\nabla \log p_t(x) = s(x/\alpha_t, \sigma_t/\alpha_t)/\alpha_t$.
+    """),
+    ("code", r"""
+    exact_score = NoiseLevelScore(lambda y, level: mix1d.score(y, level), vp)
+    reverse = vp.reverse(exact_score)
+    t_rev = torch.tensor([0.0, 0.5, 0.8, 0.95, 0.999])
+    fp_rev = solve_fokker_planck(reverse, lambda x: torch.exp(-0.5 * x**2), (-6.0, 6.0), 600,
+                                 t_rev)
+    fig = Figure(figsize=(12, 2.6), layout="constrained")
+    axes = fig.subplots(1, len(t_rev), sharey=True)
+    for k, ax in enumerate(axes):
+        a, s = vp.alpha_sigma(t_rev[k])
+        exact = mixture_density(fp_rev.centers, float(a), float(s))
+        ax.plot(fp_rev.centers, exact, "0.6", lw=3, label="forward marginal")
+        ax.plot(fp_rev.centers, fp_rev.density[k], "C1", label="reverse SDE")
+        l1 = float((fp_rev.density[k] - exact).abs().sum()) * fp_rev.width
+        ax.set(title=f"t = {t_rev[k]:.3f}: L1 {l1:.1e}", xlim=(-5, 5))
+    axes[0].legend(fontsize=7)
+    fig
+    """),
+    ("md", r"""
+    ## 9. Samplers with an exact score
+
+    On a 2-D mixture (eight Gaussians on a ring, std 0.2) the score of every marginal is
+    known in closed form, so the samplers can be compared without a trained network:
+
+    - `reverse_sde_sample`: the reverse SDE through `torchsde.sdeint` (Euler-Maruyama, or
+      the stochastic Runge-Kutta `"srk"` of strong order 1.5, or the Stratonovich `"heun"`,
+      valid because $g$ does not depend on $x$);
+    - `predictor_corrector_sample`: the reverse-diffusion predictor plus one Langevin
+      corrector step whose size keeps the ratio of signal to noise at `snr` (Song et al.,
+      2021, Algorithms 2-3);
+    - `probability_flow_sample`: the ODE $\dot x = -f + \tfrac12 g^2 \nabla\log p_t$ with
+      the same marginals, through `ContinuousFlow` and torchdiffeq (adaptive dopri5).
+
+    Quality is the exact $W_2$ to fresh data (its value between two data sets of the same
+    size is the floor); cost is the number of score evaluations (NFE; torchsde's SRK
+    evaluates the drift ten times per step). At 2000 points $W_2$ is dominated by how many
+    points land in each of the eight modes: the floor itself moves between about 0.33 and
+    0.47 from one draw to another, so differences below 0.1 are noise. The VE runs start
+    from the prior $\mathcal N(0, 10^2 I)$, only an approximation of the true $p_0$ (the
+    ring, of radius 3, blurred by $\mathcal N(0, 10^2 I)$).
+    """),
+    ("code", r"""
+    angles = torch.arange(8) * math.pi / 4
+    ring = GaussianMixture(torch.ones(8), 3 * torch.stack([angles.cos(), angles.sin()], 1),
+                           std=0.2)
+    n2 = 500 if QUICK else 2000
+    data2 = ring.sample(n2, torch.Generator().manual_seed(0))
+    floor = wasserstein2(ring.sample(n2, torch.Generator().manual_seed(1)), data2)
+    print(f"floor (data vs data): W2 = {floor:.3f}")
+    g2 = torch.Generator().manual_seed(2)
+    runs = {}
+    for name, sde in (("VP", VPSDE()), ("VE", VESDE(0.01, 10.0))):
+        score = NoiseLevelScore(lambda y, level: ring.score(y, level), sde)
+        for label, fn in (
+            ("SDE Euler-Maruyama, 100 steps",
+             lambda: reverse_sde_sample(sde, score, n2, (2,), steps=100, generator=g2)),
+            ("SDE SRK, 100 steps",
+             lambda: reverse_sde_sample(sde, score, n2, (2,), steps=100, method="srk",
+                                        generator=g2)),
+            ("predictor-corrector, 100 steps",
+             lambda: predictor_corrector_sample(sde, score, n2, (2,), steps=100, snr=0.16,
+                                                generator=g2)),
+            ("probability flow, dopri5",
+             lambda: probability_flow_sample(sde, score, n2, (2,), generator=g2)),
+        ):
+            start = time.perf_counter()
+            out = fn()
+            seconds = time.perf_counter() - start
+            runs[(name, label)] = out.samples
+            print(f"{name}  {label:32s} NFE {out.nfe:5d}  {seconds:5.2f} s  "
+                  f"W2 {wasserstein2(out.samples, data2):.3f}")
+    fig = Figure(figsize=(12, 3), layout="constrained")
+    for ax, (key, x) in zip(fig.subplots(1, 4), list(runs.items())[4:]):
+        plot_samples(x, ax=ax, title=f"{key[0]}: {key[1]}", bounds=4.5)
+    fig
+    """),
+    ("md", r"""
+    ## 10. Exact likelihoods through the probability-flow ODE
+
+    The probability-flow field is an ordinary vector field in probgen's time, so
+    `ContinuousFlow` turns the score model into a Distribution with an exact
+    log-likelihood (`probability_flow_log_prob`, or `ScoreSDE.log_prob`). With the exact
+    score and the exact density at $t = 0$ as the base, the ODE's log-density must be the
+    mixture's blurred density at $t = 1 - \epsilon$ within solver tolerance; with the
+    default prior $\mathcal N(0, I)$ in its place the error is what that approximation costs
+    (the VP marginal at $t = 0$ still holds $\alpha_0 \approx 0.0066$ of the data).
+    Images use Hutchinson's trace (`trace="hutchinson"`) and uniform dequantization
+    (`probability_flow_bits_per_dim`), as in score_sde.
+    """),
+    ("code", r"""
+    sde = VPSDE()
+    score = NoiseLevelScore(lambda y, level: ring.score(y, level), sde)
+    pts = data2[:300].double()
+    eps = 1e-5
+    a1, s1 = sde.alpha_sigma(torch.tensor(1 - eps))
+    exact = ring.log_prob(pts / a1, s1 / a1) - 2 * math.log(float(a1))
+
+
+    class ExactStart(torch.distributions.Distribution):
+        # the true density of x_0 = alpha_0 x + sigma_0 eps (a blurred ring), event (2,)
+        arg_constraints = {}
+
+        def __init__(self) -> None:
+            super().__init__(event_shape=(2,), validate_args=False)
+            self.a, self.s = sde.alpha_sigma(torch.tensor(0.0))
+
+        def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+            return ring.log_prob(x / self.a, self.s / self.a) - 2 * torch.log(self.a)
+
+
+    for prior, label in ((ExactStart(), "exact p_0"), (None, "prior N(0, I)")):
+        lp, nfe = probability_flow_log_prob(sde, score, pts, trace="exact", eps=eps,
+                                            prior=prior, rtol=1e-7, atol=1e-7)
+        print(f"base {label:14s}: max |log p_ODE - log p_exact| = "
+              f"{(lp - exact).abs().max():.1e} nats ({nfe} NFE)")
+    """),
+    ("md", r"""
+    ## 11. Training a score SDE, and a DDPM used as a VP-SDE score
+
+    `VectorScoreSDE` is the course's conditional MLP plus an SDE; the network predicts the
+    noise, so the score is $-\text{net}(x, t)/\sigma_t$. `ContinuousScoreMatching` is
+    denoising score matching over $t$:
+    $\tfrac12 E\,\lambda(t)\|s_\theta(x_t, t) + \epsilon/\sigma_t\|^2$ with
+    $\lambda = \sigma_t^2$ (default), $g^2$ (likelihood weighting, optionally with
+    importance-sampled times) or 1. Its `sample` runs any of the samplers above, and its
+    `log_prob` is the probability-flow likelihood.
+
+    DDPM is the VP SDE discretized ($\beta_i = \beta(s_i)/N$, `VPSDE().discrete_betas(1000)`
+    is the linear schedule $10^{-4} \ldots 0.02$), and NCSN's ladder the VE SDE's
+    (`VESDE.discrete_sigmas`). So a trained DDPM's noise predictor, matched by noise level,
+    is a VP-SDE score: `NoiseLevelScore.from_diffusion(ddpm, VPSDE())` hands it to the
+    probability-flow ODE and the predictor-corrector sampler.
+    """),
+    ("code", r"""
+    torch.manual_seed(0)
+    score_sde = VectorScoreSDE(2, sde="vp", hidden_features=[128, 128, 128])
+    start = time.perf_counter()
+    fit(ContinuousScoreMatching(score_sde, score_sde.sde), ToySampler("moons"),
+        steps=budget(2500), batch_size=512, lr=2e-3, lr_schedule="cosine", ema_decay=0.999,
+        progress=False)
+    print(f"score SDE trained in {time.perf_counter() - start:.0f} s")
+    score_sde.eval()
+    moons = toy_sample("moons", n2, generator=torch.Generator().manual_seed(3))
+    samples = {}
+    with torch.no_grad():
+        for label, kw in (("PC, 200 steps", {"sampler": "pc", "steps": 200, "snr": 0.1}),
+                          ("probability flow", {"sampler": "ode"})):
+            samples[label] = score_sde.sample((n2,), **kw)
+            print(f"score SDE, {label:16s}: NFE {score_sde.last_nfe:4d}, "
+                  f"W2 {wasserstein2(samples[label], moons):.3f}")
+        nll = -score_sde.log_prob(moons[:500]).mean().item()
+    print(f"held-out NLL by the probability-flow ODE: {nll:.3f} nats "
+          f"({score_sde.last_solve.nfe} NFE)")
+
+    torch.manual_seed(0)
+    ddpm = VectorDDPM(2, num_steps=1000, schedule="linear", hidden_features=[128, 128, 128])
+    fit(DiffusionLoss(ddpm), ToySampler("moons"), steps=budget(2500), batch_size=512,
+        lr=2e-3, lr_schedule="cosine", ema_decay=0.999, progress=False)
+    ddpm.eval()
+    as_vp = NoiseLevelScore.from_diffusion(ddpm, VPSDE())
+    with torch.no_grad():
+        ode = probability_flow_sample(VPSDE(), as_vp, n2, (2,))
+        samples["DDPM as VP-SDE score, ODE"] = ode.samples
+        lp, nfe = probability_flow_log_prob(VPSDE(), as_vp, moons[:500], trace="exact")
+    print(f"DDPM as a VP-SDE score, probability flow: NFE {ode.nfe}, "
+          f"W2 {wasserstein2(ode.samples, moons):.3f}; held-out NLL {-lp.mean():.3f} nats")
+    fig = Figure(figsize=(12, 3), layout="constrained")
+    axes = fig.subplots(1, 4)
+    for ax, (label, x) in zip(axes, samples.items()):
+        plot_samples(x, ax=ax, title=label, bounds=3.0)
+    with torch.no_grad():
+        plot_density_2d(score_sde.log_prob, 3.0, RES // 2, ax=axes[3],
+                        title="score SDE density (ODE)")
+    fig
+    """),
+    ("md", r"""
+    From the command line, the presets `sde-vp-moons`, `sde-ve-8gaussians`,
+    `sde-subvp-checkerboard` (likelihood weighting), `sde-vp-digits` and `sde-vp-mnist`
+    train a score SDE; the `[sample]` table picks the sampler (`sampler = "pc" | "sde" |
+    "ode"`, `steps`, `method`, `snr`):
+    """),
+    ("code", r"""
+    from probgen.cli import main
+
+    main(["fit", "sde-ve-8gaussians", "--out", "runs/sde-ve", "--quiet",
+          "--set", f"train.steps={budget(1500)}", "--set", f"sample.steps={budget(100)}",
+          "--set", "sample.n=1000", "--set", "eval.resolution=40"])
+    """),
+    ("md", r"""
     ## Summary
 
     - `probgen.cnf.ContinuousFlow(field, base)` is a `torch.distributions.Distribution` for
@@ -290,5 +600,13 @@ CELLS: list[tuple[str, str]] = [
       adds RNODE's penalties. From the command line:
       `probgen fit cnf-moons`, `probgen fit ffjord-8gaussians`,
       `probgen fit ffjord-checkerboard` (RNODE), `probgen fit ffjord-digits` (64-D vectors).
+    - `probgen.sde` holds the VP, sub-VP and VE SDEs (torchsde objects in diffusion time;
+      `alpha_sigma`, `prior`, `reverse(score)` and `probability_flow(score)` in probgen time);
+      `probgen.fokker_planck` solves their 1-D Fokker-Planck equation on a grid;
+      `probgen.inference` trains them (`ContinuousScoreMatching`) and samples them
+      (`reverse_sde_sample`, `predictor_corrector_sample`, `probability_flow_sample`), with
+      exact likelihoods through `ContinuousFlow` (`probability_flow_log_prob`,
+      `probability_flow_bits_per_dim`); `VectorScoreSDE`/`ImageScoreSDE` are the models and
+      `NoiseLevelScore` turns DDPM and NCSN networks into SDE scores.
     """),
 ]
