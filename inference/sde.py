@@ -355,8 +355,10 @@ def reverse_sde_sample(
     levy = "space-time" if method == "srk" else "none"
     ts = torch.tensor([0.0, 1.0 - eps], dtype=y0.dtype, device=y0.device)
     t1 = float(ts[-1])  # the end time as the state's dtype rounds it
+    # dt tells the Brownian interval the query spacing (without it, its estimate from the
+    # first queries made some step counts, e.g. 100, several times slower than others).
     bm = torchsde.BrownianInterval(t0=0.0, t1=t1, size=tuple(y0.shape), dtype=y0.dtype,
-                                   device=y0.device, entropy=seed,
+                                   device=y0.device, entropy=seed, dt=t1 / steps,
                                    levy_area_approximation=levy)
     with torch.no_grad():
         y = torchsde.sdeint(rev, y0, ts, bm=bm, method=method, dt=t1 / steps)[-1]
