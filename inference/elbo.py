@@ -24,8 +24,9 @@ closed form when torch knows it, else Monte Carlo) and ``kl_weight``.
   Gaussian posterior and prior and the ``"meanfield"`` estimator (whose KL is the same
   closed form, so the gradient of a dimension under the threshold is exactly zero).
 
-Evaluation (``objective.eval()``, as the trainer's held-out pass) always reports the plain
-bound: ``beta = 1``, no annealing, no free bits.
+Evaluation (``objective.eval()`` or ``torch.no_grad()``, as in the trainer's held-out pass)
+always reports the plain bound: ``beta = 1``, no annealing, no free bits; only training
+passes advance the schedule.
 
 Why :class:`RenyiELBO` is subclassed: Pyro 1.9's ``RenyiELBO`` has ``loss`` and
 ``loss_and_grads`` (which calls ``backward`` itself) but no ``differentiable_loss``, which
@@ -50,6 +51,7 @@ from torch import Tensor, nn
 from torch.distributions import Independent, Normal, kl_divergence
 
 from probgen.inference.registry import register_objective
+from probgen.latent import importance_log_likelihood
 
 __all__ = ["ELBO", "DifferentiableRenyiELBO", "LatentScale", "ESTIMATORS"]
 
@@ -166,6 +168,10 @@ class ELBO(nn.Module):
         vectorize: draw the particles in one vectorized pass (``max_plate_nesting`` must
             then bound the plates of model and guide).
         max_plate_nesting: plates nested in model and guide (1: the batch plate).
+        eval_samples: when > 0, evaluation (``objective.eval()``) also reports
+            ``log_likelihood``, the importance-sampled :math:`\log p(x)` with this many
+            samples (:func:`probgen.latent.importance_log_likelihood`, in data space like
+            ``elbo``); e.g. 5000 for the standard test figure.
         preprocess: ``preprocess(x) -> y`` or ``(y, ladj)`` applied to each batch; a
             ``ladj`` is added to the reported ``elbo`` (the bound in data space), and for a
             preprocess of integer data with ``levels`` values (e.g.
@@ -192,6 +198,7 @@ class ELBO(nn.Module):
         free_bits: float = 0.0,
         vectorize: bool = True,
         max_plate_nesting: int = 1,
+        eval_samples: int = 0,
         preprocess: Callable[[Tensor], Any] | None = None,
     ) -> None:
         super().__init__()
@@ -207,6 +214,9 @@ class ELBO(nn.Module):
                             "max_plate_nesting": max_plate_nesting}.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}.")
+        if isinstance(eval_samples, bool) or not isinstance(eval_samples, int) \
+                or eval_samples < 0:
+            raise ValueError(f"eval_samples: expected an int >= 0, got {eval_samples!r}.")
         if isinstance(anneal_steps, bool) or not isinstance(anneal_steps, int) \
                 or anneal_steps < 0:
             raise ValueError(f"anneal_steps: expected an int >= 0, got {anneal_steps!r}.")
@@ -225,6 +235,7 @@ class ELBO(nn.Module):
         self.alpha, self.beta = float(alpha), float(beta)
         self.anneal_steps, self.free_bits = anneal_steps, float(free_bits)
         self.preprocess = preprocess
+        self.eval_samples, self.max_plate_nesting = eval_samples, max_plate_nesting
         self.levels = getattr(preprocess, "levels", None)
         vec = bool(vectorize) and num_particles > 1
         common = {"num_particles": num_particles, "vectorize_particles": vec,
@@ -239,9 +250,15 @@ class ELBO(nn.Module):
         params = inspect.signature(model.model).parameters
         self._takes_y = "y" in params
 
+    def _training_pass(self) -> bool:
+        """A training pass: training mode (objective and model) with gradients enabled.
+        Anything else (``eval()``, ``torch.no_grad()``) is an evaluation."""
+        return self.training and self.model.training and torch.is_grad_enabled()
+
     def kl_weight(self) -> float:
-        """The KL weight of the current step: ``beta * min(1, step / anneal_steps)``."""
-        if not self.training:
+        """The KL weight of the current step: ``beta * min(1, step / anneal_steps)`` on a
+        training pass, 1 in evaluation."""
+        if not self._training_pass():
             return 1.0
         if not self.anneal_steps:
             return self.beta
@@ -256,7 +273,7 @@ class ELBO(nn.Module):
                         f"{type(batch).__name__}.")
 
     def forward(self, batch: Any) -> dict[str, Tensor]:
-        """Computes the outputs for ``batch``; in training mode advances the KL schedule."""
+        """Computes the outputs for ``batch``; a training pass advances the KL schedule."""
         x, cond = self._split(batch)
         ladj: Tensor | float = 0.0
         discrete = 0.0
@@ -265,7 +282,8 @@ class ELBO(nn.Module):
             x, ladj = result if isinstance(result, tuple) else (result, 0.0)
             if isinstance(result, tuple) and self.levels:
                 discrete = math.prod(x.shape[1:]) * math.log(self.levels)
-        if self.training:
+        training = self._training_pass()
+        if training:
             self.step += 1
         weight = self.kl_weight()
         n = x.shape[0]
@@ -281,7 +299,7 @@ class ELBO(nn.Module):
             recon = sum((s["fn"].log_prob(s["value"]).sum() for s in mt.nodes.values()
                          if s["type"] == "sample" and s["is_observed"]
                          and not site_is_subsample(s)), x.new_zeros(()))
-        need_grad = self.training and self.free_bits > 0
+        need_grad = training and self.free_bits > 0
         with torch.set_grad_enabled(need_grad and torch.is_grad_enabled()):
             kl, kl_dims = _latent_kl_terms(mt, gt)
         kl = kl.to(x.device)
@@ -299,7 +317,14 @@ class ELBO(nn.Module):
             bound = (recon - kl.detach()) / (n * particles)
         elbo = bound + ladj_mean - discrete
         dims = math.prod(x.shape[1:])
-        return {
+        extra: dict[str, Tensor] = {}
+        if not training and self.eval_samples:
+            ll = importance_log_likelihood(
+                self.model.model, self.model.guide, x, **cond,
+                num_samples=self.eval_samples, chunk_size=min(100, self.eval_samples),
+                max_plate_nesting=self.max_plate_nesting).mean()
+            extra["log_likelihood"] = ll + ladj_mean - discrete
+        out = {
             "loss": loss / n,
             "elbo": elbo,
             "nll": -elbo,
@@ -308,6 +333,8 @@ class ELBO(nn.Module):
             "kl": kl.detach() / (n * particles),
             "kl_weight": torch.tensor(weight, device=x.device),
         }
+        out.update(extra)
+        return out
 
     def _particles_in(self, trace: Any, n: int) -> int:
         """How many particles the traced model holds (vectorized: all; else the last)."""
@@ -324,7 +351,8 @@ class ELBO(nn.Module):
 
 
 # ----------------------------------------------------------------- CLI registration
-_ELBO_KEYS = ("estimator", "num_particles", "beta", "anneal_steps", "free_bits")
+_ELBO_KEYS = ("estimator", "num_particles", "beta", "anneal_steps", "free_bits",
+              "eval_samples")
 
 
 @register_objective("elbo", keys=_ELBO_KEYS)
@@ -334,7 +362,7 @@ def _build_elbo(model: nn.Module, data: Any, **table: Any) -> nn.Module:
     return ELBO(model, preprocess=getattr(data, "preprocess", None), **table)
 
 
-@register_objective("iwae", keys=("num_particles", "beta", "anneal_steps"))
+@register_objective("iwae", keys=("num_particles", "beta", "anneal_steps", "eval_samples"))
 def _build_iwae(model: nn.Module, data: Any, **table: Any) -> nn.Module:
     """IWAE bound with num_particles samples (Pyro's RenyiELBO, alpha = 0)."""
     table.setdefault("num_particles", 5)
@@ -342,7 +370,7 @@ def _build_iwae(model: nn.Module, data: Any, **table: Any) -> nn.Module:
                 preprocess=getattr(data, "preprocess", None), **table)
 
 
-@register_objective("vr", keys=("alpha", "num_particles"))
+@register_objective("vr", keys=("alpha", "num_particles", "eval_samples"))
 def _build_vr(model: nn.Module, data: Any, **table: Any) -> nn.Module:
     """Renyi (VR) bound of order alpha with num_particles samples (Pyro's RenyiELBO)."""
     table.setdefault("num_particles", 5)

@@ -105,6 +105,11 @@ def test_iwae_bound_rises_with_k_toward_the_evidence():
     assert bounds == sorted(bounds), bounds
     assert bounds[-1] <= exact + 1e-3
     assert exact - bounds[-1] < 0.1 * (exact - bounds[0]), (exact, bounds)
+    # the objective's evaluation reports the same importance-sampled estimate
+    with torch.no_grad():
+        out = ELBO(vae, eval_samples=2000).eval()(x)
+    assert exact - 0.1 * (exact - bounds[0]) < float(out["log_likelihood"]) <= exact + 1e-3
+    assert float(out["log_likelihood"]) > float(out["elbo"])
 
 
 @pytest.mark.parametrize("alpha,vectorize", [(0.0, True), (0.0, False), (0.5, True)])
@@ -148,6 +153,9 @@ def test_beta_scales_only_the_kl_and_annealing_follows_its_schedule():
         assert float(out["loss"]) == pytest.approx(float(-out["recon"] + weight * out["kl"]),
                                                    rel=1e-5)
         assert float(out["elbo"]) == pytest.approx(float(out["recon"] - out["kl"]), rel=1e-5)
+    with torch.no_grad():  # a held-out pass neither weighs the KL nor advances the schedule
+        out = objective(x)
+    assert float(out["kl_weight"]) == 1.0
     objective.eval()
     assert objective.kl_weight() == 1.0
     assert int(objective.state_dict()["step"]) == 12  # resumes continue the schedule
