@@ -331,6 +331,9 @@ def _evaluate(objective: nn.Module, model: nn.Module, data: DataBundle, config: 
     """Held-out metrics: NLL (nats) and bits/dim for images; KL for reverse-KL runs."""
     table = config.get("eval", {})
     out: dict[str, float] = {}
+    # The objective too: objectives that count training passes (annealing schedules) or
+    # use dropout must see evaluation as evaluation.
+    objective.eval()
     model.eval()
     with torch.no_grad():
         batch_size = int(table.get("batch_size", 2000))
