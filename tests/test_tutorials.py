@@ -55,7 +55,8 @@ def test_the_tutorials_exist():
     assert {"00_quickstart.ipynb", "01_autoregressive.ipynb", "02_flows.ipynb",
             "09_continuous_flows.ipynb", "06_evaluation.ipynb",
             "07_score_models.ipynb", "08_diffusion.ipynb", "05_gans.ipynb",
-            "03_em_and_vae.ipynb", "04_discrete_latents.ipynb"} <= set(IDS)
+            "03_em_and_vae.ipynb", "04_discrete_latents.ipynb",
+            "10_flow_matching.ipynb"} <= set(IDS)
     assert (TUTORIALS / "README.md").is_file()
 
 
