@@ -92,6 +92,9 @@ def _exact_pairs(a: Tensor, b: Tensor, rows: Tensor, cols: Tensor,
 _U32 = 2.0 ** -24  # unit roundoff of float32
 
 
+#: A row with more than 1/_DENSE_FRACTION of its pairs undecided is redone as one float64 row.
+_DENSE_FRACTION = 16
+
 #: Below this many features the matrix product no longer dominates the cost, so the default
 #: computes in float64 directly instead of screening in float32.
 _SCREEN_MIN_FEATURES = 64
@@ -127,6 +130,8 @@ class _Screen:
         n = a.shape[1] + 2
         self.gamma = n * _U32 / (1 - n * _U32) + 16 * _U32
         # Per-row and per-column halves of the bound, rounded up when stored in float32.
+        self._b64: Tensor | None = None
+        self._b64_sq: Tensor | None = None
         self.a_tol = (2 * self.gamma * a.double().square().sum(1) * (1 + 8 * _U32)).float()
         self.b_tol = (2 * self.gamma * b.double().square().sum(1) * (1 + 8 * _U32)).float()
 
@@ -154,10 +159,24 @@ class _Screen:
         unsure = excess.abs_() <= threshold
         unsure &= ~inside
         if unsure.any():
+            # Rows with many undecided pairs (concentrated high-dimensional data) are cheaper
+            # as whole float64 rows of a matrix product than as gathered pairs.
+            dense = (unsure.sum(1) > d.shape[1] // _DENSE_FRACTION).nonzero().flatten()
+            if dense.numel():
+                r = radii if around == "cols" else radii[dense]
+                inside[dense] = self.rows64(start + dense) <= r
+                unsure[dense] = False
             rows, cols = unsure.nonzero(as_tuple=True)
             r = radii.expand(d.shape)[rows, cols]
             inside[rows, cols] = _exact_pairs(self.a, self.b, rows + start, cols) <= r
         return inside
+
+    def rows64(self, rows: Tensor) -> Tensor:
+        """Float64 squared distances from ``a[rows]`` to every ``b``."""
+        if self._b64 is None:
+            self._b64 = self.b.double()
+            self._b64_sq = (self._b64 * self._b64).sum(1)
+        return _sq_dist(self.a[rows].double(), self._b64, self._b64_sq)
 
 
 def knn_radii(x: Tensor, k: int, *, block_size: int = 1024,
@@ -206,12 +225,18 @@ def knn_radii(x: Tensor, k: int, *, block_size: int = 1024,
         need = lower <= (r32 + slack)[:, None]
         fail = need.any(1).nonzero().flatten()
         if fail.numel():
-            # Near-ties: the candidates plus every point that might be closer, exactly.
+            # Near-ties: the candidates plus every point that might be closer, exactly (a
+            # whole float64 row where many points might be).
             sub = need[fail]
-            rows_f, cols_f = sub.nonzero(as_tuple=True)
+            many = sub.sum(1) > x.shape[0] // _DENSE_FRACTION
             full = torch.full(sub.shape, float("inf"), dtype=torch.float64)
+            if many.any():
+                full[many] = screen.rows64(fail[many] + start)
+                sub[many] = False
+            rows_f, cols_f = sub.nonzero(as_tuple=True)
             full[rows_f, cols_f] = _exact_pairs(x, x, fail[rows_f] + start, cols_f)
             full.scatter_(1, idx[fail], cand[fail])
+            full[torch.arange(fail.numel()), fail + start] = -1.0  # the point itself
             radius[fail] = full.topk(k + 1, dim=1, largest=False).values[:, k]
         out.append(radius)
     return torch.cat(out)
