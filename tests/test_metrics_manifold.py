@@ -108,3 +108,28 @@ def test_default_screening_gives_float64_decisions(offset):
     if offset:
         r32 = knn_radii(x, k, block_size=64, dtype=torch.float32).double()
         assert (r32 - rx).abs().max() > 1e-3  # float32 alone is visibly off here
+
+
+@pytest.mark.parametrize("forced", [False, True])
+@pytest.mark.parametrize("offset", [0.0, 1000.0])
+def test_exact_ties_on_an_integer_lattice(forced, offset, monkeypatch):
+    # Integer coordinates make every difference-based squared distance exact in float64, so
+    # the reference is unambiguous even though ties are everywhere: many points sit exactly
+    # on a ball's boundary (inside, since the balls are closed), and the fake set repeats
+    # real points. The offset makes float32 products useless (|a|^2 ~ 1e8), so everything
+    # near a boundary goes through the fallbacks; ``forced`` takes them for every row.
+    from probgen.metrics import manifold
+
+    if forced:
+        monkeypatch.setattr(manifold, "_DENSE_FRACTION", 10**9)
+        monkeypatch.setattr(manifold, "_EXTRA_CANDIDATES", 0)
+    g = torch.Generator().manual_seed(11)
+    x = torch.randint(0, 3, (150, 96), generator=g).float() + offset
+    y = torch.cat([x[:40], torch.randint(0, 3, (90, 96), generator=g).float() + offset])
+    for k in (1, 3, 5):
+        rx, precision, recall, in_real = _brute(x, y, k)
+        assert torch.equal(knn_radii(x, k, block_size=37), rx)
+        assert precision_recall(x, y, k=k, block_size=37) == (float(precision), float(recall))
+        d, c = density_coverage(x, y, k=k, block_size=37)
+        assert d == float(in_real.sum()) / (k * y.shape[0])
+        assert c == float(in_real.any(0).double().mean())

@@ -85,15 +85,23 @@ def _exact_pairs(a: Tensor, b: Tensor, rows: Tensor, cols: Tensor,
     for s in range(0, rows.shape[0], chunk):
         diff = a[rows[s : s + chunk]].double()
         diff -= b[cols[s : s + chunk]]
-        out[s : s + chunk] = torch.linalg.vector_norm(diff, dim=1).square_()
+        out[s : s + chunk] = diff.square_().sum(1)
     return out
 
 
 _U32 = 2.0 ** -24  # unit roundoff of float32
+_U64 = 2.0 ** -53  # unit roundoff of float64
 
 
 #: A row with more than 1/_DENSE_FRACTION of its pairs undecided is redone as one float64 row.
 _DENSE_FRACTION = 16
+
+#: Rows of float64 distances built at once when redoing dense rows.
+_DENSE_CHUNK = 256
+
+#: Undecided recall pairs held back (in case a sure pair settles their column) before
+#: they are redone in float64.
+_PENDING_MAX = 1 << 21
 
 #: Below this many features the matrix product no longer dominates the cost, so the default
 #: computes in float64 directly instead of screening in float32.
@@ -102,6 +110,26 @@ _SCREEN_MIN_FEATURES = 64
 
 def _resolve(dtype: torch.dtype | None, features: int) -> torch.dtype | None:
     return torch.float64 if dtype is None and features < _SCREEN_MIN_FEATURES else dtype
+
+
+class _Points:
+    """A point set in working precision, with its squared norms and, when certifying, its
+    per-point half of the float32 rounding bound of :class:`_Screen` (computed once per set
+    and shared by every distance matrix the set takes part in)."""
+
+    def __init__(self, x: Tensor, dtype: torch.dtype | None) -> None:
+        dtype = _resolve(dtype, x.shape[1])
+        self.x = x
+        self.certify = dtype is None
+        self.w = x.to(torch.float32 if dtype is None else dtype)
+        self.sq = (self.w * self.w).sum(1)
+        self.tol = torch.empty(0)
+        if self.certify:
+            n = x.shape[1] + 2
+            gamma = n * _U32 / (1 - n * _U32) + 16 * _U32
+            sq64 = torch.cat([c.double().square_().sum(1) for c in x.split(4096)])
+            # Rounded up when stored in float32 (the factor covers rounding to nearest).
+            self.tol = (2 * gamma * sq64 * (1 + 8 * _U32)).float()
 
 
 class _Screen:
@@ -120,63 +148,119 @@ class _Screen:
     thus those of float64 arithmetic at about the cost of float32.
     """
 
-    def __init__(self, a: Tensor, b: Tensor, dtype: torch.dtype | None) -> None:
-        self.a, self.b = a, b
-        dtype = _resolve(dtype, a.shape[1])
-        self.certify = dtype is None
-        work = torch.float32 if dtype is None else dtype
-        self.a_w, self.b_w = a.to(work), b.to(work)
-        self.b_sq = (self.b_w * self.b_w).sum(1)
-        n = a.shape[1] + 2
-        self.gamma = n * _U32 / (1 - n * _U32) + 16 * _U32
-        # Per-row and per-column halves of the bound, rounded up when stored in float32.
+    def __init__(self, a: _Points, b: _Points) -> None:
+        self.a, self.b = a.x, b.x
+        self.certify = a.certify
+        self.a_w, self.b_w = a.w, b.w
+        self.b_sq = b.sq
+        self.a_tol, self.b_tol = a.tol, b.tol
         self._b64: Tensor | None = None
         self._b64_sq: Tensor | None = None
-        self.a_tol = (2 * self.gamma * a.double().square().sum(1) * (1 + 8 * _U32)).float()
-        self.b_tol = (2 * self.gamma * b.double().square().sum(1) * (1 + 8 * _U32)).float()
 
     def block(self, start: int, stop: int) -> Tensor:
         """Rows ``start:stop`` of the (working-precision) squared-distance matrix."""
         return _sq_dist(self.a_w[start:stop], self.b_w, self.b_sq)
 
-    def leq(self, d: Tensor, start: int, radii: Tensor, around: str) -> Tensor:
-        """``|a_i - b_j|^2 <= radii`` for the block ``d`` of rows from ``start``, with
-        float64 decisions; ``radii`` is ``(1, N)`` for balls ``around="cols"`` or ``(B, 1)``
-        for balls ``around="rows"``."""
+    def split(self, d: Tensor, start: int, radii: Tensor, around: str
+              ) -> tuple[Tensor, Tensor | None]:
+        """Pairs of the block ``d`` (rows from ``start``) surely inside their ball
+        ``|a_i - b_j|^2 <= radii``, and the pairs float32 rounding leaves undecided (``None``
+        when not certifying); ``radii`` is ``(1, N)`` for balls ``around="cols"`` or
+        ``(B, 1)`` for balls ``around="rows"``."""
         if not self.certify:
-            return d <= radii.to(d.dtype)
+            return d <= radii.to(d.dtype), None
         stop = start + d.shape[0]
         r32 = radii.float()
-        row, col = self.a_tol[start:stop, None], self.b_tol[None, :]
         ball = 4 * _U32 * r32 + (radii - r32.double()).abs().float()
+        # The pair's bound ``a_tol[i] + b_tol[j]`` with the block's largest ``a_tol`` (or
+        # the set's largest ``b_tol``), so that each test is one comparison with a vector.
         if around == "cols":
-            col = col + ball
+            slack = self.b_tol[None, :] + self.a_tol[start:stop].max() + ball
         else:
-            row = row + ball
-        excess = d - r32
-        threshold = row + col
-        inside = excess <= -threshold
-        unsure = excess.abs_() <= threshold
-        unsure &= ~inside
-        if unsure.any():
-            # Rows with many undecided pairs (concentrated high-dimensional data) are cheaper
-            # as whole float64 rows of a matrix product than as gathered pairs.
-            dense = (unsure.sum(1) > d.shape[1] // _DENSE_FRACTION).nonzero().flatten()
-            if dense.numel():
-                r = radii if around == "cols" else radii[dense]
-                inside[dense] = self.rows64(start + dense) <= r
-                unsure[dense] = False
+            slack = self.a_tol[start:stop, None] + self.b_tol.max() + ball
+        inside = d <= r32 - slack
+        unsure = d <= r32 + slack
+        unsure ^= inside
+        return inside, unsure
+
+    def leq(self, d: Tensor, start: int, radii: Tensor, around: str) -> Tensor:
+        """``|a_i - b_j|^2 <= radii`` for every pair of the block ``d`` (as in
+        :meth:`split`), with float64 decisions."""
+        inside, unsure = self.split(d, start, radii, around)
+        if unsure is not None and unsure.any():
             rows, cols = unsure.nonzero(as_tuple=True)
             r = radii.expand(d.shape)[rows, cols]
-            inside[rows, cols] = _exact_pairs(self.a, self.b, rows + start, cols) <= r
+            inside[rows, cols] = self.exact_leq(rows + start, cols, r)
         return inside
 
-    def rows64(self, rows: Tensor) -> Tensor:
-        """Float64 squared distances from ``a[rows]`` to every ``b``."""
+    def rows_any(self, d: Tensor, start: int, radii: Tensor, around: str) -> Tensor:
+        """Whether each row of the block ``d`` has some pair inside its ball (as in
+        :meth:`split`); undecided pairs are redone in float64 only for rows that no sure
+        pair has settled."""
+        inside, unsure = self.split(d, start, radii, around)
+        hit = inside.any(1)
+        if unsure is None:
+            return hit
+        open_rows = (unsure.any(1) & ~hit).nonzero().flatten()
+        if open_rows.numel():
+            sub, cols = unsure[open_rows].nonzero(as_tuple=True)
+            rows = open_rows[sub]
+            r = radii.expand(d.shape)[rows, cols]
+            hit[rows[self.exact_leq(rows + start, cols, r)]] = True
+        return hit
+
+    def exact_leq(self, rows: Tensor, cols: Tensor, radii: Tensor) -> Tensor:
+        """Decisions ``|a_rows - b_cols|^2 <= radii`` of float64 differences, pair by pair."""
+        out = torch.empty(rows.shape[0], dtype=torch.bool)
+        if rows.numel() == 0:
+            return out
+        # Rows with many undecided pairs (concentrated high-dimensional data) are cheaper
+        # screened again as float64 rows of a matrix product, whose own rounding bound
+        # leaves only true near-ties to the pair-by-pair differences.
+        counts = torch.bincount(rows, minlength=self.a.shape[0])
+        dense_rows = (counts > self.b.shape[0] // _DENSE_FRACTION).nonzero().flatten()
+        exact = torch.ones(rows.shape[0], dtype=torch.bool)
+        if dense_rows.numel():
+            slot = torch.full((self.a.shape[0],), -1, dtype=torch.long)
+            slot[dense_rows] = torch.arange(dense_rows.numel())
+            pair_slot = slot[rows]
+            for s in range(0, dense_rows.numel(), _DENSE_CHUNK):
+                full, tol = self.rows64(dense_rows[s : s + _DENSE_CHUNK])
+                sel = ((pair_slot >= s) & (pair_slot < s + _DENSE_CHUNK)).nonzero().flatten()
+                i, j = pair_slot[sel] - s, cols[sel]
+                excess = full[i, j] - radii[sel]
+                out[sel] = excess <= 0
+                exact[sel] = excess.abs() <= tol[i, j]
+        pick = exact.nonzero().flatten()
+        if pick.numel():
+            out[pick] = _exact_pairs(self.a, self.b, rows[pick], cols[pick]) <= radii[pick]
+        return out
+
+    def rows64(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Float64 squared distances from ``a[rows]`` to every ``b`` by a matrix product,
+        and a bound on their difference from :func:`_exact_pairs`' values.
+
+        Both sets are shifted by ``b``'s mean first: distances do not change, and the
+        products' rounding (which scales with the squared norms) shrinks for data far from
+        the origin. The bound is the dot-product bound of :class:`_Screen` in float64 plus
+        the rounding of the shift and of the exact pairs' own sums, with a factor 2 to spare.
+        """
         if self._b64 is None:
-            self._b64 = self.b.double()
-            self._b64_sq = (self._b64 * self._b64).sum(1)
-        return _sq_dist(self.a[rows].double(), self._b64, self._b64_sq)
+            b64 = self.b.double()
+            self._shift = b64.mean(0)
+            b64 -= self._shift
+            self._b64, self._b64_sq = b64, (b64 * b64).sum(1)
+        a = self.a[rows].double() - self._shift
+        a_sq = (a * a).sum(1)
+        n = self.a.shape[1] + 2
+        gamma = n * _U64 / (1 - n * _U64)
+        scale = 2 * (2 * gamma + 8 * _U64) * (1 + 16 * _U64)
+        tol = scale * (a_sq[:, None] + self._b64_sq[None, :])
+        # Distances from the pairs' own float64 sums are off by up to gamma_D of their
+        # value, so the comparison allows for that as well.
+        d = _sq_dist(a, self._b64, self._b64_sq)
+        tol += 2 * gamma * d
+        return d, tol
 
 
 def knn_radii(x: Tensor, k: int, *, block_size: int = 1024,
@@ -196,50 +280,99 @@ def knn_radii(x: Tensor, k: int, *, block_size: int = 1024,
         Tensor: ``(N,)`` squared radii (float64 unless ``dtype`` is float32).
     """
     x = x.detach().cpu()
-    dtype = _resolve(dtype, x.shape[1])
-    screen = _Screen(x, x, dtype)
-    extra = 0 if dtype is not None else 2  # float32 candidates beyond the k + 1 needed
-    m = min(k + 1 + extra, x.shape[0])
-    out = []
-    for start in range(0, x.shape[0], block_size):
-        d = screen.block(start, start + block_size)
-        rows = torch.arange(d.shape[0])
-        d[rows, rows + start] = -1.0  # the point itself is the 0-th neighbour, drop it below
-        values, idx = d.topk(m, dim=1, largest=False)
-        if dtype is not None:
-            out.append(values[:, k])
-            continue
-        # The k-th neighbour among the m float32 candidates, from float64 differences.
-        own = rows[:, None] + start
-        cand = _exact_pairs(x, x, own.expand_as(idx).reshape(-1), idx.reshape(-1))
-        cand = cand.view(idx.shape).masked_fill(idx == own, -1.0)
-        radius = cand.sort(dim=1).values[:, k]
-        # Certified when no other point can be closer: a true distance is at least the
-        # float32 one minus its rounding bound. Rows where some point fails that test get
-        # its distance from float64 differences too (near-ties only, so rare).
-        lower = d - screen.b_tol[None, :]
-        lower.scatter_(1, idx, float("inf"))
-        r32 = radius.float()
-        slack = screen.a_tol[start : start + d.shape[0]] + 4 * _U32 * r32 + (
-            radius - r32.double()).abs().float()
-        need = lower <= (r32 + slack)[:, None]
-        fail = need.any(1).nonzero().flatten()
-        if fail.numel():
-            # Near-ties: the candidates plus every point that might be closer, exactly (a
-            # whole float64 row where many points might be).
-            sub = need[fail]
-            many = sub.sum(1) > x.shape[0] // _DENSE_FRACTION
-            full = torch.full(sub.shape, float("inf"), dtype=torch.float64)
-            if many.any():
-                full[many] = screen.rows64(fail[many] + start)
-                sub[many] = False
-            rows_f, cols_f = sub.nonzero(as_tuple=True)
-            full[rows_f, cols_f] = _exact_pairs(x, x, fail[rows_f] + start, cols_f)
-            full.scatter_(1, idx[fail], cand[fail])
-            full[torch.arange(fail.numel()), fail + start] = -1.0  # the point itself
-            radius[fail] = full.topk(k + 1, dim=1, largest=False).values[:, k]
-        out.append(radius)
-    return torch.cat(out)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < x.shape[0]:
+        raise ValueError(f"k: expected an int in [1, {x.shape[0] - 1}], got {k!r}.")
+    return _knn_radii(_Points(x, dtype), k, block_size)
+
+
+#: Float32 candidates kept per point beyond the k needed: the next one's distance must
+#: clear the k-th radius by the rounding bound, which a margin of 5 did on every point of
+#: the 2048-d random and MNIST-feature benchmark sets.
+_EXTRA_CANDIDATES = 5
+
+
+def _merge(vals: Tensor, idx: Tensor, new_vals: Tensor, new_idx: Tensor, floor: Tensor,
+           keep: int) -> None:
+    """Fold a block's smallest values per row into the running ``keep`` smallest (in place);
+    the smallest value left out lowers ``floor``, so every point off the list of a row is at
+    least ``floor`` away (the block's points beyond those passed are no closer than the
+    largest passed, which is in the union)."""
+    v, j = torch.cat([vals, new_vals], 1).topk(keep + 1, dim=1, largest=False)
+    torch.minimum(floor, v[:, keep], out=floor)
+    idx.copy_(torch.cat([idx, new_idx], 1).gather(1, j[:, :keep]))
+    vals.copy_(v[:, :keep])
+
+
+def _knn_radii(points: _Points, k: int, block_size: int) -> Tensor:
+    """k-th neighbour radii through the upper triangle of the distance matrix.
+
+    The matrix is symmetric, so each block pair ``(i <= j)`` is built once and serves the
+    rows of block ``i`` and (transposed) those of block ``j``: half the matrix products of
+    building full rows. Every point keeps a running list of its smallest distances and the
+    smallest distance that fell off it (``floor``).
+    """
+    x, n = points.x, points.x.shape[0]
+    keep = min(k + (_EXTRA_CANDIDATES if points.certify else 0), n - 1)
+    work = points.w.dtype
+    vals = torch.full((n, keep), float("inf"), dtype=work)
+    idx = torch.zeros((n, keep), dtype=torch.long)
+    floor = torch.full((n,), float("inf"), dtype=work)
+    starts = list(range(0, n, block_size))
+    for i in starts:
+        rows_i = slice(i, min(i + block_size, n))
+        a_i = points.w[rows_i]
+        for j in starts:
+            if j < i:
+                continue
+            rows_j = slice(j, min(j + block_size, n))
+            d = _sq_dist(a_i, points.w[rows_j], points.sq[rows_j])
+            if i == j:
+                d.fill_diagonal_(float("inf"))  # a point is not its own neighbour
+            v, c = d.topk(min(keep + 1, d.shape[1]), dim=1, largest=False)
+            _merge(vals[rows_i], idx[rows_i], v, c + j, floor[rows_i], keep)
+            if i != j:
+                v, c = d.topk(min(keep + 1, d.shape[0]), dim=0, largest=False)
+                _merge(vals[rows_j], idx[rows_j], v.T, c.T + i, floor[rows_j], keep)
+    if not points.certify:
+        return vals[:, k - 1] if work == torch.float32 else vals[:, k - 1].double()
+    # The k-th neighbour among the float32 candidates, from float64 differences of only
+    # those candidates whose rounding interval reaches the k-th one's: ``below`` are surely
+    # closer, the rest surely farther.
+    v64 = vals.double()
+    tol = (points.tol[:, None] + points.tol[idx]).double() * (1 + 1e-6) + 4 * _U32 * v64
+    lower, upper = v64 - tol, v64 + tol
+    below = upper < lower.kthvalue(k, dim=1, keepdim=True).values
+    near = ~below & (lower <= upper.kthvalue(k, dim=1, keepdim=True).values)
+    i, j = near.nonzero(as_tuple=True)
+    cand = torch.full(idx.shape, float("inf"), dtype=torch.float64)
+    cand[i, j] = _exact_pairs(x, x, i, idx[i, j])
+    rank = k - 1 - below.sum(1)
+    radius = cand.sort(dim=1).values.gather(1, rank[:, None]).squeeze(1)
+    # Certified when no other point can be closer: every point off the candidate list has
+    # a float32 distance of at least ``floor``, so a true distance of at least ``floor``
+    # minus the largest rounding bound. Points where that fails (near-ties, rare) get
+    # their whole float64 row.
+    r32 = radius.float()
+    slack = points.tol + points.tol.max() + 4 * _U32 * r32 + (radius - r32.double()).abs(
+        ).float()
+    fail = (floor <= r32 + slack).nonzero().flatten()
+    if fail.numel():
+        screen = _Screen(points, points)
+        for s in range(0, fail.numel(), _DENSE_CHUNK):
+            rows = fail[s : s + _DENSE_CHUNK]
+            here = torch.arange(rows.numel())
+            full, tol = screen.rows64(rows)
+            full[here, rows] = float("inf")
+            # Every point whose distance could be among the k smallest, redone exactly:
+            # at least k points are within the k-th smallest upper bound.
+            upper = (full + tol).topk(k, dim=1, largest=False).values[:, k - 1]
+            maybe = full - tol <= upper[:, None]
+            maybe[here, rows] = False
+            i, j = maybe.nonzero(as_tuple=True)
+            exact = torch.full(full.shape, float("inf"), dtype=torch.float64)
+            exact[i, j] = _exact_pairs(x, x, rows[i], j)
+            radius[rows] = exact.topk(k, dim=1, largest=False).values[:, k - 1]
+    return radius
 
 
 def _inside_counts(screen: _Screen, radii: Tensor, block_size: int) -> Tensor:
@@ -282,20 +415,46 @@ def precision_recall(
         PrecisionRecall(precision=1.0, recall=1.0)
     """
     x, y = _check(real, fake, k, block_size, dtype)
-    rx = knn_radii(x, k, block_size=block_size, dtype=dtype)
-    ry = knn_radii(y, k, block_size=block_size, dtype=dtype)
+    px, py = _Points(x, dtype), _Points(y, dtype)
+    rx = _knn_radii(px, k, block_size)
+    ry = _knn_radii(py, k, block_size)
     # One pass over the fake-to-real distances serves both: rows give precision (is the
     # fake sample in some real ball?), columns give recall (is the real sample in some
     # fake ball?).
-    screen = _Screen(y, x, dtype)
+    # Only "is there some ball" matters, so a float32 comparison that rounding could get
+    # wrong is redone in float64 only while no sure one has settled its point; for recall
+    # such pairs are held back until every block has had its say.
+    screen = _Screen(py, px)
     in_real = torch.zeros(y.shape[0], dtype=torch.bool)
     in_fake = torch.zeros(x.shape[0], dtype=torch.bool)
+    held: list[tuple[Tensor, Tensor]] = []
+    size = 0
     for start in range(0, y.shape[0], block_size):
         d = screen.block(start, start + block_size)
         stop = start + d.shape[0]
-        in_real[start:stop] = screen.leq(d, start, rx[None, :], "cols").any(1)
-        in_fake |= screen.leq(d, start, ry[start:stop, None], "rows").any(0)
+        in_real[start:stop] = screen.rows_any(d, start, rx[None, :], "cols")
+        inside, unsure = screen.split(d, start, ry[start:stop, None], "rows")
+        in_fake |= inside.any(0)
+        if unsure is not None:
+            unsure &= ~in_fake[None, :]
+            rows, cols = unsure.nonzero(as_tuple=True)
+            held.append((rows + start, cols))
+            size += rows.numel()
+            if size > _PENDING_MAX or stop == y.shape[0]:
+                _settle(screen, held, ry, in_fake)
+                held, size = [], 0
     return PrecisionRecall(float(in_real.double().mean()), float(in_fake.double().mean()))
+
+
+def _settle(screen: _Screen, held: list[tuple[Tensor, Tensor]], radii: Tensor,
+            hit: Tensor) -> None:
+    """Mark ``hit[col]`` for held-back pairs ``(row, col)`` inside the ball of their row
+    (float64 decisions), skipping columns that are already hit."""
+    rows = torch.cat([r for r, _ in held])
+    cols = torch.cat([c for _, c in held])
+    keep = (~hit[cols]).nonzero().flatten()
+    rows, cols = rows[keep], cols[keep]
+    hit[cols[screen.exact_leq(rows, cols, radii[rows])]] = True
 
 
 def density_coverage(
@@ -321,14 +480,15 @@ def density_coverage(
         real balls holding them; ``coverage`` = share of real balls holding a fake sample.
     """
     x, y = _check(real, fake, k, block_size, dtype)
-    rx = knn_radii(x, k, block_size=block_size, dtype=dtype)
-    density = _inside_counts(_Screen(y, x, dtype), rx, block_size).double().sum() / (
+    px, py = _Points(x, dtype), _Points(y, dtype)
+    rx = _knn_radii(px, k, block_size)
+    density = _inside_counts(_Screen(py, px), rx, block_size).double().sum() / (
         k * y.shape[0])
     # A real ball is covered when some fake sample lies inside it.
-    screen = _Screen(x, y, dtype)
+    screen = _Screen(px, py)
     covered = torch.cat([
-        screen.leq(screen.block(s, s + block_size), s, rx[s : s + block_size, None],
-                   "rows").any(1)
+        screen.rows_any(screen.block(s, s + block_size), s, rx[s : s + block_size, None],
+                        "rows")
         for s in range(0, x.shape[0], block_size)
     ])
     return DensityCoverage(float(density), float(covered.double().mean()))
