@@ -20,6 +20,9 @@ and Gaussian-kernel MMD^2 (median bandwidth x {0.5, 1, 2}) of 2000 samples again
 held-out data points; the row ``data`` gives both between two independent data samples
 (the floor at this sample size).
 
+With several ``--seeds`` the report gives each run's mean W2 over seeds and the
+paired difference between probgen's best run and the best peer run.
+
 Budget: ``--steps`` optimizer steps per run, or ``--minutes`` of wall-clock per data set
 (all five runs together), whichever ends first.
 """
@@ -115,11 +118,11 @@ def build_runs(net: Net) -> dict[str, dict]:
     return runs
 
 
-def train(runs: dict[str, dict], dataset: str, args: argparse.Namespace) -> int:
+def train(runs: dict[str, dict], dataset: str, args: argparse.Namespace, seed: int) -> int:
     """Interleaved Adam steps on shared batches until ``--steps`` or ``--minutes``."""
     from probgen.data import toy_sample
 
-    g = torch.Generator().manual_seed(args.seed + 1)
+    g = torch.Generator().manual_seed(seed + 1)
     for r in runs.values():
         r["opt"] = torch.optim.Adam(r["module"].parameters(), lr=args.lr)
         r["times"] = []
@@ -174,17 +177,19 @@ def evaluate(x: Tensor, data: Tensor) -> dict[str, float]:
     return {"w2": wasserstein2(x, data), "mmd2": mmd2(x, data)}
 
 
-def run_dataset(dataset: str, args: argparse.Namespace) -> dict:
+def run_dataset(dataset: str, args: argparse.Namespace, seed: int) -> dict:
     from probgen.data import toy_sample
 
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     net = Net(width=args.width, depth=args.depth)
     runs = build_runs(net)
-    steps = train(runs, dataset, args)
-    data = toy_sample(dataset, args.samples, generator=torch.Generator().manual_seed(10_000))
-    other = toy_sample(dataset, args.samples, generator=torch.Generator().manual_seed(20_000))
-    x0 = torch.randn(args.samples, 2, generator=torch.Generator().manual_seed(30_000))
-    out = {"dataset": dataset, "steps": steps, "runs": {}, "data": evaluate(other, data)}
+    steps = train(runs, dataset, args, seed)
+    gens = [torch.Generator().manual_seed(base + seed) for base in (10_000, 20_000, 30_000)]
+    data = toy_sample(dataset, args.samples, generator=gens[0])
+    other = toy_sample(dataset, args.samples, generator=gens[1])
+    x0 = torch.randn(args.samples, 2, generator=gens[2])
+    out = {"dataset": dataset, "seed": seed, "steps": steps, "runs": {},
+           "data": evaluate(other, data)}
     for name, r in runs.items():
         x, nfe = sample(name, r["module"], x0, "dopri5")
         xe, _ = sample(name, r["module"], x0, "euler")
@@ -192,7 +197,8 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> dict:
             **evaluate(x, data), "nfe": nfe, "w2_euler10": evaluate(xe, data)["w2"],
             "ms_per_step": 1e3 * statistics.median(r["times"][min(20, len(r["times"]) - 1):]),
         }
-        print(f"[fm_2d] {dataset} {name}: {json.dumps(out['runs'][name])}", flush=True)
+        print(f"[fm_2d] {dataset} seed {seed} {name}: {json.dumps(out['runs'][name])}",
+              flush=True)
     return out
 
 
@@ -234,6 +240,61 @@ def report(results: list[dict], args: argparse.Namespace, elapsed: float) -> str
     return "\n".join(lines)
 
 
+def report_seeds(results: list[dict], args: argparse.Namespace, elapsed: float) -> str:
+    """Means over seeds, and the paired (same seed: same initial weights, batches and
+    evaluation sets) difference between probgen's best run and the best peer run."""
+    lines = report(results, args, elapsed).split("\n")[:7]
+    lines[0] = ("## Flow matching on 2-D data: probgen vs torchcfm vs flow_matching (fm_2d, "
+                f"{len(args.seeds)} seeds)")
+    lines += [f"Seeds {', '.join(map(str, args.seeds))}: each seed draws its own initial "
+              "weights (shared by the five runs), batches and evaluation sets. 'best' is "
+              "the run of lowest mean W2 within probgen and among the peers; the paired "
+              "difference is taken seed by seed (same weights, batches and evaluation sets).",
+              ""]
+    for dataset in args.datasets:
+        res = [r for r in results if r["dataset"] == dataset]
+        names = list(res[0]["runs"])
+        w2 = {n: [r["runs"][n]["w2"] for r in res] for n in names}
+        w2["data vs data"] = [r["data"]["w2"] for r in res]
+        rows = []
+        for n, v in w2.items():
+            sd = statistics.stdev(v) if len(v) > 1 else 0.0
+            per = res[0]["runs"].get(n)
+            rows.append([
+                n, f"{statistics.mean(v):.4f} +- {sd:.4f}", " ".join(f"{x:.3f}" for x in v),
+                f"{statistics.mean([r['runs'][n]['mmd2'] for r in res]):.5f}" if per else
+                f"{statistics.mean([r['data']['mmd2'] for r in res]):.5f}",
+                f"{statistics.mean([r['runs'][n]['w2_euler10'] for r in res]):.4f}" if per
+                else "",
+                f"{statistics.mean([r['runs'][n]['nfe'] for r in res]):.1f}" if per else "",
+                f"{statistics.median([r['runs'][n]['ms_per_step'] for r in res]):.2f}" if per
+                else ""])
+        mean = {n: statistics.mean(w2[n]) for n in names}
+        pg = min((n for n in names if n.startswith("probgen")), key=mean.get)
+        peer = min((n for n in names if not n.startswith("probgen")), key=mean.get)
+        diff = [a - b for a, b in zip(w2[pg], w2[peer], strict=True)]
+        se = statistics.stdev(diff) / math.sqrt(len(diff))
+        verdict = ("no worse" if statistics.mean(diff) <= 0 else
+                   "worse, within 2 standard errors" if statistics.mean(diff) <= 2 * se
+                   else "worse")
+        steps = ", ".join(str(r["steps"]) for r in res)
+        lines += [f"**{dataset}** (steps per run by seed: {steps})", "",
+                  markdown_table(["run", "W2 mean +- sd", "W2 by seed", "MMD^2 mean",
+                                  "W2 euler10 mean", "NFE dopri5 mean", "ms/step median"],
+                                 rows), "",
+                  f"Best probgen ({pg}) mean W2 {mean[pg]:.4f} vs best peer ({peer}) "
+                  f"{mean[peer]:.4f}: paired difference {statistics.mean(diff):+.4f} "
+                  f"+- {se:.4f} (standard error): {verdict}. Mean NFE with exact-OT vs "
+                  "independent: probgen "
+                  f"{statistics.mean([r['runs']['probgen-ot']['nfe'] for r in res]):.1f} vs "
+                  f"{statistics.mean([r['runs']['probgen-indep']['nfe'] for r in res]):.1f}, "
+                  "torchcfm "
+                  f"{statistics.mean([r['runs']['torchcfm-ot']['nfe'] for r in res]):.1f} vs "
+                  f"{statistics.mean([r['runs']['torchcfm-indep']['nfe'] for r in res]):.1f}.",
+                  ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
@@ -245,14 +306,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--samples", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="seeds (initial weights, batches, evaluation sets); with more "
+                             "than one the report gives means and paired differences")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--write", action="store_true", help="write the RESULTS.md section")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     start = time.perf_counter()
-    results = [run_dataset(d, args) for d in args.datasets]
-    body = report(results, args, time.perf_counter() - start)
+    results = [run_dataset(d, args, seed) for d in args.datasets for seed in args.seeds]
+    if len(args.seeds) > 1:
+        body = report_seeds(results, args, time.perf_counter() - start)
+    else:
+        body = report(results, args, time.perf_counter() - start)
     print(body)
     if args.write:
         print(f"[fm_2d] wrote {write_section('fm_2d', body)}")
