@@ -15,9 +15,12 @@ neighbour within its own set.
   is the share of real balls that contain at least one generated sample.
 
 Distances are screened in float32 and every comparison that float32 rounding could get
-wrong is redone in float64 (so results are float64 results at about float32 cost; plain
-float64 or float32 on request), a block of rows at a time, so ``N x M`` matrices never sit
-in memory whole. torch has no such estimators (scikit-learn's
+wrong is redone from float64 differences of the two points (so the decisions are those of
+exact float64 distances, at about float32 cost; plain float64 or float32 on request), a
+block of rows at a time, so ``N x M`` matrices never sit in memory whole. The k-NN radii
+use each block of the symmetric within-set matrix for both of its row sets (half the
+products), and "is there some ball" questions redo only the comparisons that no sure one
+has already settled. torch has no such estimators (scikit-learn's
 neighbours would hold the ``N x M`` distances or a tree that is slow in 128+ dimensions),
 hence this module.
 """
