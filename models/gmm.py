@@ -27,6 +27,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
+from probgen.data.toy import flower_parameters
 from probgen.nn import MLP
 from probgen.utils import check_tensor
 
@@ -130,42 +131,40 @@ class GaussianMixtureModel(PyroModule):
 
     @torch.no_grad()
     def initialize(self, x: Tensor, generator: torch.Generator | None = None,
-                   kmeans_iterations: int = 20) -> None:
-        """Data-based start, as scikit-learn's ``init_params="kmeans"``: k-means++ seeding
-        (each next centre drawn with probability proportional to the squared distance to the
-        nearest chosen one), ``kmeans_iterations`` Lloyd iterations, then each cluster's
-        share, mean and covariance (the data covariance for clusters of fewer than D + 1
-        points).
+                   kmeans_iterations: int = 100, kmeans_restarts: int = 10) -> None:
+        """Data-based start, as scikit-learn's ``GaussianMixture(init_params="kmeans")``:
+        scikit-learn's k-means (k-means++ seeding, at most ``kmeans_iterations`` Lloyd
+        iterations; 0: the seeds alone), the best of ``kmeans_restarts`` runs by inertia,
+        then each cluster's share, mean and covariance (the data covariance for clusters of
+        fewer than D + 1 points).
+
+        One k-means run often settles with two centres in one elongated cluster (two of
+        the flower's petals then share a Gaussian); restarts make that unlikely, and EM
+        cannot undo it later.
 
         References:
             k-means++: the advantages of careful seeding (Arthur & Vassilvitskii, 2007),
             https://dl.acm.org/doi/10.5555/1283383.1283494
         """
+        from sklearn.cluster import KMeans, kmeans_plusplus
+
         x = self._check(x)
         if x.shape[0] < self.components:
             raise ValueError(f"x: need at least {self.components} points to initialize, "
                              f"got {x.shape[0]}.")
+        for value, name, least in ((kmeans_iterations, "kmeans_iterations", 0),
+                                   (kmeans_restarts, "kmeans_restarts", 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name}: expected an int >= {least}, got {value!r}.")
         data = x.double()
-        chosen = [int(torch.randint(data.shape[0], (1,), generator=generator))]
-        nearest = ((data - data[chosen[0]]) ** 2).sum(-1)
-        for _ in range(1, self.components):
-            if float(nearest.sum()) > 0:
-                i = int(torch.multinomial(nearest / nearest.sum(), 1, generator=generator))
-            else:
-                i = int(torch.randint(data.shape[0], (1,), generator=generator))
-            chosen.append(i)
-            nearest = torch.minimum(nearest, ((data - data[i]) ** 2).sum(-1))
-        centres = data[chosen].clone()
-        for _ in range(kmeans_iterations):
-            assign = torch.cdist(data, centres).argmin(-1)
-            moved = centres.clone()
-            for k in range(self.components):
-                members = data[assign == k]
-                if len(members):
-                    moved[k] = members.mean(0)
-            if torch.equal(moved, centres):
-                break
-            centres = moved
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        if kmeans_iterations == 0:  # the k-means++ seeds alone
+            centres, _ = kmeans_plusplus(data.cpu().numpy(), self.components, random_state=seed)
+        else:
+            centres = KMeans(self.components, init="k-means++", n_init=kmeans_restarts,
+                             max_iter=kmeans_iterations, random_state=seed
+                             ).fit(data.cpu().numpy()).cluster_centers_
+        centres = torch.as_tensor(centres, dtype=data.dtype, device=data.device)
         assign = torch.cdist(data, centres).argmin(-1)
         eye = torch.eye(self.features, dtype=data.dtype)
         overall = torch.cov(data.T).reshape(self.features, self.features)
@@ -288,22 +287,17 @@ class GaussianMixtureModel(PyroModule):
 def flower_mixture(dtype: torch.dtype = torch.float32) -> GaussianMixtureModel:
     r"""The course's 8-component "flower" mixture in 2-D: equal weights, one component
     :math:`N(0, I)` at the centre and 7 petals at radius 6, angles :math:`2\pi k / 7`, each
-    with variance 3 along its radius and 1 across it.
+    with variance 3 along its radius and 1 across it (``toy_sample("flower", n)`` draws
+    from it).
 
     Example:
         >>> gmm = flower_mixture()
         >>> gmm.sample((4,)).shape, round(gmm.weights[0].item(), 3)
         (torch.Size([4, 2]), 0.125)
     """
-    angles = torch.arange(7, dtype=torch.float64) * (2 * math.pi / 7)
-    radial = torch.stack([angles.cos(), angles.sin()], -1)
-    across = torch.stack([-angles.sin(), angles.cos()], -1)
-    rot = torch.stack([radial, across], 1)  # rows: the radial and the perpendicular axis
-    petals = rot.transpose(1, 2) @ torch.diag(torch.tensor([3.0, 1.0], dtype=torch.float64)) @ rot
-    cov = torch.cat([torch.eye(2, dtype=torch.float64)[None], petals])
-    loc = torch.cat([torch.zeros(1, 2, dtype=torch.float64), 6.0 * radial])
+    weights, loc, cov = flower_parameters()
     gmm = GaussianMixtureModel(2, 8).to(dtype)
-    gmm.set_parameters(torch.full((8,), 1 / 8, dtype=dtype), loc.to(dtype), cov.to(dtype))
+    gmm.set_parameters(weights.to(dtype), loc.to(dtype), cov.to(dtype))
     return gmm
 
 

@@ -36,11 +36,36 @@ def test_toy_shape_dtype_determinism(name):
     x = toy_sample(name, 1001, generator=torch.Generator().manual_seed(3))
     assert x.shape == (1001, 1 if name == "mixture1d" else 2) and x.dtype == torch.float32
     assert torch.isfinite(x).all()
-    assert x.abs().max() < 10
+    assert x.abs().max() < (16 if name == "flower" else 10)  # petals: radius 6, std sqrt(3)
     again = toy_sample(name, 1001, generator=torch.Generator().manual_seed(3))
     assert torch.equal(x, again)
     other = toy_sample(name, 1001, generator=torch.Generator().manual_seed(4))
     assert not torch.allclose(x, other)
+
+
+def test_flower_moments_and_mixture():
+    # Mean 0; covariance (1/8) I + (7/8)(2 I + 36 I / 2) = 17.625 I (the petals' radial and
+    # across variances 3 and 1 average to 2 I over 7 equally spaced angles, their centres'
+    # outer products 36 u u^T to 18 I).
+    x = toy_sample("flower", 200_000, generator=torch.Generator().manual_seed(0)).double()
+    assert x.mean(0).abs().max() < 0.05
+    torch.testing.assert_close(x.T.cov(), 17.625 * torch.eye(2, dtype=torch.float64),
+                               atol=0.25, rtol=0)
+    # Mass of the unit disk: the centre's (1 - e^-1/2) / 8 plus each petal's, integrated
+    # numerically from its Gaussian density (about 1e-3 each, the disk being 6 away).
+    from scipy import integrate
+    from scipy.stats import multivariate_normal
+
+    from probgen.data.toy import flower_parameters
+
+    _, loc, cov = (t.numpy() for t in flower_parameters())
+    petal = multivariate_normal(loc[1], cov[1])
+    in_petal, _ = integrate.dblquad(
+        lambda th, r: r * petal.pdf([r * math.cos(th), r * math.sin(th)]), 0, 1, 0,
+        2 * math.pi, epsabs=1e-10)
+    expected = (1 - math.exp(-0.5)) / 8 + 7 / 8 * in_petal
+    inner = float((x.norm(dim=1) < 1).double().mean())
+    assert inner == pytest.approx(expected, abs=4 * math.sqrt(expected / 200_000))
 
 
 def test_mixture1d_moments():

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["TOY_NAMES", "toy_sample", "ToySampler"]
+__all__ = ["TOY_NAMES", "toy_sample", "ToySampler", "flower_parameters"]
 
 #: The names :func:`toy_sample` accepts, in a fixed order.
 TOY_NAMES: tuple[str, ...] = (
@@ -20,6 +20,7 @@ TOY_NAMES: tuple[str, ...] = (
     "2spirals",
     "swissroll",
     "mixture1d",
+    "flower",
 )
 
 
@@ -118,6 +119,29 @@ def _mixture1d(n: int, g: torch.Generator | None) -> Tensor:
     return torch.where(k == 0, -1.0 + 0.5 * eps, 1.5 + 0.7 * eps).unsqueeze(1)
 
 
+def flower_parameters(dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Weights ``(8,)``, means ``(8, 2)`` and covariances ``(8, 2, 2)`` of the course's
+    "flower": equal weights, :math:`N(0, I)` at the centre and 7 petals at radius 6, angles
+    :math:`2\pi k / 7`, each with variance 3 along its radius and 1 across it."""
+    angles = torch.arange(7, dtype=torch.float64) * (2 * math.pi / 7)
+    radial = torch.stack([angles.cos(), angles.sin()], -1)
+    across = torch.stack([-angles.sin(), angles.cos()], -1)
+    rot = torch.stack([radial, across], 1)  # rows: the radial and the perpendicular axis
+    scale = torch.diag(torch.tensor([3.0, 1.0], dtype=torch.float64))
+    petals = rot.transpose(1, 2) @ scale @ rot
+    cov = torch.cat([torch.eye(2, dtype=torch.float64)[None], petals])
+    loc = torch.cat([torch.zeros(1, 2, dtype=torch.float64), 6.0 * radial])
+    weights = torch.full((8,), 1 / 8, dtype=torch.float64)
+    return weights.to(dtype), loc.to(dtype), cov.to(dtype)
+
+
+def _flower(n: int, g: torch.Generator | None) -> Tensor:
+    _, loc, cov = flower_parameters()
+    k = torch.randint(0, 8, (n,), generator=g)
+    z = _randn(n, 2, g=g).double()
+    return (loc[k] + (torch.linalg.cholesky(cov)[k] @ z[:, :, None])[..., 0]).float()
+
+
 _SAMPLERS: dict[str, Callable[[int, torch.Generator | None], Tensor]] = {
     "moons": _moons,
     "circles": _circles,
@@ -127,6 +151,7 @@ _SAMPLERS: dict[str, Callable[[int, torch.Generator | None], Tensor]] = {
     "2spirals": _two_spirals,
     "swissroll": _swissroll,
     "mixture1d": _mixture1d,
+    "flower": _flower,
 }
 # The dimension of each density's points (2 unless listed).
 _DIMS: dict[str, int] = {"mixture1d": 1}
@@ -164,6 +189,8 @@ def toy_sample(name: str, n: int, *, generator: torch.Generator | None = None) -
     - ``pinwheel``: five spiralling arms;
     - ``2spirals``: two interleaved spirals;
     - ``swissroll``: a 2-D swiss roll, roughly in [-3, 3]^2;
+    - ``flower``: the course's 8-component Gaussian mixture (:func:`flower_parameters`),
+      roughly in [-10, 10]^2;
     - ``mixture1d``: the one 1-D density, ``0.5 N(-1, 0.5^2) + 0.5 N(1.5, 0.7^2)``, points
       of shape ``(n, 1)`` (a GAN warm-up).
 
