@@ -105,9 +105,9 @@ def run(args: argparse.Namespace) -> int:
          "steps"], [["probgen ScoreSampler (annealed_langevin)", f"{ours_s:.1f}"],
                     ["plain PyTorch loop", f"{plain_s:.1f}"]])
     body = (
-        "## MNIST: NCSN at a short CPU budget\n\n"
+        "## MNIST: NCSN at a CPU budget\n\n"
         f"`{command_line()}` ({today()}; {machine(args.threads)}).\n\n"
-        f"A few CPU minutes only, far from a converged NCSN (which trains for hours on GPUs): "
+        f"A CPU budget, far from a converged NCSN (which trains for hours on GPUs): "
         f"ConvScoreNet ({args.channels} channels, {sum(p.numel() for p in net.parameters())} "
         f"parameters), NCSN loss over {args.levels} geometric levels {args.sigma_max} .. "
         f"{args.sigma_min}, batch {args.batch_size}, Adam lr {args.lr}, stopped after "
