@@ -452,7 +452,8 @@ CELLS: list[tuple[str, str]] = [
     `vae-digits`, `iwae-digits`, `beta-vae-digits` (conv ResNet networks),
     `vae-flows-digits`, `vae-categorical-digits` (17-way categorical pixels and a VampPrior),
     `vae-mnist`, `iwae-mnist`, `vae-vamp-mnist`, `vae-maf-mnist`, and for mixtures
-    `gmm-8gaussians` (exact EM), `vem-8gaussians` and `gmm-ml-pinwheel`. A run folder holds
+    `gmm-flower` (exact EM on this section's flower), `gmm-ml-flower`, `vem-flower`,
+    `gmm-8gaussians`, `vem-8gaussians` and `gmm-ml-pinwheel`. A run folder holds
     the checkpoint, the held-out ELBO (as `test/nll`, an upper bound on the NLL) and a figure
     of samples.
     """),
