@@ -118,10 +118,10 @@ def test_exact_ties_on_an_integer_lattice(forced, offset, monkeypatch):
     # on a ball's boundary (inside, since the balls are closed), and the fake set repeats
     # real points. The offset makes float32 products useless (|a|^2 ~ 1e8), so everything
     # near a boundary goes through the fallbacks; ``forced`` takes them for every row.
-    from probgen.metrics import manifold
+    from probgen.metrics import _screen, manifold
 
     if forced:
-        monkeypatch.setattr(manifold, "_DENSE_FRACTION", 10**9)
+        monkeypatch.setattr(_screen, "_DENSE_FRACTION", 10**9)
         monkeypatch.setattr(manifold, "_EXTRA_CANDIDATES", 0)
     g = torch.Generator().manual_seed(11)
     x = torch.randint(0, 3, (150, 96), generator=g).float() + offset
