@@ -287,9 +287,6 @@ def kid(
             return KID(float(values.mean()), float(values.std(correction=0)), values)
     for s in range(ix.shape[0]):
         a, b = x[ix[s]], y[iy[s]]
-        if isinstance(a, np.ndarray):
-            values[s] = sums.mmd2(a, b)
-            continue
         values[s] = ((sums.within(a) + sums.within(b)) / (m * (m - 1))
                      - 2.0 * sums.between(a, b) / (m * m))
     return KID(float(values.mean()), float(values.std(correction=0)), values)
@@ -326,26 +323,6 @@ class _PolySums:
             return 2.0 * (total - diag - lower)
         k = self._kernel(a @ a.T)
         return float(k.sum() - k.diagonal().sum())
-
-    def mmd2(self, a: np.ndarray, b: np.ndarray) -> float:
-        """Unbiased MMD^2 of one pair of subsets from a single ``syrk`` of the stacked rows.
-
-        ``[a; b][a; b]^T`` holds ``a a^T``, ``b b^T`` and ``a b^T`` for the flops of the three
-        products, and one large BLAS call keeps the threads busier than three small ones.
-        """
-        m = self.m
-        z = np.concatenate([a, b])
-        syrk = blas.ssyrk if z.dtype == np.float32 else blas.dsyrk
-        dots = syrk(1.0, z.T, trans=1)  # upper triangle; the lower one stays 0
-        lower = m * (m - 1) / 2 * self.coef0**self.degree
-
-        def within(block: np.ndarray) -> float:
-            k = self._kernel(block)
-            return 2.0 * (float(k.sum()) - float(np.trace(k)) - lower)
-
-        kxy = float(self._kernel(dots[:m, m:]).sum())
-        return ((within(dots[:m, :m]) + within(dots[m:, m:])) / (m * (m - 1))
-                - 2.0 * kxy / (m * m))
 
     def _gemm(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         gemm = blas.sgemm if a.dtype == np.float32 else blas.dgemm
