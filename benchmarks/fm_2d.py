@@ -202,9 +202,10 @@ def run_dataset(dataset: str, args: argparse.Namespace, seed: int) -> dict:
     return out
 
 
-def report(results: list[dict], args: argparse.Namespace, elapsed: float) -> str:
-    lines = [
-        "## Flow matching on 2-D data: probgen vs torchcfm vs flow_matching (fm_2d)",
+def _header(args: argparse.Namespace, elapsed: float, title: str) -> list[str]:
+    """The section's title, command, machine and setup lines."""
+    return [
+        title,
         "",
         f"Command: `{command_line()}`  ",
         f"Date: {today()}; {machine(args.threads)}; total {elapsed / 60:.1f} min.",
@@ -219,6 +220,11 @@ def report(results: list[dict], args: argparse.Namespace, elapsed: float) -> str
         "median of the interleaved training steps (ratios are comparable within a data set).",
         "",
     ]
+
+
+def report(results: list[dict], args: argparse.Namespace, elapsed: float) -> str:
+    lines = _header(args, elapsed,
+                    "## Flow matching on 2-D data: probgen vs torchcfm vs flow_matching (fm_2d)")
     for res in results:
         rows = []
         best_peer = min(v["w2"] for k, v in res["runs"].items() if not k.startswith("probgen"))
@@ -243,9 +249,8 @@ def report(results: list[dict], args: argparse.Namespace, elapsed: float) -> str
 def report_seeds(results: list[dict], args: argparse.Namespace, elapsed: float) -> str:
     """Means over seeds, and the paired (same seed: same initial weights, batches and
     evaluation sets) difference between probgen's best run and the best peer run."""
-    lines = report(results, args, elapsed).split("\n")[:7]
-    lines[0] = ("## Flow matching on 2-D data: probgen vs torchcfm vs flow_matching (fm_2d, "
-                f"{len(args.seeds)} seeds)")
+    lines = _header(args, elapsed, "## Flow matching on 2-D data: probgen vs torchcfm vs "
+                    f"flow_matching (fm_2d, {len(args.seeds)} seeds)")
     lines += [f"Seeds {', '.join(map(str, args.seeds))}: each seed draws its own initial "
               "weights (shared by the five runs), batches and evaluation sets. 'best' is "
               "the run of lowest mean W2 within probgen and among the peers; the paired "
