@@ -192,7 +192,8 @@ class DiffusionModel(nn.Module):
             steps: number of steps (``None``: T).
             eta: DDIM's noise in [0, 1] (0: deterministic).
             spacing: how strided samplers pick their steps (``"linspace"``,
-                ``"leading"``, ``"trailing"``).
+                ``"leading"``, ``"trailing"``, ``"quadratic"``; see
+                :func:`probgen.diffusion.spaced_timesteps`).
             labels: class(es) to sample: an int, or a sequence cycled over the samples.
             guidance: classifier-free guidance weight :math:`w` (0: unconditional,
                 1: conditional, the default with labels; > 1 guided).

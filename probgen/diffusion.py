@@ -364,11 +364,15 @@ def make_schedule(name: str = "linear", num_steps: int = 1000, *,
 
 
 def spaced_timesteps(num_steps: int, steps: int, spacing: str = "linspace") -> Tensor:
-    """``steps`` increasing indices out of ``0..num_steps-1`` for strided samplers.
+    r"""``steps`` increasing indices out of ``0..num_steps-1`` for strided samplers.
 
     ``"linspace"`` rounds ``linspace(0, T-1, steps)`` (both ends kept), ``"leading"`` takes
     ``0, k, 2k, ...`` and ``"trailing"`` ends at ``T-1`` with stride ``k = T // steps``
-    (the spacings of DDIM and of Lin et al., 2024). ``steps = T`` gives every index.
+    (the spacings of DDIM and of Lin et al., 2024). ``"quadratic"`` packs the steps towards
+    low noise, :math:`t_k = \mathrm{round}((T-1)(k/(S-1))^2)`, each index then raised to at
+    least one above the previous so that all are distinct (the idea of DDIM's quadratic
+    schedule, Song et al. 2021, App. D.2, which stops at 0.8 T and repeats indices for large
+    S; here the chain always starts at T-1). ``steps = T`` gives every index.
     """
     _check_steps(num_steps)
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_steps:
@@ -379,12 +383,20 @@ def spaced_timesteps(num_steps: int, steps: int, spacing: str = "linspace") -> T
         out = torch.linspace(0, num_steps - 1, steps, dtype=torch.float64).round().long()
     elif spacing == "leading":
         out = torch.arange(steps) * (num_steps // steps)
+    elif spacing == "quadratic":
+        if steps == 1:
+            return torch.tensor([num_steps - 1])
+        u = torch.linspace(0, 1, steps, dtype=torch.float64)
+        raw = ((num_steps - 1) * u**2).round().long()
+        # distinct indices: t_k >= t_{k-1} + 1, i.e. t_k - k is non-decreasing; t_{S-1} stays
+        # T-1 since raw's steps near the end exceed 1 whenever steps <= T
+        out = torch.cummax(raw - torch.arange(steps), 0).values + torch.arange(steps)
     elif spacing == "trailing":
         k = num_steps / steps
         out = (num_steps - 1 - torch.arange(steps, dtype=torch.float64) * k).round().long().flip(0)
     else:
-        raise ValueError(f"spacing: expected 'linspace', 'leading' or 'trailing', got "
-                         f"{spacing!r}.")
+        raise ValueError(f"spacing: expected 'linspace', 'leading', 'trailing' or 'quadratic', "
+                         f"got {spacing!r}.")
     return out
 
 

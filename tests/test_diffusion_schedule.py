@@ -117,6 +117,30 @@ def test_respace_keeps_marginals():
     assert spaced_timesteps(1000, 10, "trailing").tolist()[-1] == 999
 
 
+@pytest.mark.parametrize("steps", [1, 2, 3, 10, 50, 100, 317, 999, 1000])
+def test_quadratic_spacing_is_distinct_and_spans_the_chain(steps):
+    tau = spaced_timesteps(1000, steps, "quadratic")
+    assert tau.numel() == steps and tau[-1] == 999
+    assert bool((tau.diff() > 0).all())
+    if steps > 1:
+        assert tau[0] == 0
+    if steps == 1000:
+        assert torch.equal(tau, torch.arange(1000))
+    if steps == 10:
+        # round(999 (k/9)^2), k = 0..9: already distinct
+        expected = [round(999 * (k / 9) ** 2) for k in range(10)]
+        assert tau.tolist() == expected
+    # packed towards low noise: the first gap is never wider than the last
+    if steps > 2:
+        gaps = tau.diff()
+        assert gaps[0] <= gaps[-1]
+
+
+def test_unknown_spacing_names_the_choices():
+    with pytest.raises(ValueError, match="quadratic"):
+        spaced_timesteps(1000, 10, "cubic")
+
+
 def test_discretized_gaussian_sums_to_one_and_matches_cdf():
     levels = 17
     grid = to_signed(torch.arange(levels, dtype=torch.float64), levels)
