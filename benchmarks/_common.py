@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import json
 import os
 import platform
 import re
 import shlex
 import statistics
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+
+from probgen.utils import atomic_write_text
+
+try:  # POSIX; elsewhere the writes stay atomic but unlocked
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "RESULTS.md"
@@ -75,19 +85,44 @@ def summarize_times(seconds: list[float], warmup: int) -> dict[str, float]:
     }
 
 
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Holds an exclusive lock on ``path`` + ``.lock`` (benchmarks running side by side
+    read-modify-write the same files; without the lock one's update could drop another's)."""
+    lock = path.with_name(path.name + ".lock")
+    with open(lock, "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def update_json(path: Path, entries: dict) -> dict:
+    """Merges ``entries`` into the JSON object stored at ``path`` (under its lock, written
+    atomically) and returns the merged object, so runs of one benchmark side by side keep
+    each other's results."""
+    with locked(path):
+        merged = json.loads(path.read_text()) if path.exists() else {}
+        merged.update(entries)
+        atomic_write_text(path, json.dumps(merged, indent=1))
+    return merged
+
+
 def write_section(name: str, body: str, path: Path = RESULTS) -> Path:
     """Replaces (or appends) the section ``name`` of RESULTS.md, leaving the others intact."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     block = f"{begin}\n{body.rstrip()}\n{end}\n"
-    text = path.read_text() if path.exists() else _HEADER
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + block
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    with locked(path):
+        text = path.read_text() if path.exists() else _HEADER
+        if pattern.search(text):
+            text = pattern.sub(lambda _: block, text, count=1)
+        else:
+            text = text.rstrip() + "\n\n" + block
+        atomic_write_text(path, text)
     return path
 
 

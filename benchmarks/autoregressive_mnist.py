@@ -37,6 +37,7 @@ from _common import (  # noqa: E402
     markdown_table,
     set_threads,
     today,
+    update_json,
     write_section,
 )
 
@@ -282,11 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[ar_mnist] skipped: {e}")
         return 0
     out = Path(args.out)
-    results = json.loads(out.read_text()) if out.exists() else {}
     for binarization in args.binarization.split(","):
         for name in args.models.split(","):
-            results[f"{binarization}/{name}"] = run_one(name, binarization, args)
-            out.write_text(json.dumps(results, indent=1))
+            # merged under a lock: runs of other models side by side keep their entries
+            results = update_json(out, {f"{binarization}/{name}": run_one(name, binarization,
+                                                                          args)})
             plot_samples(results, out)
             if args.write:  # after every model, so an interrupted run keeps what it measured
                 write_section("autoregressive_mnist", results_body(results))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import os
 import statistics
@@ -43,6 +42,7 @@ from _common import (  # noqa: E402
     markdown_table,
     set_threads,
     today,
+    update_json,
     write_section,
 )
 
@@ -379,20 +379,18 @@ def main(argv: list[str] | None = None) -> int:
     data = build_data({"data": {"name": "mnist", "root": str(args.data),
                                 "preprocess": "dynamic_binarize"}}, seed=args.seed)
     out = Path(args.out)
-    results = json.loads(out.read_text()) if out.exists() else {}
 
-    def save() -> None:
-        out.write_text(json.dumps(results, indent=1))
+    def save(key: str, value: dict) -> None:
+        # merged under a lock: runs of other models side by side keep their entries
+        results = update_json(out, {key: value})
         plot(results, out)
         if args.write:
             write_section("vae_mnist", body(results))
 
     if args.overhead_blocks > 0:
-        results["overhead"] = overhead(data, args)
-        save()
+        save("overhead", overhead(data, args))
     for name in filter(None, args.models.split(",")):
-        results[name] = run_one(name, data, args)
-        save()
+        save(name, run_one(name, data, args))
     return 0
 
 
