@@ -42,6 +42,19 @@ from probgen.models import ImageFlowMatching  # noqa: E402
 SOLVERS = (("euler", 10), ("euler", 20), ("euler", 50), ("dopri5", None))
 
 
+
+def budget_note(minutes: float, threads: int) -> str:
+    """What the run's budget is against the issue's protocol (60 minutes on 2 cores)."""
+    if minutes >= 60 and threads >= 2:
+        return "The issue's protocol: 60 minutes on 2 cores."
+    if minutes >= 60:
+        return (f"**{minutes:g} minutes of wall clock as in the issue's protocol, but torch on "
+                f"{threads} thread(s) (another benchmark used the other core): less CPU time "
+                "than the protocol's 2 cores.**")
+    return (f"**The issue's protocol is 60 minutes on 2 cores; a run of {minutes:g} minutes "
+            "is far from it, so these numbers say that the pipeline works, not what flow "
+            "matching reaches.**")
+
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     train, _ = load_mnist(args.root, "train")
@@ -117,9 +130,7 @@ def run(args: argparse.Namespace) -> int:
         f"({args.warmup} warm-up steps), EMA {args.ema}, stopped after {args.minutes:g} "
         f"minutes ({steps_done} steps, {train_s / 60:.1f} min; CFM loss {first:.3f} -> "
         f"{last:.3f}). {args.n} samples per sampler from the same prior draws. "
-        f"**The issue's protocol is 60 minutes on 2 cores; a run of {args.minutes:g} minutes "
-        "is far from it, so these numbers say that the pipeline works, not what flow "
-        "matching reaches.**\n\n" + table + "\n\n"
+        f"{budget_note(args.minutes, args.threads)}\n\n" + table + "\n\n"
         f"Bits/dim of {args.bpd_images} test images through the ODE (Hutchinson trace, "
         f"dopri5): **{float(bpd.mean()):.3f}** ({bpd_nfe} NFE, {bpd_s:.0f} s). "
         f"Samples (rows: Euler 10, 20, 50 steps, dopri5; same prior draws): "
