@@ -85,6 +85,16 @@ def summarize_times(seconds: list[float], warmup: int) -> dict[str, float]:
     }
 
 
+def thread_note(minutes: float, threads: int) -> str:
+    """The sentence a protocol-length run (2 cores in the issues) prints when torch had
+    fewer threads; empty otherwise."""
+    if threads >= 2:
+        return ""
+    return (f"**{minutes:g} minutes of wall clock as in the issue's protocol, but torch on "
+            f"{threads} thread(s) (another benchmark used the other core): less CPU time "
+            "than the protocol's 2 cores.**")
+
+
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Holds an exclusive lock on ``path`` + ``.lock`` (benchmarks running side by side

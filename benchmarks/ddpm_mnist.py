@@ -24,6 +24,7 @@ from _common import (  # noqa: E402
     machine,
     markdown_table,
     set_threads,
+    thread_note,
     today,
     write_section,
 )
@@ -40,11 +41,8 @@ def budget_note(minutes: float, threads: int) -> str:
     if minutes < 60:
         return ("**Short budget: the issue protocol is 60 min and >= 1000 samples; these "
                 "numbers are far from it.** ")
-    if threads < 2:
-        return (f"**{minutes:g} minutes of wall clock as in the issue's protocol, but torch on "
-                f"{threads} thread(s) (another benchmark used the other core): less CPU time "
-                "than the protocol's 2 cores.** ")
-    return ""
+    note = thread_note(minutes, threads)
+    return note + " " if note else ""
 
 
 def run(args: argparse.Namespace) -> int:

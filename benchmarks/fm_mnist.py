@@ -29,6 +29,7 @@ from _common import (  # noqa: E402
     machine,
     markdown_table,
     set_threads,
+    thread_note,
     today,
     write_section,
 )
@@ -48,9 +49,7 @@ def budget_note(minutes: float, threads: int) -> str:
     if minutes >= 60 and threads >= 2:
         return "The issue's protocol: 60 minutes on 2 cores."
     if minutes >= 60:
-        return (f"**{minutes:g} minutes of wall clock as in the issue's protocol, but torch on "
-                f"{threads} thread(s) (another benchmark used the other core): less CPU time "
-                "than the protocol's 2 cores.**")
+        return thread_note(minutes, threads)
     return (f"**The issue's protocol is 60 minutes on 2 cores; a run of {minutes:g} minutes "
             "is far from it, so these numbers say that the pipeline works, not what flow "
             "matching reaches.**")
