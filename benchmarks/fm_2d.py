@@ -249,8 +249,9 @@ def report(results: list[dict], args: argparse.Namespace, elapsed: float) -> str
 def report_seeds(results: list[dict], args: argparse.Namespace, elapsed: float) -> str:
     """Means over seeds, and the paired (same seed: same initial weights, batches and
     evaluation sets) difference between probgen's best run and the best peer run."""
+    which = "" if list(args.datasets) == list(DATASETS) else ", ".join(args.datasets) + ", "
     lines = _header(args, elapsed, "## Flow matching on 2-D data: probgen vs torchcfm vs "
-                    f"flow_matching (fm_2d, {len(args.seeds)} seeds)")
+                    f"flow_matching ({args.section}, {which}{len(args.seeds)} seeds)")
     lines += [f"Seeds {', '.join(map(str, args.seeds))}: each seed draws its own initial "
               "weights (shared by the five runs), batches and evaluation sets. 'best' is "
               "the run of lowest mean W2 within probgen and among the peers; the paired "
@@ -316,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
                              "than one the report gives means and paired differences")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--write", action="store_true", help="write the RESULTS.md section")
+    parser.add_argument("--section", default="fm_2d",
+                        help="RESULTS.md section to write (e.g. a many-seed run of one data "
+                             "set beside the main section)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     start = time.perf_counter()
@@ -326,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         body = report(results, args, time.perf_counter() - start)
     print(body)
     if args.write:
-        print(f"[fm_2d] wrote {write_section('fm_2d', body)}")
+        print(f"[fm_2d] wrote {write_section(args.section, body)}")
     return 0
 
 
