@@ -295,9 +295,9 @@ def main() -> None:
         f"Budget: {args.minutes:g} min per autoencoder arm"
         + (f" or {args.steps} steps, whichever comes first" if args.steps else "")
         + f", {args.prior_minutes:g} min for "
-        "the prior" + (" -- a short run on a shared, loaded 2-core CPU; the full protocol "
-                       "is `--minutes 30 --prior-minutes 30`, not run here, so these numbers "
-                       "are far from converged." if short else "."),
+        "the prior" + (" -- shorter than the 30 + 30 minutes (`--minutes 30 "
+                       "--prior-minutes 30`) of the full protocol, so these numbers are not "
+                       "converged." if short else "."),
         f"Model: 64 codes of dimension 16 on a 7x7 map, encoder/decoder with 64 channels and "
         f"2 residual blocks, beta {BETA}, Adam 5e-4, batch {args.batch_size}. "
         "Reconstruction NLL in nats/image (Bernoulli); perplexity and usage of the codes "
