@@ -38,7 +38,7 @@ RUNS: dict[str, tuple[str, dict]] = {
     "wgan (clip 0.01)": ("wasserstein", {"n_critic": 5, "clip": 0.01}),
     "wgan_gp": ("wasserstein", {"n_critic": 5, "gradient_penalty": 10.0}),
     # Gulrajani et al.'s weight for their toy 2-D data (their gan_toy script); on this ring
-    # (modes 0.06 wide) weight 10 holds the critic's slope to 1 so strictly that the
+    # (mode std 0.057) weight 10 holds the critic's slope to 1 so strictly that the
     # generator's pull toward the centres is slow.
     "wgan_gp (penalty 0.1)": ("wasserstein", {"n_critic": 5, "gradient_penalty": 0.1}),
     "hinge": ("hinge", {"n_critic": 1}),
