@@ -49,6 +49,7 @@ from probgen.models.vae_blocks import (
     ContinuousBernoulliLikelihood,
     ConvDecoder,
     ConvEncoder,
+    DiagonalNormalMixture,
     GaussianLikelihood,
     Likelihood,
     MLPDecoder,
@@ -78,6 +79,7 @@ __all__ = [
     "make_likelihood",
     "StandardNormalPrior",
     "VampPrior",
+    "DiagonalNormalMixture",
     "VAE",
     "LATENT_MODELS",
 ]
