@@ -7,6 +7,15 @@ centre; a mode is captured with at least ``--min-count`` high-quality samples ou
 ``--samples`` (probgen.metrics.mode_coverage).
 
     python benchmarks/gan_2d.py --steps 2000 --minutes 0.6
+
+``--course`` runs the course seminar's own setting instead, to test its observation that the
+saturating GAN collapses with 5 critic steps and not with 1: noise of dimension 16, generator
+16-32-128-128-32-2 and critic 2-64-256-256-64-1 (ReLU), Adam lr 2e-4, betas (0, 0.9), 1024
+examples per critic update, and a budget counted in critic updates (100 epochs of its
+20000-point set: 2000 critic updates, so 5 critic steps leave 400 generator steps), for the
+minimax and the non-saturating loss with 1 and 5 critic steps, over ``--seeds``:
+
+    python benchmarks/gan_2d.py --course --seeds 0 1 2 --threads 1
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ RUNS: dict[str, tuple[str, dict]] = {
     "minimax (1 critic step)": ("minimax", {"n_critic": 1}),
     "minimax (5 critic steps)": ("minimax", {"n_critic": 5}),
     "non_saturating": ("non_saturating", {"n_critic": 1}),
+    "non_saturating (5 critic steps)": ("non_saturating", {"n_critic": 5}),
     "wgan (clip 0.01)": ("wasserstein", {"n_critic": 5, "clip": 0.01}),
     "wgan_gp": ("wasserstein", {"n_critic": 5, "gradient_penalty": 10.0}),
     # Gulrajani et al.'s weight for their toy 2-D data (their gan_toy script); on this ring
@@ -59,14 +69,25 @@ def ring(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     return (centres + STD * torch.randn(n, 2, generator=generator)) / SCALE
 
 
+DEFAULT_RUNS = [name for name in RUNS if name != "non_saturating (5 critic steps)"]
+COURSE_RUNS = ["minimax (1 critic step)", "minimax (5 critic steps)", "non_saturating",
+               "non_saturating (5 critic steps)"]
+
+
 def make_gan(args: argparse.Namespace, seed: int) -> MLPGAN:
     torch.manual_seed(seed)
+    if args.course:
+        return MLPGAN(2, latent_dim=16, hidden_features=[32, 128, 128, 32],
+                      critic_hidden_features=[64, 256, 256, 64], critic_activation="relu")
     return MLPGAN(2, latent_dim=2, hidden_features=[args.hidden] * args.layers)
 
 
-def train(name: str, args: argparse.Namespace) -> dict:
+def train(name: str, args: argparse.Namespace, seed: int | None = None) -> dict:
     loss, kw = RUNS[name]
-    gan = make_gan(args, args.seed)
+    seed = args.seed if seed is None else seed
+    gan = make_gan(args, seed)
+    # --course: the budget is counted in critic updates, as the seminar's epochs count it
+    steps = args.critic_updates // kw["n_critic"] if args.course else args.steps
     objective = Adversarial(gan, loss, **kw)
     deadline = time.perf_counter() + 60 * args.minutes
     steps_done = [0]
@@ -76,9 +97,9 @@ def train(name: str, args: argparse.Namespace) -> dict:
         return time.perf_counter() > deadline
 
     start = time.perf_counter()
-    history = fit(objective, ring, steps=args.steps, batch_size=args.batch * kw["n_critic"],
+    history = fit(objective, ring, steps=steps, batch_size=args.batch * kw["n_critic"],
                   lr=args.lr, betas=(0.0, 0.9), progress=False, log_every=10,
-                  seed=args.seed, callbacks=stop)
+                  seed=seed, callbacks=stop)
     seconds = time.perf_counter() - start
     gan.eval()
     samples = gan.sample((args.samples,), generator=torch.Generator().manual_seed(123))
@@ -86,7 +107,7 @@ def train(name: str, args: argparse.Namespace) -> dict:
     cov = mode_coverage(samples, CENTRES, STD / SCALE, min_count=args.min_count) if finite \
         else None
     return {
-        "name": name, "steps": steps_done[0], "seconds": seconds,
+        "name": name, "seed": seed, "steps": steps_done[0], "seconds": seconds,
         "ms_per_step": 1e3 * seconds / max(steps_done[0], 1),
         "modes": cov.modes_captured if cov else 0,
         "high_quality": cov.high_quality if cov else 0.0,
@@ -173,18 +194,37 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="run only these names")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--no-timing", action="store_true", help="skip fit vs plain loop")
-    parser.add_argument("--section", default="gan_2d",
-                        help="RESULTS.md section (and .json/.png file stem) to write")
+    parser.add_argument("--section", default=None,
+                        help="RESULTS.md section (and .json/.png file stem) to write "
+                             "(default gan_2d, or gan_2d_course with --course)")
+    parser.add_argument("--course", action="store_true",
+                        help="the course seminar's networks, optimizer and budget (see the "
+                             "module docstring); sets --batch 1024 --lr 2e-4")
+    parser.add_argument("--critic-updates", type=int, default=2000,
+                        help="--course: budget in critic updates (generator steps = this / "
+                             "critic steps per generator step)")
+    parser.add_argument("--seeds", type=int, nargs="*", default=None,
+                        help="--course: seeds to repeat every run over (default: --seed)")
     args = parser.parse_args()
+    if args.only:
+        unknown = sorted(set(args.only) - set(RUNS))
+        if unknown:
+            parser.error(f"--only: unknown runs {unknown}; known: {list(RUNS)}")
+    if args.course:
+        args.batch, args.lr, args.minutes = 1024, 2e-4, max(args.minutes, 30.0)
+        args.no_timing = True
+    args.section = args.section or ("gan_2d_course" if args.course else "gan_2d")
     set_threads(args.threads)
     t0 = time.perf_counter()
     results = []
-    for name in args.only or RUNS:
-        r = train(name, args)
-        results.append(r)
-        print(f"{name:26s} steps {r['steps']:5d} ({r['ms_per_step']:.1f} ms/step)  modes "
-              f"{r['modes']}/8  high quality {r['high_quality']:.3f}  counts {r['counts']}",
-              flush=True)
+    names = args.only or (COURSE_RUNS if args.course else DEFAULT_RUNS)
+    for seed in (args.seeds or [args.seed]) if args.course else [args.seed]:
+        for name in names:
+            r = train(name, args, seed)
+            results.append(r)
+            print(f"{name:32s} seed {seed} steps {r['steps']:5d} ({r['ms_per_step']:.1f} "
+                  f"ms/step)  modes {r['modes']}/8  high quality {r['high_quality']:.3f}  "
+                  f"counts {r['counts']}", flush=True)
     timing = {}
     for label, loss, n_critic, gp in () if args.no_timing else (
             ("non_saturating", "non_saturating", 1, 0.0), ("wgan_gp", "wasserstein", 5, 10.0)):
@@ -197,8 +237,11 @@ def main() -> None:
         (here / f"{args.section}.json").write_text(json.dumps(
             {"results": [{k: v for k, v in r.items() if k != "samples"} for r in results],
              "timing": timing}, indent=1))
-        _figure(results, here / f"{args.section}.png")
-        write_section(args.section, _report(results, timing, args, total))
+        first = [r for r in results if r["seed"] == results[0]["seed"]]
+        _figure(first, here / f"{args.section}.png")
+        report = _course_report(results, args, total) if args.course else \
+            _report(results, timing, args, total)
+        write_section(args.section, report)
 
 
 def _figure(results: list[dict], path: Path) -> None:
@@ -220,6 +263,50 @@ def _figure(results: list[dict], path: Path) -> None:
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def _course_report(results: list[dict], args: argparse.Namespace, total: float) -> str:
+    seeds = sorted({r["seed"] for r in results})
+    lines = [
+        "## GANs on the course's 8-Gaussian ring: the seminar's own setting (critic steps)",
+        "",
+        f"Command: `{command_line()}`  ",
+        f"Date: {today()}  ",
+        f"Machine: {machine(args.threads)}  ",
+        "Setup (the course seminar's): the ring (radius 2, std 0.08, all divided by 1.414), "
+        "fresh draws per batch; noise N(0, I) of dimension 16; generator 16-32-128-128-32-2, "
+        "critic 2-64-256-256-64-1, ReLU, PyTorch's default initialization; Adam lr "
+        f"{args.lr:g}, betas (0, 0.9), {args.batch} examples per critic update and per "
+        f"generator update; budget {args.critic_updates} critic updates per run (the "
+        "seminar's 100 epochs of 20 batches), so a run with 5 critic steps per generator step "
+        f"makes a fifth of the generator steps; seeds {seeds}. Metrics on {args.samples} "
+        "samples: high quality = within 3 std (0.17) of the nearest centre; a mode is "
+        f"captured with >= {args.min_count} high-quality samples. Figure (first seed): "
+        f"`benchmarks/{args.section}.png`. Total wall time {total:.0f} s.",
+        "",
+        "| loss | critic steps / generator step | seed | generator steps | modes captured "
+        "| high-quality share | samples per mode (high quality) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        n_critic = RUNS[r["name"]][1]["n_critic"]
+        lines.append(f"| {RUNS[r['name']][0]} | {n_critic} | {r['seed']} | {r['steps']} | "
+                     f"{r['modes']}/8 | {r['high_quality']:.3f} | "
+                     f"{' '.join(str(c) for c in r['counts'])} |")
+
+    def per_seed(name: str) -> list[dict]:
+        return [r for r in results if r["name"] == name]
+
+    one, five = per_seed("minimax (1 critic step)"), per_seed("minimax (5 critic steps)")
+    if one and five:
+        fewer = sum(f["modes"] < o["modes"] for o, f in zip(one, five, strict=True))
+        lines += ["", f"The course's observation (saturating GAN: 5 critic steps collapse, 1 "
+                  f"does not): 5 critic steps captured fewer modes than 1 step on {fewer} of "
+                  f"{len(one)} seeds (modes with 1 step: "
+                  f"{', '.join(str(r['modes']) for r in one)}; with 5 steps: "
+                  f"{', '.join(str(r['modes']) for r in five)}): "
+                  f"{'reproduced' if 2 * fewer > len(one) else 'NOT reproduced'}."]
+    return "\n".join(lines) + "\n"
 
 
 def _report(results: list[dict], timing: dict, args: argparse.Namespace, total: float) -> str:
