@@ -1,7 +1,7 @@
 r"""Variational autoencoders as Pyro programs, and their building blocks.
 
 Stable API (other latent-variable models build on it; the building blocks live in
-:mod:`probgen.models.vae_blocks` and are re-exported here):
+:mod:`probgen.models.vae_blocks` and :mod:`probgen.models.vae_priors` and are re-exported here):
 
 - Encoders map ``(*batch, *shape)`` to ``(*batch, out_features)``: :class:`MLPEncoder`,
   :class:`ConvEncoder` (a convolutional ResNet that halves H and W twice; with
@@ -49,19 +49,17 @@ from probgen.models.vae_blocks import (
     ContinuousBernoulliLikelihood,
     ConvDecoder,
     ConvEncoder,
-    DiagonalNormalMixture,
     GaussianLikelihood,
     Likelihood,
     MLPDecoder,
     MLPEncoder,
-    StandardNormalPrior,
-    VampPrior,
     _positive,
     _shape,
     make_decoder,
     make_encoder,
     make_likelihood,
 )
+from probgen.models.vae_priors import DiagonalNormalMixture, StandardNormalPrior, VampPrior
 
 __all__ = [
     "MLPEncoder",
