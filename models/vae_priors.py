@@ -64,7 +64,7 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
     VampPrior (K = 500) evaluated on k = 5000 importance samples of a test batch is
     gigabytes per pass. Here the quadratic form is expanded,
 
-    .. math:: \sum_d rac{(z_d-\mu_{kd})^2}{\sigma_{kd}^2}
+    .. math:: \sum_d \frac{(z_d-\mu_{kd})^2}{\sigma_{kd}^2}
         = z^2 \cdot \sigma_k^{-2} - 2\, z \cdot \mu_k\sigma_k^{-2} + \mu_k^2 \cdot \sigma_k^{-2},
 
     and evaluated in float64 (the three terms can be large and nearly cancel when a scale is
