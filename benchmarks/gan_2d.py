@@ -35,6 +35,7 @@ from _common import command_line, machine, set_threads, today, write_section  # 
 from probgen.inference import Adversarial, fit  # noqa: E402
 from probgen.metrics import mode_coverage, ring_centres  # noqa: E402
 from probgen.models import MLPGAN  # noqa: E402
+from probgen.utils import atomic_write_text  # noqa: E402
 
 RADIUS, STD, SCALE = 2.0, 0.08, 1.414
 CENTRES = ring_centres(8, radius=RADIUS / SCALE).float()
@@ -210,6 +211,8 @@ def main() -> None:
         unknown = sorted(set(args.only) - set(RUNS))
         if unknown:
             parser.error(f"--only: unknown runs {unknown}; known: {list(RUNS)}")
+    if args.seeds and not args.course:
+        parser.error("--seeds: only with --course (the default table has one seed; use --seed)")
     if args.course:
         args.batch, args.lr, args.minutes = 1024, 2e-4, max(args.minutes, 30.0)
         args.no_timing = True
@@ -234,7 +237,7 @@ def main() -> None:
     total = time.perf_counter() - t0
     here = Path(__file__).resolve().parent
     if not args.no_write:
-        (here / f"{args.section}.json").write_text(json.dumps(
+        atomic_write_text(here / f"{args.section}.json", json.dumps(
             {"results": [{k: v for k, v in r.items() if k != "samples"} for r in results],
              "timing": timing}, indent=1))
         first = [r for r in results if r["seed"] == results[0]["seed"]]

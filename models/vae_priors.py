@@ -111,8 +111,8 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
         """Log-density of ``value``, shape ``(*sample, *batch, D)`` -> ``(*sample, *batch)``."""
         if self._validate_args:
             self._validate_sample(value)
-        base = self.component_distribution.base_dist
         logits, loc, scale = self._params
+        dtype = torch.promote_types(value.dtype, loc.dtype)
         loc, scale = loc.double(), scale.double()
         d = loc.shape[-1]
         if value.shape[-1:] != (d,):
@@ -134,5 +134,5 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
         log_mix = torch.log_softmax(logits.double(), dim=-1)
         out = torch.logsumexp(log_comp + log_mix, dim=-1)
         out = out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
-        return out.to(torch.promote_types(value.dtype, base.loc.dtype))
+        return out.to(dtype)
 
