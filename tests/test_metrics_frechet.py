@@ -143,3 +143,59 @@ def test_errors_say_what_was_expected():
                          torch.eye(2))
     with pytest.raises(ValueError, match="num_samples: required"):
         fid(torch.randn(10, 2), lambda shape: torch.randn(*shape, 2))
+
+
+@pytest.mark.parametrize("log_condition", [0, 2, 4, 6, 9])
+def test_fid_is_exact_across_conditioning_and_column_scales(log_condition):
+    # Full-rank features whose covariance spans 10^-2k..1 (k = log_condition), then columns
+    # scaled by 1..1000 and one dead unit: the factor comes from the Gram's Cholesky when
+    # its scaled condition number passes the check (small k) and from Householder QR when
+    # it does not (large k); the FID must equal the closed form either way.
+    from probgen.metrics.streaming import _gram_factor
+
+    g = torch.Generator().manual_seed(10 + log_condition)
+    d, n = 48, 2000
+    v = _random_orthogonal(d, g)
+    s1 = torch.logspace(0, -log_condition, d, dtype=torch.float64)
+    s2 = s1 * (1 + 0.5 * torch.rand(d, generator=g, dtype=torch.float64))
+    shift = torch.randn(d, generator=g, dtype=torch.float64)
+    x = _exact_samples(n, v, s1, torch.zeros(d, dtype=torch.float64), g)
+    y = _exact_samples(n, v, s2, shift, g)
+    scale = torch.logspace(0, 3, d, dtype=torch.float64)[torch.randperm(d, generator=g)]
+    dead = torch.zeros(n, 1, dtype=torch.float64)
+    x, y = torch.cat([x * scale, dead], 1), torch.cat([y * scale, dead + 2.0], 1)
+    # Closed form in the original coordinates: the scaling is D V diag(s^2) V^T D, which
+    # no longer shares eigenvectors between the sets; use the square-root identity instead:
+    # tr sqrt(S1^(1/2) S2 S1^(1/2)) = || (D V diag(s1))^T (D V diag(s2)) ||_* (exact data).
+    a, b = scale[:, None] * v * s1, scale[:, None] * v * s2
+    trace = float(torch.linalg.svdvals(a.T @ b).sum())
+    expected = float(shift @ (scale**2 * shift) + 4.0 + (a * a).sum() + (b * b).sum()
+                     - 2 * trace)
+    centred = x - x.mean(0)
+    accepted = _gram_factor(centred) is not None
+    assert accepted == (log_condition <= 4)  # scaled condition ~10^k vs the 1e6 bound
+    assert fid(x, y, batch_size=700) == pytest.approx(expected, rel=1e-12)
+    assert fid(x, y) == pytest.approx(fid(y, x), rel=1e-12)
+
+
+def test_gram_factor_is_a_triangular_square_root_with_zero_columns():
+    from probgen.metrics.streaming import _gram, _gram_factor
+
+    g = torch.Generator().manual_seed(7)
+    # Integers: every product and sum is exact in float64, so the panelled Gram must equal
+    # the plain product exactly, for panel sizes that do and do not divide D.
+    ints = torch.randint(-50, 50, (300, 70), generator=g).double()
+    for panel in (7, 64, 70, 100):
+        assert torch.equal(_gram(ints, panel), ints.T @ ints)
+    rows = torch.randn(500, 30, generator=g, dtype=torch.float64)
+    rows[:, [3, 17]] = 0.0
+    r = _gram_factor(rows)
+    assert r is not None and r.shape == (30, 30)
+    assert torch.equal(r, r.triu())
+    assert (r[:, [3, 17]] == 0).all() and (r[[3, 17]] == 0).all()
+    torch.testing.assert_close(r.T @ r, rows.T @ rows, rtol=1e-12, atol=1e-10)
+    tiny = rows.clone()
+    tiny[0, 3] = 1e-170  # its square underflows to 0: not a zero column, so no Gram route
+    assert _gram_factor(tiny) is None
+    collinear = torch.cat([rows, rows[:, :1] * 2.0], 1)
+    assert _gram_factor(collinear) is None

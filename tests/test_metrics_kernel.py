@@ -135,3 +135,38 @@ def test_errors_say_what_was_expected():
         kid(x, x, subset_size=1)
     with pytest.raises(ValueError, match="out of range"):
         kid(x, x, subsets=(torch.tensor([[0, 11]]), torch.tensor([[0, 1]])))
+
+
+def _poly_mmd2_float64(a, b, degree, gamma, coef0):
+    """The unbiased MMD^2 by its definition, every kernel value in float64."""
+    a, b = a.double(), b.double()
+    m = a.shape[0]
+    kaa = (gamma * a @ a.T + coef0) ** degree
+    kbb = (gamma * b @ b.T + coef0) ** degree
+    kab = (gamma * a @ b.T + coef0) ** degree
+    return float((kaa.sum() - kaa.diagonal().sum() + kbb.sum() - kbb.diagonal().sum())
+                 / (m * (m - 1)) - 2 * kab.sum() / (m * m))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m", [2, 31, 32, 33, 70])
+@pytest.mark.parametrize("degree", [2, 3, 4])
+def test_kid_subset_loop_matches_the_definition(dtype, m, degree):
+    # The CPU loop reuses its row, Gram and work buffers across subsets and sums the
+    # kernel a few columns at a time (the upper triangle only for a a^T): subset sizes
+    # on both sides of its 32-column blocks, several subsets in a row (a stale lower
+    # triangle left by the previous subset's x-y product must not be read).
+    g = torch.Generator().manual_seed(m + 10 * degree)
+    n = 80
+    x = torch.randn(n, 6, generator=g, dtype=torch.float64).to(dtype)
+    y = (0.9 * torch.randn(n, 6, generator=g, dtype=torch.float64) + 0.2).to(dtype)
+    ix = torch.stack([torch.randperm(n, generator=g)[:m] for _ in range(3)])
+    iy = torch.stack([torch.randperm(n, generator=g)[:m] for _ in range(3)])
+    gamma, coef0 = 0.3, 0.7
+    result = kid(x, y, subsets=(ix, iy), degree=degree, gamma=gamma, coef0=coef0)
+    expected = torch.tensor([_poly_mmd2_float64(x[a], y[b], degree, gamma, coef0)
+                             for a, b in zip(ix, iy, strict=True)], dtype=torch.float64)
+    # float32 features: float32 dot products (relative rounding ~1e-7 of each product).
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    scale = float(expected.abs().max()) + (1 + gamma * 6) ** degree * 1e-3
+    torch.testing.assert_close(result.values, expected, rtol=0, atol=tol * scale)

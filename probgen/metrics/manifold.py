@@ -40,6 +40,7 @@ from probgen.metrics._screen import (
     _Screen,
     _sq_dist,
 )
+from probgen.utils import all_finite
 
 __all__ = ["PrecisionRecall", "DensityCoverage", "precision_recall", "density_coverage",
            "knn_radii"]
@@ -67,7 +68,7 @@ def _check(x: Tensor, y: Tensor, k: int, block_size: int,
             raise TypeError(f"{name}: expected a floating-point tensor (N, D), got {kind}.")
         if value.dim() != 2:
             raise ValueError(f"{name}: expected features (N, D), got {tuple(value.shape)}.")
-        if not torch.isfinite(value).all():
+        if not all_finite(value):
             raise ValueError(f"{name}: contains NaN or Inf values.")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"real and fake: feature sizes differ: {x.shape[1]} vs {y.shape[1]}.")

@@ -17,6 +17,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from probgen.utils import all_finite
+
 __all__ = ["ModeCoverage", "mode_coverage", "ring_centres", "grid_centres"]
 
 
@@ -85,7 +87,7 @@ def mode_coverage(
             or centres.shape[1] != samples.shape[1]):
         got = tuple(centres.shape) if isinstance(centres, Tensor) else type(centres).__name__
         raise ValueError(f"centres: expected (K, {samples.shape[1]}), got {got}.")
-    if not torch.isfinite(samples).all():
+    if not all_finite(samples):
         raise ValueError("samples: contains NaN or Inf values.")
     if not (std > 0 and threshold > 0):
         raise ValueError(f"std and threshold: expected positive numbers, got {std}, {threshold}.")
