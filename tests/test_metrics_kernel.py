@@ -148,20 +148,22 @@ def _poly_mmd2_float64(a, b, degree, gamma, coef0):
                  / (m * (m - 1)) - 2 * kab.sum() / (m * m))
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("m", [2, 31, 32, 33, 70])
 @pytest.mark.parametrize("degree", [2, 3, 4])
-def test_kid_subset_loop_matches_the_definition(dtype, m, degree):
+def test_kid_subset_loop_matches_the_definition(dtype, m, degree, threads, monkeypatch):
     # The CPU loop reuses its row, Gram and work buffers across subsets and sums the
-    # kernel a few columns at a time (the upper triangle only for a a^T): subset sizes
-    # on both sides of its 32-column blocks, several subsets in a row (a stale lower
-    # triangle left by the previous subset's x-y product must not be read).
+    # kernel a few rows at a time (the upper triangle only for a a^T): subset sizes on
+    # both sides of its 32-row blocks, 5 subsets on 1 worker thread or on 3 (each worker
+    # reuses its buffers for the next subset it takes).
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     g = torch.Generator().manual_seed(m + 10 * degree)
     n = 80
     x = torch.randn(n, 6, generator=g, dtype=torch.float64).to(dtype)
     y = (0.9 * torch.randn(n, 6, generator=g, dtype=torch.float64) + 0.2).to(dtype)
-    ix = torch.stack([torch.randperm(n, generator=g)[:m] for _ in range(3)])
-    iy = torch.stack([torch.randperm(n, generator=g)[:m] for _ in range(3)])
+    ix = torch.stack([torch.randperm(n, generator=g)[:m] for _ in range(5)])
+    iy = torch.stack([torch.randperm(n, generator=g)[:m] for _ in range(5)])
     gamma, coef0 = 0.3, 0.7
     result = kid(x, y, subsets=(ix, iy), degree=degree, gamma=gamma, coef0=coef0)
     expected = torch.tensor([_poly_mmd2_float64(x[a], y[b], degree, gamma, coef0)
