@@ -30,6 +30,25 @@ def test_batches_of_uneven_sizes_give_the_all_at_once_moments():
     torch.testing.assert_close(m.covariance, torch.cov(x.double().T), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("block_rows", [None, 50, 333, 600])
+def test_blocks_and_batches_of_any_size_give_the_all_at_once_moments(block_rows):
+    # Whole blocks of a large batch are folded straight from the caller's tensor, the rest
+    # is copied into the buffer: a caller that overwrites its batch right after update
+    # (reusing one tensor) must not change the result.
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1037, 7, generator=g) @ torch.randn(7, 7, generator=g) + 3.0
+    mean, cov = _two_pass(x)
+    for sizes in ([1037], [1, 2, 500, 34, 500], [49, 51, 937], [700, 337]):
+        m = RunningMoments(block_rows=block_rows)
+        for part in torch.split(x, sizes):
+            batch = part.clone()
+            m.update(batch)
+            batch.fill_(float("nan"))
+        assert m.count == 1037
+        torch.testing.assert_close(m.mean, mean, rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(m.covariance, cov, rtol=1e-12, atol=1e-12)
+
+
 def test_large_offset_keeps_float64_accuracy():
     # Mean 1e6, variance 1: E[xx^T] - mu mu^T would lose every digit; the pairwise update
     # keeps the variance to ~1e-9 relative.

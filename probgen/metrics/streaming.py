@@ -211,12 +211,26 @@ class RunningMoments:
             self.device = x.device
         if not all_finite(x):
             raise ValueError("batch: contains NaN or Inf values.")
-        if x.shape[0]:
-            # A copy in the batch's own dtype (the caller may reuse its tensor); the float64
-            # conversion happens once, fused with the centring, when the block is folded.
-            self._buffer.append(x.detach().to(device=self.device, copy=True))
-            self._buffered += x.shape[0]
-            if self._buffered >= (self.block_rows or max(4 * self.dim, 2**22 // self.dim)):
+        block = self.block_rows or max(4 * self.dim, 2**22 // self.dim)
+        x = x.detach()
+        start = 0
+        while start < x.shape[0]:
+            left = x.shape[0] - start
+            if self._buffered == 0 and left >= block:
+                # Whole blocks of the caller's rows are folded at once, never copied; a
+                # remainder shorter than a block joins the last one (one fold, not two).
+                take = left if left < 2 * block else block
+                self._fold_batches([x[start : start + take].to(self.device)], take)
+                start += take
+                continue
+            take = min(left, block - self._buffered)
+            piece = x[start : start + take]
+            start += take
+            # Buffered rows are copied in their own dtype (the caller may reuse its
+            # tensor); the float64 conversion happens once, fused with the centring.
+            self._buffer.append(piece.to(device=self.device, copy=True))
+            self._buffered += take
+            if self._buffered >= block:
                 self._fold()
         return self
 
@@ -238,16 +252,23 @@ class RunningMoments:
             return
         batches, count = self._buffer, self._buffered
         self._buffer, self._buffered = [], 0
-        mean = sum(b.sum(dim=0, dtype=torch.float64) for b in batches) / count
+        self._fold_batches(batches, count)
+
+    def _fold_batches(self, batches: list[Tensor], count: int) -> None:
+        """Merges ``count`` rows, given as ``batches``, into the mean and the factor."""
         # One float64 array holds the previous factor, the centred rows and the mean
-        # correction, filled in place: no concatenated copy, no separate centred copy.
+        # correction, filled in place: no concatenated copy, no separate centred copy
+        # (and converting first is several times faster than a float64 sum of float32).
         head = 0 if self._n == 0 else self._factor.shape[0]
         rows = torch.empty(head + count + (self._n > 0), self.dim, dtype=torch.float64,
                            device=self.device)
-        at = head
+        block = rows[head : head + count]
+        at = 0
         for b in batches:
-            torch.sub(b, mean, out=rows[at : at + b.shape[0]])
+            block[at : at + b.shape[0]].copy_(b)
             at += b.shape[0]
+        mean = block.sum(dim=0) / count
+        block.sub_(mean)
         if self._n == 0:
             self._n, self._mean, self._factor = count, mean, self._factorize(rows)
             return
@@ -446,13 +467,17 @@ def feature_moments(
         extractor: maps a batch ``(b, *event)`` to features ``(b, D)``; ``None`` uses the
             flattened samples themselves.
         num_samples: how many samples (required for a sampler).
-        batch_size: samples per batch.
+        batch_size: samples per batch (a tensor of features, with no extractor and no
+            device, is passed whole: the accumulator folds it in blocks of its own).
         device: where batches are moved before the extractor runs.
 
     Returns:
         RunningMoments: the float64 accumulator (``.mean``, ``.covariance``, ``.count``).
     """
     moments = RunningMoments()
+    if extractor is None and device is None and isinstance(source, Tensor):
+        # Features already in memory: RunningMoments takes them in blocks of its own.
+        batch_size = max(batch_size, source.shape[0] if source.dim() else 1)
     for batch in iter_batches(source, num_samples=num_samples, batch_size=batch_size):
         moments.update(_apply(extractor, batch, device))
     return moments
