@@ -209,6 +209,53 @@ def run_fid(x, y):
     return rows, ref, ref_s
 
 
+#: Other (samples, feature size) pairs for FID timings: few features (2-D toy data and
+#: small classifiers) to mid-size ones and the usual 50 000 Inception-size vectors; random
+#: inputs as above.
+FID_SHAPES = ((2000, 256), (10_000, 64), (10_000, 128), (10_000, 512), (50_000, 64),
+              (50_000, 512), (50_000, 2048))
+
+
+def run_fid_shapes(seed: int) -> list[list[str]]:
+    """FID of probgen and torch-fidelity at FID_SHAPES (values checked against the
+    float64 reference).
+
+    These calls take milliseconds, where alternating libraries call by call would time
+    mostly the other library's BLAS threads, which keep spinning on the cores for a while
+    after each call (OpenBLAS: about 0.1 s): so each library, after a 0.5 s pause, makes
+    one untimed call and then REPEATS timed calls back to back, the library going first
+    alternating from shape to shape.
+    """
+    from torch_fidelity import metric_fid
+
+    def fidelity(x, y):
+        s1 = metric_fid.fid_features_to_statistics(x)
+        s2 = metric_fid.fid_features_to_statistics(y)
+        return metric_fid.fid_statistics_to_metric(s1, s2, False)[metric_fid.KEY_METRIC_FID]
+
+    rows = []
+    for k, (n, d) in enumerate(FID_SHAPES):
+        x, y = random_inputs(n, d, seed)
+        fns = {"probgen": lambda x=x, y=y: fid(x, y, batch_size=2500),
+               "torch-fidelity": lambda x=x, y=y: fidelity(x, y)}
+        order = list(fns) if k % 2 == 0 else list(fns)[::-1]
+        times, values = {}, {}
+        for lib in order:
+            time.sleep(0.5)  # the other library's BLAS threads stop spinning and sleep
+            fns[lib]()
+            runs = [timed(fns[lib]) for _ in range(REPEATS)]
+            values[lib] = runs[-1][0]
+            times[lib] = statistics.median(t for _, t in runs)
+        ref = fid_reference(x, y)
+        errors = {lib: abs(v - ref) / abs(ref) for lib, v in values.items()}
+        rows.append([f"{n} x {d}", f"{times['probgen'] * 1e3:.1f}",
+                     f"{times['torch-fidelity'] * 1e3:.1f}",
+                     f"{times['torch-fidelity'] / times['probgen']:.2f}",
+                     f"{errors['probgen']:.1e}", f"{errors['torch-fidelity']:.1e}"])
+        print(f"  FID {n} x {d}: {rows[-1]}", flush=True)
+    return rows
+
+
 def run_kid(x, y, subsets: int, size: int, seed: int):
     from torch_fidelity import metric_kid
 
@@ -267,6 +314,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-pr", action="store_true")
+    parser.add_argument("--skip-shapes", action="store_true",
+                        help="skip the FID timings at other feature shapes")
     parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     args = parser.parse_args()
     set_threads(args.threads)
@@ -340,6 +389,7 @@ def main() -> int:
                 f"- precision/recall, {name}: probgen {own:.2f} s vs torch-fidelity "
                 f"{peer:.2f} s ({'met' if own <= peer else 'MISSED'}); equal to the float64 "
                 f"computation: {'yes' if same else 'NO'}")
+    shape_rows = [] if args.skip_shapes else run_fid_shapes(args.seed)
     total = time.perf_counter() - start_all
     body = (
         "## Sample metrics: probgen vs torch-fidelity and pytorch-fid\n\n"
@@ -376,6 +426,17 @@ def main() -> int:
         + markdown_table(["input", "library", "KID", "rel. error vs ref.",
                           "rel. diff. vs probgen", "seconds", "time / probgen's"], kid_rows)
     )
+    if shape_rows:
+        body += ("\n\n### FID at other feature shapes (random inputs as above)\n\n"
+                 "Each library: a 0.5 s pause, one untimed call, then 5 timed calls back to "
+                 "back (calls of a "
+                 "few milliseconds, where alternating call by call would mostly time the other "
+                 "library's BLAS threads, still spinning after its call); which library goes "
+                 "first alternates from shape to shape; statistics included, probgen with "
+                 "batch_size=2500; milliseconds are medians.\n\n"
+                 + markdown_table(["samples x features", "probgen ms", "torch-fidelity ms",
+                                   "torch-fidelity / probgen", "probgen rel. error",
+                                   "torch-fidelity rel. error"], shape_rows))
     if pr_rows:
         body += ("\n\n### Precision and recall (k = 3)\n\n"
                  + markdown_table(["input", "library", "precision", "recall", "seconds"],

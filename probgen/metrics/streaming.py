@@ -217,9 +217,11 @@ class RunningMoments:
         while start < x.shape[0]:
             left = x.shape[0] - start
             if self._buffered == 0 and left >= block:
-                # Whole blocks of the caller's rows are folded at once, never copied; a
-                # remainder shorter than a block joins the last one (one fold, not two).
-                take = left if left < 2 * block else block
+                # The caller's rows are folded straight from its tensor, never copied, in
+                # chunks of up to 2**25 float64 values (256 MB) or two blocks, whichever is
+                # more; a remainder shorter than a block joins the last chunk.
+                chunk = max(2 * block, 2**25 // self.dim)
+                take = left if left < chunk + block else chunk
                 self._fold_batches([x[start : start + take].to(self.device)], take)
                 start += take
                 continue
