@@ -151,7 +151,7 @@ def test_fid_is_exact_across_conditioning_and_column_scales(log_condition):
     # scaled by 1..1000 and one dead unit: the factor comes from the Gram's Cholesky when
     # its scaled condition number passes the check (small k) and from Householder QR when
     # it does not (large k); the FID must equal the closed form either way.
-    from probgen.metrics.streaming import _gram_factor
+    from probgen.metrics._factor import gram_factor
 
     g = torch.Generator().manual_seed(10 + log_condition)
     d, n = 48, 2000
@@ -172,30 +172,30 @@ def test_fid_is_exact_across_conditioning_and_column_scales(log_condition):
     expected = float(shift @ (scale**2 * shift) + 4.0 + (a * a).sum() + (b * b).sum()
                      - 2 * trace)
     centred = x - x.mean(0)
-    accepted = _gram_factor(centred) is not None
+    accepted = gram_factor(centred) is not None
     assert accepted == (log_condition <= 4)  # scaled condition ~10^k vs the 1e6 bound
     assert fid(x, y, batch_size=700) == pytest.approx(expected, rel=1e-12)
     assert fid(x, y) == pytest.approx(fid(y, x), rel=1e-12)
 
 
 def test_gram_factor_is_a_triangular_square_root_with_zero_columns():
-    from probgen.metrics.streaming import _gram, _gram_factor
+    from probgen.metrics._factor import gram_factor, gram_matrix
 
     g = torch.Generator().manual_seed(7)
     # Integers: every product and sum is exact in float64, so the panelled Gram must equal
     # the plain product exactly, for panel sizes that do and do not divide D.
     ints = torch.randint(-50, 50, (300, 70), generator=g).double()
     for panel in (7, 64, 70, 100):
-        assert torch.equal(_gram(ints, panel), ints.T @ ints)
+        assert torch.equal(gram_matrix(ints, panel), ints.T @ ints)
     rows = torch.randn(500, 30, generator=g, dtype=torch.float64)
     rows[:, [3, 17]] = 0.0
-    r = _gram_factor(rows)
+    r = gram_factor(rows)
     assert r is not None and r.shape == (30, 30)
     assert torch.equal(r, r.triu())
     assert (r[:, [3, 17]] == 0).all() and (r[[3, 17]] == 0).all()
     torch.testing.assert_close(r.T @ r, rows.T @ rows, rtol=1e-12, atol=1e-10)
     tiny = rows.clone()
     tiny[0, 3] = 1e-170  # its square underflows to 0: not a zero column, so no Gram route
-    assert _gram_factor(tiny) is None
+    assert gram_factor(tiny) is None
     collinear = torch.cat([rows, rows[:, :1] * 2.0], 1)
-    assert _gram_factor(collinear) is None
+    assert gram_factor(collinear) is None

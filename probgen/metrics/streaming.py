@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from probgen.metrics._factor import gram_factor, r_factor
 from probgen.utils import all_finite
 
 __all__ = ["RunningMoments", "iter_batches", "collect_features", "feature_moments", "Source"]
@@ -245,7 +246,7 @@ class RunningMoments:
         delta = mean - self._mean
         rows = torch.cat([self._factor, factor,
                           (math.sqrt(self._n * count / total) * delta)[None]])
-        self._factor = _r_factor(rows)
+        self._factor = r_factor(rows)
         self._mean = self._mean + delta * (count / total)
         self._n = total
 
@@ -283,14 +284,15 @@ class RunningMoments:
         self._n = total
 
     def _factorize(self, rows: Tensor) -> Tensor:
-        """:func:`_r_factor`, remembering when the Gram route declined (the features are
-        ill conditioned, so later blocks go straight to Householder QR)."""
+        """``R`` of ``rows`` (see :mod:`probgen.metrics._factor`), remembering when the Gram
+        route declined (the features are ill conditioned, so later blocks go straight to
+        Householder QR)."""
         if self._try_gram and rows.shape[0] > rows.shape[1]:
-            factor = _gram_factor(rows)
+            factor = gram_factor(rows)
             if factor is not None:
                 return factor
             self._try_gram = False
-        return _r_factor(rows, gram=False)
+        return r_factor(rows, try_gram=False)
 
     def merge(self, other: RunningMoments) -> RunningMoments:
         """Adds another accumulator's vectors to this one (e.g. from another process)."""
@@ -354,87 +356,6 @@ class RunningMoments:
 
     def __repr__(self) -> str:
         return f"RunningMoments(dim={self.dim}, count={self._n + self._buffered})"
-
-
-#: Largest 1-norm condition number of the column-scaled Cholesky factor for which
-#: :func:`_gram_factor` is trusted (see its docstring).
-GRAM_MAX_CONDITION = 1e6
-
-
-def _r_factor(rows: Tensor, *, gram: bool = True) -> Tensor:
-    """An upper-trapezoidal ``R`` (``(min(m, D), D)``) with ``R^T R = rows^T rows``.
-
-    Tall blocks (``m > D``) first try :func:`_gram_factor`; otherwise, or when it declines,
-    the R of a Householder QR of ``rows``.
-    """
-    if gram and rows.shape[0] > rows.shape[1]:
-        factor = _gram_factor(rows)
-        if factor is not None:
-            return factor
-    return torch.linalg.qr(rows, mode="r").R
-
-
-def _gram(rows: Tensor, panel: int | None = None) -> Tensor:
-    """``rows^T rows`` from the products of its upper block rows only (symmetric result).
-
-    torch has no ``syrk``; panels of ``panel`` rows of the upper triangle (default
-    ``max(64, D / 8)``) do about 56% of a full product's flops in matrix-matrix kernels
-    of one library (scipy's ``syrk`` would bring a second BLAS thread pool to fight
-    torch's over the cores).
-    """
-    d = rows.shape[1]
-    panel = panel or max(64, -(-d // 8))
-    if panel >= d:
-        return rows.T @ rows
-    upper = rows.new_zeros(d, d)
-    for i in range(0, d, panel):
-        torch.matmul(rows[:, i : i + panel].T, rows[:, i:], out=upper[i : i + panel, i:])
-    return upper.triu() + upper.triu(1).T  # the diagonal blocks were computed whole
-
-
-def _gram_factor(rows: Tensor) -> Tensor | None:
-    r"""``R`` from a Cholesky factorization of the float64 Gram matrix, or ``None``.
-
-    Forming :math:`G = A^\top A` (:func:`_gram`: about half a Householder QR's flops,
-    all in matrix-matrix kernels) and factoring it squares the condition number, which is why
-    the streamed factor was a QR's. The square only costs accuracy where the data are
-    ill conditioned, so it is used when it can be checked to be harmless: the columns
-    are scaled to unit norm (``G_s = S^{-1} G S^{-1}``; exactly zero columns, such as
-    dead ReLU units, are set aside and give zero rows and columns of ``R``), ``G_s``
-    must have a Cholesky factor ``R_s``, and the 1-norm condition number of ``R_s``
-    (exact, from its triangular inverse) must be at most :data:`GRAM_MAX_CONDITION`;
-    then ``R = R_s S``. Otherwise ``None`` is returned and the caller falls back to
-    Householder QR. Measured on float32 features with scaled condition numbers from 1
-    to 1e7 (tests/test_metrics_streaming.py and the metrics benchmark), Frechet
-    distances from this factor agree with the QR route to about 1e-13 relative, where
-    the covariance-and-eigenvalue route of other libraries loses up to 1e-5; at 1e9 the
-    Cholesky factorization fails and QR takes over.
-    """
-    m, d = rows.shape
-    gram = _gram(rows)
-    diag = gram.diagonal()
-    keep = diag > 0
-    if not bool(keep.all()):
-        if bool((rows[:, ~keep] != 0).any()):  # underflowing squares, not zero columns
-            return None
-        index = keep.nonzero().squeeze(1)
-        gram, diag = gram[index][:, index], diag[index]
-    scale = diag.sqrt()
-    scaled = gram / scale[:, None] / scale[None, :]
-    factor, info = torch.linalg.cholesky_ex(scaled, upper=True)
-    if int(info) != 0:
-        return None
-    eye = torch.eye(factor.shape[0], dtype=factor.dtype, device=factor.device)
-    inverse = torch.linalg.solve_triangular(factor, eye, upper=True)
-    norm1 = torch.linalg.matrix_norm(factor, ord=1) * torch.linalg.matrix_norm(inverse, ord=1)
-    if not bool(norm1 <= GRAM_MAX_CONDITION):  # also catches NaN
-        return None
-    factor = factor * scale[None, :]
-    if factor.shape[0] == d:
-        return factor
-    out = rows.new_zeros(d, d)
-    out[index[:, None], index[None, :]] = factor
-    return out
 
 
 def _apply(extractor: Callable[[Tensor], Tensor] | None, batch: Tensor,
