@@ -1,9 +1,9 @@
 """Square-root factors of scatter matrices: ``R`` upper triangular with ``R^T R = A^T A``.
 
-Internal to :class:`probgen.metrics.RunningMoments`: :func:`r_factor` takes the Cholesky
-factor of the float64 Gram matrix when a condition check says the squared conditioning
-costs nothing (:func:`gram_factor`), else the R of a Householder QR. torch has neither a
-``syrk`` nor a checked Gram factorization, hence this module.
+Internal to :class:`probgen.metrics.RunningMoments`, which takes the Cholesky factor of
+the float64 Gram matrix when a condition check says the squared conditioning costs
+nothing (:func:`gram_factor`), else the R of a Householder QR (:func:`qr_factor`).
+torch has neither a ``syrk`` nor a checked Gram factorization, hence this module.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["GRAM_MAX_CONDITION", "r_factor", "gram_matrix", "gram_factor"]
+__all__ = ["GRAM_MAX_CONDITION", "qr_factor", "gram_matrix", "gram_factor"]
 
 
 #: Largest 1-norm condition number of the column-scaled Cholesky factor for which
@@ -19,17 +19,8 @@ __all__ = ["GRAM_MAX_CONDITION", "r_factor", "gram_matrix", "gram_factor"]
 GRAM_MAX_CONDITION = 1e6
 
 
-def r_factor(rows: Tensor, *, try_gram: bool = True) -> Tensor:
-    """An upper-trapezoidal ``R`` (``(min(m, D), D)``) with ``R^T R = rows^T rows``.
-
-    Tall blocks (``m > D``) first try :func:`gram_factor` (unless ``try_gram`` is
-    false); otherwise, or when it declines,
-    the R of a Householder QR of ``rows``.
-    """
-    if try_gram and rows.shape[0] > rows.shape[1]:
-        factor = gram_factor(rows)
-        if factor is not None:
-            return factor
+def qr_factor(rows: Tensor) -> Tensor:
+    """The R of a Householder QR of ``rows`` (``(m, D)`` -> ``(min(m, D), D)``)."""
     return torch.linalg.qr(rows, mode="r").R
 
 

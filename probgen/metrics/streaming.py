@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from probgen.metrics._factor import gram_factor, r_factor
+from probgen.metrics._factor import gram_factor, qr_factor
 from probgen.utils import all_finite
 
 __all__ = ["RunningMoments", "iter_batches", "collect_features", "feature_moments", "Source"]
@@ -246,7 +246,7 @@ class RunningMoments:
         delta = mean - self._mean
         rows = torch.cat([self._factor, factor,
                           (math.sqrt(self._n * count / total) * delta)[None]])
-        self._factor = r_factor(rows)
+        self._factor = self._factorize(rows)
         self._mean = self._mean + delta * (count / total)
         self._n = total
 
@@ -292,7 +292,7 @@ class RunningMoments:
             if factor is not None:
                 return factor
             self._try_gram = False
-        return r_factor(rows, try_gram=False)
+        return qr_factor(rows)
 
     def merge(self, other: RunningMoments) -> RunningMoments:
         """Adds another accumulator's vectors to this one (e.g. from another process)."""
