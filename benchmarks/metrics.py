@@ -37,7 +37,6 @@ import math
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -52,43 +51,10 @@ from _common import (  # noqa: E402
     today,
     write_section,
 )
+from _peers import stub_torchvision  # noqa: E402
 
 from probgen.data import load_mnist  # noqa: E402
 from probgen.metrics import fid, kid, mnist_classifier, precision_recall  # noqa: E402
-
-
-def _stub_torchvision() -> None:
-    """An empty stand-in for torchvision so the peers' metric modules import (see above)."""
-    try:
-        import torchvision  # noqa: F401
-
-        return
-    except Exception:  # noqa: BLE001 - any failure: the stand-in is used instead
-        for name in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
-            del sys.modules[name]
-    tv = types.ModuleType("torchvision")
-    tv.__path__ = []  # a package
-    datasets = types.ModuleType("torchvision.datasets")
-    for cls in ("CIFAR10", "CIFAR100", "STL10"):
-        setattr(datasets, cls, type(cls, (), {}))
-    transforms = types.ModuleType("torchvision.transforms")
-    transforms.__path__ = []
-    functional = types.ModuleType("torchvision.transforms.functional")
-    transforms.functional = functional
-    # pytorch_fid.inception subclasses torchvision's Inception blocks at import time: any
-    # name asked of the stand-in is an empty nn.Module subclass (never instantiated here).
-    models = types.ModuleType("torchvision.models")
-    models.__path__ = []
-    inception = types.ModuleType("torchvision.models.inception")
-    inception.__getattr__ = lambda name: type(name, (torch.nn.Module,), {})
-    models.inception = inception
-    tv.datasets, tv.transforms, tv.models = datasets, transforms, models
-    sys.modules.update({"torchvision": tv, "torchvision.datasets": datasets,
-                        "torchvision.transforms": transforms,
-                        "torchvision.transforms.functional": functional,
-                        "torchvision.models": models,
-                        "torchvision.models.inception": inception})
-
 
 # --------------------------------------------------------------------------- inputs
 
@@ -319,7 +285,7 @@ def main() -> int:
     parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     args = parser.parse_args()
     set_threads(args.threads)
-    _stub_torchvision()
+    stub_torchvision()
     import pytorch_fid
     import torch_fidelity
 

@@ -152,12 +152,14 @@ def _poly_mmd2_float64(a, b, degree, gamma, coef0):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("m", [2, 31, 32, 33, 70])
 @pytest.mark.parametrize("degree", [2, 3, 4])
-def test_kid_subset_loop_matches_the_definition(dtype, m, degree, threads, monkeypatch):
+def test_kid_subset_loop_matches_the_definition(dtype, m, degree, threads):
     # The CPU loop reuses its row, Gram and work buffers across subsets and sums the
     # kernel a few rows at a time (the upper triangle only for a a^T): subset sizes on
     # both sides of its 32-row blocks, 5 subsets on 1 worker thread or on 3 (each worker
-    # reuses its buffers for the next subset it takes).
-    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    # reuses its buffers for the next subset it takes). kid() itself uses one worker on
+    # problems this small, so the loop is also called directly with `threads` workers.
+    from probgen.metrics._kid import PolySums, subset_values
+
     g = torch.Generator().manual_seed(m + 10 * degree)
     n = 80
     x = torch.randn(n, 6, generator=g, dtype=torch.float64).to(dtype)
@@ -172,3 +174,6 @@ def test_kid_subset_loop_matches_the_definition(dtype, m, degree, threads, monke
     tol = 1e-12 if dtype == torch.float64 else 2e-5
     scale = float(expected.abs().max()) + (1 + gamma * 6) ** degree * 1e-3
     torch.testing.assert_close(result.values, expected, rtol=0, atol=tol * scale)
+    direct = subset_values(PolySums(gamma, coef0, degree, m), x.numpy(), y.numpy(),
+                           ix.numpy(), iy.numpy(), threads)
+    torch.testing.assert_close(torch.from_numpy(direct), expected, rtol=0, atol=tol * scale)

@@ -286,7 +286,10 @@ def kid(
             # Fewer products: every pair once, then each subset's sums by indicator vectors.
             values = torch.from_numpy(sums.by_indicators(x, y, ix, iy))
         else:
-            workers = torch.get_num_threads()
+            # Worker threads pay off once the products take milliseconds (about 1e8
+            # flops); below that, starting them and limiting BLAS cost more.
+            flops = 4.0 * ix.shape[0] * m * m * x.shape[1]
+            workers = torch.get_num_threads() if flops >= 1e8 else 1
             values = torch.from_numpy(subset_values(sums, x, y, ix, iy, workers))
         return KID(float(values.mean()), float(values.std(correction=0)), values)
     for s in range(ix.shape[0]):
