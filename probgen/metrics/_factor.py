@@ -60,7 +60,7 @@ def gram_factor(rows: Tensor) -> Tensor | None:
     1e-5; at 1e9 the Cholesky factorization failed. tests/test_metrics_frechet.py checks
     both routes against closed forms.
     """
-    m, d = rows.shape
+    d = rows.shape[1]
     gram = gram_matrix(rows)
     diag = gram.diagonal()
     keep = diag > 0

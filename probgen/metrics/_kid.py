@@ -11,7 +11,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from scipy.linalg import blas
 from threadpoolctl import threadpool_limits
 from torch import Tensor
 
@@ -22,7 +21,7 @@ class PolySums:
     """Sums of polynomial-kernel matrices of one subset size, in float64.
 
     The products run in the features' dtype; on the CPU they go through the BLAS that
-    numpy and scipy ship (OpenBLAS: faster than torch's MKL on many CPUs; see
+    numpy ships (OpenBLAS: faster than torch's MKL on many CPUs; see
     :func:`subset_values` for the per-subset loop, ``by_indicators`` for all subsets at
     once). The kernel values and their sums are then computed in float64.
     """
@@ -42,9 +41,9 @@ class PolySums:
         k = self._kernel(a @ a.T)
         return float(k.sum() - k.diagonal().sum())
 
-    def _gemm(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        gemm = blas.sgemm if a.dtype == np.float32 else blas.dgemm
-        return gemm(1.0, a.T, b.T, trans_a=1)  # a b^T, scipy's BLAS
+    @staticmethod
+    def _gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return a @ b.T  # numpy's BLAS, the same thread pool as SubsetWorker's
 
     def by_indicators(self, x: np.ndarray, y: np.ndarray, ix: np.ndarray, iy: np.ndarray,
                       block: int = 512) -> np.ndarray:

@@ -242,13 +242,9 @@ class RunningMoments:
         if self._n == 0:
             self._n, self._mean, self._factor = count, mean, factor
             return
-        total = self._n + count
-        delta = mean - self._mean
-        rows = torch.cat([self._factor, factor,
-                          (math.sqrt(self._n * count / total) * delta)[None]])
-        self._factor = self._factorize(rows)
-        self._mean = self._mean + delta * (count / total)
-        self._n = total
+        rows, block = self._stacked(factor.shape[0])
+        block.copy_(factor)
+        self._absorb(rows, count, mean)
 
     def _fold(self) -> None:
         if not self._buffer:
@@ -259,25 +255,35 @@ class RunningMoments:
 
     def _fold_batches(self, batches: list[Tensor], count: int) -> None:
         """Merges ``count`` rows, given as ``batches``, into the mean and the factor."""
-        # One float64 array holds the previous factor, the centred rows and the mean
-        # correction, filled in place: no concatenated copy, no separate centred copy
-        # (and converting first is several times faster than a float64 sum of float32).
-        head = 0 if self._n == 0 else self._factor.shape[0]
-        rows = torch.empty(head + count + (self._n > 0), self.dim, dtype=torch.float64,
-                           device=self.device)
-        block = rows[head : head + count]
+        rows, block = self._stacked(count)
         at = 0
         for b in batches:
             block[at : at + b.shape[0]].copy_(b)
             at += b.shape[0]
+        # Converting first and summing in float64 is several times faster than a float64
+        # sum of float32.
         mean = block.sum(dim=0) / count
         block.sub_(mean)
+        self._absorb(rows, count, mean)
+
+    def _stacked(self, count: int) -> tuple[Tensor, Tensor]:
+        """A float64 array for the rows ``[R; count new rows; delta]`` (only the new rows
+        while the accumulator is empty) and the view of the new rows, filled in place by
+        the caller: no concatenated copy, no separate centred copy."""
+        head = 0 if self._n == 0 else self._factor.shape[0]
+        rows = torch.empty(head + count + (self._n > 0), self.dim, dtype=torch.float64,
+                           device=self.device)
+        return rows, rows[head : head + count]
+
+    def _absorb(self, rows: Tensor, count: int, mean: Tensor) -> None:
+        """Chan, Golub & LeVeque's update from :meth:`_stacked`'s array, its new rows
+        (``count`` of them, centred at ``mean``) already in place."""
         if self._n == 0:
             self._n, self._mean, self._factor = count, mean, self._factorize(rows)
             return
         total = self._n + count
         delta = mean - self._mean
-        rows[:head] = self._factor
+        rows[: self._factor.shape[0]] = self._factor
         rows[-1] = math.sqrt(self._n * count / total) * delta
         self._factor = self._factorize(rows)
         self._mean = self._mean + delta * (count / total)
