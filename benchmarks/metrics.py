@@ -153,14 +153,17 @@ def ratio(rows: dict, lib: str, peer: str) -> tuple[float, float, float]:
     return statistics.median(r), min(r), max(r)
 
 
-def run_fid(x, y):
-    from pytorch_fid import fid_score
+def fidelity_fid(x, y) -> float:
+    """torch-fidelity's FID of two feature sets (its statistics, then its distance)."""
     from torch_fidelity import metric_fid
 
-    def fidelity():
-        s1 = metric_fid.fid_features_to_statistics(x)
-        s2 = metric_fid.fid_features_to_statistics(y)
-        return metric_fid.fid_statistics_to_metric(s1, s2, False)[metric_fid.KEY_METRIC_FID]
+    s1 = metric_fid.fid_features_to_statistics(x)
+    s2 = metric_fid.fid_features_to_statistics(y)
+    return metric_fid.fid_statistics_to_metric(s1, s2, False)[metric_fid.KEY_METRIC_FID]
+
+
+def run_fid(x, y):
+    from pytorch_fid import fid_score
 
     def pytorch_fid():
         a, b = x.numpy(), y.numpy()  # calculate_activation_statistics: np.mean, np.cov
@@ -169,7 +172,7 @@ def run_fid(x, y):
         return float(fid_score.calculate_frechet_distance(m1, c1, m2, c2))
 
     rows = interleaved({"probgen": lambda: fid(x, y, batch_size=2500),
-                        "torch-fidelity": fidelity,
+                        "torch-fidelity": lambda: fidelity_fid(x, y),
                         "pytorch-fid": pytorch_fid}, REPEATS)
     ref, ref_s = timed(lambda: fid_reference(x, y))
     return rows, ref, ref_s
@@ -192,18 +195,11 @@ def run_fid_shapes(seed: int) -> list[list[str]]:
     one untimed call and then REPEATS timed calls back to back, the library going first
     alternating from shape to shape.
     """
-    from torch_fidelity import metric_fid
-
-    def fidelity(x, y):
-        s1 = metric_fid.fid_features_to_statistics(x)
-        s2 = metric_fid.fid_features_to_statistics(y)
-        return metric_fid.fid_statistics_to_metric(s1, s2, False)[metric_fid.KEY_METRIC_FID]
-
     rows = []
     for k, (n, d) in enumerate(FID_SHAPES):
         x, y = random_inputs(n, d, seed)
         fns = {"probgen": lambda x=x, y=y: fid(x, y, batch_size=2500),
-               "torch-fidelity": lambda x=x, y=y: fidelity(x, y)}
+               "torch-fidelity": lambda x=x, y=y: fidelity_fid(x, y)}
         order = list(fns) if k % 2 == 0 else list(fns)[::-1]
         times, values = {}, {}
         for lib in order:
