@@ -131,6 +131,7 @@ _DISCRETE_LATENT_KEYS = {"vqvae": "test/recon", "gumbel_elbo": "test/elbo"}
 _SDE_KEYS = {"sde_dsm": "test/dsm"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", _CHEAP)
 def test_every_preset_runs(tmp_path, name):
     from probgen.config import load_config
@@ -161,6 +162,7 @@ def test_every_preset_runs(tmp_path, name):
     assert expected in result, result
 
 
+@pytest.mark.slow
 @pytest.mark.mnist
 @pytest.mark.parametrize("name", [n for n in list_presets() if n.endswith("-mnist")])
 def test_mnist_presets_run(tmp_path, mnist_root, name):
@@ -177,6 +179,7 @@ def test_mnist_presets_run(tmp_path, mnist_root, name):
     assert expected in json.loads((out / "eval.json").read_text())
 
 
+@pytest.mark.slow
 def test_cli_under_torchrun_matches_single_process(tmp_path):
     """`torchrun -m probgen.cli fit` with 2 gloo processes x batch B == 1 process x batch 2B."""
     import os

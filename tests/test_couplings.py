@@ -23,8 +23,6 @@ from probgen.couplings import (
     sinkhorn,
 )
 
-torch.set_num_threads(1)
-
 
 @pytest.mark.parametrize("n", [2, 3, 4, 5, 6])
 def test_exact_ot_equals_brute_force_over_all_permutations(n):

@@ -7,8 +7,6 @@ import torch
 
 from probgen.nn import ConditionalMLP, UNet
 
-torch.set_num_threads(1)  # one thread: faster than two on a shared CPU
-
 
 def _randomize_head(net: torch.nn.Module) -> None:
     """The heads start at zero (a fresh predictor outputs 0); give them weights to test."""

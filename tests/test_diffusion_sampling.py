@@ -18,8 +18,6 @@ from probgen.diffusion import (
 from probgen.inference import DiffusionLoss, diffusion_sample, langevin, variational_bound
 from probgen.models import DiffusionModel
 
-torch.set_num_threads(1)  # one thread: faster than two on a shared CPU
-
 MU = torch.tensor([1.0, -2.0], dtype=torch.float64)
 COV = torch.tensor([[2.0, 0.6], [0.6, 0.5]], dtype=torch.float64)
 

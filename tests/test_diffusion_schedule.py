@@ -19,8 +19,6 @@ from probgen.diffusion import (
     to_signed,
 )
 
-torch.set_num_threads(1)  # one thread: faster than two on a shared CPU
-
 
 def test_course_cosine_values_t5():
     """T = 100 cosine schedule at index 5, x_0 = 1 (the course's numbers)."""

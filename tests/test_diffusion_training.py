@@ -14,8 +14,6 @@ from probgen.inference import DiffusionLoss, NoisyClassifierLoss, fit
 from probgen.models import DDPM, DiffusionModel, VectorDDPM
 from probgen.nn import ConditionalMLP, UNetClassifier
 
-torch.set_num_threads(1)  # one thread: faster than two on a shared CPU
-
 MU = torch.tensor([1.0, -2.0])
 L = torch.tensor([[1.2, 0.0], [0.5, 0.4]])  # cov = L L^T = [[1.44, 0.6], [0.6, 0.41]]
 

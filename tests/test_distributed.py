@@ -67,6 +67,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["default", "custom"])
 def test_two_gloo_processes_match_one_with_double_batch(tmp_path, mode):
     """DistributedDataParallel (default path) and the hand-averaged training_step path."""

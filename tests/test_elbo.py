@@ -17,7 +17,6 @@ from probgen.inference.registry import OBJECTIVES
 from probgen.latent import active_units, evidence_lower_bound, kl_per_dimension
 from probgen.models import VAE
 
-torch.set_num_threads(1)
 D, LATENT, N = 5, 2, 2000
 
 

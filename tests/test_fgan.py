@@ -90,7 +90,6 @@ def test_any_critic_stays_below_the_divergence(name):
 
 @pytest.mark.parametrize("name", ["kl", "reverse_kl", "js", "pearson", "hellinger", "tv"])
 def test_trained_critic_reaches_the_divergence_from_below(name):
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     gan = MLPGAN(1, latent_dim=1, hidden_features=[], critic_hidden_features=[32, 32])
     with torch.no_grad():  # the generator is the fixed map z -> z + 1: Q = N(1, 1)

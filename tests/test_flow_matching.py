@@ -26,8 +26,6 @@ from probgen.metrics import integrate_density_2d
 from probgen.models import MODELS, FlowMatching, VectorFlowMatching
 from probgen.paths import CondOTPath, LinearPath, VEPath, VPPath
 
-torch.set_num_threads(1)
-
 MEAN = torch.tensor([1.0, -0.5], dtype=torch.float64)
 COV = torch.tensor([[0.8, 0.3], [0.3, 0.4]], dtype=torch.float64)
 

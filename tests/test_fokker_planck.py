@@ -15,14 +15,6 @@ from probgen.sde import VESDE, VPSDE, SubVPSDE
 WEIGHTS, MEANS, STDS = (0.3, 0.7), (-2.0, 1.5), (0.3, 0.5)
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _mixture(x: torch.Tensor, alpha: float = 1.0, sigma: float = 0.0) -> torch.Tensor:
     # The initial mixture pushed through x_s = alpha x_0 + sigma eps.
     out = torch.zeros_like(x)

@@ -16,11 +16,6 @@ from probgen.inference import Adversarial, fit, registry
 from probgen.models import MLPGAN
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 class _LinearPair(nn.Module):
     """A protocol GAN: x = z + shift, critic D(x) = w . x (known gradients)."""
 

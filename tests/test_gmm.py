@@ -18,8 +18,6 @@ from probgen.inference.registry import OBJECTIVES
 from probgen.metrics import integrate_density_2d
 from probgen.models import MODELS, GaussianMixtureModel, flower_mixture
 
-torch.set_num_threads(1)
-
 
 def _separated():
     """Three far-apart components with unequal weights and correlated covariances."""

@@ -14,8 +14,6 @@ from scipy.stats import chisquare
 from probgen.inference import ExponentialTemperature, RelaxedCategoricalELBO, fit
 from probgen.models import MODELS, GumbelSoftmaxVAE
 
-torch.set_num_threads(1)
-
 
 @pytest.mark.parametrize("temperature", [0.1, 1.0, 10.0])
 @pytest.mark.parametrize("hard", [False, True])

@@ -20,7 +20,7 @@ from probgen.latent import (
     log_importance_weights,
 )
 
-torch.set_num_threads(2)
+pytestmark = pytest.mark.threads(2)
 
 
 def test_course_reference_values():

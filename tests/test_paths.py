@@ -22,8 +22,6 @@ from probgen.paths import (
 )
 from probgen.sde import SubVPSDE
 
-torch.set_num_threads(1)
-
 PATH_CASES = {
     "ot": lambda: CondOTPath(),
     "ot-sigma_min": lambda: CondOTPath(sigma_min=0.1),

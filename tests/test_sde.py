@@ -28,14 +28,6 @@ ALL = [VPSDE(), SubVPSDE(), VESDE(0.01, 10.0)]
 IDS = ["vp", "subvp", "ve"]
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.parametrize("sde", ALL, ids=IDS)
 @pytest.mark.parametrize("method", ["euler", "milstein"])
 def test_simulated_marginals_match_closed_form(sde, method):

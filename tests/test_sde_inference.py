@@ -26,14 +26,6 @@ COV = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=DT)
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(0.01, 20.0)}
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _score(sde):
     return lambda x, t: sde.gaussian_score(x, t, MEAN, COV)
 

@@ -33,14 +33,6 @@ MEAN = torch.tensor([1.0, -0.5], dtype=DT)
 COV = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=DT)
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE(), VESDE(0.01, 20.0)],
                          ids=["vp", "subvp", "ve"])
 def test_ddpm_noise_predictor_is_an_sde_score(sde):

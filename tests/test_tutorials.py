@@ -60,6 +60,7 @@ def test_the_tutorials_exist():
     assert (TUTORIALS / "README.md").is_file()
 
 
+@pytest.mark.slow
 def test_kernel_runs_this_python(kernel, tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("import sys; print(sys.executable)")]
@@ -67,6 +68,7 @@ def test_kernel_runs_this_python(kernel, tmp_path):
     assert Path(out).resolve() == Path(sys.executable).resolve()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_notebook_runs_in_quick_mode(path, kernel, tmp_path):
     copy = tmp_path / path.name

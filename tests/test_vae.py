@@ -22,7 +22,7 @@ from probgen.models import (
     make_likelihood,
 )
 
-torch.set_num_threads(2)
+pytestmark = pytest.mark.threads(2)
 SHAPE = (1, 8, 8)
 
 

@@ -23,8 +23,6 @@ from probgen.inference import (
 )
 from probgen.models import MODELS, VQVAE, GatedPixelCNN, PixelCNN, VectorQuantizer
 
-torch.set_num_threads(1)
-
 
 def test_straight_through_value_and_gradient_exact():
     z_e = torch.randn(4, 3, 5, 5, dtype=torch.float64, requires_grad=True)
