@@ -83,7 +83,7 @@ def pairing_cost(x0: Tensor, x1: Tensor) -> float:
     r"""The mean squared distance :math:`\frac1n\sum_k \|x_{0,k} - x_{1,k}\|^2` of paired rows.
 
     Example:
-        >>> pairing_cost(torch.zeros(2, 2), torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+        >>> round(pairing_cost(torch.zeros(2, 2), torch.tensor([[1.0, 0.0], [0.0, 2.0]])), 6)
         2.5
     """
     _check_batches(x0, x1)

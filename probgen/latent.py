@@ -64,8 +64,8 @@ def gaussian_kl(
 
     Example:
         >>> t = torch.tensor
-        >>> round(float(gaussian_kl(t(2.0), t(3.0))), 4)
-        200.2144
+        >>> round(float(gaussian_kl(t(2.0), t(3.0))), 2)
+        200.21
         >>> round(float(gaussian_kl(t(2.0), t(3.0), t(4.0), t(5.0))), 5)
         1.50925
     """
@@ -111,7 +111,7 @@ def kl_per_dimension(posterior: Distribution, prior: Distribution | None = None)
 
     Example:
         >>> q = Normal(torch.tensor([[2.0, 0.0]]), torch.ones(1, 2))
-        >>> kl_per_dimension(q)
+        >>> kl_per_dimension(q).round(decimals=4)
         tensor([2., 0.])
     """
     q = _diagonal_normal(posterior, "posterior")

@@ -286,7 +286,7 @@ class VPSDE(SDE):
     Example:
         >>> sde = VPSDE()
         >>> a, s = sde.alpha_sigma(torch.tensor(0.5))
-        >>> round(float(a**2 + s**2), 6)  # variance preserving
+        >>> round(float(a**2 + s**2), 5)  # variance preserving
         1.0
     """
 

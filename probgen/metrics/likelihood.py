@@ -92,9 +92,11 @@ def bits_per_dim(
         ValueError: ``num_dims`` or ``levels`` not a positive int (``levels >= 2``).
 
     Example:
-        >>> bits_per_dim(torch.zeros(3), 784, levels=256)  # uniform on [0, 1)^D, 8-bit data
+        >>> # uniform on [0, 1)^D, 8-bit data: log(256) / log(2) bits, up to rounding
+        >>> bits_per_dim(torch.zeros(3), 784, levels=256).round(decimals=4)
         tensor([8., 8., 8.])
-        >>> bits_per_dim(torch.tensor(784 * math.log(256.0)), 784)  # uniform on [0, 256)^D
+        >>> # uniform on [0, 256)^D
+        >>> bits_per_dim(torch.tensor(784 * math.log(256.0)), 784).round(decimals=4)
         tensor(8.)
     """
     if isinstance(num_dims, bool) or not isinstance(num_dims, int) or num_dims < 1:

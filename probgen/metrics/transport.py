@@ -43,7 +43,7 @@ def wasserstein2(
 
     Example:
         >>> x = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
-        >>> wasserstein2(x, x.flip(0) + torch.tensor([0.0, 2.0]), squared=True)
+        >>> round(wasserstein2(x, x.flip(0) + torch.tensor([0.0, 2.0]), squared=True), 6)
         4.0
     """
     for value, name in ((x, "x"), (y, "y")):
