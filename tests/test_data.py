@@ -12,6 +12,7 @@ from torch.autograd.functional import jacobian
 
 from probgen.data import (
     DIGITS_LEVELS,
+    MNIST_FILES,
     TOY_NAMES,
     ImagePreprocess,
     LogitTransform,
@@ -19,6 +20,7 @@ from probgen.data import (
     ToySampler,
     binarize,
     dynamic_binarize,
+    find_mnist,
     from_signed,
     load_digits,
     load_mnist,
@@ -247,6 +249,33 @@ def test_mnist_bad_md5_and_missing_files(tmp_path, monkeypatch):
     monkeypatch.setenv("PROBGEN_DATA", str(tmp_path / "elsewhere"))
     with pytest.raises(FileNotFoundError, match="elsewhere"):
         load_mnist(None, "train")
+
+
+def test_find_mnist_present_and_absent(tmp_path, monkeypatch):
+    # absent: an empty folder, explicit or through PROBGEN_DATA
+    assert find_mnist(tmp_path) is None
+    monkeypatch.setenv("PROBGEN_DATA", str(tmp_path))
+    assert find_mnist() is None
+    # present: empty stand-ins of the four files (find_mnist checks names, not contents)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for names in MNIST_FILES.values():
+        (folder / f"{names[0]}.gz").write_bytes(b"")
+        (folder / names[1]).write_bytes(b"")  # raw (uncompressed) files count too
+    assert find_mnist(tmp_path) == folder
+    assert find_mnist() == folder  # PROBGEN_DATA
+    assert find_mnist(folder, "test") == folder  # the result works as a root
+    (folder / f"{MNIST_FILES['train'][0]}.gz").unlink()
+    assert find_mnist(tmp_path) is None and find_mnist(tmp_path, "test") == folder
+    with pytest.raises(ValueError, match=r"split: expected one of \['train', 'test'\]"):
+        find_mnist(tmp_path, "validation")
+
+
+@pytest.mark.mnist
+def test_find_mnist_shared_files(mnist_root):
+    assert find_mnist(mnist_root.parent) == mnist_root
+    images, _ = load_mnist(find_mnist(mnist_root.parent), "test")
+    assert images.shape == (10000, 1, 28, 28)
 
 
 # ---------------------------------------------------------------- preprocessing

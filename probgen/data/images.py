@@ -20,6 +20,7 @@ __all__ = [
     "DIGITS_TEST_SIZE",
     "MNIST_FILES",
     "MNIST_MIRRORS",
+    "find_mnist",
     "load_digits",
     "load_mnist",
     "read_idx",
@@ -189,6 +190,46 @@ def _find(name: str, folders: list[Path]) -> Path | None:
             if candidate.is_file():
                 return candidate
     return None
+
+
+def find_mnist(
+    root: str | os.PathLike | None = None,
+    splits: str | tuple[str, ...] = ("train", "test"),
+) -> Path | None:
+    """The folder holding the MNIST files of ``splits``, or ``None`` where any is missing.
+
+    Looks where :func:`load_mnist` looks, without reading or checking the files: in
+    ``root`` and ``root/mnist``, ``root`` being ``PROBGEN_DATA``, else ``~/.cache/probgen``,
+    when ``None``; each file may be gzip-compressed (``.gz``) or raw. Use it to skip MNIST
+    work where the data is absent; passing the result as ``root`` to :func:`load_mnist`
+    reads the files found.
+
+    Args:
+        root: the data folder (see above).
+        splits: the split, or splits, whose image and label files must all be present.
+
+    Returns:
+        Path | None: the folder of the files (``root`` or ``root/mnist``; ``root`` itself
+        when they are spread over both), or ``None`` when a file is missing.
+
+    Raises:
+        ValueError: an unknown split.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as empty:
+        ...     print(find_mnist(empty))
+        None
+    """
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    for split in splits:
+        _check_split(split, tuple(MNIST_FILES))
+    folders = _roots(root)
+    found = [_find(name, folders) for split in splits for name in MNIST_FILES[split]]
+    if not found or any(path is None for path in found):
+        return None
+    parents = {path.parent for path in found}
+    return parents.pop() if len(parents) == 1 else folders[0]
 
 
 def _download(name: str, folder: Path) -> Path:

@@ -15,7 +15,8 @@ CELLS: list[tuple[str, str]] = [
        exact $W_2$ and mode coverage, for samplers that drop modes, blur them or add some;
     3. streaming: FID of 50 000 samples drawn batch by batch from a trained model;
     4. MNIST in the feature space of probgen's bundled classifier: FID, KID, precision,
-       recall and the classifier score for corrupted digits;
+       recall and the classifier score for corrupted digits (skipped, with a message, where
+       the MNIST files are absent);
     5. the same from the command line: `probgen eval RUN --metrics fid,kid,pr`.
 
     The full run takes two to three minutes on one CPU thread. With `PROBGEN_QUICK=1` the
@@ -40,7 +41,7 @@ CELLS: list[tuple[str, str]] = [
     from matplotlib.figure import Figure
 
     import probgen
-    from probgen.data import ToySampler, load_mnist, toy_sample
+    from probgen.data import ToySampler, find_mnist, load_mnist, toy_sample
     from probgen.inference import MaximumLikelihood, fit
     from probgen.metrics import (
         density_coverage,
@@ -213,44 +214,56 @@ CELLS: list[tuple[str, str]] = [
     when torch-fidelity and its weights are on the disk; nothing is downloaded).
 
     The MNIST files are read from `PROBGEN_DATA` or, in this repository, from
-    `../shared/data/mnist`. The cell below checks the classifier's test accuracy, then
-    compares the test images with: other real digits (the training set), digits with
-    Gaussian pixel noise, blurred digits, and a "collapsed" set made of copies of only
-    the 0s and 1s.
+    `../shared/data/mnist`. `find_mnist(root)` returns the folder holding them, or `None`
+    where they are absent: then this section prints one line saying where it looked and
+    skips its cells (the other sections do not need MNIST).
     """),
     ("code", r"""
     root = os.environ.get("PROBGEN_DATA")
     if root is None:  # this repository's layout: shared/ beside the checkout
         root = Path(probgen.__file__).resolve().parents[2] / "shared" / "data"
-    test_x, test_y = load_mnist(root, "test")
-    train_x, train_y = load_mnist(root, "train")
-    net = mnist_classifier()
-    with torch.no_grad():
-        pred = torch.cat([net(b).argmax(1) for b in test_x.split(2000)])
-    print(f"bundled classifier, test accuracy: {100 * (pred == test_y).double().mean():.2f}%")
+    mnist_dir = find_mnist(root)  # None without the files: the cells below skip section 4
+    if mnist_dir is None:
+        print(f"MNIST files not found in {root} or {Path(root) / 'mnist'}: section 4 is "
+              "skipped (set PROBGEN_DATA to the folder that holds them, or pass that folder "
+              "as root in this cell).")
+    """),
+    ("md", r"""
+    The cell below checks the classifier's test accuracy, then compares the test images
+    with: other real digits (the training set), digits with Gaussian pixel noise, blurred
+    digits, and a "collapsed" set made of copies of only the 0s and 1s.
+    """),
+    ("code", r"""
+    if mnist_dir is not None:  # else section 4 is skipped (see the message above)
+        test_x, test_y = load_mnist(mnist_dir, "test")
+        train_x, train_y = load_mnist(mnist_dir, "train")
+        net = mnist_classifier()
+        with torch.no_grad():
+            pred = torch.cat([net(b).argmax(1) for b in test_x.split(2000)])
+        print(f"bundled classifier, test accuracy: {100 * (pred == test_y).double().mean():.2f}%")
 
-    n = min(N, 10_000)
-    real_img = test_x[:n]
-    g = torch.Generator().manual_seed(4)
-    unit = train_x[:n].float() / 255
-    kernel = torch.ones(1, 1, 3, 3) / 9
-    small_digits = torch.nonzero(train_y < 2).squeeze(1)
-    sets = {
-        "real (train)": unit,
-        "noise 0.2": (unit + 0.2 * torch.randn(unit.shape, generator=g)).clamp(0, 1),
-        "blurred 3x3": torch.nn.functional.conv2d(unit, kernel, padding=1),
-        "only 0s and 1s": train_x[small_digits[:n]].float() / 255,
-    }
-    real_feats = torch.cat([net.features(b) for b in real_img.split(1000)])
-    print(f"{'compared with test':18s} {'FID':>8s} {'KIDx1e3':>8s} {'prec.':>6s} "
-          f"{'recall':>6s} {'score':>6s}")
-    for name, imgs in sets.items():
-        feats = torch.cat([net.features(b) for b in imgs.split(1000)])
-        p, r = precision_recall(real_feats, feats)
-        k = kid(real_feats, feats, generator=torch.Generator().manual_seed(0)).mean
-        score = inception_score(imgs, net.probabilities).mean
-        print(f"{name:18s} {fid(real_feats, feats):8.3f} {1e3 * k:8.3f} {p:6.3f} {r:6.3f} "
-              f"{score:6.2f}")
+        n = min(N, 10_000)
+        real_img = test_x[:n]
+        g = torch.Generator().manual_seed(4)
+        unit = train_x[:n].float() / 255
+        kernel = torch.ones(1, 1, 3, 3) / 9
+        small_digits = torch.nonzero(train_y < 2).squeeze(1)
+        sets = {
+            "real (train)": unit,
+            "noise 0.2": (unit + 0.2 * torch.randn(unit.shape, generator=g)).clamp(0, 1),
+            "blurred 3x3": torch.nn.functional.conv2d(unit, kernel, padding=1),
+            "only 0s and 1s": train_x[small_digits[:n]].float() / 255,
+        }
+        real_feats = torch.cat([net.features(b) for b in real_img.split(1000)])
+        print(f"{'compared with test':18s} {'FID':>8s} {'KIDx1e3':>8s} {'prec.':>6s} "
+              f"{'recall':>6s} {'score':>6s}")
+        for name, imgs in sets.items():
+            feats = torch.cat([net.features(b) for b in imgs.split(1000)])
+            p, r = precision_recall(real_feats, feats)
+            k = kid(real_feats, feats, generator=torch.Generator().manual_seed(0)).mean
+            score = inception_score(imgs, net.probabilities).mean
+            print(f"{name:18s} {fid(real_feats, feats):8.3f} {1e3 * k:8.3f} {p:6.3f} {r:6.3f} "
+                  f"{score:6.2f}")
     """),
     ("md", r"""
     The classifier gets over 99% of the test digits right. Real training digits are
@@ -262,10 +275,11 @@ CELLS: list[tuple[str, str]] = [
     classes left.
     """),
     ("code", r"""
-    fig = Figure(figsize=(12, 3))
-    for i, (name, imgs) in enumerate(sets.items()):
-        plot_image_grid(imgs[:36], nrow=6, ax=fig.add_subplot(1, 4, i + 1), title=name)
-    fig
+    if mnist_dir is not None:  # else section 4 is skipped (see the message above)
+        fig = Figure(figsize=(12, 3))
+        for i, (name, imgs) in enumerate(sets.items()):
+            plot_image_grid(imgs[:36], nrow=6, ax=fig.add_subplot(1, 4, i + 1), title=name)
+        display(fig)
     """),
     ("md", r"""
     ## 5. From the command line
