@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test test-integration test-all lint bench clean
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,20 +16,31 @@ $(STAMP): pyproject.toml requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# The benchmarks' peer libraries, without their dependencies (torch stays pinned).
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-bench.txt
+	touch $(BENCH_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/probgen fit realnvp-moons --out runs/demo --set train.steps=1500
 
+# Fast tier: unit and mathematics tests, the model contract, one short fit per family.
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-test-all: $(STAMP)
+# Integration tier: notebooks (quick mode), every preset through the CLI, torchrun, MNIST
+# runs, every benchmark in --quick mode (needs the peers).
+test-integration: $(BENCH_STAMP)
+	$(PY) -m pytest -q -m slow
+
+# Both tiers in one run.
+test-all: $(BENCH_STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check probgen models inference tests benchmarks
 
-bench: $(STAMP)
-	$(PY) -m pip install --quiet --no-deps -r requirements-bench.txt
+bench: $(BENCH_STAMP)
 	$(PY) benchmarks/flows_2d.py
 	$(PY) benchmarks/metrics.py --root ../shared/data/mnist
 

@@ -61,7 +61,7 @@ from torch import Tensor, nn
 
 from probgen.fdivergences import F_DIVERGENCES, get_f_divergence
 from probgen.inference.registry import register_objective
-from probgen.utils import append_dims
+from probgen.utils import append_dims, check_tensor
 
 __all__ = ["Adversarial", "GAN_LOSSES", "ADAM_BETAS", "gradient_penalty", "gradient_norms"]
 
@@ -229,7 +229,10 @@ class Adversarial(nn.Module):
         if self.preprocess is not None:
             out = self.preprocess(x)
             x = out[0] if isinstance(out, tuple) else out
-        return x if x.is_floating_point() else x.float()
+        x = x if x.is_floating_point() else x.float()
+        event_shape = getattr(self.model, "event_shape", None)
+        return check_tensor(x, "batch", event_shape=None if event_shape is None
+                            else tuple(event_shape))
 
     def _critic(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         out = self.model.critic(x) if labels is None else self.model.critic(x, labels)

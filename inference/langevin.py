@@ -376,16 +376,18 @@ class ScoreSampler:
             init_std = self.sigmas[0] if self.sigmas is not None else 1.0
         self.init_std, self.denoise = float(init_std), bool(denoise)
 
-    def _device(self) -> torch.device:
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        """Where and in which precision the chains run: the network's first parameter's."""
         if isinstance(self.net, nn.Module):
             for p in self.net.parameters():
-                return p.device
-        return torch.device("cpu")
+                return p.device, p.dtype
+        return torch.device("cpu"), torch.get_default_dtype()
 
     def run(self, n: int, generator: torch.Generator | None = None,
             record_every: int | None = None) -> LangevinResult:
         """Draws ``n`` chains and returns the full :class:`LangevinResult`."""
-        x0 = self.init_std * torch.randn(n, *self.event_shape, device=self._device(),
+        device, dtype = self._device_dtype()
+        x0 = self.init_std * torch.randn(n, *self.event_shape, device=device, dtype=dtype,
                                          generator=generator)
         was_training = isinstance(self.net, nn.Module) and self.net.training
         if isinstance(self.net, nn.Module):

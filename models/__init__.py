@@ -17,6 +17,7 @@ from probgen.models.cnf import (
 )
 from probgen.models.diffusion import DDPM, DIFFUSION_MODELS, DiffusionModel, VectorDDPM
 from probgen.models.discrete_vae import DISCRETE_LATENT_MODELS, GumbelSoftmaxVAE
+from probgen.models.examples import EXAMPLES
 from probgen.models.flow_matching import (
     FM_MODELS,
     FlowMatching,
@@ -82,6 +83,8 @@ from probgen.models.vae import (
 from probgen.models.vqvae import VQ_MODELS, VQVAE, VectorQuantizer
 
 # Every family adds its name -> class table here; the CLI's [model] name looks up MODELS.
+# Each registered name also has a small run configuration in EXAMPLES (models/examples.py),
+# which tests/test_model_contract.py builds to check the model contract.
 AUTOREGRESSIVE: dict[str, type[AutoregressiveModel]] = {
     "MADE": MADE,
     "PixelCNN": PixelCNN,
@@ -95,6 +98,7 @@ MODELS.update(SDE_MODELS)
 MODELS.update(FM_MODELS)
 
 __all__ = [
+    "EXAMPLES",
     "DIFFUSION_MODELS",
     "DiffusionModel",
     "DDPM",

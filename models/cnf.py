@@ -18,6 +18,7 @@ from torch.distributions import Independent, Normal
 from probgen.cnf import ADAPTIVE_METHODS, FIXED_METHODS, ContinuousFlow, SolveStats
 from probgen.divergence import NOISES
 from probgen.nn import ACTIVATIONS
+from probgen.utils import drawing_from
 
 __all__ = [
     "ConcatSquashLinear",
@@ -331,9 +332,12 @@ class ContinuousFlowModel(nn.Module):
         return out
 
     @torch.no_grad()
-    def sample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
-        """Samples without gradients, shape ``(*shape, *b, D)``."""
-        return self.rsample(shape, context)
+    def sample(self, shape: Sequence[int] = (), context: Tensor | None = None, *,
+               generator: torch.Generator | None = None) -> Tensor:
+        """Samples without gradients, shape ``(*shape, *b, D)``; the base draws (and a
+        Hutchinson probe, if any) come from ``generator`` when one is given."""
+        with drawing_from(generator):
+            return self.rsample(shape, context)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Same as :meth:`log_prob`."""

@@ -243,6 +243,7 @@ class FlowMatching(nn.Module):
         method: str = "dopri5",
         rtol: float | None = None,
         atol: float | None = None,
+        step_size: float | None = None,
         generator: torch.Generator | None = None,
     ) -> ContinuousFlow:
         """The model as a Distribution: a :class:`probgen.cnf.ContinuousFlow` of the field
@@ -254,7 +255,8 @@ class FlowMatching(nn.Module):
             guidance: a guidance weight (the density of the guided sampler).
             trace: ``"exact"`` or ``"hutchinson"`` (default: exact for vectors, Hutchinson
                 for images).
-            noise, method, rtol, atol, generator: see :class:`~probgen.cnf.ContinuousFlow`.
+            noise, method, rtol, atol, step_size, generator: see
+                :class:`~probgen.cnf.ContinuousFlow` (``step_size`` for fixed-step methods).
         """
         device, dtype = self._device_dtype()
         if labels is not None and not self.num_classes:
@@ -266,7 +268,8 @@ class FlowMatching(nn.Module):
                                                      dtype=dtype),
                               method=method, rtol=self.rtol if rtol is None else rtol,
                               atol=self.atol if atol is None else atol, trace=trace,
-                              noise=noise, t1=self.path.t_end, generator=generator)
+                              noise=noise, t1=self.path.t_end, step_size=step_size,
+                              generator=generator)
 
     def log_prob(self, x: Tensor, labels: Tensor | None = None, **kwargs: Any) -> Tensor:
         """Exact log-density of ``x`` ``(batch, *event)`` through the ODE, shape ``(batch,)``.

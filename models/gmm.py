@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from probgen.data.toy import flower_parameters
 from probgen.nn import MLP
-from probgen.utils import check_tensor
+from probgen.utils import check_tensor, drawing_from
 
 __all__ = ["GaussianMixtureModel", "flower_mixture", "GMM_MODELS"]
 
@@ -196,9 +196,11 @@ class GaussianMixtureModel(PyroModule):
         return self.distribution(context).log_prob(self._check(x))
 
     @torch.no_grad()
-    def sample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
-        """Samples, ``(*shape, D)``."""
-        return self.distribution(context).sample(torch.Size(shape))
+    def sample(self, shape: Sequence[int] = (), context: Tensor | None = None, *,
+               generator: torch.Generator | None = None) -> Tensor:
+        """Samples, ``(*shape, D)``, drawn from ``generator`` when one is given."""
+        with drawing_from(generator):
+            return self.distribution(context).sample(torch.Size(shape))
 
     def joint_log_prob(self, x: Tensor) -> Tensor:
         """:math:`\\log \\pi_k + \\log N(x_n; \\mu_k, \\Sigma_k)`, ``(N, K)``."""

@@ -245,6 +245,7 @@ class ScoreSDE(nn.Module):
         method: str = "dopri5",
         rtol: float = 1e-5,
         atol: float = 1e-5,
+        step_size: float | None = None,
         labels: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> Distribution:
@@ -256,7 +257,7 @@ class ScoreSDE(nn.Module):
         return probability_flow_distribution(
             self.sde, self, self.event_shape, eps=self.likelihood_eps, cond=cond,
             device=device, dtype=dtype, trace=trace, noise=noise, method=method, rtol=rtol,
-            atol=atol, generator=generator)
+            atol=atol, step_size=step_size, generator=generator)
 
     def log_prob(self, x: Tensor, **kwargs: Any) -> Tensor:
         """Log-density of ``x`` ``(batch, *event)`` by the probability-flow ODE, ``(batch,)``.

@@ -60,6 +60,7 @@ from probgen.models.vae_blocks import (
     make_likelihood,
 )
 from probgen.models.vae_priors import DiagonalNormalMixture, StandardNormalPrior, VampPrior
+from probgen.utils import drawing_from
 
 __all__ = [
     "MLPEncoder",
@@ -243,13 +244,18 @@ class VAE(PyroModule):
         return self.likelihood.mean(self.decoder(z))
 
     @torch.no_grad()
-    def sample(self, shape: Sequence[int] = (), mean: bool = True) -> Tensor:
+    def sample(self, shape: Sequence[int] = (), mean: bool = True, *,
+               generator: torch.Generator | None = None) -> Tensor:
         """Draws ``z ~ p(z)`` and returns the decoder's mean (``mean=True``, the usual
-        figure) or a draw of ``x ~ p(x | z)``, shape ``(*shape, *data_shape)``."""
+        figure) or a draw of ``x ~ p(x | z)``, shape ``(*shape, *data_shape)``; every draw
+        comes from ``generator`` when one is given."""
         shape = torch.Size(shape)
-        z = self.prior_distribution().sample(shape)
-        out = self.decoder(z)
-        return self.likelihood.mean(out) if mean else self.likelihood(out).sample().to(z.dtype)
+        with drawing_from(generator):
+            z = self.prior_distribution().sample(shape)
+            out = self.decoder(z)
+            if mean:
+                return self.likelihood.mean(out)
+            return self.likelihood(out).sample().to(z.dtype)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:

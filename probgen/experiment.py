@@ -17,11 +17,11 @@ from torch import Tensor, nn
 from probgen.config import SECTIONS, ConfigError, check_call_kwargs, check_keys, dump_toml
 from probgen.utils import atomic_torch_save, atomic_write_text
 
-__all__ = ["DataBundle", "build_data", "build_model", "build_objective", "fit_run", "load_run",
-           "eval_run", "sample_run"]
+__all__ = ["DataBundle", "build_data", "build_model", "build_objective", "build_sampler",
+           "fit_run", "load_run", "eval_run", "sample_run"]
 
 # Score matching (no density: figures and sample metrics come from a Langevin sampler, see
-# _sampleable): each name with the [objective] keys it accepts.
+# build_sampler): each name with the [objective] keys it accepts.
 _SCORE_OBJECTIVES = {
     "ism": ("divergence", "noise", "sigma"),
     "ssm": ("num_projections", "noise", "sigma"),
@@ -450,7 +450,7 @@ def fit_run(
         # Under torchrun only rank 0 evaluates and writes; the others are done after fit.
         return {"train_seconds": seconds, "run": str(run), "files": []}
     result = {"train_seconds": seconds, **_evaluate(objective, model, data, config)}
-    sampler, samples = _sampleable(config, model, objective, data), None
+    sampler, samples = build_sampler(config, model, objective, data), None
     if sampler is not model:
         stats, samples = _sample_stats(sampler, data, config)
         result.update(stats)
@@ -466,17 +466,21 @@ class _ConfiguredSampler:
     def __init__(self, model: nn.Module, kwargs: dict[str, Any]) -> None:
         self.model, self.kwargs = model, kwargs
 
-    def sample(self, shape: tuple[int, ...] = ()) -> Tensor:
-        return self.model.sample(shape, **self.kwargs)
+    def sample(self, shape: tuple[int, ...] = (), generator: torch.Generator | None = None
+               ) -> Tensor:
+        if generator is None:
+            return self.model.sample(shape, **self.kwargs)
+        return self.model.sample(shape, generator=generator, **self.kwargs)
 
     def __getattr__(self, name: str) -> Any:  # log_prob, event_shape, ... of the model
         return getattr(self.model, name)
 
 
-def _sampleable(config: dict, model: nn.Module, objective: nn.Module, data: DataBundle) -> Any:
+def build_sampler(config: dict, model: nn.Module, objective: nn.Module, data: DataBundle) -> Any:
     """What draws a run's samples: the model (its ``sample`` called with the ``[sample]``
     table's keys other than ``n``), or for score runs a Langevin sampler of its network set
-    by the ``[sample]`` table (annealed over the objective's ladder by default)."""
+    by the ``[sample]`` table (annealed over the objective's ladder by default). Either way
+    the result has ``sample(shape, generator=None)``."""
     if _objective_name(config) not in _SCORE_OBJECTIVES:
         kwargs = {k: v for k, v in config.get("sample", {}).items() if k != "n"}
         if not kwargs:
@@ -543,7 +547,7 @@ def eval_run(run_dir: str | Path, metrics: str | None = None, *,
         from probgen.metrics import run_sample_metrics
 
         with torch.no_grad():
-            result.update(run_sample_metrics(_sampleable(config, model, objective, data), data,
+            result.update(run_sample_metrics(build_sampler(config, model, objective, data), data,
                                              metrics, num_samples=num_samples, seed=seed))
     atomic_write_text(Path(run_dir) / "eval.json", json.dumps(result, indent=2, sort_keys=True))
     return result
@@ -558,7 +562,7 @@ def sample_run(run_dir: str | Path, *, n: int = 64, out: str | Path | None = Non
     torch.manual_seed(seed)
     model.eval()
     with torch.no_grad():
-        samples = _sampleable(config, model, objective, data).sample((n,))
+        samples = build_sampler(config, model, objective, data).sample((n,))
     path = Path(out) if out is not None else Path(run_dir) / f"samples_{n}.png"
     if path.suffix == ".pt":
         atomic_torch_save(samples, path)

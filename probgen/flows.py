@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.distributions import Transform
 
 from probgen.transforms.base import _CachedLadjMixin
-from probgen.utils import check_tensor
+from probgen.utils import check_tensor, drawing_from
 
 __all__ = ["NormalizingFlow"]
 
@@ -181,9 +181,12 @@ class NormalizingFlow(nn.Module):
         return z
 
     @torch.no_grad()
-    def sample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
-        """Samples without gradients, shape ``(*shape, *event_shape)``."""
-        return self.rsample(shape, context)
+    def sample(self, shape: Sequence[int] = (), context: Tensor | None = None, *,
+               generator: torch.Generator | None = None) -> Tensor:
+        """Samples without gradients, shape ``(*shape, *event_shape)``; the base draws come
+        from ``generator`` when one is given."""
+        with drawing_from(generator):
+            return self.rsample(shape, context)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Same as :meth:`log_prob`."""

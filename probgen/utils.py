@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "append_jsonl",
     "resolve_device",
     "check_tensor",
+    "drawing_from",
 ]
 
 
@@ -159,3 +161,48 @@ def check_tensor(
     if finite and x.is_floating_point() and not all_finite(x):
         raise ValueError(f"{name}: contains NaN or Inf values.")
     return x
+
+
+@contextlib.contextmanager
+def drawing_from(generator: torch.Generator | None) -> Iterator[None]:
+    """Runs a block whose random draws come from ``generator`` instead of the global RNG.
+
+    Pyro's and torch's distributions draw from the global RNG and take no generator, so a
+    sampler built on them cannot honour a caller's ``torch.Generator`` directly. Inside this
+    block the global RNG of the generator's device continues ``generator``'s stream; on
+    exit ``generator`` has advanced past every draw (two blocks in a row give different
+    draws, as two calls with one generator should) and the global RNG is back where it was,
+    untouched by the block. With ``generator=None`` the block draws from the global RNG.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> with drawing_from(g):
+        ...     a = torch.randn(3)
+        >>> torch.equal(a, torch.randn(3, generator=torch.Generator().manual_seed(0)))
+        True
+    """
+    if generator is None:
+        yield
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, got "
+                        f"{type(generator).__name__}.")
+    device = generator.device
+    if device.type == "cpu":
+        get, put, devices = torch.get_rng_state, torch.set_rng_state, []
+    elif device.type == "cuda":
+        def get() -> Tensor:
+            return torch.cuda.get_rng_state(device)
+
+        def put(state: Tensor) -> None:
+            torch.cuda.set_rng_state(state, device)
+
+        devices = [device]
+    else:
+        raise ValueError(f"generator: expected a CPU or CUDA generator, got one on {device}.")
+    with torch.random.fork_rng(devices=devices):
+        put(generator.get_state())
+        try:
+            yield
+        finally:
+            generator.set_state(get())
