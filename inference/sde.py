@@ -288,7 +288,7 @@ def tweedie_denoise(sde: SDE, score: Score, x: Tensor, t: float,
 def _prior_draw(sde: SDE, n: int, event_shape: Sequence[int], device: Any, dtype: Any,
                 generator: torch.Generator | None) -> Tensor:
     z = torch.randn((n, *event_shape), device=device, dtype=dtype, generator=generator)
-    return sde.prior_std() * z
+    return sde.prior_std * z
 
 
 def _start(sde: SDE, n: int | None, event_shape: Sequence[int] | None, x_init: Tensor | None,
@@ -455,7 +455,7 @@ def predictor_corrector_sample(
         for t, t_next in zip(grid[:-1], grid[1:], strict=True):
             # The one-step kernel of the forward SDE from t_next back to t (diffusion time
             # s = 1 - t_next -> 1 - t).
-            m = sde.marginal(torch.tensor([t, t_next], dtype=torch.float64))
+            m = sde.schedule(torch.tensor([t, t_next], dtype=torch.float64))
             a = float(m.alpha[0] / m.alpha[1])
             v = float(m.sigma[0] ** 2 - a**2 * m.sigma[1] ** 2)
             for _ in range(corrector_steps):

@@ -22,7 +22,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from probgen.diffusion import PARAMETRIZATIONS, NoiseSchedule, VEScore, make_schedule
+from probgen.diffusion import (
+    PARAMETRIZATION_PREDICTIONS,
+    PARAMETRIZATIONS,
+    NoiseSchedule,
+    VEScore,
+    make_schedule,
+)
 from probgen.inference.diffusion import (
     VARIANCES,
     DiffusionResult,
@@ -31,6 +37,8 @@ from probgen.inference.diffusion import (
     variational_bound,
 )
 from probgen.nn import ConditionalMLP, UNet
+from probgen.processes import convert_prediction
+from probgen.utils import append_dims
 
 __all__ = ["DiffusionModel", "DDPM", "VectorDDPM", "DIFFUSION_MODELS"]
 
@@ -127,20 +135,20 @@ class DiffusionModel(nn.Module):
         r"""The noise prediction :math:`\epsilon_\theta(x_s, s)` at integer or fractional
         steps (converted from the parametrization; :math:`\bar\alpha` interpolated in
         log-SNR between integer steps)."""
-        pred, _ = self.output(x, step, labels)
-        if self.parametrization == "eps":
-            return pred
-        ab = self.schedule.alphas_cumprod_at(step).to(x.device, x.dtype)
-        ab = ab.reshape(-1, *([1] * (x.dim() - 1)))
-        a, s = ab.sqrt(), (1 - ab).sqrt()
-        if self.parametrization == "x0":
-            return (x - a * pred) / s
-        return s * x + a * pred
+        return self._predict(x, step, labels, "eps")
 
     def score(self, x: Tensor, step: Tensor, labels: Tensor | None = None) -> Tensor:
         r"""The score :math:`\nabla\log q(x_s) \approx -\epsilon_\theta/\sqrt{1-\bar\alpha_s}`."""
+        return self._predict(x, step, labels, "score")
+
+    def _predict(self, x: Tensor, step: Tensor, labels: Tensor | None, target: str) -> Tensor:
+        pred, _ = self.output(x, step, labels)
+        source = PARAMETRIZATION_PREDICTIONS[self.parametrization]
+        if source == target:
+            return pred
         ab = self.schedule.alphas_cumprod_at(step).to(x.device, x.dtype)
-        return -self.eps(x, step, labels) / (1 - ab).sqrt().reshape(-1, *([1] * (x.dim() - 1)))
+        m = self.schedule.coefficients(append_dims(ab.reshape(-1), x.dim()))
+        return convert_prediction(pred, x, m, source=source, target=target)
 
     def ve_score(self) -> VEScore:
         """This model as a noise-conditional score ``score(y, sigma)`` for the Langevin

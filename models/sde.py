@@ -139,10 +139,7 @@ class ScoreSDE(nn.Module):
         if out.shape != x.shape:
             raise ValueError(f"network: expected an output of shape {tuple(x.shape)}, got "
                              f"{tuple(out.shape)}.")
-        if self.parametrization == "score":
-            return out
-        _, sigma = self.sde.alpha_sigma(t.to(x.dtype))
-        return -out / append_dims(sigma, x.dim())
+        return self.sde.convert(out, x, t, source=self.parametrization, target="score")
 
     def guided_score(self, labels: Tensor | None, guidance: float | None
                      ) -> Callable[..., Tensor]:

@@ -40,8 +40,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from probgen.processes import Marginal, convert_prediction
+
 __all__ = [
     "PARAMETRIZATIONS",
+    "PARAMETRIZATION_PREDICTIONS",
     "SCHEDULES",
     "NoiseSchedule",
     "make_schedule",
@@ -53,8 +56,10 @@ __all__ = [
     "VEScore",
 ]
 
-#: What a diffusion network may predict.
+#: What a diffusion network may predict (DDPM's names: ``"x0"`` is the data, step 0).
 PARAMETRIZATIONS: tuple[str, ...] = ("eps", "x0", "v", "score")
+#: DDPM's prediction names -> :data:`probgen.processes.PREDICTIONS`.
+PARAMETRIZATION_PREDICTIONS = {"eps": "eps", "x0": "data", "v": "v", "score": "score"}
 #: Named noise schedules (see :func:`make_schedule`).
 SCHEDULES: tuple[str, ...] = ("linear", "cosine")
 
@@ -197,6 +202,11 @@ class NoiseSchedule(nn.Module):
         out = buf[step].to(device=x.device, dtype=x.dtype)
         return out.reshape(-1, *([1] * (x.dim() - 1)))
 
+    def coefficients(self, alphas_cumprod: Tensor) -> Marginal:
+        r"""The path's :math:`(\alpha, \sigma) = (\sqrt{\bar\alpha}, \sqrt{1 - \bar\alpha})`
+        at the given :math:`\bar\alpha` (no time derivatives: a discrete schedule)."""
+        return Marginal(alphas_cumprod.sqrt(), (1.0 - alphas_cumprod).sqrt())
+
     def alphas_cumprod_at(self, step: Tensor) -> Tensor:
         r""":math:`\bar\alpha` at integer or fractional steps (float64, shape of ``step``).
 
@@ -284,7 +294,8 @@ class NoiseSchedule(nn.Module):
         ``source`` and ``target`` are in :data:`PARAMETRIZATIONS`:
         :math:`x_0 = (x_s - \sqrt{1-\bar\alpha}\,\epsilon)/\sqrt{\bar\alpha}`,
         :math:`v = \sqrt{\bar\alpha}\,\epsilon - \sqrt{1-\bar\alpha}\,x_0`,
-        :math:`\text{score} = -\epsilon/\sqrt{1-\bar\alpha}`.
+        :math:`\text{score} = -\epsilon/\sqrt{1-\bar\alpha}`; computed by
+        :func:`probgen.processes.convert_prediction` (the one conversion of every path).
         """
         for name, value in (("source", source), ("target", target)):
             if value not in PARAMETRIZATIONS:
@@ -295,23 +306,9 @@ class NoiseSchedule(nn.Module):
                              f"{tuple(prediction.shape)}.")
         if source == target:
             return prediction
-        ab = self._at(self.alphas_cumprod, step, x_t)
-        a, s = ab.sqrt(), (1.0 - ab).sqrt()
-        if source == "eps":
-            eps = prediction
-        elif source == "x0":
-            eps = (x_t - a * prediction) / s
-        elif source == "v":
-            eps = s * x_t + a * prediction
-        else:
-            eps = -s * prediction
-        if target == "eps":
-            return eps
-        if target == "x0":
-            return (x_t - s * eps) / a
-        if target == "v":
-            return a * eps - s * (x_t - s * eps) / a
-        return -eps / s
+        m = self.coefficients(self._at(self.alphas_cumprod, step, x_t))
+        names = PARAMETRIZATION_PREDICTIONS
+        return convert_prediction(prediction, x_t, m, source=names[source], target=names[target])
 
     # ----------------------------------------------------------------- respacing
     def respace(self, timesteps: Sequence[int] | Tensor) -> NoiseSchedule:

@@ -24,8 +24,9 @@ field, the noise predictor :math:`\hat\epsilon = E[x_0 \mid x_t]`, the data pred
     u = \frac{\dot\alpha_t x + \Delta_t \hat\epsilon}{\alpha_t}
       = \frac{\dot\sigma_t x - \Delta_t \hat x_1}{\sigma_t},
 
-the conversions of :class:`AffinePath` (``velocity_from_*`` and back). For the VP path the
-score form is exactly the probability-flow ODE of the VP SDE.
+the conversions of :meth:`probgen.processes.GaussianPath.convert` (``"velocity"`` and
+``"eps"``/``"data"``/``"score"``/``"v"``). For the VP path the score form is exactly the
+probability-flow ODE of the VP SDE.
 
 The paths:
 
@@ -49,17 +50,14 @@ References:
 from __future__ import annotations
 
 import inspect
-from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal
+from torch import Tensor
 
-from probgen.sde import SDE, VESDE, VPSDE, Marginal
-from probgen.utils import append_dims
+from probgen.processes import GaussianPath, Marginal, check_time
+from probgen.sde import SDE, VESDE, VPSDE
 
 __all__ = [
     "PathSample",
@@ -106,32 +104,14 @@ def _check_pair(x: Tensor, other: Tensor, name: str, other_name: str) -> None:
         raise ValueError(f"{name}: expected shape (batch, *event), got {tuple(x.shape)}.")
 
 
-def _check_time(t: Tensor | float, x: Tensor, bounded: bool = False) -> Tensor:
-    """``t`` as ``(batch,)`` in ``x``'s dtype; a scalar is broadcast. Finite, and in [0, 1]
-    when ``bounded`` (fields may be evaluated slightly past the end by adaptive solvers)."""
-    if not isinstance(t, Tensor):
-        t = torch.as_tensor(float(t))
-    t = t.to(device=x.device, dtype=x.dtype)
-    if t.numel() == 1 and t.dim() <= 1:
-        t = t.reshape(1).expand(x.shape[0])
-    if t.shape != x.shape[:1]:
-        raise ValueError(f"t: expected shape ({x.shape[0]},) (one time per example) or a "
-                         f"scalar, got {tuple(t.shape)}.")
-    if not torch.isfinite(t).all():
-        raise ValueError("t: expected finite times, got NaN or Inf.")
-    if bounded and (t.min() < 0 or t.max() > 1):
-        raise ValueError("t: expected times in [0, 1] (0 source, 1 data), got values in "
-                         f"[{float(t.min()):g}, {float(t.max()):g}].")
-    return t
-
-
-class AffinePath(nn.Module, ABC):
+class AffinePath(GaussianPath):
     r"""Abstract class of an affine probability path :math:`x_t = \alpha_t x_1 + \sigma_t x_0`.
 
     Subclasses give the schedule :meth:`schedule`; this class builds the conditional samples
-    and targets, the conversions between velocity, noise, data and score predictions, and
-    the closed-form marginals and marginal field of Gaussian data (the ground truth of
-    tests). Holds no parameters (an ``nn.Module`` so models register it as a submodule).
+    and targets. As a :class:`probgen.processes.GaussianPath` (with :math:`x_0` the noise
+    :math:`\epsilon` and :math:`x_1` the data) it also gives the prior, the conversions
+    between velocity, noise, data and score predictions (:meth:`convert`) and the
+    closed-form marginals and predictions of Gaussian data (the ground truth of tests).
 
     Attributes:
         t_end: the last time the path is trained and sampled at (1, or ``1 - eps`` where
@@ -140,18 +120,11 @@ class AffinePath(nn.Module, ABC):
             at ``t = 0``.
     """
 
-    t_end: float = 1.0
-    prior_std: float = 1.0
-
     @abstractmethod
     def schedule(self, t: Tensor) -> Marginal:
         r"""``(alpha_t, sigma_t, d alpha_t/dt, d sigma_t/dt)``, each of the shape of ``t``."""
 
     # ------------------------------------------------------------------ conditional paths
-    def _coefficients(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        m = self.schedule(_check_time(t, x))
-        return tuple(append_dims(v.to(x.dtype), x.dim()) for v in m)  # type: ignore[return-value]
-
     def sample(self, x0: Tensor, x1: Tensor, t: Tensor | float) -> PathSample:
         r"""The point :math:`x_t` between ``x0`` and ``x1`` and its conditional target.
 
@@ -170,8 +143,8 @@ class AffinePath(nn.Module, ABC):
             (tensor([[0.2500, 0.2500]]), tensor([[1., 1.]]))
         """
         _check_pair(x0, x1, "x0", "x1")
-        t = _check_time(t, x1, bounded=True)
-        a, s, da, ds = self._coefficients(t, x1)
+        t = check_time(t, x1, bounded=True)
+        a, s, da, ds = self.coefficients(t, x1)
         return PathSample(x0, x1, t, a * x1 + s * x0, da * x1 + ds * x0)
 
     def conditional_field(self, x: Tensor, x1: Tensor, t: Tensor | float) -> Tensor:
@@ -179,99 +152,8 @@ class AffinePath(nn.Module, ABC):
         x_1)/\sigma_t` that moves :math:`N(\alpha_t x_1, \sigma_t^2 I)` along the path
         (needs :math:`\sigma_t > 0`)."""
         _check_pair(x, x1, "x", "x1")
-        a, s, da, ds = self._coefficients(t, x)
+        a, s, da, ds = self.coefficients(t, x)
         return da * x1 + ds * (x - a * x1) / s
-
-    # ------------------------------------------------------------------ conversions
-    def _delta(self, a: Tensor, s: Tensor, da: Tensor, ds: Tensor) -> Tensor:
-        return a * ds - da * s
-
-    def velocity_from_epsilon(self, epsilon: Tensor, x: Tensor, t: Tensor | float) -> Tensor:
-        r"""The velocity from a noise prediction :math:`\hat\epsilon = E[x_0 \mid x_t = x]`
-        (needs :math:`\alpha_t > 0`)."""
-        _check_pair(epsilon, x, "epsilon", "x")
-        a, s, da, ds = self._coefficients(t, x)
-        return (da * x + self._delta(a, s, da, ds) * epsilon) / a
-
-    def epsilon_from_velocity(self, velocity: Tensor, x: Tensor, t: Tensor | float) -> Tensor:
-        r""":math:`\hat\epsilon = (\alpha_t u - \dot\alpha_t x) / \Delta_t`."""
-        _check_pair(velocity, x, "velocity", "x")
-        a, s, da, ds = self._coefficients(t, x)
-        return (a * velocity - da * x) / self._delta(a, s, da, ds)
-
-    def velocity_from_x1(self, x1_hat: Tensor, x: Tensor, t: Tensor | float) -> Tensor:
-        r"""The velocity from a data prediction :math:`\hat x_1 = E[x_1 \mid x_t = x]`
-        (needs :math:`\sigma_t > 0`)."""
-        _check_pair(x1_hat, x, "x1_hat", "x")
-        a, s, da, ds = self._coefficients(t, x)
-        return (ds * x - self._delta(a, s, da, ds) * x1_hat) / s
-
-    def x1_from_velocity(self, velocity: Tensor, x: Tensor, t: Tensor | float) -> Tensor:
-        r""":math:`\hat x_1 = (\dot\sigma_t x - \sigma_t u) / \Delta_t`."""
-        _check_pair(velocity, x, "velocity", "x")
-        a, s, da, ds = self._coefficients(t, x)
-        return (ds * x - s * velocity) / self._delta(a, s, da, ds)
-
-    def velocity_from_score(self, score: Tensor, x: Tensor, t: Tensor | float) -> Tensor:
-        r"""The velocity from the score :math:`\nabla\log p_t(x) = -\hat\epsilon/\sigma_t` of
-        the marginal (Gaussian source, independent coupling; needs :math:`\alpha_t > 0`)."""
-        _check_pair(score, x, "score", "x")
-        a, s, da, ds = self._coefficients(t, x)
-        return (da * x - self._delta(a, s, da, ds) * s * score) / a
-
-    def score_from_velocity(self, velocity: Tensor, x: Tensor, t: Tensor | float) -> Tensor:
-        r"""The marginal score :math:`-(\alpha_t u - \dot\alpha_t x)/(\Delta_t \sigma_t)`
-        (Gaussian source, independent coupling; needs :math:`\sigma_t > 0`)."""
-        _check_pair(velocity, x, "velocity", "x")
-        a, s, da, ds = self._coefficients(t, x)
-        return -(a * velocity - da * x) / (self._delta(a, s, da, ds) * s)
-
-    # ------------------------------------------------------------------ Gaussian data
-    def prior(self, event_shape: Sequence[int], *, device: Any = None,
-              dtype: torch.dtype | None = None) -> Distribution:
-        """The distribution samplers start from at ``t = 0``: :math:`N(0, \\text{prior\\_std}^2
-        I)` with the given event shape."""
-        shape = tuple(int(e) for e in event_shape)
-        dtype = dtype or torch.get_default_dtype()
-        loc = torch.zeros(shape, device=device, dtype=dtype)
-        return Independent(Normal(loc, torch.full_like(loc, self.prior_std)), len(shape))
-
-    def gaussian_marginal(self, t: Tensor | float, mean: Tensor, cov: Tensor
-                          ) -> tuple[Tensor, Tensor]:
-        r"""Mean and covariance of :math:`x_t` for data :math:`N(\mu, \Sigma)`:
-        :math:`(\alpha_t\mu,\ \alpha_t^2\Sigma + \sigma_t^2 I)` at one scalar time ``t``."""
-        t = torch.as_tensor(t, dtype=mean.dtype, device=mean.device).reshape(())
-        a, s, _, _ = self.schedule(t)
-        eye = torch.eye(mean.shape[0], dtype=mean.dtype, device=mean.device)
-        return a * mean, a**2 * cov + s**2 * eye
-
-    def gaussian_marginal_field(self, x: Tensor, t: Tensor | float, mean: Tensor, cov: Tensor
-                                ) -> Tensor:
-        r"""The exact marginal field :math:`u_t(x) = \dot\alpha_t E[x_1 \mid x] + \dot\sigma_t
-        E[x_0 \mid x]` for data :math:`N(\mu, \Sigma)`.
-
-        With :math:`C_t = \alpha_t^2\Sigma + \sigma_t^2 I`, :math:`E[x_0 \mid x] = \sigma_t
-        C_t^{-1}(x - \alpha_t\mu)` and :math:`E[x_1 \mid x] = \mu + \alpha_t \Sigma
-        C_t^{-1}(x - \alpha_t\mu)` (jointly Gaussian ends, independent coupling).
-
-        Args:
-            x: points ``(batch, D)``; t: times ``(batch,)`` or a scalar;
-            mean: :math:`\mu`, ``(D,)``; cov: :math:`\Sigma`, ``(D, D)``.
-
-        Returns:
-            ``(batch, D)``.
-        """
-        if x.dim() != 2:
-            raise ValueError(f"x: expected points (batch, D), got {tuple(x.shape)}.")
-        t = _check_time(t, x)
-        a, s, da, ds = self.schedule(t)
-        mean, cov = mean.to(x), cov.to(x)
-        eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
-        c = a[:, None, None] ** 2 * cov + s[:, None, None] ** 2 * eye
-        w = torch.linalg.solve(c, (x - a[:, None] * mean).unsqueeze(-1))  # C^{-1}(x - a mu)
-        x0_hat = s[:, None] * w.squeeze(-1)
-        x1_hat = mean + a[:, None] * (cov @ w).squeeze(-1)
-        return da[:, None] * x1_hat + ds[:, None] * x0_hat
 
 
 class CondOTPath(AffinePath):
@@ -329,9 +211,10 @@ class DiffusionPath(AffinePath):
     x_0` (:meth:`probgen.sde.SDE.marginal`).
 
     Flow matching along it learns the SDE's probability-flow field (the velocity form of
-    its score, :meth:`AffinePath.velocity_from_score`). :math:`\dot\sigma_t` is infinite at
-    the data, so training and sampling stop at ``t_end = 1 - eps``; samplers start from the
-    SDE's prior :math:`N(0, \text{prior\_std}^2 I)`.
+    its score, ``convert(score, x, t, source="score", target="velocity")``).
+    :math:`\dot\sigma_t` is infinite at the data, so training and sampling stop at
+    ``t_end = 1 - eps``; samplers start from the SDE's prior
+    :math:`N(0, \text{prior\_std}^2 I)`.
 
     Args:
         sde: a :class:`probgen.sde.SDE` (VP, VE, sub-VP).
@@ -346,10 +229,10 @@ class DiffusionPath(AffinePath):
             raise ValueError(f"eps: expected a float in (0, 1), got {eps!r}.")
         self.sde, self.eps = sde, float(eps)
         self.t_end = 1.0 - self.eps
-        self.prior_std = float(sde.prior_std())
+        self.prior_std = float(sde.prior_std)
 
     def schedule(self, t: Tensor) -> Marginal:  # noqa: D102
-        return self.sde.marginal(torch.as_tensor(t))
+        return self.sde.schedule(torch.as_tensor(t))
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"eps={self.eps:g}"

@@ -35,14 +35,14 @@ References:
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal
 
+from probgen.processes import GaussianPath, Marginal, check_time
 from probgen.utils import append_dims
 
 __all__ = [
@@ -73,24 +73,6 @@ def to_probgen_time(s: Tensor | float) -> Tensor | float:
     return 1.0 - s
 
 
-class Marginal(NamedTuple):
-    r"""The Gaussian kernel :math:`x_t \mid x_1 \sim N(\alpha_t x_1, \sigma_t^2 I)`.
-
-    All in probgen time (``t = 0`` noise, ``t = 1`` data), each of the shape of ``t``:
-
-    Attributes:
-        alpha: :math:`\alpha_t`, the mean coefficient.
-        sigma: :math:`\sigma_t`, the standard deviation.
-        d_alpha: :math:`d\alpha_t/dt`.
-        d_sigma: :math:`d\sigma_t/dt` (infinite at ``t = 1`` for VP and VE).
-    """
-
-    alpha: Tensor
-    sigma: Tensor
-    d_alpha: Tensor
-    d_sigma: Tensor
-
-
 def _as_time(t: Tensor | float, like: Tensor | None = None) -> Tensor:
     if not isinstance(t, Tensor):
         kwargs = {} if like is None else {"dtype": like.dtype, "device": like.device}
@@ -98,16 +80,6 @@ def _as_time(t: Tensor | float, like: Tensor | None = None) -> Tensor:
     if not t.is_floating_point():
         t = t.to(torch.get_default_dtype())
     return t
-
-
-def _check_batch_time(t: Tensor | float, x: Tensor) -> Tensor:
-    t = _as_time(t, x).to(device=x.device)
-    if t.dim() == 0 or (t.numel() == 1 and x.shape[0] != 1):
-        t = t.reshape(1).expand(x.shape[0])
-    if t.shape != x.shape[:1]:
-        raise ValueError(f"t: expected shape ({x.shape[0]},) (one time per example) or a "
-                         f"scalar, got {tuple(t.shape)}.")
-    return t.to(x.dtype)
 
 
 def _check_score_output(s: Any, x: Tensor) -> Tensor:
@@ -118,14 +90,14 @@ def _check_score_output(s: Any, x: Tensor) -> Tensor:
     return s
 
 
-class SDE(nn.Module, ABC):
+class SDE(GaussianPath):
     r"""Abstract class of a linear (affine-drift) diffusion SDE that torchsde integrates.
 
     Subclasses give the drift coefficient :math:`f(x, s) = -\tfrac12 b(s) x` (zero for VE),
-    the diffusion :math:`g(s)` and the closed-form marginal :math:`(\alpha, \sigma)` in
-    diffusion time; this class converts to probgen time and builds the reverse SDE and
-    the probability-flow field. Holds no parameters (an ``nn.Module`` only so that models
-    can register it as a submodule and ``repr`` it).
+    the diffusion :math:`g(s)`, the closed-form marginal :math:`(\alpha, \sigma)` in
+    diffusion time and the prior's ``prior_std``; this class converts to probgen time (a
+    :class:`probgen.processes.GaussianPath`: schedule, prior, conversions) and builds the
+    reverse SDE and the probability-flow field. Holds no parameters.
 
     torchsde attributes: ``noise_type = "diagonal"`` (``g`` returns ``(batch, D)``),
     ``sde_type = "ito"``; ``f(s, y)`` and ``g(s, y)`` take diffusion time and flat states
@@ -148,10 +120,6 @@ class SDE(nn.Module, ABC):
     def marginal_diffusion_time(self, s: Tensor) -> Marginal:
         r"""``(alpha, sigma, d alpha/ds, d sigma/ds)`` of :math:`x_s \mid x_0`, diffusion time."""
 
-    @abstractmethod
-    def prior_std(self) -> float:
-        """The standard deviation of the isotropic Gaussian prior at ``t = 0`` (``s = 1``)."""
-
     # ---------------------------------------------------------- torchsde interface
     def f(self, s: Tensor, y: Tensor) -> Tensor:
         """torchsde drift in diffusion time: ``s`` scalar tensor, ``y`` ``(batch, D)``."""
@@ -162,7 +130,7 @@ class SDE(nn.Module, ABC):
         return self.diffusion_coefficient(_as_time(s, y)).expand_as(y)
 
     # ---------------------------------------------------------- probgen time
-    def marginal(self, t: Tensor | float) -> Marginal:
+    def schedule(self, t: Tensor | float) -> Marginal:
         r"""The kernel :math:`x_t = \alpha_t x_1 + \sigma_t \epsilon` in probgen time.
 
         Args:
@@ -173,18 +141,13 @@ class SDE(nn.Module, ABC):
             with respect to ``t`` (the negatives of those in diffusion time).
 
         Example:
-            >>> m = VPSDE().marginal(torch.tensor([0.0, 1.0]))
+            >>> m = VPSDE().schedule(torch.tensor([0.0, 1.0]))
             >>> [round(v, 4) for v in m.alpha.tolist()], [round(v, 4) for v in m.sigma.tolist()]
             ([0.0066, 1.0], [1.0, 0.0])
         """
         t = _as_time(t)
         m = self.marginal_diffusion_time(1.0 - t)
         return Marginal(m.alpha, m.sigma, -m.d_alpha, -m.d_sigma)
-
-    def alpha_sigma(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
-        r"""``(alpha_t, sigma_t)`` of :math:`x_t = \alpha_t x_1 + \sigma_t \epsilon`, t probgen."""
-        m = self.marginal(t)
-        return m.alpha, m.sigma
 
     def perturb(self, x1: Tensor, t: Tensor, noise: Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -199,7 +162,7 @@ class SDE(nn.Module, ABC):
         Returns:
             ``(x_t, noise)``, both of the shape of ``x1``.
         """
-        t = _check_batch_time(t, x1)
+        t = check_time(t, x1)
         if noise is None:
             noise = torch.randn(x1.shape, dtype=x1.dtype, device=x1.device, generator=generator)
         alpha, sigma = self.alpha_sigma(t)
@@ -207,49 +170,12 @@ class SDE(nn.Module, ABC):
 
     def drift(self, x: Tensor, t: Tensor | float) -> Tensor:
         r"""The forward drift :math:`f(x, s)` at ``s = 1 - t`` (probgen ``t``), shape of ``x``."""
-        t = _check_batch_time(t, x)
+        t = check_time(t, x)
         return -0.5 * append_dims(self.drift_coefficient(1.0 - t), x.dim()) * x
 
     def diffusion(self, t: Tensor | float) -> Tensor:
         """The diffusion :math:`g(s)` at ``s = 1 - t`` (probgen ``t``), shape of ``t``."""
         return self.diffusion_coefficient(1.0 - _as_time(t))
-
-    def prior(self, event_shape: Sequence[int], *, device: torch.device | str | None = None,
-              dtype: torch.dtype | None = None) -> Distribution:
-        """The prior at ``t = 0``: ``Independent(Normal(0, prior_std), len(event_shape))``."""
-        event_shape = tuple(int(e) for e in event_shape)
-        if not event_shape:
-            raise ValueError("event_shape: expected a non-empty shape, e.g. (2,) or (1, 28, 28).")
-        loc = torch.zeros(event_shape, device=device, dtype=dtype)
-        return Independent(Normal(loc, torch.full_like(loc, self.prior_std())), len(event_shape))
-
-    def score_from_noise(self, noise_pred: Tensor, t: Tensor) -> Tensor:
-        r"""Score from a noise prediction: :math:`\nabla \log p_t = -\hat\epsilon / \sigma_t`."""
-        _, sigma = self.alpha_sigma(t)
-        return -noise_pred / append_dims(sigma, noise_pred.dim())
-
-    def noise_from_score(self, score: Tensor, t: Tensor) -> Tensor:
-        r"""Noise prediction from a score: :math:`\hat\epsilon = -\sigma_t \nabla \log p_t`."""
-        _, sigma = self.alpha_sigma(t)
-        return -score * append_dims(sigma, score.dim())
-
-    def gaussian_score(self, x: Tensor, t: Tensor, mean: Tensor, cov: Tensor) -> Tensor:
-        r"""The exact score of :math:`p_t` when the data is :math:`N(\mu, \Sigma)`.
-
-        :math:`p_t = N(\alpha_t \mu, \alpha_t^2 \Sigma + \sigma_t^2 I)`, so
-        :math:`\nabla \log p_t(x) = -(\alpha_t^2\Sigma + \sigma_t^2 I)^{-1}(x - \alpha_t\mu)`.
-        The ground truth of the samplers' and likelihood tests.
-
-        Args:
-            x: points, ``(batch, D)``; t: probgen times ``(batch,)``;
-            mean: :math:`\mu`, ``(D,)``; cov: :math:`\Sigma`, ``(D, D)``.
-        """
-        t = _check_batch_time(t, x)
-        alpha, sigma = self.alpha_sigma(t)
-        eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
-        c = alpha[:, None, None] ** 2 * cov.to(x) + sigma[:, None, None] ** 2 * eye
-        diff = x - alpha[:, None] * mean.to(x)
-        return -torch.linalg.solve(c, diff.unsqueeze(-1)).squeeze(-1)
 
     def reverse(self, score: Score, *, event_shape: Sequence[int] | None = None,
                 cond: Mapping[str, Any] | None = None) -> ReverseSDE:
@@ -319,9 +245,6 @@ class VPSDE(SDE):
         d_alpha = -0.5 * self.beta(s) * alpha
         d_sigma = 0.5 * self.beta(s) * alpha**2 / sigma
         return Marginal(alpha, sigma, d_alpha, d_sigma)
-
-    def prior_std(self) -> float:  # noqa: D102
-        return 1.0
 
     def discrete_betas(self, num_steps: int) -> Tensor:
         r"""The DDPM schedule this SDE is the limit of: :math:`\beta_i = \beta(s_i)/N`.
@@ -414,6 +337,7 @@ class VESDE(SDE):
         d_sigma = self.noise_level(s) ** 2 * self.log_ratio / sigma
         return Marginal(alpha, sigma, torch.zeros_like(s), d_sigma)
 
+    @property
     def prior_std(self) -> float:  # noqa: D102
         return self.sigma_max
 
@@ -487,7 +411,7 @@ class ReverseSDE(_ScoreField):
     def f(self, t: Tensor, y: Tensor) -> Tensor:
         """Drift over probgen time ``t`` (scalar tensor), flat ``y`` ``(batch, D)``."""
         self.nfe += 1
-        tb = _check_batch_time(t, y)
+        tb = check_time(t, y)
         s = 1.0 - tb
         x = self._shape(y)
         score = self._score(x, tb).reshape(y.shape)
@@ -532,7 +456,7 @@ class ProbabilityFlow(_ScoreField):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """The velocity at ``x`` ``(batch, *event)`` and probgen times ``t`` ``(batch,)``."""
         self.nfe += 1
-        t = _check_batch_time(t, x)
+        t = check_time(t, x)
         s = 1.0 - t
         g2 = append_dims(self.sde.diffusion_coefficient(s) ** 2, x.dim())
         b = append_dims(self.sde.drift_coefficient(s), x.dim())

@@ -40,7 +40,7 @@ class GaussianField(nn.Module):
         self.register_buffer("cov", COV.clone())
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.path.gaussian_marginal_field(x, t, self.mean, self.cov)
+        return self.path.gaussian_prediction(x, t, self.mean, self.cov, "velocity")
 
 
 def _moments(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -79,7 +79,7 @@ def _moment_flow(path, t_start, t_end):
     d = MEAN.shape[0]
 
     def field(x, t):
-        return path.gaussian_marginal_field(x, t.expand(x.shape[0]), MEAN, COV)
+        return path.gaussian_prediction(x, t.expand(x.shape[0]), MEAN, COV, "velocity")
 
     def rhs(t, state):
         m, p = state[:d], state[d:].reshape(d, d)
@@ -126,18 +126,22 @@ def test_conversions_invert_and_match_the_gaussian_closed_forms(name):
     g = torch.Generator().manual_seed(3)
     x = 2 * torch.randn(64, 2, generator=g, dtype=torch.float64)
     t = 0.05 + (path.t_end - 0.1) * torch.rand(64, generator=g, dtype=torch.float64)
-    v = path.gaussian_marginal_field(x, t, MEAN, COV)
-    # Round trips through the three other parametrizations.
-    torch.testing.assert_close(path.velocity_from_epsilon(path.epsilon_from_velocity(v, x, t),
-                                                          x, t), v)
-    torch.testing.assert_close(path.velocity_from_x1(path.x1_from_velocity(v, x, t), x, t), v)
-    torch.testing.assert_close(path.velocity_from_score(path.score_from_velocity(v, x, t),
-                                                        x, t), v)
+    v = path.gaussian_prediction(x, t, MEAN, COV, "velocity")
+    # Round trips through every other prediction.
+    for other in ("eps", "data", "v", "score"):
+        back = path.convert(path.convert(v, x, t, source="velocity", target=other), x, t,
+                            source=other, target="velocity")
+        torch.testing.assert_close(back, v)
     # The exact score of p_t = N(a mu, a^2 Sigma + s^2 I) gives the exact field, and the
     # field gives back the exact score.
     score = _gaussian_score(path, x, t)
-    torch.testing.assert_close(path.velocity_from_score(score, x, t), v)
-    torch.testing.assert_close(path.score_from_velocity(v, x, t), score)
+    torch.testing.assert_close(path.convert(score, x, t, source="score", target="velocity"), v)
+    torch.testing.assert_close(path.convert(v, x, t, source="velocity", target="score"), score)
+    torch.testing.assert_close(path.gaussian_prediction(x, t, MEAN, COV), score)
+    # Every exact prediction is the conversion of the exact score.
+    for other in ("eps", "data", "v"):
+        torch.testing.assert_close(path.gaussian_prediction(x, t, MEAN, COV, other),
+                                   path.convert(score, x, t, source="score", target=other))
 
 
 @pytest.mark.parametrize("name", ["vp", "ve", "subvp"])
@@ -149,7 +153,8 @@ def test_diffusion_path_velocity_is_the_probability_flow_ode(name):
     t = 0.05 + 0.9 * torch.rand(32, generator=g, dtype=torch.float64)
     score = _gaussian_score(path, x, t)
     flow = path.sde.probability_flow(lambda y, tt: _gaussian_score(path, y, tt))
-    torch.testing.assert_close(path.velocity_from_score(score, x, t), flow(x, t))
+    torch.testing.assert_close(path.convert(score, x, t, source="score", target="velocity"),
+                               flow(x, t))
 
 
 def test_conditional_field_moves_the_conditional_gaussian():

@@ -36,7 +36,7 @@ def test_simulated_marginals_match_closed_form(sde, method):
     x0 = torch.full((n, 2), 2.0)
     ss = torch.tensor([0.0, 0.2, 0.5, 1.0])  # (Euler under-spreads sub-VP near s = 0)
     ys = torchsde.sdeint(sde, x0, ss, method=method, dt=2e-3)  # (len(ss), n, 2)
-    m = sde.marginal(to_probgen_time(ss))
+    m = sde.schedule(to_probgen_time(ss))
     mean, std = ys.mean(1), ys.std(1)
     for k in range(1, len(ss)):
         se = float(m.sigma[k]) / math.sqrt(n)
@@ -49,7 +49,7 @@ def test_marginal_solves_moment_equations(sde):
     # A linear SDE dx = -b/2 x ds + g dW started at a point has d alpha/ds = -b alpha / 2
     # and d sigma^2/ds = -b sigma^2 + g^2 (the Fokker-Planck moments); derivatives by autograd.
     s = torch.linspace(0.02, 1.0, 40, dtype=DT).requires_grad_()
-    m = sde.marginal(to_probgen_time(s))
+    m = sde.schedule(to_probgen_time(s))
     kw = {"retain_graph": True, "allow_unused": True, "materialize_grads": True}
     # VE: alpha = 1 is a constant without a graph.
     da = torch.autograd.grad(m.alpha.sum(), s, **kw)[0] if m.alpha.requires_grad else 0 * s
@@ -105,7 +105,11 @@ def test_noise_score_conversion_round_trip():
     sde = VPSDE()
     t = torch.rand(5)
     eps = torch.randn(5, 3)
-    torch.testing.assert_close(sde.noise_from_score(sde.score_from_noise(eps, t), t), eps)
+    x = torch.randn(5, 3)
+    score = sde.convert(eps, x, t, source="eps", target="score")
+    _, sigma = sde.alpha_sigma(t)
+    torch.testing.assert_close(score, -eps / sigma[:, None])  # s = -eps / sigma_t
+    torch.testing.assert_close(sde.convert(score, x, t, source="score", target="eps"), eps)
 
 
 @pytest.mark.parametrize("sde", ALL, ids=IDS)
@@ -119,7 +123,7 @@ def test_gaussian_score_is_gradient_of_marginal_log_density(sde):
         alpha[i] * mean, alpha[i] ** 2 * cov + sigma[i] ** 2 * torch.eye(2, dtype=DT)
     ).log_prob(x[i]) for i in range(6))
     (grad,) = torch.autograd.grad(lp, x)
-    torch.testing.assert_close(sde.gaussian_score(x.detach(), t, mean, cov), grad)
+    torch.testing.assert_close(sde.gaussian_prediction(x.detach(), t, mean, cov), grad)
 
 
 @pytest.mark.parametrize("sde", ALL, ids=IDS)
@@ -129,7 +133,7 @@ def test_probability_flow_log_prob_is_exact_for_gaussian_data(sde):
     mean, cov = torch.tensor([0.5, -0.3], dtype=DT), torch.tensor([[0.6, 0.2], [0.2, 0.4]],
                                                                   dtype=DT)
     t1 = 1.0 - 1e-3
-    field = sde.probability_flow(lambda x, t: sde.gaussian_score(x, t, mean, cov))
+    field = sde.probability_flow(lambda x, t: sde.gaussian_prediction(x, t, mean, cov))
     flow = ContinuousFlow(field, sde.prior((2,), dtype=DT), t1=t1, rtol=1e-8, atol=1e-8)
     x = torch.randn(8, 2, dtype=DT) * 0.7 + mean
     a, s = sde.alpha_sigma(torch.tensor(t1, dtype=DT))

@@ -27,7 +27,7 @@ SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(0.01, 20.0)}
 
 
 def _score(sde):
-    return lambda x, t: sde.gaussian_score(x, t, MEAN, COV)
+    return lambda x, t: sde.gaussian_prediction(x, t, MEAN, COV)
 
 
 def _check_gaussian(x: torch.Tensor, tol_mean: float = 0.05, tol_cov: float = 0.06) -> None:
@@ -56,7 +56,7 @@ def test_reverse_sde_reproduces_gaussian(name, method):
 
 def test_reverse_sde_with_a_wrong_score_is_caught():
     sde = SDES["vp"]
-    wrong = lambda x, t: sde.gaussian_score(x, t, MEAN, 2 * COV)  # noqa: E731
+    wrong = lambda x, t: sde.gaussian_prediction(x, t, MEAN, 2 * COV)  # noqa: E731
     out = reverse_sde_sample(sde, wrong, 4000, (2,), steps=200, dtype=DT)
     with pytest.raises(AssertionError):
         _check_gaussian(out.samples)
@@ -128,7 +128,7 @@ def test_bits_per_dim_is_the_dequantized_gaussian_bound():
     mean4, cov4 = torch.zeros(4, dtype=DT), 0.3 * torch.eye(4, dtype=DT)
 
     def score(x, t):
-        return sde.gaussian_score(x.reshape(-1, 4), t, mean4, cov4).reshape(x.shape)
+        return sde.gaussian_prediction(x.reshape(-1, 4), t, mean4, cov4).reshape(x.shape)
 
     x_int = torch.randint(0, 16, (50, 1, 2, 2))
     bpd = probability_flow_bits_per_dim(sde, score, x_int, pre, trace="exact", eps=1e-5,
@@ -151,7 +151,7 @@ def test_dsm_gap_of_a_shifted_score_is_closed_form(weighting, importance):
     sde = VPSDE()
     eps = 0.05 if weighting == "none" else 1e-5  # lambda = 1: variance ~ E[1/sigma^2]
     c = torch.tensor([0.3, -0.2], dtype=DT)
-    exact = lambda x, t: sde.gaussian_score(x, t, MEAN, COV)  # noqa: E731
+    exact = lambda x, t: sde.gaussian_prediction(x, t, MEAN, COV)  # noqa: E731
     x1 = MEAN + torch.randn(200000, 2, dtype=DT) @ torch.linalg.cholesky(COV).T
     losses = []
     for shift in (0.0, 1.0):

@@ -47,7 +47,7 @@ def test_ddpm_noise_predictor_is_an_sde_score(sde):
     levels = schedule.sigma_ve(torch.tensor([0, 999]))
     inside = ((s / a) > levels[0]) & ((s / a) < levels[1])
     x = torch.randn(25, 2, dtype=DT) + MEAN
-    got, want = score(x, t), sde.gaussian_score(x, t, MEAN, COV)
+    got, want = score(x, t), sde.gaussian_prediction(x, t, MEAN, COV)
     torch.testing.assert_close(got[inside], want[inside], rtol=1e-6, atol=1e-6)
     assert inside.sum() >= 20
 
@@ -63,7 +63,7 @@ def test_ncsn_score_is_an_sde_score(sde):
     score = NoiseLevelScore(ncsn, sde)
     t = torch.rand(16, dtype=DT) * 0.98 + 0.01
     x = torch.randn(16, 2, dtype=DT)
-    torch.testing.assert_close(score(x, t), sde.gaussian_score(x, t, MEAN, COV))
+    torch.testing.assert_close(score(x, t), sde.gaussian_prediction(x, t, MEAN, COV))
 
 
 def test_from_diffusion_uses_the_models_ve_score():

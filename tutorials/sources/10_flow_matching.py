@@ -127,7 +127,7 @@ CELLS: list[tuple[str, str]] = [
     **The marginal field, exactly.** For Gaussian data $\mathcal N(\mu, \Sigma)$ every
     $x_t$ is Gaussian and the marginal field has a closed form,
     $u_t(x) = \dot\alpha_t E[x_1 \mid x_t = x] + \dot\sigma_t E[x_0 \mid x_t = x]$
-    (`path.gaussian_marginal_field`). Integrating it with dopri5 from samples of each
+    (`path.gaussian_prediction(..., "velocity")`). Integrating it with dopri5 from samples of each
     path's law at $t = 0$ must land on the path's law at its end, which is the data itself
     for the OT path (up to the $\sigma_\min^2$ blur) and for VP/VE up to their tiny
     $\sigma$ at $t = 1 - 10^{-3}$:
@@ -139,7 +139,7 @@ CELLS: list[tuple[str, str]] = [
         m0, c0 = path.gaussian_marginal(0.0, mu, cov)
         start = m0 + torch.randn(20000, 2, dtype=torch.float64, generator=g) @ \
             torch.linalg.cholesky(c0).T
-        res = ode_sample(lambda x, t: path.gaussian_marginal_field(x, t, mu, cov), start,
+        res = ode_sample(lambda x, t: path.gaussian_prediction(x, t, mu, cov, "velocity"), start,
                          method="dopri5", t1=path.t_end)
         want_m, want_c = path.gaussian_marginal(path.t_end, mu, cov)
         print(f"{name:20s} NFE {res.nfe:3d}  mean error "
@@ -150,7 +150,7 @@ CELLS: list[tuple[str, str]] = [
     The errors are at the Monte Carlo level of 20 000 samples (about 0.01). The curved paths
     cost more function evaluations (NFE) than the straight one. The velocity, the noise
     prediction $E[x_0 \mid x_t]$ and the score $\nabla\log p_t$ are affine images of one
-    another (`path.velocity_from_score`, `path.epsilon_from_velocity`, ...): on the VP path
+    another (`path.convert(score, x, t, source="score", target="velocity")`): on the VP path
     the velocity of the exact score is exactly the probability-flow ODE of the VP SDE.
 
     ## 2. Couplings
