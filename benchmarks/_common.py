@@ -1,7 +1,10 @@
-"""Shared helpers for the benchmarks: threads, machine facts, timing and RESULTS.md sections."""
+"""Shared helpers for the benchmarks: threads, machine facts, timing, RESULTS.md sections,
+the MNIST files and the ``--quick`` smoke runs."""
 
 from __future__ import annotations
 
+import argparse
+import atexit
 import contextlib
 import datetime as _dt
 import json
@@ -9,8 +12,10 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import statistics
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,7 +118,8 @@ def locked(path: Path) -> Iterator[None]:
 def update_json(path: Path, entries: dict) -> dict:
     """Merges ``entries`` into the JSON object stored at ``path`` (under its lock, written
     atomically) and returns the merged object, so runs of one benchmark side by side keep
-    each other's results."""
+    each other's results. A --quick run merges into its temporary copy (:func:`output_path`)."""
+    path = output_path(path)
     with locked(path):
         merged = json.loads(path.read_text()) if path.exists() else {}
         merged.update(entries)
@@ -122,7 +128,9 @@ def update_json(path: Path, entries: dict) -> dict:
 
 
 def write_section(name: str, body: str, path: Path = RESULTS) -> Path:
-    """Replaces (or appends) the section ``name`` of RESULTS.md, leaving the others intact."""
+    """Replaces (or appends) the section ``name`` of RESULTS.md, leaving the others intact.
+    A --quick run writes its temporary copy instead (:func:`output_path`)."""
+    path = output_path(path)
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     block = f"{begin}\n{body.rstrip()}\n{end}\n"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.S)
@@ -140,3 +148,90 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- MNIST
+
+#: Exit status of a benchmark whose MNIST IDX files are missing (the tests skip on it).
+MNIST_MISSING = 3
+
+
+def default_data_root() -> Path:
+    """``$PROBGEN_DATA``, else ``../shared/data`` next to the repository (MNIST is looked up
+    there and in its ``mnist/`` subfolder)."""
+    env = os.environ.get("PROBGEN_DATA")
+    return Path(env) if env else BENCH_DIR.parent.parent / "shared" / "data"
+
+
+def mnist_split(root: str | os.PathLike | None, split: str,
+                tag: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``probgen.data.load_mnist(root, split)``: images ``(N, 1, 28, 28)`` uint8 and labels;
+    a --quick run keeps the first :data:`QUICK_IMAGES`.
+
+    When the files are missing the script stops here with one line on stderr, prefixed by
+    ``[tag]``, and exit status :data:`MNIST_MISSING`.
+    """
+    from probgen.data import load_mnist
+
+    try:
+        images, labels = load_mnist(root, split)
+    except FileNotFoundError as e:
+        print(f"[{tag}] MNIST not found: {' '.join(str(e).split())}", file=sys.stderr,
+              flush=True)
+        raise SystemExit(MNIST_MISSING) from None
+    if is_quick():
+        return images[:QUICK_IMAGES], labels[:QUICK_IMAGES]
+    return images, labels
+
+
+# --------------------------------------------------------------------------- --quick
+
+#: Images of each MNIST split a --quick run keeps.
+QUICK_IMAGES = 1000
+_scratch: Path | None = None  # a --quick run's temporary folder (None: a full run)
+
+
+def add_quick(parser: argparse.ArgumentParser, budget: str) -> None:
+    """Adds ``--quick``: a smoke run in seconds, on ``budget`` (described for --help)."""
+    parser.add_argument(
+        "--quick", action="store_true",
+        help=f"smoke run in seconds ({budget}; flags set to other values win): the same code "
+             "paths, files written to a temporary folder deleted at exit, nothing under "
+             "benchmarks/ (RESULTS.md, json, png) and no model touched")
+
+
+def apply_quick(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                **budget: object) -> None:
+    """Makes ``args`` a --quick run when ``args.quick`` is set (else does nothing).
+
+    Each ``budget`` keyword replaces the flag of that destination unless the command line
+    gave it a value other than its default; ``--threads`` becomes 1 the same way (on shared
+    cores torch's second thread spin-waits, which made tiny runs 10x slower). Every file
+    the run writes (RESULTS.md sections through :func:`write_section`, :func:`update_json`,
+    and whatever the script passes through :func:`output_path`) goes to a temporary folder
+    deleted at exit.
+    """
+    global _scratch
+    if not args.quick:
+        return
+    if hasattr(args, "threads"):
+        budget = {"threads": 1, **budget}
+    for name, value in budget.items():
+        if getattr(args, name) == parser.get_default(name):
+            setattr(args, name, value)
+    if _scratch is None:
+        _scratch = Path(tempfile.mkdtemp(prefix="probgen-quick-"))
+        atexit.register(shutil.rmtree, _scratch, ignore_errors=True)
+    print(f"[quick] smoke run: tiny budget, numbers meaningless; files go to {_scratch} "
+          "(deleted at exit), nothing under benchmarks/ is written", flush=True)
+
+
+def is_quick() -> bool:
+    """Whether :func:`apply_quick` made this process a --quick run."""
+    return _scratch is not None
+
+
+def output_path(path: str | os.PathLike) -> Path:
+    """Where to write the file ``path``: itself, or in a --quick run the same name in the
+    run's temporary folder (so no result, figure or model of the repository is touched)."""
+    return Path(path) if _scratch is None else _scratch / Path(path).name

@@ -11,7 +11,8 @@ check that both give the same images for one generator). The data come from
 
 Results accumulate in ``autoregressive_mnist.json`` (keyed by binarization and model, so
 runs of single models merge) and are rendered to the ``autoregressive_mnist`` section of
-RESULTS.md; every row states the budget it was trained with.
+RESULTS.md; every row states the budget it was trained with. Without the MNIST files the
+script exits with status 3 (``_common.MNIST_MISSING``) and a one-line message.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,9 +32,14 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     BENCH_DIR,
+    add_quick,
+    apply_quick,
     command_line,
+    default_data_root,
     machine,
     markdown_table,
+    mnist_split,
+    output_path,
     set_threads,
     today,
     update_json,
@@ -54,11 +59,10 @@ MODELS: dict[str, dict] = {
     "ImageTransformer": {"kwargs": {"dim": 64, "heads": 4, "layers": 2}, "batch_size": 32},
 }
 BINARIZATIONS = {"static": "binarize", "dynamic": "dynamic_binarize"}
-
-
-def default_data_root() -> Path:
-    env = os.environ.get("PROBGEN_DATA")
-    return Path(env) if env else BENCH_DIR.parent.parent / "shared" / "data"
+# --quick: small networks (sampling 784 pixels one by one dominates a smoke run)
+QUICK_KWARGS = {"MADE": {"hidden_features": [64]}, "PixelCNN": {"channels": 8, "layers": 2},
+                "GatedPixelCNN": {"channels": 8, "layers": 2},
+                "ImageTransformer": {"dim": 16, "heads": 2, "layers": 1}}
 
 
 class Clock:
@@ -262,7 +266,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="results JSON (merged across runs); the samples figure is its .png")
     p.add_argument("--no-write", dest="write", action="store_false",
                    help="do not update benchmarks/RESULTS.md")
+    add_quick(p, "dynamic binarization, every model shrunk (--kwargs) and trained for 0.6 s "
+                 "at batch 8, 16 test images, 2 samples")
     args = p.parse_args(argv)
+    apply_quick(p, args, minutes=0.01, binarization="dynamic", kwargs=json.dumps(QUICK_KWARGS),
+                batch_size=8, eval_size=16, sample_n=2)
     for name in args.models.split(","):
         if name not in MODELS:
             p.error(f"--models: unknown {name!r}; expected some of {list(MODELS)}")
@@ -275,14 +283,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     set_threads(args.threads)
-    from probgen.data import load_mnist
-
-    try:
-        load_mnist(args.data, "test")
-    except FileNotFoundError as e:
-        print(f"[ar_mnist] skipped: {e}")
-        return 0
-    out = Path(args.out)
+    mnist_split(args.data, "test", "ar_mnist")  # exits when the files are missing
+    out = output_path(args.out)
     for binarization in args.binarization.split(","):
         for name in args.models.split(","):
             # merged under a lock: runs of other models side by side keep their entries
@@ -290,9 +292,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                           args)})
             plot_samples(results, out)
             if args.write:  # after every model, so an interrupted run keeps what it measured
-                write_section("autoregressive_mnist", results_body(results))
-                print(f"[ar_mnist] wrote {BENCH_DIR / 'RESULTS.md'} section "
-                      "'autoregressive_mnist'", flush=True)
+                path = write_section("autoregressive_mnist", results_body(results))
+                print(f"[ar_mnist] wrote {path} section 'autoregressive_mnist'", flush=True)
+    print(results_body(results))
     return 0
 
 

@@ -26,6 +26,8 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    add_quick,
+    apply_quick,
     command_line,
     machine,
     markdown_table,
@@ -379,9 +381,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the memory section (about a minute)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--write", action="store_true", help="write the RESULTS.md section")
+    add_quick(parser, "8gaussians only, 5 steps of batch 64, 200 held-out points, memory at "
+                      "NFE 8 only")
     parser.add_argument("--memory-probe", nargs=3, type=int, metavar=("NFE", "ADJOINT", "BATCH"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    apply_quick(parser, args, datasets=["8gaussians"], steps=5, batch_size=64, eval_size=200,
+                timing_points=100, timing_repeats=1, memory_nfe=[8], memory_batch=64)
     if args.memory_probe:
         nfe, adjoint, batch = args.memory_probe
         print(json.dumps(memory_probe(nfe, bool(adjoint), batch)))

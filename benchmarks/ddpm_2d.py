@@ -31,6 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    add_quick,
+    apply_quick,
     command_line,
     machine,
     markdown_table,
@@ -77,7 +79,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true")
+    add_quick(parser, "moons only, 20 training steps, 200 samples, stride 10")
     args = parser.parse_args()
+    apply_quick(parser, args, datasets=["moons"], steps=20, n=200, strides=[10])
     set_threads(args.threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

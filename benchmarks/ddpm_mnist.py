@@ -5,7 +5,8 @@ ancestral sampling over all T = 1000 steps, with their sampling times.
 The issue's protocol trains for 60 minutes on 2 CPU cores (``--minutes 60``) and measures
 on 1000+ samples; the goal is DDIM-50 within 10% of ancestral-1000 FID at 20x less time.
 All samplers start from the same noise. No peer library is run here (diffusers' schedulers
-are compared on the same network in ``benchmarks/ddpm_2d.py``).
+are compared on the same network in ``benchmarks/ddpm_2d.py``). Without the MNIST files the
+script exits with status 3 (``_common.MNIST_MISSING``) and a one-line message.
 """
 
 from __future__ import annotations
@@ -20,16 +21,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    add_quick,
+    apply_quick,
     command_line,
     machine,
     markdown_table,
+    mnist_split,
+    output_path,
     set_threads,
     thread_note,
     today,
     write_section,
 )
 
-from probgen.data import load_mnist  # noqa: E402
 from probgen.inference import DiffusionLoss, fit  # noqa: E402
 from probgen.metrics import fid, mnist_classifier, precision_recall  # noqa: E402
 from probgen.models import DDPM  # noqa: E402
@@ -47,8 +51,8 @@ def budget_note(minutes: float, threads: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
-    train, _ = load_mnist(args.root, "test" if args.smoke else "train")
-    test, _ = load_mnist(args.root, "test")
+    train, _ = mnist_split(args.root, "test" if args.smoke else "train", "ddpm_mnist")
+    test, _ = mnist_split(args.root, "test", "ddpm_mnist")
     torch.manual_seed(0)
     model = DDPM((1, 28, 28), num_steps=1000, schedule="linear",
                  base_channels=args.base_channels, channel_mults=(1, 2, 2),
@@ -81,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             atomic_torch_save({"model": model.state_dict(), "steps": steps_done,
                                "seconds": train_s, "first_loss": first, "last_loss": last,
                                "minutes": budget, "threads": train_threads},
-                              args.save)
+                              output_path(args.save))
     model.eval()
 
     classifier = mnist_classifier()
@@ -195,7 +199,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--smoke", action="store_true", help="train on the test split (smoke)")
     p.add_argument("--write", action="store_true", help="write the RESULTS.md section")
-    return p.parse_args(argv)
+    add_quick(p, "5 steps of batch 16, U-Net base 8, 8 samples against 32, DDIM 10 steps, "
+                 "bound on 2 images")
+    args = p.parse_args(argv)
+    apply_quick(p, args, minutes=0.5, max_steps=5, batch_size=16, base_channels=8, n=8,
+                n_ref=32, batch=8, ddim_steps=[10], bpd_images=2)
+    return args
 
 
 if __name__ == "__main__":

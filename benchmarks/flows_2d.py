@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    add_quick,
+    apply_quick,
     command_line,
     machine,
     markdown_table,
@@ -476,8 +478,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"comma-separated, from {','.join(DATASETS)}")
     p.add_argument("--models", type=lambda s: s.split(","), default=list(ARCHS),
                    help=f"comma-separated, from {','.join(ARCHS)}")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 50 steps, 2000 held-out points, RESULTS.md untouched")
+    add_quick(p, "moons only, 20 steps of batch 64, 500 held-out points")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval-size", type=int, default=20000)
@@ -504,10 +505,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-write", dest="write", action="store_false",
                    help="do not update benchmarks/RESULTS.md")
     args = p.parse_args(argv)
-    if args.quick:
-        args.steps = 50
-        args.eval_size = min(args.eval_size, 2000)
-        args.write = False
+    apply_quick(p, args, steps=20, batch_size=64, eval_size=500, datasets=["moons"])
     for d in args.datasets:
         if d not in DATASETS:
             p.error(f"--datasets: {d!r} is not one of {list(DATASETS)}")

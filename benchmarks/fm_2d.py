@@ -43,6 +43,8 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    add_quick,
+    apply_quick,
     command_line,
     machine,
     markdown_table,
@@ -320,7 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--section", default="fm_2d",
                         help="RESULTS.md section to write (e.g. a many-seed run of one data "
                              "set beside the main section)")
+    add_quick(parser, "moons only, 20 steps of batch 64, width 64, 200 samples")
     args = parser.parse_args(argv)
+    apply_quick(parser, args, datasets=["moons"], steps=20, minutes=0.5, batch_size=64,
+                width=64, samples=200)
     set_threads(args.threads)
     start = time.perf_counter()
     results = [run_dataset(d, args, seed) for d in args.datasets for seed in args.seeds]

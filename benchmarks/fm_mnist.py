@@ -10,7 +10,8 @@ exact change of variables along the ODE with a Hutchinson trace (dopri5, rtol = 
 1e-5), on ``--bpd-images`` test images. FID/precision/recall (k = 3) use the bundled
 classifier's 128-d features (not Inception) against ``--n-ref`` test images; the row
 ``test images`` is held-out test images against the same reference (the floor at this
-sample size).
+sample size). Without the MNIST files the script exits with status 3
+(``_common.MNIST_MISSING``) and a one-line message.
 """
 
 from __future__ import annotations
@@ -25,9 +26,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    add_quick,
+    apply_quick,
     command_line,
     machine,
     markdown_table,
+    mnist_split,
+    output_path,
     set_threads,
     thread_note,
     today,
@@ -35,7 +40,7 @@ from _common import (  # noqa: E402
 )
 
 from probgen.couplings import get_coupling  # noqa: E402
-from probgen.data import ImagePreprocess, load_mnist  # noqa: E402
+from probgen.data import ImagePreprocess  # noqa: E402
 from probgen.inference import ConditionalFlowMatching, fit  # noqa: E402
 from probgen.metrics import fid, mnist_classifier, precision_recall  # noqa: E402
 from probgen.models import ImageFlowMatching  # noqa: E402
@@ -56,8 +61,8 @@ def budget_note(minutes: float, threads: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
-    train, _ = load_mnist(args.root, "train")
-    test, _ = load_mnist(args.root, "test")
+    train, _ = mnist_split(args.root, "train", "fm_mnist")
+    test, _ = mnist_split(args.root, "test", "fm_mnist")
     torch.manual_seed(0)
     model = ImageFlowMatching((1, 28, 28), base_channels=args.channels,
                               channel_mults=(1, 2, 2))
@@ -116,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from probgen import plots
 
     fig = plots.plot_image_grid(torch.cat(grids), nrow=10)
-    figure = Path(__file__).resolve().parent / "fm_mnist.png"
+    figure = output_path(Path(__file__).resolve().parent / "fm_mnist.png")
     plots.save_figure(fig, figure)
     table = markdown_table(["sampler", "NFE", "FID (probgen MNIST classifier)", "precision",
                             "recall", f"seconds for {args.n}"], rows)
@@ -159,7 +164,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bpd-images", type=int, default=500)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--write", action="store_true", help="write the RESULTS.md section")
-    return p.parse_args(argv)
+    add_quick(p, "5 steps of batch 16, U-Net base 8, 8 samples against 32, bits/dim of 2 "
+                 "images")
+    args = p.parse_args(argv)
+    apply_quick(p, args, minutes=0.5, max_steps=5, batch_size=16, warmup=1, channels=8, n=8,
+                n_ref=32, batch=8, bpd_images=2)
+    return args
 
 
 if __name__ == "__main__":

@@ -30,7 +30,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command_line, machine, set_threads, today, write_section  # noqa: E402
+from _common import (  # noqa: E402
+    add_quick,
+    apply_quick,
+    command_line,
+    machine,
+    output_path,
+    set_threads,
+    today,
+    write_section,
+)
 
 from probgen.inference import Adversarial, fit  # noqa: E402
 from probgen.metrics import mode_coverage, ring_centres  # noqa: E402
@@ -206,7 +215,11 @@ def main() -> None:
                              "critic steps per generator step)")
     parser.add_argument("--seeds", type=int, nargs="*", default=None,
                         help="--course: seeds to repeat every run over (default: --seed)")
+    add_quick(parser, "10 generator steps per loss (--course: 20 critic updates), 500 "
+                      "samples, 30 timed steps")
     args = parser.parse_args()
+    apply_quick(parser, args, steps=10, minutes=0.1, samples=500, timing_steps=30,
+                critic_updates=20)
     if args.only:
         unknown = sorted(set(args.only) - set(RUNS))
         if unknown:
@@ -236,14 +249,15 @@ def main() -> None:
         print(f"{label}: plain {plain:.2f} ms/step, fit {fitted:.2f} ms/step", flush=True)
     total = time.perf_counter() - t0
     here = Path(__file__).resolve().parent
+    report = _course_report(results, args, total) if args.course else \
+        _report(results, timing, args, total)
+    print(report)
     if not args.no_write:
-        atomic_write_text(here / f"{args.section}.json", json.dumps(
+        atomic_write_text(output_path(here / f"{args.section}.json"), json.dumps(
             {"results": [{k: v for k, v in r.items() if k != "samples"} for r in results],
              "timing": timing}, indent=1))
         first = [r for r in results if r["seed"] == results[0]["seed"]]
-        _figure(first, here / f"{args.section}.png")
-        report = _course_report(results, args, total) if args.course else \
-            _report(results, timing, args, total)
+        _figure(first, output_path(here / f"{args.section}.png"))
         write_section(args.section, report)
 
 

@@ -28,6 +28,9 @@ torch_fidelity.metric_kid.kid_features_to_metric, torch_fidelity.metric_prc
 the statistics pytorch_fid's calculate_activation_statistics computes (np.mean, np.cov).
 
     python benchmarks/metrics.py --root ../shared/data/mnist
+
+Without the MNIST files (needed for the 2048-d input) the script exits with status 3
+(``_common.MNIST_MISSING``) and a one-line message.
 """
 
 from __future__ import annotations
@@ -44,16 +47,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    add_quick,
+    apply_quick,
     command_line,
+    default_data_root,
     machine,
     markdown_table,
+    mnist_split,
     set_threads,
     today,
     write_section,
 )
 from _peers import stub_torchvision  # noqa: E402
 
-from probgen.data import load_mnist  # noqa: E402
 from probgen.metrics import fid, kid, mnist_classifier, precision_recall  # noqa: E402
 
 # --------------------------------------------------------------------------- inputs
@@ -68,8 +74,8 @@ def random_inputs(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor
 
 def mnist_inputs(root: str | None, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     net = mnist_classifier()
-    test, _ = load_mnist(root, "test")
-    train, _ = load_mnist(root, "train")
+    test, _ = mnist_split(root, "test", "metrics")
+    train, _ = mnist_split(root, "train", "metrics")
     with torch.no_grad():
         x = torch.cat([net.feature_map(b).flatten(1) for b in test[:n].split(1000)])
         y = torch.cat([net.feature_map(b).flatten(1) for b in train[:n].split(1000)])
@@ -183,10 +189,11 @@ def run_fid(x, y):
 #: inputs as above.
 FID_SHAPES = ((2000, 256), (10_000, 64), (10_000, 128), (10_000, 512), (50_000, 64),
               (50_000, 512), (50_000, 2048))
+QUICK_FID_SHAPES = ((500, 16), (1000, 64))  # --quick
 
 
-def run_fid_shapes(seed: int) -> list[list[str]]:
-    """FID of probgen and torch-fidelity at FID_SHAPES (values checked against the
+def run_fid_shapes(seed: int, shapes: tuple = FID_SHAPES) -> list[list[str]]:
+    """FID of probgen and torch-fidelity at ``shapes`` (values checked against the
     float64 reference).
 
     These calls take milliseconds, where alternating libraries call by call would time
@@ -196,7 +203,7 @@ def run_fid_shapes(seed: int) -> list[list[str]]:
     alternating from shape to shape.
     """
     rows = []
-    for k, (n, d) in enumerate(FID_SHAPES):
+    for k, (n, d) in enumerate(shapes):
         x, y = random_inputs(n, d, seed)
         fns = {"probgen": lambda x=x, y=y: fid(x, y, batch_size=2500),
                "torch-fidelity": lambda x=x, y=y: fidelity_fid(x, y)}
@@ -268,7 +275,8 @@ def fmt(v: float) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=None, help="MNIST folder (default: PROBGEN_DATA)")
+    parser.add_argument("--root", default=str(default_data_root()),
+                        help="MNIST folder (default: $PROBGEN_DATA, else ../shared/data)")
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--kid-subsets", type=int, default=100)
@@ -279,7 +287,11 @@ def main() -> int:
     parser.add_argument("--skip-shapes", action="store_true",
                         help="skip the FID timings at other feature shapes")
     parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    add_quick(parser, "500 x 64 random features only (2048-d inputs, MNIST's included, cost "
+                      "the peers ~10 s per matrix square root), KID on 2 subsets of 100, "
+                      f"FID shapes {QUICK_FID_SHAPES}")
     args = parser.parse_args()
+    apply_quick(parser, args, n=500, dim=64, kid_subsets=2, kid_subset_size=100)
     set_threads(args.threads)
     stub_torchvision()
     import pytorch_fid
@@ -351,7 +363,8 @@ def main() -> int:
                 f"- precision/recall, {name}: probgen {own:.2f} s vs torch-fidelity "
                 f"{peer:.2f} s ({'met' if own <= peer else 'MISSED'}); equal to the float64 "
                 f"computation: {'yes' if same else 'NO'}")
-    shape_rows = [] if args.skip_shapes else run_fid_shapes(args.seed)
+    shape_rows = [] if args.skip_shapes else run_fid_shapes(
+        args.seed, QUICK_FID_SHAPES if args.quick else FID_SHAPES)
     total = time.perf_counter() - start_all
     body = (
         "## Sample metrics: probgen vs torch-fidelity and pytorch-fid\n\n"

@@ -1,6 +1,10 @@
 """NCSN on MNIST at a short CPU wall-clock budget: FID, precision and recall in the bundled
 MNIST classifier's feature space, sampling time (probgen's annealed Langevin against the
-plain-PyTorch loop with the same network calls)."""
+plain-PyTorch loop with the same network calls).
+
+Without the MNIST files the script exits with status 3 (``_common.MNIST_MISSING``) and a
+one-line message.
+"""
 
 from __future__ import annotations
 
@@ -15,15 +19,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    add_quick,
+    apply_quick,
     command_line,
     machine,
     markdown_table,
+    mnist_split,
     set_threads,
     today,
     write_section,
 )
 
-from probgen.data import ImagePreprocess, load_mnist  # noqa: E402
+from probgen.data import ImagePreprocess  # noqa: E402
 from probgen.inference import NoiseConditionalScoreMatching, ScoreSampler, fit  # noqa: E402
 from probgen.metrics import fid, mnist_classifier, precision_recall  # noqa: E402
 from probgen.models import ConvScoreNet  # noqa: E402
@@ -44,8 +51,8 @@ def plain_annealed(net, x, sigmas, steps, eps, g):
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
-    train, _ = load_mnist(args.root, "train")
-    test, _ = load_mnist(args.root, "test")
+    train, _ = mnist_split(args.root, "train", "ncsn_mnist")
+    test, _ = mnist_split(args.root, "test", "ncsn_mnist")
     torch.manual_seed(0)
     net = ConvScoreNet((1, 28, 28), hidden_channels=args.channels)
     pre = ImagePreprocess(levels=256, transform="scale", shape=(1, 28, 28))
@@ -143,7 +150,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--write", action="store_true", help="write the RESULTS.md section")
-    return p.parse_args(argv)
+    add_quick(p, "5 steps of batch 16, 8 channels, 3 levels x 2 Langevin steps, 8 samples "
+                 "against 32")
+    args = p.parse_args(argv)
+    apply_quick(p, args, minutes=0.02, max_steps=5, batch_size=16, channels=8, levels=3,
+                steps_per_level=2, n=8, n_ref=32, batch=8)
+    return args
 
 
 if __name__ == "__main__":

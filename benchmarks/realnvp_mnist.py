@@ -1,4 +1,8 @@
-"""Multi-scale RealNVP on dequantized MNIST: test bits/dim after a CPU wall-clock budget."""
+"""Multi-scale RealNVP on dequantized MNIST: test bits/dim after a CPU wall-clock budget.
+
+Without the MNIST files the script exits with status 3 (``_common.MNIST_MISSING``) and a
+one-line message.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import copy
 import inspect
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,20 +21,20 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     BENCH_DIR,
+    add_quick,
+    apply_quick,
     command_line,
+    default_data_root,
     machine,
     markdown_table,
+    mnist_split,
+    output_path,
     set_threads,
     today,
     write_section,
 )
 
 GOAL_BPD = 1.89
-
-
-def default_data_root() -> Path:
-    env = os.environ.get("PROBGEN_DATA")
-    return Path(env) if env else BENCH_DIR.parent.parent / "shared" / "data"
 
 
 # --------------------------------------------------------------------------- model
@@ -167,17 +170,12 @@ class Clock:
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
-    from probgen.data import ImagePreprocess, load_mnist
+    from probgen.data import ImagePreprocess
     from probgen.inference import MaximumLikelihood, fit
 
     t_begin = time.perf_counter()
-    root = Path(args.data)
-    try:
-        train, _ = load_mnist(root, "train")
-        test, _ = load_mnist(root, "test")
-    except FileNotFoundError as e:
-        print(f"[realnvp_mnist] skipped: {e}")
-        return 0
+    train, _ = mnist_split(args.data, "train", "realnvp_mnist")
+    test, _ = mnist_split(args.data, "test", "realnvp_mnist")
     pre = ImagePreprocess(levels=256, transform="logit", alpha=args.alpha)
     # A seeded random subset: MNIST's test set is ordered (its last 5000 digits, written by
     # students, are harder than its first 5000), so its first images are not representative.
@@ -240,14 +238,16 @@ def run(args: argparse.Namespace) -> int:
         "total_minutes": total_s / 60, "error": error,
         "train_curve": clock.train, "subset_curve": clock.evals,
     }
-    curve = Path(args.curve)
+    curve = output_path(args.curve)
     curve.write_text(json.dumps(result, indent=1))
     png = curve.with_suffix(".png")
     plot_curve(result, png)
     print(f"[realnvp_mnist] wrote {curve} and {png}")
+    body = results_body(result, args)
+    print(body)
     if args.write:
-        write_section(args.section, results_body(result, args))
-        print(f"[realnvp_mnist] wrote {BENCH_DIR / 'RESULTS.md'} section {args.section!r}")
+        path = write_section(args.section, body)
+        print(f"[realnvp_mnist] wrote {path} section {args.section!r}")
     return 0 if error is None else 1
 
 
@@ -350,7 +350,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="RESULTS.md section to write (e.g. realnvp_mnist_pilot)")
     p.add_argument("--no-write", dest="write", action="store_false",
                    help="do not update benchmarks/RESULTS.md")
-    return p.parse_args(argv)
+    add_quick(p, "3 s of training, batch 16, 8 channels and 1 block, calibration on 2 steps, "
+                 "a 32-image curve subset, 64 final test images")
+    args = p.parse_args(argv)
+    apply_quick(p, args, minutes=0.05, channels=8, blocks=1, batch_size=16, warmup=2,
+                subset=32, curve_points=2, final_eval_size=64, eval_batch_size=32,
+                calib_steps=2)
+    return args
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    add_quick,
+    apply_quick,
     command_line,
     machine,
     markdown_table,
@@ -178,7 +180,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--write", action="store_true", help="write the RESULTS.md section")
-    return p.parse_args(argv)
+    add_quick(p, "moons and two_modes, 20 steps of batch 128, 5 levels, 20 ULA and 4 "
+                 "annealed steps, 200 samples, 1 timing repeat")
+    args = p.parse_args(argv)
+    apply_quick(p, args, datasets=["moons", "two_modes"], steps=20, batch_size=128, levels=5,
+                langevin_steps=20, annealed_steps=4, n=200, repeats=1)
+    return args
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    add_quick,
+    apply_quick,
     command_line,
     machine,
     markdown_table,
@@ -54,7 +56,7 @@ def plain_euler_maruyama(model: VectorScoreSDE, n: int, steps: int, seed: int) -
     """Reverse-SDE Euler-Maruyama as a plain loop: the same score calls as torchsde's."""
     sde, eps = model.sde, model.sample_eps
     g = torch.Generator().manual_seed(seed)
-    x = sde.prior_std() * torch.randn(n, 2, generator=g)
+    x = sde.prior_std * torch.randn(n, 2, generator=g)
     dt = (1.0 - eps) / steps
     with torch.no_grad():
         for i in range(steps):
@@ -193,7 +195,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-nll", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--write", action="store_true", help="write the RESULTS.md section")
-    return p.parse_args(argv)
+    add_quick(p, "moons only, VP and VE, 20 steps of batch 128, hidden [64, 64], 8 sampler "
+                 "steps, 200 samples, NLL of 50 points")
+    args = p.parse_args(argv)
+    apply_quick(p, args, datasets=["moons"], minutes=0.05, max_steps=20, batch_size=128,
+                hidden=[64, 64], step_counts=[8], n=200, n_nll=50)
+    return args
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ Models (the same U-Net, probgen.nn.UNet, on images scaled to [-1, 1]):
 Bits/dim through the probability-flow ODE follow score_sde: uniform dequantization,
 Hutchinson's trace (one Rademacher probe per solve), dopri5, log-density at t = 1 - 1e-5.
 No peer library ships score SDEs as an installable package (score_sde_pytorch is a research
-repository), so there is no peer column.
+repository), so there is no peer column. Without the MNIST files the script exits with
+status 3 (``_common.MNIST_MISSING``) and a one-line message.
 """
 
 from __future__ import annotations
@@ -27,15 +28,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    add_quick,
+    apply_quick,
     command_line,
     machine,
     markdown_table,
+    mnist_split,
     set_threads,
     today,
     write_section,
 )
 
-from probgen.data import ImagePreprocess, load_mnist  # noqa: E402
+from probgen.data import ImagePreprocess  # noqa: E402
 from probgen.inference import (  # noqa: E402
     ContinuousScoreMatching,
     DiffusionLoss,
@@ -63,8 +67,8 @@ def train(objective: torch.nn.Module, data: torch.Tensor, args: argparse.Namespa
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
-    train_x, _ = load_mnist(args.root, "train")
-    test_x, _ = load_mnist(args.root, "test")
+    train_x, _ = mnist_split(args.root, "train", "sde_mnist")
+    test_x, _ = mnist_split(args.root, "test", "sde_mnist")
     pre = ImagePreprocess(levels=256, transform="signed", shape=(1, 28, 28))
     unet = {"base_channels": args.channels, "channel_mults": args.mults}
 
@@ -185,7 +189,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="skip the DDPM comparison")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--write", action="store_true", help="write the RESULTS.md section")
-    return p.parse_args(argv)
+    add_quick(p, "3 steps of batch 8 per model, U-Net base 8, 5-step samplers, tolerances "
+                 "1e-3, 8 samples against 32, bits/dim of 2 images")
+    args = p.parse_args(argv)
+    apply_quick(p, args, minutes=0.02, max_steps=3, batch_size=8, channels=8, pc_steps=[5],
+                sde_steps=[5], ode_tol=1e-3, n=8, n_ref=32, bpd_images=2, bpd_tol=1e-3)
+    return args
 
 
 if __name__ == "__main__":

@@ -25,13 +25,15 @@ maps drawn uniformly at random: what the prior adds). A grid of prior samples is
 ``benchmarks/vqvae_mnist.png``.
 
     python benchmarks/vqvae_mnist.py --minutes 1.5 --prior-minutes 2
+
+Without the MNIST files the script exits with status 3 (``_common.MNIST_MISSING``) and a
+one-line message.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -42,9 +44,14 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     BENCH_DIR,
+    add_quick,
+    apply_quick,
     command_line,
+    default_data_root,
     machine,
     markdown_table,
+    mnist_split,
+    output_path,
     set_threads,
     today,
     write_section,
@@ -54,11 +61,6 @@ ARMS = ("probgen-ema", "probgen-grad", "vqtorch-ema")
 MODEL = {"num_codes": 64, "code_dim": 16, "channels": 64, "downsample": 2, "blocks": 2,
          "prior_channels": 64, "prior_layers": 6, "prior_kernel_size": 3}
 BETA = 0.25
-
-
-def default_data_root() -> Path:
-    env = os.environ.get("PROBGEN_DATA")
-    return Path(env) if env else BENCH_DIR.parent.parent / "shared" / "data"
 
 
 class Clock:
@@ -185,7 +187,10 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=default_data_root())
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
+    add_quick(parser, "every arm and the prior for 5 steps of batch 16, 16 prior samples")
     args = parser.parse_args()
+    apply_quick(parser, args, minutes=0.01, prior_minutes=0.01, steps=5, batch_size=16,
+                num_samples=16)
     set_threads(args.threads)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = sorted(set(arms) - set(ARMS))
@@ -198,11 +203,8 @@ def main() -> None:
     from probgen.plots import plot_image_grid, save_figure
     from probgen.utils import atomic_write_text
 
-    try:
-        train_x, _ = pdata.load_mnist(args.root / "mnist", "train")
-        test_x, _ = pdata.load_mnist(args.root / "mnist", "test")
-    except FileNotFoundError as e:
-        sys.exit(f"MNIST not found under {args.root / 'mnist'} ({e}); pass --root.")
+    train_x, _ = mnist_split(args.root / "mnist", "train", "vqvae_mnist")
+    test_x, _ = mnist_split(args.root / "mnist", "test", "vqvae_mnist")
     intensity = train_x.float() / 255
 
     def sampler(n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -268,7 +270,7 @@ def main() -> None:
                          "binarized train images": train_bin[:args.num_samples]}.items()}
         fids = {name: fid(feats["test"], f) for name, f in feats.items() if name != "test"}
         fig = plot_image_grid(samples[:64], nrow=8)
-        save_figure(fig, BENCH_DIR / "vqvae_mnist.png")
+        save_figure(fig, output_path(BENCH_DIR / "vqvae_mnist.png"))
         recon = results[arm]["recon_nll"]
         prior_lines = [
             f"Second stage ({arm}): Gated PixelCNN prior over the 7x7 code maps, "
@@ -310,7 +312,7 @@ def main() -> None:
         "",
         *prior_lines,
     ])
-    atomic_write_text(BENCH_DIR / "vqvae_mnist.json", json.dumps(results, indent=2))
+    atomic_write_text(output_path(BENCH_DIR / "vqvae_mnist.json"), json.dumps(results, indent=2))
     print(body)
     if not args.no_write:
         write_section("vqvae_mnist", body)
