@@ -64,6 +64,14 @@ from probgen.inference.sde import (
     reverse_sde_sample,
     tweedie_denoise,
 )
+from probgen.inference.solvers import (
+    DEFAULT_GRIDS,
+    GRIDS,
+    SOLVERS,
+    SolverResult,
+    solve_path,
+    time_grid,
+)
 from probgen.inference.steps import NonFiniteLossError
 from probgen.inference.training import History, fit
 from probgen.inference.vq import (
@@ -80,6 +88,12 @@ from probgen.inference.vq import (
 )
 
 __all__ = [
+    "SOLVERS",
+    "GRIDS",
+    "DEFAULT_GRIDS",
+    "SolverResult",
+    "solve_path",
+    "time_grid",
     "DiffusionLoss",
     "NoisyClassifierLoss",
     "DiffusionResult",

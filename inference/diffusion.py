@@ -42,13 +42,18 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from probgen.diffusion import (
+    PARAMETRIZATION_PREDICTIONS,
     NoiseSchedule,
+    SchedulePath,
     discretized_gaussian_log_likelihood,
     normal_kl,
     spaced_timesteps,
     to_signed,
 )
 from probgen.inference.registry import register_objective
+from probgen.inference.solvers import DEFAULT_GRIDS, GRIDS, ddim_update, solve_path, time_grid
+from probgen.processes import convert_prediction
+from probgen.utils import append_dims
 
 __all__ = [
     "VARIANCES",
@@ -65,8 +70,9 @@ __all__ = [
 
 #: Reverse-variance choices of a diffusion model.
 VARIANCES: tuple[str, ...] = ("fixed_large", "fixed_small", "learned_range")
-#: Sampler names: ancestral (DDPM; strided when ``steps < T``) and DDIM.
-DIFFUSION_SAMPLERS: tuple[str, ...] = ("ancestral", "ddim")
+#: Sampler names: ancestral (DDPM; strided when ``steps < T``), DDIM, and the
+#: second-order ODE solvers DPM-Solver++(2M) and EDM's Heun (:mod:`probgen.inference.solvers`).
+DIFFUSION_SAMPLERS: tuple[str, ...] = ("ancestral", "ddim", "dpm++2m", "edm_heun")
 #: Training losses of :class:`DiffusionLoss`.
 DIFFUSION_LOSSES: tuple[str, ...] = ("simple", "vlb", "hybrid")
 
@@ -119,6 +125,26 @@ def _check_model(model: Any) -> None:
 
 def _network_time(step: Tensor, num_steps: int, x: Tensor) -> Tensor:
     return step.to(device=x.device, dtype=x.dtype) / num_steps
+
+
+def _alphas_cumprod(sched: NoiseSchedule, step: Tensor, x: Tensor) -> Tensor:
+    """:math:`\bar\alpha` at integer (exact table) or fractional (log-SNR) steps,
+    ``(batch, 1, ..., 1)`` against ``x``."""
+    if step.is_floating_point():
+        ab = sched.alphas_cumprod_at(step).to(device=x.device, dtype=x.dtype)
+        return append_dims(ab.reshape(-1), x.dim())
+    return sched._at(sched.alphas_cumprod, step, x)
+
+
+def _convert(sched: NoiseSchedule, pred: Tensor, x: Tensor, step: Tensor, source: str,
+             target: str) -> Tensor:
+    """A prediction in DDPM's names (:data:`probgen.diffusion.PARAMETRIZATIONS`) at integer
+    or fractional steps, converted by the one conversion of :mod:`probgen.processes`."""
+    if source == target:
+        return pred
+    m = sched.coefficients(_alphas_cumprod(sched, step, x))
+    names = PARAMETRIZATION_PREDICTIONS
+    return convert_prediction(pred, x, m, source=names[source], target=names[target])
 
 
 def _labels_like(labels: Any, n: int, device: torch.device) -> Tensor | None:
@@ -184,14 +210,14 @@ def guided_epsilon(
         pred, v = model.output(torch.cat([x, x]), torch.cat([step, step]),
                                torch.cat([model_labels, null]))
         xx = torch.cat([x, x])
-        eps_both = sched.convert(pred, xx, torch.cat([step, step]), model.parametrization,
-                                 "eps")
+        eps_both = _convert(sched, pred, xx, torch.cat([step, step]), model.parametrization,
+                            "eps")
         eps_c, eps_u = eps_both.chunk(2)
         eps = eps_u + w * (eps_c - eps_u)
         v = None if v is None else v.chunk(2)[0]
     else:
         pred, v = model.output(x, step, model_labels)
-        eps = sched.convert(pred, x, step, model.parametrization, "eps")
+        eps = _convert(sched, pred, x, step, model.parametrization, "eps")
     if classifier is not None and classifier_scale:
         if labels is None:
             raise ValueError("classifier: classifier guidance needs labels.")
@@ -203,7 +229,7 @@ def guided_epsilon(
                                  f"got {tuple(logits.shape)}.")
             chosen = F.log_softmax(logits, dim=-1).gather(1, labels[:, None].long()).sum()
             grad, = torch.autograd.grad(chosen, xg)
-        ab = sched._at(sched.alphas_cumprod, step, x)
+        ab = _alphas_cumprod(sched, step, x)
         eps = eps - float(classifier_scale) * (1 - ab).sqrt() * grad.detach()
     return eps, v
 
@@ -256,7 +282,7 @@ def diffusion_sample(
     sampler: str = "ancestral",
     steps: int | None = None,
     eta: float = 0.0,
-    spacing: str = "linspace",
+    spacing: str | None = None,
     timesteps: Sequence[int] | Tensor | None = None,
     labels: Any = None,
     guidance: float | None = None,
@@ -282,14 +308,23 @@ def diffusion_sample(
       :math:`\sigma = \eta\sqrt{(1-\bar\alpha_{prev})/(1-\bar\alpha)}
       \sqrt{1-\bar\alpha/\bar\alpha_{prev}}`; ``eta = 0`` is deterministic, ``eta = 1``
       is the ancestral sampler with the posterior variance.
+    - ``"dpm++2m"``, ``"edm_heun"``: the second-order probability-flow ODE solvers of
+      :func:`probgen.inference.solvers.solve_path` over the schedule's path
+      (:class:`probgen.diffusion.SchedulePath`, log-SNR interpolated between steps), on the
+      same ``steps`` levels (``spacing`` as above, or the noise-level grids ``"logsnr"``
+      and ``"karras"``), ending with a denoising step to the data. DPM-Solver++(2M) calls
+      the network once per level (``steps`` calls, as DDIM); EDM's Heun twice per interval
+      (``2 steps - 1``).
 
     Args:
         model: a diffusion model (see the module docstring).
         x: the start, ``(batch, *event)``, usually :math:`N(0, I)`.
         sampler: one of :data:`DIFFUSION_SAMPLERS`.
         steps: number of steps (``None``: all T); spacing: see
-            :func:`probgen.diffusion.spaced_timesteps`; timesteps: explicit increasing
-            indices instead.
+            :func:`probgen.diffusion.spaced_timesteps` (the ODE solvers also take
+            ``"logsnr"`` and ``"karras"``, see :func:`probgen.inference.solvers.time_grid`;
+            default ``"linspace"``, ``"logsnr"`` for DPM-Solver++ and ``"karras"`` for
+            EDM's Heun); timesteps: explicit increasing indices instead.
         eta: DDIM's noise, in [0, 1].
         labels: classes (int, or a sequence cycled over the batch) for a conditional
             model or a classifier; guidance, classifier, classifier_scale: see
@@ -314,10 +349,16 @@ def diffusion_sample(
         raise ValueError(f"x: expected a start tensor of shape (batch, *event), got "
                          f"{getattr(x, 'shape', type(x).__name__)}.")
     sched = model.schedule
-    tau = _timesteps(sched, steps, spacing, timesteps)
-    sub = sched.respace(tau)
     guide = {"labels": _labels_like(labels, x.shape[0], x.device), "guidance": guidance,
              "classifier": classifier, "classifier_scale": classifier_scale}
+    ode = sampler in ("dpm++2m", "edm_heun")
+    if spacing is None:
+        spacing = DEFAULT_GRIDS[sampler] if ode and timesteps is None else "linspace"
+    if ode:
+        return _ode_sample(model, x, sampler, steps, spacing, timesteps, clip, guide,
+                           record_every)
+    tau = _timesteps(sched, steps, spacing, timesteps)
+    sub = sched.respace(tau)
     states, x0s = ([x.detach().clone()], []) if record_every else (None, None)
     x = x.detach()
     with torch.no_grad():
@@ -335,14 +376,44 @@ def diffusion_sample(
                 ab = sub._at(sub.alphas_cumprod, i, x)
                 ab_prev = sub._at(sub.alphas_cumprod_prev, i, x)
                 sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
-                x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
-                if noise is not None:
-                    x = x + sigma * noise
+                x = ddim_update(x0, eps, ab_prev.sqrt(), (1 - ab_prev).sqrt(), sigma, noise)
             if record_every and ((k + 1) % record_every == 0 or i == 0):
                 states.append(x.clone())
                 x0s.append(x0.clone())
     return DiffusionResult(x, torch.stack(states) if states else None,
                            torch.stack(x0s) if x0s else None, tau.flip(0))
+
+
+def _ode_sample(model: Any, x: Tensor, solver: str, steps: int | None, spacing: str,
+                timesteps: Sequence[int] | Tensor | None, clip: float | None,
+                guide: dict[str, Any], record_every: int | None) -> DiffusionResult:
+    """``diffusion_sample`` with the probability-flow ODE solvers (see there)."""
+    sched = model.schedule
+    path = SchedulePath(sched)
+    if spacing in GRIDS[1:]:  # noise-level grids
+        if timesteps is not None:
+            raise ValueError(f"timesteps: explicit indices do not go with spacing "
+                             f"{spacing!r}; give steps.")
+        levels = sched.num_steps if steps is None else steps
+        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+            raise ValueError(f"steps: expected an int >= 2 for the ODE solvers, got {steps!r}.")
+        times = time_grid(path, levels - 1, grid=spacing)
+    else:
+        tau = _timesteps(sched, steps, spacing, timesteps)
+        if tau.numel() < 2:
+            raise ValueError(f"steps: expected at least 2 levels for the ODE solvers, got "
+                             f"{tau.numel()}.")
+        times = 1.0 - tau.flip(0).to(torch.float64) / (sched.num_steps - 1)
+
+    def denoiser(state: Tensor, t: Tensor) -> Tensor:
+        step = path.step(t.to(torch.float64))
+        eps, _ = guided_epsilon(model, state, step, **guide)
+        data = _convert(sched, eps, state, step, "eps", "x0")
+        return data if clip is None else data.clamp(-clip, clip)
+
+    out = solve_path(denoiser, path, x.detach(), times, solver=solver,
+                     record_every=record_every)
+    return DiffusionResult(out.samples, out.trajectory, None, path.step(out.times))
 
 
 def ddim_invert(

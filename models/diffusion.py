@@ -184,7 +184,7 @@ class DiffusionModel(nn.Module):
         sampler: str = "ancestral",
         steps: int | None = None,
         eta: float = 0.0,
-        spacing: str = "linspace",
+        spacing: str | None = None,
         labels: Any = None,
         guidance: float | None = None,
         classifier: nn.Module | None = None,
@@ -196,11 +196,14 @@ class DiffusionModel(nn.Module):
 
         Args:
             shape: sample shape.
-            sampler: ``"ancestral"`` (DDPM; strided when ``steps < T``) or ``"ddim"``.
+            sampler: ``"ancestral"`` (DDPM; strided when ``steps < T``), ``"ddim"``, or
+                the second-order ODE solvers ``"dpm++2m"`` and ``"edm_heun"`` (see
+                :func:`probgen.inference.diffusion.diffusion_sample`).
             steps: number of steps (``None``: T).
             eta: DDIM's noise in [0, 1] (0: deterministic).
             spacing: how strided samplers pick their steps (``"linspace"``,
-                ``"leading"``, ``"trailing"``, ``"quadratic"``; see
+                ``"leading"``, ``"trailing"``, ``"quadratic"``; the ODE solvers also
+                ``"logsnr"`` and ``"karras"``; ``None``: each sampler's default; see
                 :func:`probgen.diffusion.spaced_timesteps`).
             labels: class(es) to sample: an int, or a sequence cycled over the samples.
             guidance: classifier-free guidance weight :math:`w` (0: unconditional,

@@ -32,6 +32,7 @@ from probgen.inference.flow_matching import (
     ode_sample,
     reflow_pairs,
 )
+from probgen.inference.solvers import DEFAULT_GRIDS, SOLVERS, solve_path, time_grid
 from probgen.nn import ConditionalMLP, UNet
 from probgen.paths import PATHS, AffinePath, get_path
 
@@ -154,22 +155,34 @@ class FlowMatching(nn.Module):
 
     def _solve(self, x0: Tensor, y: Tensor | None, guidance: float | None, method: str,
                steps: int | None, rtol: float | None, atol: float | None,
-               times: Any = None) -> Tensor:
-        if method not in FM_METHODS:
-            raise ValueError(f"method: expected one of {list(FM_METHODS)}, got {method!r}.")
-        if method in FIXED_STEP_METHODS and steps is None:
+               times: Any = None, spacing: str | None = None) -> Tensor:
+        if method not in FM_METHODS and method not in SOLVERS:
+            raise ValueError(f"method: expected one of {[*FM_METHODS, *SOLVERS]}, got "
+                             f"{method!r}.")
+        if (method in FIXED_STEP_METHODS or method in SOLVERS) and steps is None:
             steps = 20
-        if method not in FIXED_STEP_METHODS:
+        if method not in FIXED_STEP_METHODS and method not in SOLVERS:
             steps = None
+        if method in SOLVERS and times is not None:
+            raise ValueError(f"method {method!r}: trajectories at given times need a "
+                             f"torchdiffeq method ({list(FM_METHODS)}).")
         field = guided_field(self, y, guidance, null_label=self.num_classes)
         was_training = self.training
         self.eval()
         try:
             with torch.no_grad():
-                res = ode_sample(field, x0, method=method, steps=steps,
-                                 rtol=self.rtol if rtol is None else rtol,
-                                 atol=self.atol if atol is None else atol,
-                                 t1=self.path.t_end, times=times)
+                if method in SOLVERS:  # the data prediction of the velocity, on the path
+                    def denoiser(x: Tensor, t: Tensor) -> Tensor:
+                        return self.path.convert(field(x, t), x, t, source="velocity",
+                                                 target="data")
+
+                    grid = time_grid(self.path, steps, grid=spacing or DEFAULT_GRIDS[method])
+                    res = solve_path(denoiser, self.path, x0, grid, solver=method)
+                else:
+                    res = ode_sample(field, x0, method=method, steps=steps,
+                                     rtol=self.rtol if rtol is None else rtol,
+                                     atol=self.atol if atol is None else atol,
+                                     t1=self.path.t_end, times=times)
         finally:
             self.train(was_training)
         self.last_nfe = res.nfe
@@ -186,6 +199,7 @@ class FlowMatching(nn.Module):
         labels: Any = None,
         rtol: float | None = None,
         atol: float | None = None,
+        spacing: str | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         r"""Draws samples of shape ``(*shape, *event_shape)`` by solving the ODE from the prior.
@@ -193,12 +207,17 @@ class FlowMatching(nn.Module):
         Args:
             shape: sample shape.
             method: ``"euler"``, ``"midpoint"``, ``"heun"``, ``"rk4"`` (fixed steps) or
-                ``"dopri5"`` (adaptive; see :data:`probgen.inference.FM_METHODS`).
-            steps: steps of a fixed-step method (default 20; ignored by adaptive ones).
+                ``"dopri5"`` (adaptive; see :data:`probgen.inference.FM_METHODS`) on the
+                velocity; or ``"ddim"``, ``"dpm++2m"``, ``"edm_heun"`` on its data
+                prediction (:func:`probgen.inference.solvers.solve_path`).
+            steps: steps of a fixed-step method or solver (default 20; ignored by adaptive
+                ones).
             guidance: classifier-free guidance weight :math:`w` (with ``labels``):
                 :math:`(1 + w) v(x, t \mid y) - w v(x, t \mid \varnothing)`.
             labels: class(es) to sample: an int, or a sequence cycled over the samples.
             rtol: tolerances of an adaptive method (defaults: the model's); atol: likewise.
+            spacing: the time grid of ``"ddim"``, ``"dpm++2m"`` and ``"edm_heun"`` (see
+                :func:`probgen.inference.solvers.time_grid`; default each solver's).
             generator: seeds the prior draw.
 
         Example:
@@ -211,7 +230,7 @@ class FlowMatching(nn.Module):
         device, _ = self._device_dtype()
         y = _labels(labels, n, self.num_classes, device)
         x0 = self.prior_sample(n, generator)
-        out = self._solve(x0, y, guidance, method, steps, rtol, atol)
+        out = self._solve(x0, y, guidance, method, steps, rtol, atol, spacing=spacing)
         return out.reshape(*shape, *self.event_shape)
 
     def trajectory(

@@ -36,6 +36,7 @@ from probgen.inference.sde import (
     probability_flow_sample,
     reverse_sde_sample,
 )
+from probgen.inference.solvers import DEFAULT_GRIDS, SOLVERS, solve_path, time_grid
 from probgen.nn import ConditionalMLP, UNet
 from probgen.sde import SDE, SDES, get_sde
 from probgen.utils import append_dims
@@ -50,7 +51,7 @@ __all__ = [
 ]
 
 #: The samplers of :meth:`ScoreSDE.sample`.
-SDE_SAMPLERS: tuple[str, ...] = ("pc", "sde", "ode")
+SDE_SAMPLERS: tuple[str, ...] = ("pc", "sde", "ode", *SOLVERS)
 #: Parametrizations of the network output.
 PARAMETRIZATIONS: tuple[str, ...] = ("eps", "score")
 
@@ -181,16 +182,19 @@ class ScoreSDE(nn.Module):
         denoise: bool = True,
         labels: Any = None,
         guidance: float | None = None,
+        spacing: str | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         r"""Draws samples of shape ``(*shape, *event_shape)`` from the prior at ``t = 0``.
 
         Args:
             shape: sample shape.
-            sampler: ``"pc"`` (predictor-corrector), ``"sde"`` (reverse SDE by torchsde)
-                or ``"ode"`` (probability flow by torchdiffeq).
-            steps: predictor steps (``"pc"``), solver steps (``"sde"``; and ``"ode"``
-                with a fixed-step ``method``).
+            sampler: ``"pc"`` (predictor-corrector), ``"sde"`` (reverse SDE by torchsde),
+                ``"ode"`` (probability flow by torchdiffeq), or the probability-flow solvers
+                ``"ddim"``, ``"dpm++2m"``, ``"edm_heun"`` on the score's data prediction
+                (:func:`probgen.inference.solvers.solve_path`).
+            steps: predictor steps (``"pc"``), solver steps (``"sde"``, the solvers; and
+                ``"ode"`` with a fixed-step ``method``).
             method: ``"sde"``: a torchsde method (default ``"euler"``, see
                 :data:`probgen.inference.SDE_METHODS`); ``"ode"``: a torchdiffeq method
                 (default adaptive ``"dopri5"``).
@@ -201,6 +205,8 @@ class ScoreSDE(nn.Module):
             denoise: finish with a Tweedie denoising step.
             labels: class(es) to sample: an int, or a sequence cycled over the samples.
             guidance: classifier-free guidance weight :math:`w` (with ``labels``).
+            spacing: the time grid of the solvers (see
+                :func:`probgen.inference.solvers.time_grid`; default each solver's).
             generator: seeds the prior draw and the sampler's noise.
         """
         if sampler not in SDE_SAMPLERS:
@@ -222,6 +228,16 @@ class ScoreSDE(nn.Module):
             elif sampler == "sde":
                 out = reverse_sde_sample(self.sde, score, n, self.event_shape, steps=steps,
                                          method=method or "euler", **common)
+            elif sampler in SOLVERS:
+                def denoiser(x: Tensor, t: Tensor) -> Tensor:
+                    return self.sde.convert(score(x, t), x, t, source="score", target="data")
+
+                x0 = self.sde.prior_std * torch.randn(n, *self.event_shape, device=device,
+                                                      dtype=dtype, generator=generator)
+                grid = time_grid(self.sde, steps, grid=spacing or DEFAULT_GRIDS[sampler],
+                                 t_end=1.0 - self.sample_eps)
+                out = solve_path(denoiser, self.sde, x0, grid, solver=sampler,
+                                 denoise=denoise)
             else:
                 method = method or "dopri5"
                 fixed = method in ("euler", "midpoint", "heun3", "rk4")

@@ -40,13 +40,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from probgen.processes import Marginal, convert_prediction
+from probgen.processes import GaussianPath, Marginal, convert_prediction
 
 __all__ = [
     "PARAMETRIZATIONS",
     "PARAMETRIZATION_PREDICTIONS",
     "SCHEDULES",
     "NoiseSchedule",
+    "SchedulePath",
     "make_schedule",
     "spaced_timesteps",
     "normal_kl",
@@ -329,6 +330,44 @@ class NoiseSchedule(nn.Module):
         ab = self.alphas_cumprod[tau]
         prev = torch.cat([torch.ones(1, dtype=torch.float64, device=ab.device), ab[:-1]])
         return NoiseSchedule(1.0 - ab / prev, timesteps=self.timesteps[tau])
+
+
+class SchedulePath(GaussianPath):
+    r"""Creates the Gaussian path of a discrete schedule, in probgen time, for the ODE solvers.
+
+    Step :math:`s \in [0, T-1]` sits at :math:`t = 1 - s/(T-1)`: ``t = 0`` is the noisiest
+    step, ``t = 1`` step 0; between integer steps :math:`\bar\alpha` follows
+    :meth:`NoiseSchedule.alphas_cumprod_at` (linear in log-SNR), and :math:`(\alpha_t,
+    \sigma_t) = (\sqrt{\bar\alpha}, \sqrt{1 - \bar\alpha})`. The data (:math:`\sigma = 0`)
+    lies beyond ``t = 1``; the solvers reach it by their last denoising step
+    (:func:`probgen.inference.solvers.solve_path`). A discrete schedule has no time
+    derivatives, so the conversions to and from ``"velocity"`` are not available.
+
+    Args:
+        schedule: the :class:`NoiseSchedule`.
+
+    Example:
+        >>> path = SchedulePath(NoiseSchedule.linear(100))
+        >>> path.step(torch.tensor([0.0, 1.0])).round().tolist()  # t = 0: the last step
+        [99.0, 0.0]
+    """
+
+    def __init__(self, schedule: NoiseSchedule) -> None:
+        super().__init__()
+        if not isinstance(schedule, NoiseSchedule):
+            raise TypeError(f"schedule: expected a NoiseSchedule, got "
+                            f"{type(schedule).__name__}.")
+        self.noise_schedule = schedule
+
+    def step(self, t: Tensor) -> Tensor:
+        """The fractional step at probgen times ``t``: :math:`(1 - t)(T - 1)`."""
+        return (1.0 - torch.as_tensor(t)) * (self.noise_schedule.num_steps - 1)
+
+    def schedule(self, t: Tensor) -> Marginal:  # noqa: D102
+        t = torch.as_tensor(t)
+        ab = self.noise_schedule.alphas_cumprod_at(self.step(t)).to(
+            t.dtype if t.is_floating_point() else torch.float64)
+        return self.noise_schedule.coefficients(ab)
 
 
 def _check_steps(num_steps: Any) -> None:
