@@ -10,7 +10,14 @@ trained for a fixed budget (``--minutes`` or ``--steps``); then every sampler dr
   ``trained_betas`` = our betas, ``variance_type="fixed_large"``, no clipping;
 - DDIM (eta = 0) over ``k`` steps, probgen vs ``diffusers.DDIMScheduler`` (same betas,
   ``set_alpha_to_one=True``, no clipping); both use "leading" spacing so the visited
-  steps are the same.
+  steps are the same;
+- the second-order probability-flow ODE solvers at ``k`` levels (``--solver-steps``):
+  probgen's DPM-Solver++(2M) (its default uniform log-SNR levels) vs
+  ``diffusers.DPMSolverMultistepScheduler`` (``dpmsolver++``, order 2, its defaults), and
+  probgen's EDM Heun (Karras levels) vs ``diffusers.HeunDiscreteScheduler`` with
+  ``use_karras_sigmas=True``; the same number of network calls on both sides (``k`` for
+  DPM-Solver++, ``2k - 1`` for Heun). Their samples differ by design (other levels and
+  end treatment), so only quality and time are compared.
 
 Quality: exact W2 (probgen.metrics.wasserstein2, Hungarian matching) and MMD^2 against
 held-out data of the same size; agreement: the largest coordinate difference between
@@ -48,15 +55,20 @@ from probgen.models import VectorDDPM  # noqa: E402
 
 
 def diffusers_loop(model, scheduler, x, steps, generator, eta=None):
-    """The sampling loop of diffusers' documentation, driving our network."""
+    """The sampling loop of diffusers' documentation, driving our network; returns the
+    samples and the number of network calls."""
     scheduler.set_timesteps(steps)
     T = model.num_steps
+    x = x * scheduler.init_noise_sigma
+    calls = 0
     with torch.no_grad():
         for t in scheduler.timesteps:
-            eps = model.network(x, torch.full((x.shape[0],), float(t) / T))
-            kw = {} if eta is None else {"eta": eta}
-            x = scheduler.step(eps, int(t), x, generator=generator, **kw).prev_sample
-    return x
+            x_in = scheduler.scale_model_input(x, t)
+            eps = model.network(x_in, torch.full((x.shape[0],), float(t) / T))
+            calls += 1
+            kw = {} if eta is None else {"eta": eta, "generator": generator}
+            x = scheduler.step(eps, t, x, **kw).prev_sample
+    return x, calls
 
 
 def timed(fn):
@@ -75,19 +87,27 @@ def main() -> None:
     parser.add_argument("--num-steps", type=int, default=100, help="T")
     parser.add_argument("--schedule", default="cosine")
     parser.add_argument("--strides", type=int, nargs="+", default=[10, 20, 50])
+    parser.add_argument("--solver-steps", type=int, nargs="+", default=[5, 10, 20],
+                        help="levels of the second-order ODE solvers")
     parser.add_argument("--n", type=int, default=2000, help="samples per sampler")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true")
     add_quick(parser, "moons only, 20 training steps, 200 samples, stride 10")
     args = parser.parse_args()
-    apply_quick(parser, args, datasets=["moons"], steps=20, n=200, strides=[10])
+    apply_quick(parser, args, datasets=["moons"], steps=20, n=200, strides=[10],
+                solver_steps=[5])
     set_threads(args.threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import diffusers
-        from diffusers import DDIMScheduler, DDPMScheduler
-    rows = []
+        from diffusers import (
+            DDIMScheduler,
+            DDPMScheduler,
+            DPMSolverMultistepScheduler,
+            HeunDiscreteScheduler,
+        )
+    rows, solver_rows = [], []
     notes = []
     for name in args.datasets:
         torch.manual_seed(args.seed)
@@ -131,7 +151,7 @@ def main() -> None:
 
             def theirs(sched=sched, k=k, eta=eta, model=model, noise=noise):
                 return diffusers_loop(model, sched, noise.clone(), k,
-                                      torch.Generator().manual_seed(11), eta)
+                                      torch.Generator().manual_seed(11), eta)[0]
 
             ours()  # warm-up
             x_ours, t_ours = timed(ours)
@@ -143,6 +163,29 @@ def main() -> None:
                          else "strided ancestral", str(k), w_o, w_t, m_o, m_t, f"{diff:.1e}",
                          f"{1e3 * t_ours:.0f}", f"{t_theirs / t_ours:.2f}"])
             print(rows[-1], flush=True)
+        solver_configs = [("dpm++2m", DPMSolverMultistepScheduler, {
+            "algorithm_type": "dpmsolver++", "solver_order": 2}),
+            ("edm_heun", HeunDiscreteScheduler, {"use_karras_sigmas": True})]
+        for (sampler, cls, options), k in ((c, k) for c in solver_configs
+                                            for k in args.solver_steps):
+            def ours(sampler=sampler, k=k, model=model, noise=noise):
+                return model.run(args.n, noise=noise.clone(), sampler=sampler, steps=k)
+
+            sched = cls(num_train_timesteps=args.num_steps, trained_betas=betas, **options)
+
+            def theirs(sched=sched, k=k, model=model, noise=noise):
+                return diffusers_loop(model, sched, noise.clone(), k, None)
+
+            ours()  # warm-up
+            res_ours, t_ours = timed(ours)
+            (x_theirs, calls), t_theirs = timed(theirs)
+            nfe = int(res_ours.timesteps.numel()) if sampler == "dpm++2m" else 2 * k - 1
+            w_o, m_o = quality(res_ours.samples)
+            w_t, m_t = quality(x_theirs)
+            solver_rows.append([name, f"{sampler} / {cls.__name__}", str(k), f"{nfe} / {calls}",
+                                w_o, w_t, m_o, m_t, f"{1e3 * t_ours:.0f}",
+                                f"{t_theirs / t_ours:.2f}"])
+            print(solver_rows[-1], flush=True)
     header = ["data", "sampler", "steps", "W2 probgen", "W2 diffusers", "MMD² probgen",
               "MMD² diffusers", "max abs diff", "probgen ms", "time diffusers / probgen"]
     table = markdown_table(header, rows)
@@ -160,7 +203,12 @@ def main() -> None:
         "noise generator; W2 (exact) and MMD² against as many held-out points "
         f"(two independent {args.n}-point draws of {args.datasets[0]} are W2 "
         f"{floor:.4f} apart: the floor); time is one sampling pass, network calls included.\n\n"
-        + table + "\n"
+        + table + "\n\n"
+        "Second-order ODE solvers at `steps` levels, probgen vs diffusers on the same "
+        "network (network calls: probgen / diffusers):\n\n"
+        + markdown_table(["data", "solver (probgen / diffusers)", "steps", "calls",
+                          "W2 probgen", "W2 diffusers", "MMD² probgen", "MMD² diffusers",
+                          "probgen ms", "time diffusers / probgen"], solver_rows) + "\n"
     )
     print(body)
     if not args.no_write:

@@ -108,8 +108,9 @@ def time_grid(path: GaussianPath, steps: int, *, grid: str = "time", t_start: fl
     - ``"logsnr"``: uniform in :math:`\lambda = \log(\alpha_t/\sigma_t)` (DPM-Solver's).
 
     The noise-level grids run between the path's ratios at ``t_start`` and ``t_end``, mapped
-    back to times by bisection on its schedule. Where the ratio is infinite at ``t_start``
-    (:math:`\alpha = 0`, flow matching's source) the grid starts there and its ratios from
+    back to times by :meth:`probgen.processes.GaussianPath.time_at_ratio`. Where the ratio
+    is infinite at ``t_start`` (:math:`\alpha = 0`, flow matching's source) the grid
+    starts there and its ratios from
     ``sigma_max``; where it is 0 at ``t_end`` (the data) the ratios end at ``sigma_min``
     and the grid at ``t_end`` (as in Karras et al.'s samplers).
 
@@ -154,13 +155,7 @@ def time_grid(path: GaussianPath, steps: int, *, grid: str = "time", t_start: fl
         ratios = (hi ** (1 / rho) + i * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
     else:  # uniform in lambda = -log(ratio)
         ratios = torch.exp(math.log(hi) + i * (math.log(lo) - math.log(hi)))
-    # Bisection: the ratio decreases in t over [t_start, t_end].
-    a, b = torch.full_like(ratios, t_start), torch.full_like(ratios, t_end)
-    for _ in range(60):
-        mid = 0.5 * (a + b)
-        above = _ratio(path, mid) > ratios
-        a, b = torch.where(above, mid, a), torch.where(above, b, mid)
-    times = 0.5 * (a + b)
+    times = path.time_at_ratio(ratios, t_start, t_end)
     if not len(head):
         times[0] = t_start
     if not len(tail):

@@ -363,6 +363,14 @@ class SchedulePath(GaussianPath):
         """The fractional step at probgen times ``t``: :math:`(1 - t)(T - 1)`."""
         return (1.0 - torch.as_tensor(t)) * (self.noise_schedule.num_steps - 1)
 
+    def time_at_ratio(self, ratio: Tensor, t_start: float = 0.0, t_end: float | None = None
+                      ) -> Tensor:
+        """The exact inverse of the log-SNR interpolation
+        (:meth:`NoiseSchedule.step_from_sigma_ve`), clamped to ``[t_start, t_end]``."""
+        steps = self.noise_schedule.step_from_sigma_ve(torch.as_tensor(ratio))
+        t = 1.0 - steps / (self.noise_schedule.num_steps - 1)
+        return t.clamp(t_start, self.t_end if t_end is None else float(t_end))
+
     def schedule(self, t: Tensor) -> Marginal:  # noqa: D102
         t = torch.as_tensor(t)
         ab = self.noise_schedule.alphas_cumprod_at(self.step(t)).to(

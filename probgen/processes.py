@@ -205,6 +205,25 @@ class GaussianPath(nn.Module, ABC):
                           if not isinstance(t, Tensor) else t)
         return m.alpha, m.sigma
 
+    def time_at_ratio(self, ratio: Tensor, t_start: float = 0.0, t_end: float | None = None
+                      ) -> Tensor:
+        r"""The times in ``[t_start, t_end]`` whose noise-to-signal ratio
+        :math:`\sigma_t/\alpha_t` is ``ratio`` (any shape, float64).
+
+        The ratio decreases in ``t`` on every path here; this bisects it to float64
+        precision (subclasses with a closed-form inverse override it). Ratios outside the
+        interval's give its ends.
+        """
+        t_end = self.t_end if t_end is None else float(t_end)
+        ratio = torch.as_tensor(ratio, dtype=torch.float64)
+        a, b = torch.full_like(ratio, t_start), torch.full_like(ratio, t_end)
+        for _ in range(56):
+            mid = 0.5 * (a + b)
+            alpha, sigma = self.alpha_sigma(mid)
+            above = sigma / alpha > ratio
+            a, b = torch.where(above, mid, a), torch.where(above, b, mid)
+        return 0.5 * (a + b)
+
     def coefficients(self, t: Tensor | float, x: Tensor) -> Marginal:
         """The schedule at one time per example of ``x`` (or a scalar time), in ``x``'s dtype
         and broadcast against ``x`` ``(batch, *event)``."""

@@ -200,3 +200,18 @@ def test_flow_matching_and_score_sde_models_sample_through_the_solvers(solver):
     a = fm.sample((4,), method=solver, steps=steps, generator=torch.Generator().manual_seed(5))
     b = fm.sample((4,), method=solver, steps=steps, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
+
+
+def test_time_at_ratio_inverts_the_schedule_on_every_path():
+    from probgen.processes import GaussianPath
+
+    sched = NoiseSchedule.cosine(100)
+    for path in (VPSDE(), CondOTPath(0.1), VEPath(0.01, 5.0), SchedulePath(sched)):
+        t = torch.linspace(0.05, 0.95, 7, dtype=DT)
+        a, s = path.alpha_sigma(t)
+        torch.testing.assert_close(path.time_at_ratio(s / a), t, rtol=0, atol=1e-9)
+    # The schedule path's closed-form inverse is the generic bisection's answer.
+    path = SchedulePath(sched)
+    ratios = torch.logspace(-1.5, 1.5, 9, dtype=DT)
+    torch.testing.assert_close(path.time_at_ratio(ratios),
+                               GaussianPath.time_at_ratio(path, ratios), rtol=0, atol=1e-9)
