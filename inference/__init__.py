@@ -26,11 +26,11 @@ from probgen.inference.flow_matching import (
     FM_METHODS,
     ConditionalFlowMatching,
     ODEResult,
-    guided_field,
     ode_sample,
     reflow_pairs,
     straightness,
 )
+from probgen.inference.guidance import classifier_free, drop_labels, guided
 from probgen.inference.langevin import (
     SAMPLERS,
     LangevinResult,
@@ -121,7 +121,9 @@ __all__ = [
     "ConditionalFlowMatching",
     "ODEResult",
     "ode_sample",
-    "guided_field",
+    "guided",
+    "classifier_free",
+    "drop_labels",
     "reflow_pairs",
     "straightness",
     "FM_METHODS",

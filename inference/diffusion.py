@@ -50,8 +50,10 @@ from probgen.diffusion import (
     spaced_timesteps,
     to_signed,
 )
+from probgen.inference.guidance import classifier_free, drop_labels
 from probgen.inference.registry import register_objective
 from probgen.inference.solvers import DEFAULT_GRIDS, GRIDS, ddim_update, solve_path, time_grid
+from probgen.metrics.likelihood import bits_per_dim
 from probgen.processes import convert_prediction
 from probgen.utils import append_dims
 
@@ -76,7 +78,6 @@ DIFFUSION_SAMPLERS: tuple[str, ...] = ("ancestral", "ddim", "dpm++2m", "edm_heun
 #: Training losses of :class:`DiffusionLoss`.
 DIFFUSION_LOSSES: tuple[str, ...] = ("simple", "vlb", "hybrid")
 
-_LN2 = math.log(2.0)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -176,7 +177,8 @@ def guided_epsilon(
 
     - Classifier-free guidance (Ho & Salimans, 2021) with weight :math:`w` = ``guidance``:
       :math:`\hat\epsilon = \epsilon(x, \varnothing) + w\,(\epsilon(x, y) -
-      \epsilon(x, \varnothing))`; :math:`w = 0` is the unconditional model, :math:`w = 1`
+      \epsilon(x, \varnothing))` (:func:`probgen.inference.guidance.classifier_free`, the
+      convention of every family); :math:`w = 0` is the unconditional model, :math:`w = 1`
       the conditional one (the default when ``labels`` are given), :math:`w > 1` sharpens
       the classes. Both predictions come from one batched call.
     - Classifier guidance (Dhariwal & Nichol, 2021) with scale :math:`\lambda`:
@@ -213,7 +215,7 @@ def guided_epsilon(
         eps_both = _convert(sched, pred, xx, torch.cat([step, step]), model.parametrization,
                             "eps")
         eps_c, eps_u = eps_both.chunk(2)
-        eps = eps_u + w * (eps_c - eps_u)
+        eps = classifier_free(eps_c, eps_u, w)
         v = None if v is None else v.chunk(2)[0]
     else:
         pred, v = model.output(x, step, model_labels)
@@ -539,7 +541,7 @@ def variational_bound(
         prior = sched.prior_kl(x0)
     nll = prior + terms.sum(1)
     dims = x0[0].numel()
-    return {"nll": nll, "bpd": nll / (dims * _LN2), "prior": prior, "decoder": terms[:, 0],
+    return {"nll": nll, "bpd": bits_per_dim(nll, dims), "prior": prior, "decoder": terms[:, 0],
             "terms": terms}
 
 
@@ -608,9 +610,8 @@ class DiffusionLoss(nn.Module):
         model, sched = self.model, self.model.schedule
         if getattr(model, "num_classes", None) and labels is not None:
             labels = labels.to(x0.device).long()
-            if self.training and self.label_dropout:
-                drop = torch.rand(labels.shape, device=labels.device) < self.label_dropout
-                labels = torch.where(drop, torch.full_like(labels, model.num_classes), labels)
+            if self.training:
+                labels = drop_labels(labels, self.label_dropout, model.num_classes)
         else:
             labels = None
         n = x0.shape[0]
@@ -628,7 +629,8 @@ class DiffusionLoss(nn.Module):
         dims = x0[0].numel()
         mean_pred = pred.detach() if self.loss == "hybrid" else pred
         term = _term(model, x0, x_t, step, mean_pred, v, self.levels)
-        bpd = (sched.prior_kl(x0) + sched.num_steps * term) / (dims * _LN2)
+        nll = sched.prior_kl(x0) + sched.num_steps * term
+        bpd = bits_per_dim(nll, dims)
         if self.loss == "simple":
             loss = mse.mean()
         elif self.loss == "vlb":
@@ -636,7 +638,7 @@ class DiffusionLoss(nn.Module):
         else:
             loss = mse.mean() + self.vlb_weight * bpd.mean()
         out = {"loss": loss, "mse": mse.mean().detach(), "bpd_estimate": bpd.mean().detach(),
-               "nll": (bpd * dims * _LN2).mean().detach()}
+               "nll": nll.mean().detach()}
         if self.levels is not None:
             out["bits_per_dim"] = out["bpd_estimate"]
         return out

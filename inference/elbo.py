@@ -52,6 +52,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 
 from probgen.inference.registry import register_objective
 from probgen.latent import importance_log_likelihood
+from probgen.metrics.likelihood import bits_per_dim
 
 __all__ = ["ELBO", "DifferentiableRenyiELBO", "LatentScale", "ESTIMATORS"]
 
@@ -328,7 +329,7 @@ class ELBO(nn.Module):
             "loss": loss / n,
             "elbo": elbo,
             "nll": -elbo,
-            "bits_per_dim": -elbo / (dims * math.log(2.0)),
+            "bits_per_dim": bits_per_dim(-elbo, dims),
             "recon": recon / (n * particles),
             "kl": kl.detach() / (n * particles),
             "kl_weight": torch.tensor(weight, device=x.device),

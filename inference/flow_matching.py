@@ -14,8 +14,9 @@ source, ``t = 1`` data), a :class:`probgen.paths.AffinePath` and a
 - :func:`ode_sample`: the probability-flow ODE :math:`\dot x = v(x, t)` from ``t0`` to
   ``t1`` by torchdiffeq (Euler, midpoint, Heun, RK4 on a uniform grid, or adaptive
   dopri5), returning the samples and the number of field evaluations.
-- :func:`guided_field`: classifier-free guidance :math:`(1 + w)\,v(x, t \mid y) -
-  w\,v(x, t \mid \varnothing)` (Ho & Salimans, 2021; Zheng et al., 2023 for flows).
+- classifier-free guidance of a class-conditional field is
+  :func:`probgen.inference.guidance.guided` (one convention for every family; Zheng et
+  al., 2023 for flows).
 - :func:`reflow_pairs` and :func:`straightness`: rectified flow's (noise, sample) pairs
   of a trained field, on which a :class:`~probgen.paths.LinearPath` objective with
   ``paired=True`` is retrained to straighten it, and the measure of how straight it is
@@ -41,6 +42,7 @@ from torch import Tensor, nn
 from torchdiffeq import odeint
 
 from probgen.couplings import COUPLINGS, Coupling, get_coupling
+from probgen.inference.guidance import drop_labels
 from probgen.inference.registry import register_objective
 from probgen.paths import AffinePath
 
@@ -50,7 +52,6 @@ __all__ = [
     "ODEResult",
     "ConditionalFlowMatching",
     "ode_sample",
-    "guided_field",
     "reflow_pairs",
     "straightness",
 ]
@@ -187,38 +188,6 @@ def ode_sample(
     return ODEResult(out if times is not None else out[-1], dyn.nfe)
 
 
-def guided_field(field: Field, labels: Tensor | None = None, guidance: float | None = None,
-                 *, null_label: int | None = None) -> Callable[[Tensor, Tensor], Tensor]:
-    r"""The field the samplers integrate: conditional on ``labels``, with classifier-free
-    guidance :math:`(1 + w)\,v(x, t \mid y) - w\,v(x, t \mid \varnothing)` for a weight
-    ``guidance`` :math:`w` (one network call on the doubled batch per evaluation).
-
-    Args:
-        field: ``field(x, t, labels=None)``; ``labels=None`` must mean the null class.
-        labels: classes ``(n,)`` (``None``: an unconditional field ``field(x, t)``).
-        guidance: :math:`w`, with ``labels`` (``0`` or ``None``: no guidance).
-        null_label: the null class index, passed explicitly for the unconditional half
-            (``None``: the unconditional half is called with ``labels=None``).
-    """
-    if guidance is not None and labels is None:
-        raise ValueError("guidance: classifier-free guidance needs labels.")
-
-    def v(x: Tensor, t: Tensor) -> Tensor:
-        if labels is None:
-            return field(x, t)
-        if not guidance:
-            return field(x, t, labels=labels)
-        if null_label is None:
-            cond, uncond = field(x, t, labels=labels), field(x, t, labels=None)
-        else:
-            both = field(torch.cat([x, x]), torch.cat([t, t]),
-                         labels=torch.cat([labels, torch.full_like(labels, null_label)]))
-            cond, uncond = both.chunk(2)
-        return (1.0 + guidance) * cond - guidance * uncond
-
-    return v
-
-
 def _split(batch: Any, paired: bool) -> tuple[Tensor | None, Tensor, Tensor | None]:
     """``(x0 or None, x1, labels or None)`` from a batch."""
     if paired:
@@ -353,9 +322,8 @@ class ConditionalFlowMatching(nn.Module):
         if self.conditional:
             if labels is None:
                 raise ValueError("batch: a conditional field needs (x, labels) batches.")
-            if self.label_dropout and self.training and torch.is_grad_enabled():
-                drop = torch.rand(labels.shape[0], device=labels.device) < self.label_dropout
-                labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+            if self.training and torch.is_grad_enabled():
+                labels = drop_labels(labels, self.label_dropout, self.num_classes)
             cond["labels"] = labels
         v = _check_output(self.field(s.x_t, t, **cond), x1)
         loss = (v - s.dx_t).pow(2).mean()

@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from probgen.metrics.likelihood import bits_per_dim
+
 __all__ = ["MaximumLikelihood"]
 
 
@@ -103,6 +105,14 @@ class MaximumLikelihood(nn.Module):
                 f"model.log_prob: expected one value per example, shape ({x.shape[0]},), got "
                 f"{tuple(log_p.shape)}; sum over the event dimensions."
             )
+        out = self._likelihood_outputs(x, log_p, ladj)
+        return {"loss": out["nll"], **out}
+
+    def _likelihood_outputs(self, x: Tensor, log_p: Tensor, ladj: Tensor | float
+                            ) -> dict[str, Tensor]:
+        """``nll`` in nats per example of the data (with the preprocessing's ``ladj`` and,
+        for ``levels``, the ``D log L`` of the bins) and ``bits_per_dim`` when ``D`` is
+        known, both batch means."""
         nll = -log_p - ladj - self.ladj_offset
         dims = self.num_dims
         if dims is None and (self.preprocess is not None or self.levels is not None):
@@ -110,9 +120,9 @@ class MaximumLikelihood(nn.Module):
         if self.levels is not None:
             nll = nll + dims * math.log(self.levels)
         nll = nll.mean()
-        out = {"loss": nll, "nll": nll}
+        out = {"nll": nll}
         if dims is not None:
-            out["bits_per_dim"] = nll / (dims * math.log(2.0))
+            out["bits_per_dim"] = bits_per_dim(nll, dims)
         return out
 
     def extra_repr(self) -> str:

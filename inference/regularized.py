@@ -93,23 +93,3 @@ class RegularizedMaximumLikelihood(MaximumLikelihood):
         if hasattr(self.model, "nfe"):
             out["nfe"] = float(self.model.nfe)
         return out
-
-    def _likelihood_outputs(self, x: Tensor, log_p: Tensor, ladj: Tensor | float
-                            ) -> dict[str, Tensor]:
-        """``nll`` (and ``bits_per_dim``) exactly as :class:`MaximumLikelihood` defines them."""
-        nll = -log_p - ladj - self.ladj_offset
-        dims = self.num_dims
-        if dims is None and (self.preprocess is not None or self.levels is not None):
-            dims = math.prod(x.shape[1:])
-        if self.levels is not None:
-            nll = nll + dims * math.log(self.levels)
-        nll = nll.mean()
-        out = {"nll": nll}
-        if dims is not None:
-            out["bits_per_dim"] = nll / (dims * math.log(2.0))
-        return out
-
-    def extra_repr(self) -> str:
-        """The settings, for ``repr``."""
-        weights = ", ".join(f"{k}={v:g}" for k, v in self.weights.items())
-        return f"{super().extra_repr()}, {weights}"

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from probgen.cnf import ADAPTIVE_METHODS, ContinuousFlow
+from probgen.inference.guidance import drop_labels
 from probgen.inference.registry import register_objective
 from probgen.sde import SDE
 from probgen.utils import append_dims
@@ -236,9 +237,8 @@ class ContinuousScoreMatching(nn.Module):
         if self.conditional:
             if labels is None:
                 raise ValueError("batch: a conditional score needs (x, labels) batches.")
-            if self.label_dropout:
-                drop = torch.rand(n, device=labels.device) < self.label_dropout
-                labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+            if self.training:
+                labels = drop_labels(labels, self.label_dropout, self.num_classes)
             cond["labels"] = labels
         score = self.model(xt, t, **cond)
         if not isinstance(score, Tensor) or score.shape != x1.shape:

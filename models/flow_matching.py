@@ -28,10 +28,10 @@ from probgen.cnf import ContinuousFlow, SolveStats
 from probgen.inference.flow_matching import (
     FIXED_STEP_METHODS,
     FM_METHODS,
-    guided_field,
     ode_sample,
     reflow_pairs,
 )
+from probgen.inference.guidance import guided
 from probgen.inference.solvers import DEFAULT_GRIDS, SOLVERS, solve_path, time_grid
 from probgen.nn import ConditionalMLP, UNet
 from probgen.paths import PATHS, AffinePath, get_path
@@ -64,7 +64,7 @@ class _LabelledField(nn.Module):
                  ) -> None:
         super().__init__()
         self.model = model
-        self.v = guided_field(model, labels, guidance, null_label=model.num_classes)
+        self.v = guided(model, labels, guidance, model.num_classes)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return self.v(x, t)
@@ -166,7 +166,7 @@ class FlowMatching(nn.Module):
         if method in SOLVERS and times is not None:
             raise ValueError(f"method {method!r}: trajectories at given times need a "
                              f"torchdiffeq method ({list(FM_METHODS)}).")
-        field = guided_field(self, y, guidance, null_label=self.num_classes)
+        field = guided(self, y, guidance, self.num_classes)
         was_training = self.training
         self.eval()
         try:
@@ -213,7 +213,9 @@ class FlowMatching(nn.Module):
             steps: steps of a fixed-step method or solver (default 20; ignored by adaptive
                 ones).
             guidance: classifier-free guidance weight :math:`w` (with ``labels``):
-                :math:`(1 + w) v(x, t \mid y) - w v(x, t \mid \varnothing)`.
+                :math:`v(x, t \mid \varnothing) + w (v(x, t \mid y) - v(x, t \mid
+                \varnothing))`, 1 (the default) the conditional field (see
+                :mod:`probgen.inference.guidance`).
             labels: class(es) to sample: an int, or a sequence cycled over the samples.
             rtol: tolerances of an adaptive method (defaults: the model's); atol: likewise.
             spacing: the time grid of ``"ddim"``, ``"dpm++2m"`` and ``"edm_heun"`` (see

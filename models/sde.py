@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from probgen.cnf import SolveStats
+from probgen.inference.guidance import guided
 from probgen.inference.sde import (
     predictor_corrector_sample,
     probability_flow_bits_per_dim,
@@ -145,22 +146,10 @@ class ScoreSDE(nn.Module):
     def guided_score(self, labels: Tensor | None, guidance: float | None
                      ) -> Callable[..., Tensor]:
         r"""The score the samplers use: conditional on ``labels``, and with classifier-free
-        guidance :math:`(1 + w)\,s(x, t \mid y) - w\,s(x, t)` when ``guidance`` :math:`w`
-        is given (Ho & Salimans, 2021; the unconditional score is the null class's)."""
-        if guidance is not None and labels is None:
-            raise ValueError("guidance: classifier-free guidance needs labels.")
-
-        def score(x: Tensor, t: Tensor) -> Tensor:
-            if labels is None:
-                return self(x, t)
-            if not guidance:
-                return self(x, t, labels)
-            both = self(torch.cat([x, x]), torch.cat([t, t]),
-                        torch.cat([labels, torch.full_like(labels, self.num_classes)]))
-            cond, uncond = both.chunk(2)
-            return (1.0 + guidance) * cond - guidance * uncond
-
-        return score
+        guidance :math:`s(x, t \mid \varnothing) + w\,(s(x, t \mid y) - s(x, t \mid
+        \varnothing))` at weight ``guidance`` :math:`w` (1, the default: the conditional
+        score; the convention of every family, :mod:`probgen.inference.guidance`)."""
+        return guided(self, labels, guidance, self.num_classes)
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
         for p in self.parameters():
@@ -204,7 +193,8 @@ class ScoreSDE(nn.Module):
             rtol: tolerances of an adaptive ``"ode"`` method; atol: likewise.
             denoise: finish with a Tweedie denoising step.
             labels: class(es) to sample: an int, or a sequence cycled over the samples.
-            guidance: classifier-free guidance weight :math:`w` (with ``labels``).
+            guidance: classifier-free guidance weight :math:`w` (with ``labels``; 1: the
+                conditional model, see :mod:`probgen.inference.guidance`).
             spacing: the time grid of the solvers (see
                 :func:`probgen.inference.solvers.time_grid`; default each solver's).
             generator: seeds the prior draw and the sampler's noise.

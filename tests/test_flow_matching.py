@@ -16,7 +16,7 @@ from probgen.couplings import ExactOTCoupling
 from probgen.inference import (
     ConditionalFlowMatching,
     fit,
-    guided_field,
+    guided,
     ode_sample,
     reflow_pairs,
     straightness,
@@ -139,13 +139,15 @@ def test_guided_field_is_classifier_free_guidance():
 
     x, t = torch.randn(4, 2), torch.rand(4)
     labels = torch.tensor([0, 1, 2, 3])
-    for null in (None, 9):
-        v = guided_field(field, labels, 2.0, null_label=null)(x, t)
+    for null in (None, 9):  # weight 3: v(. | null) + 3 (v(. | y) - v(. | null))
+        v = guided(field, labels, 3.0, null)(x, t)
         want = 3.0 * field(x, t, labels) - 2.0 * field(x, t, torch.full((4,), 9))
         torch.testing.assert_close(v, want)
-    torch.testing.assert_close(guided_field(field, labels)(x, t), field(x, t, labels))
+    torch.testing.assert_close(guided(field, labels, None, 9)(x, t), field(x, t, labels))
+    torch.testing.assert_close(guided(field, labels, 0.0, 9)(x, t),
+                               field(x, t, torch.full((4,), 9)))  # w = 0: unconditional
     with pytest.raises(ValueError, match="needs labels"):
-        guided_field(field, None, 1.0)
+        guided(field, None, 1.0, 9)
 
 
 def test_class_conditional_field_with_label_dropout_samples_each_class():
@@ -163,8 +165,8 @@ def test_class_conditional_field_with_label_dropout_samples_each_class():
     for label, sign in ((0, -1), (1, 1)):
         x = model.sample((500,), method="midpoint", steps=20, labels=label)
         assert float((sign * x[:, 0] > 0).float().mean()) > 0.97
-        guided = model.sample((500,), method="midpoint", steps=20, labels=label, guidance=2.0)
-        assert float((sign * guided[:, 0] > 0).float().mean()) > 0.97
+        sharp = model.sample((500,), method="midpoint", steps=20, labels=label, guidance=3.0)
+        assert float((sign * sharp[:, 0] > 0).float().mean()) > 0.97
         assert model.last_nfe == 40
     both = model.sample((1000,), method="midpoint", steps=20)  # the null class: p(x)
     assert 0.35 < float((both[:, 0] > 0).float().mean()) < 0.65

@@ -96,9 +96,9 @@ def test_parametrizations_and_guidance():
     torch.testing.assert_close(score_model(x, t), x * (1 + t[:, None]))
     cond = ScoreSDE(_Stub(), sde, (2,), parametrization="score", num_classes=3)
     labels = torch.tensor([0, 1, 2, 1, 0])
-    guided = cond.guided_score(labels, 2.0)(x, t)
+    guided = cond.guided_score(labels, 3.0)(x, t)
     base = x * (1 + t[:, None])
-    # (1 + w)(base + y) - w (base + null) with the null class 3
+    # (base + null) + w ((base + y) - (base + null)) with the null class 3, w = 3
     torch.testing.assert_close(guided, base + 3.0 * labels[:, None] - 2.0 * 3.0)
     with pytest.raises(ValueError, match="needs labels"):
         cond.guided_score(None, 2.0)

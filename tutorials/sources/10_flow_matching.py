@@ -302,8 +302,10 @@ CELLS: list[tuple[str, str]] = [
 
     A field $v(x, t, y)$ with a learned class embedding, trained with the labels replaced
     by a *null* class 20% of the time, is at once conditional and unconditional. Sampling
-    with guidance weight $w$ integrates $(1 + w)\,v(x, t \mid y) - w\,v(x, t \mid
-    \varnothing)$. Data: the 8 Gaussians with the mode index as label.
+    with guidance weight $w$ integrates $v(x, t \mid \varnothing) + w\,(v(x, t \mid y) -
+    v(x, t \mid \varnothing))$: $w = 1$ (the default) is the conditional field, $w = 0$ the
+    unconditional one, the same rule as DDPM's and the score SDEs' guidance. Data: the 8
+    Gaussians with the mode index as label.
     """),
     ("code", r"""
     def labelled_ring(n: int, generator: torch.Generator | None = None):
@@ -320,11 +322,11 @@ CELLS: list[tuple[str, str]] = [
         labelled_ring, steps=budget(3000), batch_size=256, lr=2e-3, lr_schedule="cosine",
         progress=False)
     fig = Figure(figsize=(10, 3.2))
-    for ax, w in zip(fig.subplots(1, 3), (None, 1.0, 4.0)):
+    for ax, w in zip(fig.subplots(1, 3), (None, 2.0, 5.0)):
         x = conditional.sample((800,), method="midpoint", steps=20, labels=[0, 2, 5],
                                guidance=w, generator=torch.Generator().manual_seed(1))
         spread = float(x[0::3].std(0).mean())
-        plot_samples(x, ax=ax, title=f"labels 0, 2, 5; w = {w or 0:g}; class-0 std {spread:.2f}",
+        plot_samples(x, ax=ax, title=f"labels 0, 2, 5; w = {w or 1:g}; class-0 std {spread:.2f}",
                      bounds=4.5)
     fig.tight_layout()
     fig
