@@ -22,8 +22,6 @@ from probgen.inference.elbo import ELBO, DifferentiableRenyiELBO, LatentScale
 from probgen.inference.em import ExactEM, VariationalEM
 from probgen.inference.ema import EMA
 from probgen.inference.flow_matching import (
-    FIXED_STEP_METHODS,
-    FM_METHODS,
     ConditionalFlowMatching,
     ODEResult,
     ode_sample,
@@ -45,6 +43,7 @@ from probgen.inference.optim import LRSchedule
 from probgen.inference.registry import OBJECTIVES, register_objective
 from probgen.inference.regularized import RegularizedMaximumLikelihood
 from probgen.inference.reverse_kl import ReverseKL
+from probgen.inference.sampling import Run, SampleResult, Stepper, sample_loop
 from probgen.inference.score_matching import (
     DenoisingScoreMatching,
     ImplicitScoreMatching,
@@ -65,10 +64,14 @@ from probgen.inference.sde import (
     tweedie_denoise,
 )
 from probgen.inference.solvers import (
+    DDIM,
     DEFAULT_GRIDS,
     GRIDS,
     SOLVERS,
-    SolverResult,
+    STEPPERS,
+    DPMSolver2M,
+    EDMHeun,
+    PathStepper,
     solve_path,
     time_grid,
 )
@@ -91,7 +94,15 @@ __all__ = [
     "SOLVERS",
     "GRIDS",
     "DEFAULT_GRIDS",
-    "SolverResult",
+    "Stepper",
+    "Run",
+    "SampleResult",
+    "sample_loop",
+    "STEPPERS",
+    "PathStepper",
+    "DDIM",
+    "DPMSolver2M",
+    "EDMHeun",
     "solve_path",
     "time_grid",
     "DiffusionLoss",
@@ -126,8 +137,6 @@ __all__ = [
     "drop_labels",
     "reflow_pairs",
     "straightness",
-    "FM_METHODS",
-    "FIXED_STEP_METHODS",
     "ExactEM",
     "VariationalEM",
     "DifferentiableRenyiELBO",

@@ -52,7 +52,8 @@ from probgen.diffusion import (
 )
 from probgen.inference.guidance import classifier_free, drop_labels
 from probgen.inference.registry import register_objective
-from probgen.inference.solvers import DEFAULT_GRIDS, GRIDS, ddim_update, solve_path, time_grid
+from probgen.inference.sampling import Run, Stepper, sample_loop
+from probgen.inference.solvers import DDIM, DEFAULT_GRIDS, GRIDS, STEPPERS, time_grid
 from probgen.metrics.likelihood import bits_per_dim
 from probgen.processes import convert_prediction
 from probgen.utils import append_dims
@@ -265,16 +266,66 @@ def _timesteps(sched: NoiseSchedule, steps: int | None, spacing: str,
                             spacing)
 
 
-def _eps_x0(model: Any, sub: NoiseSchedule, x: Tensor, i: int, clip: float | None,
-            guide: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Guided eps, predicted x0 (clipped to [-clip, clip], eps recomputed from it) and v."""
-    orig = sub.timesteps[i].to(x.device).expand(x.shape[0])
-    eps, v = guided_epsilon(model, x, orig, **guide)
-    x0 = sub.convert(eps, x, i, "eps", "x0")
-    if clip is not None:
-        x0 = x0.clamp(-clip, clip)
-        eps = sub.convert(x0, x, i, "x0", "eps")
-    return eps, x0, v
+class _Ancestral(Stepper):
+    """DDPM's ancestral step on a respaced chain, with the model's reverse variance."""
+
+    def __init__(self, model: Any, sub: NoiseSchedule, clip: float | None,
+                 guide: dict[str, Any], keep: bool) -> None:
+        self.model, self.sub, self.clip, self.guide = model, sub, clip, guide
+        self.predictions: list[Tensor] | None = [] if keep else None
+
+    def begin(self, run: Run, x: Tensor, times: Tensor) -> None:  # noqa: D102
+        super().begin(run, x, times)
+        # grid time -> index in the respaced chain (its last index first)
+        self.index = {t: self.sub.num_steps - 1 - k for k, t in enumerate(times.tolist())}
+
+    def _update(self, x: Tensor, i: int) -> Tensor:
+        self.run.count()
+        orig = self.sub.timesteps[i].to(x.device).expand(x.shape[0])
+        eps, v = guided_epsilon(self.model, x, orig, **self.guide)
+        x0 = self.sub.convert(eps, x, i, "eps", "x0")
+        if self.clip is not None:
+            x0 = x0.clamp(-self.clip, self.clip)
+        if self.predictions is not None:
+            self.predictions.append(x0.clone())
+        mean, _, _ = self.sub.q_posterior(x0, x, i)
+        if i == 0:  # no noise on the step to the data
+            return mean
+        logvar = _model_log_variance(self.sub, self.model.variance, v, i, x)
+        return mean + (0.5 * logvar).exp() * self.run.noise(x)
+
+    def step(self, x: Tensor, t: float, t_next: float) -> Tensor:  # noqa: D102
+        return self._update(x, self.index[t])
+
+    def end(self, x: Tensor, t: float) -> Tensor:  # noqa: D102
+        return self._update(x, self.index[t])
+
+
+class _KeptDDIM(DDIM):
+    """DDIM keeping each step's data prediction (for :class:`DiffusionResult`)."""
+
+    def begin(self, run: Run, x: Tensor, times: Tensor) -> None:  # noqa: D102
+        super().begin(run, x, times)
+        self.predictions: list[Tensor] = []
+
+    def data(self, x: Tensor, t: float) -> Tensor:  # noqa: D102
+        out = super().data(x, t)
+        self.predictions.append(out.clone())
+        return out
+
+
+def _denoiser(model: Any, path: SchedulePath, clip: float | None,
+              guide: dict[str, Any]) -> Callable[[Tensor, Tensor], Tensor]:
+    """The (guided, clipped) data prediction of a diffusion model at probgen times."""
+    sched = model.schedule
+
+    def denoiser(state: Tensor, t: Tensor) -> Tensor:
+        step = path.step(t.to(torch.float64))
+        eps, _ = guided_epsilon(model, state, step, **guide)
+        data = _convert(sched, eps, state, step, "eps", "x0")
+        return data if clip is None else data.clamp(-clip, clip)
+
+    return denoiser
 
 
 def diffusion_sample(
@@ -351,48 +402,16 @@ def diffusion_sample(
         raise ValueError(f"x: expected a start tensor of shape (batch, *event), got "
                          f"{getattr(x, 'shape', type(x).__name__)}.")
     sched = model.schedule
+    path = SchedulePath(sched)
     guide = {"labels": _labels_like(labels, x.shape[0], x.device), "guidance": guidance,
              "classifier": classifier, "classifier_scale": classifier_scale}
     ode = sampler in ("dpm++2m", "edm_heun")
     if spacing is None:
         spacing = DEFAULT_GRIDS[sampler] if ode and timesteps is None else "linspace"
-    if ode:
-        return _ode_sample(model, x, sampler, steps, spacing, timesteps, clip, guide,
-                           record_every)
-    tau = _timesteps(sched, steps, spacing, timesteps)
-    sub = sched.respace(tau)
-    states, x0s = ([x.detach().clone()], []) if record_every else (None, None)
-    x = x.detach()
-    with torch.no_grad():
-        for k, i in enumerate(reversed(range(sub.num_steps))):
-            eps, x0, v = _eps_x0(model, sub, x, i, clip, guide)
-            noise = (torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
-                     if i > 0 and (sampler == "ancestral" or eta > 0) else None)
-            if sampler == "ancestral":
-                mean, _, _ = sub.q_posterior(x0, x, i)
-                if noise is not None:
-                    logvar = _model_log_variance(sub, model.variance, v, i, x)
-                    mean = mean + (0.5 * logvar).exp() * noise
-                x = mean
-            else:
-                ab = sub._at(sub.alphas_cumprod, i, x)
-                ab_prev = sub._at(sub.alphas_cumprod_prev, i, x)
-                sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
-                x = ddim_update(x0, eps, ab_prev.sqrt(), (1 - ab_prev).sqrt(), sigma, noise)
-            if record_every and ((k + 1) % record_every == 0 or i == 0):
-                states.append(x.clone())
-                x0s.append(x0.clone())
-    return DiffusionResult(x, torch.stack(states) if states else None,
-                           torch.stack(x0s) if x0s else None, tau.flip(0))
-
-
-def _ode_sample(model: Any, x: Tensor, solver: str, steps: int | None, spacing: str,
-                timesteps: Sequence[int] | Tensor | None, clip: float | None,
-                guide: dict[str, Any], record_every: int | None) -> DiffusionResult:
-    """``diffusion_sample`` with the probability-flow ODE solvers (see there)."""
-    sched = model.schedule
-    path = SchedulePath(sched)
-    if spacing in GRIDS[1:]:  # noise-level grids
+    if spacing in GRIDS[1:]:  # noise-level grids of the ODE solvers
+        if not ode:
+            raise ValueError(f"spacing: {spacing!r} is a grid of the ODE solvers "
+                             f"('dpm++2m', 'edm_heun'), not of {sampler!r}.")
         if timesteps is not None:
             raise ValueError(f"timesteps: explicit indices do not go with spacing "
                              f"{spacing!r}; give steps.")
@@ -400,22 +419,30 @@ def _ode_sample(model: Any, x: Tensor, solver: str, steps: int | None, spacing: 
         if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
             raise ValueError(f"steps: expected an int >= 2 for the ODE solvers, got {steps!r}.")
         times = time_grid(path, levels - 1, grid=spacing)
+        tau = None
     else:
         tau = _timesteps(sched, steps, spacing, timesteps)
-        if tau.numel() < 2:
+        if ode and tau.numel() < 2:
             raise ValueError(f"steps: expected at least 2 levels for the ODE solvers, got "
                              f"{tau.numel()}.")
-        times = 1.0 - tau.flip(0).to(torch.float64) / (sched.num_steps - 1)
-
-    def denoiser(state: Tensor, t: Tensor) -> Tensor:
-        step = path.step(t.to(torch.float64))
-        eps, _ = guided_epsilon(model, state, step, **guide)
-        data = _convert(sched, eps, state, step, "eps", "x0")
-        return data if clip is None else data.clamp(-clip, clip)
-
-    out = solve_path(denoiser, path, x.detach(), times, solver=solver,
-                     record_every=record_every)
-    return DiffusionResult(out.samples, out.trajectory, None, path.step(out.times))
+        times = path.time(tau.flip(0))
+    if sampler == "ancestral":
+        stepper: Stepper = _Ancestral(model, sched.respace(tau), clip, guide, bool(record_every))
+    elif sampler == "ddim":
+        stepper = _KeptDDIM(path, _denoiser(model, path, clip, guide), eta=eta)
+    else:
+        stepper = STEPPERS[sampler](path, _denoiser(model, path, clip, guide))
+    out = sample_loop(stepper, x, times, generator=generator, record_every=record_every,
+                      networks=[model])
+    kept = getattr(stepper, "predictions", None)
+    x0s = None
+    if record_every and kept:
+        counts = list(range(record_every, len(kept) + 1, record_every))
+        if not counts or counts[-1] != len(kept):
+            counts.append(len(kept))
+        x0s = torch.stack([kept[c - 1] for c in counts])
+    visited = path.step(out.times) if tau is None else tau.flip(0)
+    return DiffusionResult(out.samples, out.trajectory, x0s, visited)
 
 
 def ddim_invert(

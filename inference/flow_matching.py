@@ -34,36 +34,26 @@ References:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torchdiffeq import odeint
 
+from probgen.cnf import FIXED_METHODS, ODE_METHODS, SolveStats, odeint_field
 from probgen.couplings import COUPLINGS, Coupling, get_coupling
 from probgen.inference.guidance import drop_labels
 from probgen.inference.registry import register_objective
 from probgen.paths import AffinePath
 
 __all__ = [
-    "FM_METHODS",
-    "FIXED_STEP_METHODS",
     "ODEResult",
     "ConditionalFlowMatching",
     "ode_sample",
     "reflow_pairs",
     "straightness",
 ]
-
-#: ODE methods of :func:`ode_sample`, each with its torchdiffeq name ("heun" is torchdiffeq's
-#: second-order ``heun2``, the explicit trapezoidal rule).
-FM_METHODS: dict[str, str] = {
-    "euler": "euler", "midpoint": "midpoint", "heun": "heun2", "rk4": "rk4",
-    "dopri5": "dopri5", "dopri8": "dopri8", "bosh3": "bosh3", "adaptive_heun": "adaptive_heun",
-}
-#: The fixed-step methods (they take ``steps``; the others pick steps from ``rtol``/``atol``).
-FIXED_STEP_METHODS: tuple[str, ...] = ("euler", "midpoint", "heun", "rk4")
 
 Field = Callable[..., Tensor]
 
@@ -89,27 +79,20 @@ def _check_output(v: Any, x: Tensor, name: str = "field") -> Tensor:
     return v
 
 
-class _Dynamics(nn.Module):
-    """``(t, x) -> field(x, t, **cond)`` for torchdiffeq, counting its evaluations."""
-
-    def __init__(self, field: Field, cond: Mapping[str, Any]) -> None:
-        super().__init__()
-        self.field, self.cond, self.nfe = field, dict(cond), 0
-
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        self.nfe += 1
-        tb = t.reshape(()).to(x.dtype).expand(x.shape[0])
-        return _check_output(self.field(x, tb, **self.cond), x)
-
-
-def _check_method(method: str, steps: int | None) -> tuple[str, int | None]:
-    if method not in FM_METHODS:
-        raise ValueError(f"method: expected one of {list(FM_METHODS)}, got {method!r}.")
-    if method in FIXED_STEP_METHODS:
+def _check_method(method: str, steps: int | None) -> None:
+    if method == "heun":
+        raise ValueError("method: 'heun' is ambiguous; expected 'heun2' (torchdiffeq's "
+                         "explicit trapezoidal rule), 'heun3', or the sampler 'edm_heun' "
+                         "(EDM's Heun on the data prediction).")
+    if method not in ODE_METHODS:
+        raise ValueError(f"method: expected one of {list(ODE_METHODS)}, got {method!r}.")
+    if method in FIXED_METHODS:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps: method {method!r} takes fixed steps; expected a "
                              f"positive int, got {steps!r}.")
-    return FM_METHODS[method], steps
+    elif steps is not None:
+        raise ValueError(f"steps: method {method!r} is adaptive (it picks its steps from "
+                         f"rtol/atol); use one of {list(FIXED_METHODS)} for fixed steps.")
 
 
 def ode_sample(
@@ -127,7 +110,7 @@ def ode_sample(
 ) -> ODEResult:
     r"""Transports ``x0`` along :math:`\dot x = v(x, t)` from ``t0`` to ``t1`` (torchdiffeq).
 
-    Fixed-step methods (:data:`FIXED_STEP_METHODS`) take ``steps`` uniform steps (Euler:
+    Fixed-step methods (:data:`probgen.cnf.FIXED_METHODS`) take ``steps`` uniform steps (Euler:
     ``steps`` evaluations, midpoint and Heun 2 each, RK4 4 each); adaptive ones
     (``"dopri5"``, ...) control the local error by ``rtol``/``atol``. Runs without gradients
     unless autograd is enabled by the caller.
@@ -135,7 +118,7 @@ def ode_sample(
     Args:
         field: ``field(x, t, **cond)``, probgen time.
         x0: start states at ``t0``, ``(n, *event)``.
-        method: a key of :data:`FM_METHODS`.
+        method: one of :data:`probgen.cnf.ODE_METHODS` (torchdiffeq's names).
         steps: number of steps of a fixed-step method (ignored by adaptive ones when
             ``None``; for them, a given ``steps`` is an error).
         rtol: relative tolerance (adaptive); atol: absolute tolerance.
@@ -159,10 +142,7 @@ def ode_sample(
     if not isinstance(x0, Tensor) or not x0.is_floating_point() or x0.dim() < 2:
         got = tuple(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__
         raise ValueError(f"x0: expected floating start states (n, *event), got {got}.")
-    name, steps = _check_method(method, steps)
-    if method not in FIXED_STEP_METHODS and steps is not None:
-        raise ValueError(f"steps: method {method!r} is adaptive (it picks its steps from "
-                         f"rtol/atol); use one of {list(FIXED_STEP_METHODS)} for fixed steps.")
+    _check_method(method, steps)
     if times is not None:
         grid = torch.as_tensor(times, dtype=x0.dtype, device=x0.device)
         if grid.dim() != 1 or grid.numel() < 2:
@@ -170,22 +150,27 @@ def ode_sample(
         t0, t1 = float(grid[0]), float(grid[-1])
     else:
         grid = torch.tensor([float(t0), float(t1)], dtype=x0.dtype, device=x0.device)
-    dyn = _Dynamics(field, cond or {})
-    kwargs: dict[str, Any] = {"method": name}
-    if method in FIXED_STEP_METHODS:
+    options: dict[str, Any] = {}
+    if method in FIXED_METHODS:
         if times is None:  # the uniform grid itself is the solver's grid
             grid = torch.linspace(float(t0), float(t1), steps + 1, dtype=x0.dtype,
                                   device=x0.device)
         else:
-            kwargs["options"] = {"step_size": (float(t1) - float(t0)) / steps}
+            options["step_size"] = (float(t1) - float(t0)) / steps
     else:
         # Land a step exactly on the end time: torchdiffeq's adaptive steps otherwise overshoot
         # it and interpolate, evaluating the field past the end (singular past t = 1 on the
         # diffusion paths).
-        kwargs.update(rtol=float(rtol), atol=float(atol),
-                      options={"step_t": grid[-1:].clone()})
-    out = odeint(dyn, x0, grid, **kwargs)
-    return ODEResult(out if times is not None else out[-1], dyn.nfe)
+        options["step_t"] = grid[-1:].clone()
+    stats = SolveStats("sample", method)
+    bound = field if not cond else functools.partial(_with_cond, field, dict(cond))
+    out = odeint_field(bound, x0, grid, method=method, rtol=float(rtol), atol=float(atol),
+                       options=options, stats=stats)
+    return ODEResult(out if times is not None else out[-1], stats.nfe)
+
+
+def _with_cond(field: Field, cond: dict[str, Any], x: Tensor, t: Tensor) -> Tensor:
+    return field(x, t, **cond)
 
 
 def _split(batch: Any, paired: bool) -> tuple[Tensor | None, Tensor, Tensor | None]:

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from probgen.inference.sampling import Run, Stepper, sample_loop
+
 __all__ = [
     "LangevinResult",
     "score_from_log_prob",
@@ -29,6 +31,9 @@ __all__ = [
     "mala",
     "annealed_langevin",
     "ScoreSampler",
+    "Langevin",
+    "MALA",
+    "AnnealedLangevin",
     "SAMPLERS",
 ]
 
@@ -97,31 +102,98 @@ def _scored(score: Score | None, log_prob: Callable[[Tensor], Tensor] | None) ->
     return score if score is not None else score_from_log_prob(log_prob)
 
 
-def _checked_score(score: Callable[..., Tensor], x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-    s = score(x, *args, **kwargs)
-    if not isinstance(s, Tensor) or s.shape != x.shape:
-        got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
-        raise ValueError(f"score: expected the shape of x {tuple(x.shape)}, got {got}.")
-    return s
+class Langevin(Stepper):
+    r"""Creates the unadjusted Langevin step :math:`x + \tfrac\eta2 s(x) + \sqrt\eta z`
+    (the grid is the iteration count; ``score(x)`` takes no time)."""
+
+    def __init__(self, score: Score, eta: float) -> None:
+        self.score, self.eta = score, float(eta)
+
+    def step(self, x: Tensor, t: float, t_next: float) -> Tensor:  # noqa: D102
+        s = self.run.call(_timeless(self.score), x, t, name="score")
+        return x + 0.5 * self.eta * s + math.sqrt(self.eta) * self.run.noise(x)
 
 
-def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+class MALA(Stepper):
+    r"""Creates the Metropolis-adjusted Langevin step (see :func:`mala`); keeps the
+    per-chain acceptance count in ``accepted``."""
+
+    def __init__(self, eta: float, *, score: Score | None = None,
+                 log_prob: Callable[[Tensor], Tensor] | None = None, quadrature: int = 4) -> None:
+        if log_prob is None and score is None:
+            raise ValueError("mala: pass log_prob= (exact ratio) or score= (line integral).")
+        self.eta, self.log_prob = float(eta), log_prob
+        self.grad = score if score is not None else score_from_log_prob(log_prob)
+        nodes_np, weights_np = np.polynomial.legendre.leggauss(quadrature)
+        self.nodes = torch.as_tensor((nodes_np + 1) / 2, dtype=torch.float64)
+        self.weights = torch.as_tensor(weights_np / 2, dtype=torch.float64)
+
+    def _score(self, x: Tensor) -> Tensor:
+        return self.run.call(_timeless(self.grad), x, 0.0, name="score")
+
+    def begin(self, run: Run, x: Tensor, times: Tensor) -> None:  # noqa: D102
+        super().begin(run, x, times)
+        self.accepted = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        self.s_x = self._score(x)
+        self.lp_x = self.log_prob(x) if self.log_prob is not None else None
+
+    def step(self, x: Tensor, t: float, t_next: float) -> Tensor:  # noqa: D102
+        eta, s_x = self.eta, self.s_x
+        y = x + 0.5 * eta * s_x + math.sqrt(eta) * self.run.noise(x)
+        s_y = self._score(y)
+        if self.log_prob is not None:
+            lp_y = self.log_prob(y)
+            log_ratio = lp_y - self.lp_x
+        else:
+            d = y - x
+            log_ratio = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+            # Gauss-Legendre for log p(y) - log p(x) = int_0^1 s(x + u(y - x)) . (y - x) du
+            for u, w in zip(self.nodes.tolist(), self.weights.tolist(), strict=True):
+                log_ratio = log_ratio + w * _dot(self._score(x + u * d), d)
+        forward = (y - x - 0.5 * eta * s_x).pow(2).flatten(1).sum(-1)
+        backward = (x - y - 0.5 * eta * s_y).pow(2).flatten(1).sum(-1)
+        log_alpha = log_ratio + (forward - backward) / (2 * eta)
+        accept = torch.log(self.run.uniform(x.shape[:1], x)) < log_alpha
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        self.s_x = torch.where(accept.view(shape), s_y, s_x)
+        if self.log_prob is not None:
+            self.lp_x = torch.where(accept, lp_y, self.lp_x)
+        self.accepted += accept.to(x.dtype)
+        return torch.where(accept.view(shape), y, x)
 
 
-class _Recorder:
-    def __init__(self, x0: Tensor, every: int | None) -> None:
-        if every is not None:
-            _positive(every, "record_every", int)
-        self.every = every
-        self.states = [x0.detach().clone()] if every else []
+class AnnealedLangevin(Stepper):
+    r"""Creates annealed Langevin dynamics over a decreasing noise ladder (see
+    :func:`annealed_langevin`); the grid counts the updates, ``steps_per_level`` a level."""
 
-    def __call__(self, step: int, x: Tensor) -> None:
-        if self.every and step % self.every == 0:
-            self.states.append(x.detach().clone())
+    def __init__(self, score: Callable[..., Tensor], sigmas: Tensor, *, steps_per_level: int,
+                 eps: float, denoise: bool = False, cond: Mapping[str, Any] | None = None
+                 ) -> None:
+        self.score, self.sigmas = score, torch.as_tensor(sigmas, dtype=torch.float64).tolist()
+        self.per_level, self.eps, self.denoise = steps_per_level, float(eps), denoise
+        self.cond = dict(cond or {})
 
-    def result(self) -> Tensor | None:
-        return torch.stack(self.states) if self.every else None
+    def step(self, x: Tensor, t: float, t_next: float) -> Tensor:  # noqa: D102
+        sigma = self.sigmas[int(round(t)) // self.per_level]
+        eta = self.eps * sigma**2 / self.sigmas[-1] ** 2
+        s = self.run.call(self.score, x, sigma, name="score", **self.cond)
+        return x + 0.5 * eta * s + math.sqrt(eta) * self.run.noise(x)
+
+    def end(self, x: Tensor, t: float) -> Tensor | None:  # noqa: D102
+        if not self.denoise:
+            return None
+        sigma_min = self.sigmas[-1]
+        return x + sigma_min**2 * self.run.call(self.score, x, sigma_min, name="score",
+                                                **self.cond)
+
+
+def _timeless(score: Score) -> Callable[[Tensor, Tensor], Tensor]:
+    """``score(x)`` as a network of ``(x, t)`` for :meth:`Run.call`."""
+    return lambda x, t: score(x)
+
+
+def _iterations(steps: int) -> Tensor:
+    return torch.arange(steps + 1, dtype=torch.float64)
 
 
 def langevin(
@@ -161,27 +233,13 @@ def langevin(
     _positive(steps, "steps", int)
     _positive(eta, "eta")
     score = _scored(score, log_prob)
-    rec = _Recorder(x0, record_every)
-    x = x0.detach()
-    with torch.no_grad():
-        for step in range(1, steps + 1):
-            x = x + 0.5 * eta * _checked_score(score, x) + math.sqrt(eta) * _noise(x, generator)
-            rec(step, x)
-    return LangevinResult(x, rec.result(), None)
+    out = sample_loop(Langevin(score, eta), x0, _iterations(steps), generator=generator,
+                      record_every=record_every)
+    return LangevinResult(out.samples, out.trajectory, None)
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).flatten(1).sum(-1)
-
-
-def _log_ratio_from_score(score: Score, x: Tensor, y: Tensor, nodes: Tensor,
-                          weights: Tensor) -> Tensor:
-    r"""Gauss-Legendre for :math:`\log p(y) - \log p(x) = \int_0^1 s(x+u(y-x)) \cdot (y-x) du`."""
-    d = y - x
-    total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    for u, w in zip(nodes.tolist(), weights.tolist(), strict=True):
-        total = total + w * _dot(_checked_score(score, x + u * d), d)
-    return total
 
 
 def mala(
@@ -225,39 +283,10 @@ def mala(
     _positive(steps, "steps", int)
     _positive(eta, "eta")
     _positive(quadrature, "quadrature", int)
-    if log_prob is None and score is None:
-        raise ValueError("mala: pass log_prob= (exact ratio) or score= (line integral).")
-    grad = score if score is not None else score_from_log_prob(log_prob)
-    nodes_np, weights_np = np.polynomial.legendre.leggauss(quadrature)
-    nodes = torch.as_tensor((nodes_np + 1) / 2, dtype=torch.float64)
-    weights = torch.as_tensor(weights_np / 2, dtype=torch.float64)
-    rec = _Recorder(x0, record_every)
-    x = x0.detach()
-    accepted = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    with torch.no_grad():
-        s_x = _checked_score(grad, x)
-        lp_x = log_prob(x) if log_prob is not None else None
-        for step in range(1, steps + 1):
-            y = x + 0.5 * eta * s_x + math.sqrt(eta) * _noise(x, generator)
-            s_y = _checked_score(grad, y)
-            if log_prob is not None:
-                lp_y = log_prob(y)
-                log_ratio = lp_y - lp_x
-            else:
-                log_ratio = _log_ratio_from_score(grad, x, y, nodes, weights)
-            forward = (y - x - 0.5 * eta * s_x).pow(2).flatten(1).sum(-1)
-            backward = (x - y - 0.5 * eta * s_y).pow(2).flatten(1).sum(-1)
-            log_alpha = log_ratio + (forward - backward) / (2 * eta)
-            u = torch.rand(x.shape[0], dtype=x.dtype, device=x.device, generator=generator)
-            accept = torch.log(u) < log_alpha
-            shape = (-1,) + (1,) * (x.dim() - 1)
-            x = torch.where(accept.view(shape), y, x)
-            s_x = torch.where(accept.view(shape), s_y, s_x)
-            if log_prob is not None:
-                lp_x = torch.where(accept, lp_y, lp_x)
-            accepted += accept.to(x.dtype)
-            rec(step, x)
-    return LangevinResult(x, rec.result(), accepted / steps)
+    stepper = MALA(eta, score=score, log_prob=log_prob, quadrature=quadrature)
+    out = sample_loop(stepper, x0, _iterations(steps), generator=generator,
+                      record_every=record_every)
+    return LangevinResult(out.samples, out.trajectory, stepper.accepted / steps)
 
 
 def annealed_langevin(
@@ -306,26 +335,11 @@ def annealed_langevin(
     if sig.numel() < 1 or not (sig > 0).all() or (sig[1:] > sig[:-1]).any():
         raise ValueError(f"sigmas: expected a non-empty, positive, decreasing ladder, got "
                          f"{sig.tolist()}.")
-    cond = dict(cond or {})
-    rec = _Recorder(x0, record_every)
-    x = x0.detach()
-    sigma_min = float(sig[-1])
-    step = 0
-    with torch.no_grad():
-        for sigma in sig.tolist():
-            eta = eps * sigma**2 / sigma_min**2
-            level = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
-            for _ in range(steps_per_level):
-                s = _checked_score(score, x, level, **cond)
-                x = x + 0.5 * eta * s + math.sqrt(eta) * _noise(x, generator)
-                step += 1
-                rec(step, x)
-        if denoise:
-            level = torch.full((x.shape[0],), sigma_min, dtype=x.dtype, device=x.device)
-            x = x + sigma_min**2 * _checked_score(score, x, level, **cond)
-            if rec.every:
-                rec.states.append(x.clone())
-    return LangevinResult(x, rec.result(), None)
+    stepper = AnnealedLangevin(score, sig, steps_per_level=steps_per_level, eps=eps,
+                               denoise=denoise, cond=cond)
+    out = sample_loop(stepper, x0, _iterations(sig.numel() * steps_per_level),
+                      generator=generator, record_every=record_every)
+    return LangevinResult(out.samples, out.trajectory, None)
 
 
 class ScoreSampler:

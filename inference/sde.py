@@ -42,6 +42,7 @@ from torch.distributions import Distribution
 from probgen.cnf import ADAPTIVE_METHODS, ContinuousFlow
 from probgen.inference.guidance import drop_labels
 from probgen.inference.registry import register_objective
+from probgen.inference.sampling import Run, Stepper, sample_loop
 from probgen.sde import SDE
 from probgen.utils import append_dims
 
@@ -52,6 +53,12 @@ __all__ = [
     "ContinuousScoreMatching",
     "reverse_sde_sample",
     "predictor_corrector_sample",
+    "PREDICTORS",
+    "ReverseDiffusion",
+    "EulerMaruyama",
+    "LangevinCorrector",
+    "PredictorCorrector",
+    "ReverseSDEStepper",
     "probability_flow_distribution",
     "probability_flow_sample",
     "probability_flow_log_prob",
@@ -302,6 +309,156 @@ def _start(sde: SDE, n: int | None, event_shape: Sequence[int] | None, x_init: T
     return _prior_draw(sde, _positive_int(n, "n"), tuple(event_shape), device, dtype, generator)
 
 
+class _ScoreStepper(Stepper):
+    """Base class of the steppers driven by a score in probgen time on an SDE's path."""
+
+    def __init__(self, sde: SDE, score: Score, *, cond: Mapping[str, Any] | None = None
+                 ) -> None:
+        self.sde, self.score, self.cond = _check_sde(sde), score, dict(cond or {})
+
+    def score_at(self, x: Tensor, t: float) -> Tensor:
+        """The score at ``(x, t)``, counted."""
+        return self.run.call(self.score, x, t, name="score", **self.cond)
+
+    def kernel(self, t: float, t_next: float) -> tuple[float, float]:
+        r"""The forward one-step kernel :math:`x_t \mid x_{t'} \sim N(a x_{t'}, v)`:
+        :math:`a = \alpha_t/\alpha_{t'}`, :math:`v = \sigma_t^2 - a^2\sigma_{t'}^2`."""
+        m = self.sde.schedule(torch.tensor([t, t_next], dtype=torch.float64))
+        a = float(m.alpha[0] / m.alpha[1])
+        return a, float(m.sigma[0] ** 2 - a**2 * m.sigma[1] ** 2)
+
+
+class ReverseDiffusion(_ScoreStepper):
+    r"""Creates the reverse-diffusion predictor: the forward kernel run backwards,
+    :math:`x \leftarrow (2 - a)x + v\,s + \sqrt v\,z` (score_sde's DDPM/NCSN predictor)."""
+
+    def step(self, x: Tensor, t: float, t_next: float) -> Tensor:  # noqa: D102
+        a, v = self.kernel(t, t_next)
+        return (2.0 - a) * x + v * self.score_at(x, t) + math.sqrt(v) * self.run.noise(x)
+
+
+class EulerMaruyama(_ScoreStepper):
+    r"""Creates one Euler-Maruyama step of the reverse SDE,
+    :math:`x \leftarrow x + (-f + g^2 s)\,dt + g\sqrt{dt}\,z`."""
+
+    def step(self, x: Tensor, t: float, t_next: float) -> Tensor:  # noqa: D102
+        s = self.score_at(x, t)
+        dt = t_next - t
+        g = float(self.sde.diffusion(torch.tensor(t, dtype=torch.float64)))
+        tb = torch.full(x.shape[:1], t, dtype=x.dtype, device=x.device)
+        return x + (-self.sde.drift(x, tb) + g**2 * s) * dt + g * math.sqrt(dt) * \
+            self.run.noise(x)
+
+
+class LangevinCorrector(_ScoreStepper):
+    r"""Creates the Langevin corrector of predictor-corrector sampling at the step's start.
+
+    ``steps`` updates :math:`x \leftarrow x + \delta s + \sqrt{2\delta} z` at time ``t``,
+    :math:`\delta = 2 a^2 (r \|z\| / \|s\|)^2` (``snr`` :math:`r`, norms averaged over
+    the batch, :math:`a` the step's kernel coefficient, see :meth:`kernel`; no move where
+    the score is zero). The step rule of :mod:`probgen.inference.langevin` with
+    :math:`\eta = 2\delta`, with a step set by the score at the current point.
+    """
+
+    def __init__(self, sde: SDE, score: Score, *, snr: float = 0.16, steps: int = 1,
+                 cond: Mapping[str, Any] | None = None) -> None:
+        super().__init__(sde, score, cond=cond)
+        self.snr, self.steps = float(snr), int(steps)
+
+    def step(self, x: Tensor, t: float, t_next: float) -> Tensor:  # noqa: D102
+        a, _ = self.kernel(t, t_next)
+        for _ in range(self.steps):
+            s = self.score_at(x, t)
+            z = self.run.noise(x)
+            grad_norm = s.flatten(1).norm(dim=-1).mean()
+            noise_norm = z.flatten(1).norm(dim=-1).mean()
+            # A zero score (e.g. a freshly initialized network) carries no direction:
+            # no step rather than an infinite one.
+            ratio = self.snr * noise_norm / grad_norm.clamp_min(torch.finfo(x.dtype).tiny)
+            delta = torch.where(grad_norm > 0, 2.0 * a**2 * ratio**2, 0.0)
+            x = x + delta * s + (2.0 * delta).sqrt() * z
+        return x
+
+
+class PredictorCorrector(Stepper):
+    """Creates predictor-corrector sampling: the corrector at ``t``, then the predictor to
+    ``t_next`` (either may be ``None``), and Tweedie's denoising at the end (``denoise``)."""
+
+    def __init__(self, predictor: Stepper | None, corrector: Stepper | None, *, sde: SDE,
+                 score: Score, denoise: bool = True, cond: Mapping[str, Any] | None = None
+                 ) -> None:
+        if predictor is None and corrector is None:
+            raise ValueError("predictor, corrector: give at least one.")
+        self.predictor, self.corrector = predictor, corrector
+        self.sde, self.score, self.denoise, self.cond = sde, score, denoise, dict(cond or {})
+
+    def begin(self, run: Run, x: Tensor, times: Tensor) -> None:  # noqa: D102
+        super().begin(run, x, times)
+        for part in (self.predictor, self.corrector):
+            if part is not None:
+                part.begin(run, x, times)
+
+    def step(self, x: Tensor, t: float, t_next: float) -> Tensor:  # noqa: D102
+        if self.corrector is not None:
+            x = self.corrector.step(x, t, t_next)
+        return x if self.predictor is None else self.predictor.step(x, t, t_next)
+
+    def end(self, x: Tensor, t: float) -> Tensor | None:  # noqa: D102
+        if not self.denoise:
+            return None
+        self.run.count()
+        return tweedie_denoise(self.sde, self.score, x, t, self.cond)
+
+
+class ReverseSDEStepper(Stepper):
+    """Creates a torchsde step of the reverse SDE (:data:`SDE_METHODS`), one solver step per
+    grid interval on one Brownian motion seeded from the run's generator, and Tweedie's
+    denoising at the end (``denoise``)."""
+
+    def __init__(self, sde: SDE, score: Score, *, method: str = "euler", denoise: bool = True,
+                 cond: Mapping[str, Any] | None = None) -> None:
+        if method not in SDE_METHODS:
+            raise ValueError(f"method: expected one of {sorted(SDE_METHODS)}, got "
+                             f"{method!r}.")
+        self.sde, self.score, self.method = _check_sde(sde), score, method
+        self.denoise, self.cond = denoise, dict(cond or {})
+
+    def begin(self, run: Run, x: Tensor, times: Tensor) -> None:  # noqa: D102
+        super().begin(run, x, times)
+        self.rev = self.sde.reverse(self.score, event_shape=tuple(x.shape[1:]),
+                                    cond=self.cond).as_type(SDE_METHODS[self.method])
+        seed = int(torch.randint(0, 2**62, (1,), generator=run.generator))
+        # The interval's ends as the state's dtype rounds them (torchsde's queries are in it).
+        t0, t1 = times[[0, -1]].to(x.dtype).tolist()
+        # dt tells the Brownian interval the query spacing (without it, its estimate from
+        # the first queries made some step counts, e.g. 100, several times slower).
+        self.bm = torchsde.BrownianInterval(
+            t0=t0, t1=t1, size=(x.shape[0], x[0].numel()), dtype=x.dtype, device=x.device,
+            entropy=seed, dt=(t1 - t0) / (len(times) - 1),
+            levy_area_approximation="space-time" if self.method == "srk" else "none")
+
+    def step(self, x: Tensor, t: float, t_next: float) -> Tensor:  # noqa: D102
+        before = self.rev.nfe
+        ts = torch.tensor([t, t_next], dtype=x.dtype, device=x.device)
+        y = torchsde.sdeint(self.rev, x.reshape(x.shape[0], -1), ts, bm=self.bm,
+                            method=self.method, dt=t_next - t)[-1]
+        self.run.count(self.rev.nfe - before)
+        return y.reshape(x.shape)
+
+    def end(self, x: Tensor, t: float) -> Tensor | None:  # noqa: D102
+        if not self.denoise:
+            return None
+        self.run.count()
+        return tweedie_denoise(self.sde, self.score, x, t, self.cond)
+
+
+#: The predictors of predictor-corrector sampling.
+PREDICTOR_STEPPERS: dict[str, type[_ScoreStepper]] = {
+    "reverse_diffusion": ReverseDiffusion, "euler_maruyama": EulerMaruyama}
+#: Predictor names (``"none"``: corrector only, annealed Langevin over the marginals).
+PREDICTORS: tuple[str, ...] = (*PREDICTOR_STEPPERS, "none")
+
+
 def reverse_sde_sample(
     sde: SDE,
     score: Score,
@@ -348,25 +505,10 @@ def reverse_sde_sample(
         raise ValueError(f"method: expected one of {sorted(SDE_METHODS)}, got {method!r}.")
     sde, steps, eps = _check_sde(sde), _positive_int(steps, "steps"), _check_eps(eps)
     x = _start(sde, n, event_shape, x_init, device, dtype, generator)
-    event = tuple(x.shape[1:])
-    rev = sde.reverse(score, event_shape=event, cond=cond).as_type(SDE_METHODS[method])
-    y0 = x.reshape(x.shape[0], -1)
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    levy = "space-time" if method == "srk" else "none"
-    ts = torch.tensor([0.0, 1.0 - eps], dtype=y0.dtype, device=y0.device)
-    t1 = float(ts[-1])  # the end time as the state's dtype rounds it
-    # dt tells the Brownian interval the query spacing (without it, its estimate from the
-    # first queries made some step counts, e.g. 100, several times slower than others).
-    bm = torchsde.BrownianInterval(t0=0.0, t1=t1, size=tuple(y0.shape), dtype=y0.dtype,
-                                   device=y0.device, entropy=seed, dt=t1 / steps,
-                                   levy_area_approximation=levy)
-    with torch.no_grad():
-        y = torchsde.sdeint(rev, y0, ts, bm=bm, method=method, dt=t1 / steps)[-1]
-        out = y.reshape(x.shape)
-        nfe = rev.nfe
-        if denoise:
-            out, nfe = tweedie_denoise(sde, score, out, t1, cond), nfe + 1
-    return SDEResult(out, nfe)
+    stepper = ReverseSDEStepper(sde, score, method=method, denoise=denoise, cond=cond)
+    out = sample_loop(stepper, x, torch.linspace(0.0, 1.0 - eps, steps + 1,
+                                                 dtype=torch.float64), generator=generator)
+    return SDEResult(out.samples, out.nfe)
 
 
 def predictor_corrector_sample(
@@ -429,9 +571,8 @@ def predictor_corrector_sample(
     Returns:
         An :class:`SDEResult` (``nfe``: score evaluations, predictor and corrector).
     """
-    predictors = ("reverse_diffusion", "euler_maruyama", "none")
-    if predictor not in predictors:
-        raise ValueError(f"predictor: expected one of {list(predictors)}, got {predictor!r}.")
+    if predictor not in PREDICTORS:
+        raise ValueError(f"predictor: expected one of {list(PREDICTORS)}, got {predictor!r}.")
     sde, steps, eps = _check_sde(sde), _positive_int(steps, "steps"), _check_eps(eps)
     if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, int) \
             or corrector_steps < 0:
@@ -441,48 +582,13 @@ def predictor_corrector_sample(
     if predictor == "none" and corrector_steps == 0:
         raise ValueError("predictor='none' with corrector_steps=0 does nothing.")
     x = _start(sde, n, event_shape, x_init, device, dtype, generator)
-    cond = dict(cond or {})
-    grid = torch.linspace(0.0, 1.0 - eps, steps + 1, dtype=torch.float64).tolist()
-    nfe = 0
-
-    def noise() -> Tensor:
-        return torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
-
-    def at(t: float) -> Tensor:
-        return torch.full(x.shape[:1], t, dtype=x.dtype, device=x.device)
-
-    with torch.no_grad():
-        for t, t_next in zip(grid[:-1], grid[1:], strict=True):
-            # The one-step kernel of the forward SDE from t_next back to t (diffusion time
-            # s = 1 - t_next -> 1 - t).
-            m = sde.schedule(torch.tensor([t, t_next], dtype=torch.float64))
-            a = float(m.alpha[0] / m.alpha[1])
-            v = float(m.sigma[0] ** 2 - a**2 * m.sigma[1] ** 2)
-            for _ in range(corrector_steps):
-                s = _call(score, x, at(t), cond)
-                z = noise()
-                grad_norm = s.flatten(1).norm(dim=-1).mean()
-                noise_norm = z.flatten(1).norm(dim=-1).mean()
-                # A zero score (e.g. a freshly initialized network) carries no direction:
-                # no step rather than an infinite one.
-                ratio = snr * noise_norm / grad_norm.clamp_min(torch.finfo(x.dtype).tiny)
-                delta = torch.where(grad_norm > 0, 2.0 * a**2 * ratio**2, 0.0)
-                x = x + delta * s + (2.0 * delta).sqrt() * z
-                nfe += 1
-            if predictor == "none":
-                continue
-            s = _call(score, x, at(t), cond)
-            nfe += 1
-            if predictor == "reverse_diffusion":
-                x = (2.0 - a) * x + v * s + math.sqrt(v) * noise()
-            else:
-                dt = t_next - t
-                g = float(sde.diffusion(torch.tensor(t, dtype=torch.float64)))
-                x = x + (-sde.drift(x, at(t)) + g**2 * s) * dt + g * math.sqrt(dt) * noise()
-        if denoise:
-            x = tweedie_denoise(sde, score, x, grid[-1], cond)
-            nfe += 1
-    return SDEResult(x, nfe)
+    stepper = PredictorCorrector(
+        None if predictor == "none" else PREDICTOR_STEPPERS[predictor](sde, score, cond=cond),
+        LangevinCorrector(sde, score, snr=snr, steps=corrector_steps, cond=cond)
+        if corrector_steps else None, sde=sde, score=score, denoise=denoise, cond=cond)
+    out = sample_loop(stepper, x, torch.linspace(0.0, 1.0 - eps, steps + 1,
+                                                 dtype=torch.float64), generator=generator)
+    return SDEResult(out.samples, out.nfe)
 
 
 def probability_flow_distribution(

@@ -40,15 +40,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from probgen.inference.sampling import Run, SampleResult, Stepper, sample_loop
 from probgen.processes import GaussianPath
 
-__all__ = ["SOLVERS", "GRIDS", "DEFAULT_GRIDS", "SolverResult", "ddim_update", "time_grid",
-           "solve_path"]
+__all__ = ["SOLVERS", "GRIDS", "DEFAULT_GRIDS", "STEPPERS", "PathStepper", "DDIM",
+           "DPMSolver2M", "EDMHeun", "ddim_update", "time_grid", "solve_path"]
 
 #: The deterministic solvers of :func:`solve_path`.
 SOLVERS = ("ddim", "dpm++2m", "edm_heun")
@@ -63,21 +63,15 @@ DEFAULT_GRIDS = {"ddim": "time", "dpm++2m": "logsnr", "edm_heun": "karras"}
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 
-class SolverResult(NamedTuple):
-    """A solve's output.
-
-    Attributes:
-        samples: the final states ``(batch, *event)``.
-        trajectory: ``(records, batch, *event)`` (the start, every ``record_every``-th
-            state and the last), or ``None``.
-        nfe: network calls.
-        times: the grid, ``(steps + 1,)`` increasing probgen times (float64).
-    """
-
-    samples: Tensor
-    trajectory: Tensor | None
-    nfe: int
-    times: Tensor
+def _noise_std(eta: float, alpha: float, sigma: float, alpha_next: float,
+               sigma_next: float) -> float:
+    r"""DDIM's noise :math:`c = \eta\,\sigma'\sqrt{1 - (\alpha\sigma')^2/(\alpha'\sigma)^2}`:
+    :math:`\eta = 1` is the posterior :math:`q(x_{t'} \mid x_t, x)`'s standard deviation
+    (DDPM's :math:`\tilde\beta` on a variance-preserving path)."""
+    if not eta or sigma_next == 0:
+        return 0.0
+    ratio = (alpha * sigma_next) / (alpha_next * sigma)
+    return eta * sigma_next * math.sqrt(max(1.0 - ratio * ratio, 0.0))
 
 
 def ddim_update(data: Tensor, eps: Tensor, alpha_next: Tensor | float,
@@ -85,10 +79,123 @@ def ddim_update(data: Tensor, eps: Tensor, alpha_next: Tensor | float,
                 noise: Tensor | None = None) -> Tensor:
     r"""DDIM's step to the next level: :math:`\alpha' \hat x + \sqrt{\sigma'^2 - c^2}\,
     \hat\epsilon + c z` (``c = noise_std``; 0 gives the deterministic update)."""
-    keep = (sigma_next**2 - noise_std**2) if isinstance(noise_std, Tensor) or noise_std \
-        else None
-    x = alpha_next * data + (sigma_next if keep is None else keep.clamp(min=0).sqrt()) * eps
+    if isinstance(noise_std, Tensor):
+        scale = (sigma_next**2 - noise_std**2).clamp(min=0).sqrt()
+    else:
+        scale = math.sqrt(max(sigma_next**2 - noise_std**2, 0.0)) if noise_std else sigma_next
+    x = alpha_next * data + scale * eps
     return x if noise is None else x + noise_std * noise
+
+
+class PathStepper(Stepper):
+    r"""Base class of the steppers of a Gaussian path's probability flow, on a data prediction.
+
+    Args:
+        path: the model's Gaussian path (its :math:`\alpha_t, \sigma_t`).
+        denoiser: ``denoiser(x, t)``: the data prediction at ``x`` ``(batch, *event)`` and
+            times ``t`` ``(batch,)`` (guidance, if any, already applied).
+        denoise: when :math:`\sigma` is not 0 at the grid's last time, end with the data
+            prediction there (one more network call).
+    """
+
+    def __init__(self, path: GaussianPath, denoiser: Denoiser, *, denoise: bool = True) -> None:
+        if not isinstance(path, GaussianPath):
+            raise TypeError(f"path: expected a probgen.processes.GaussianPath, got "
+                            f"{type(path).__name__}.")
+        self.path, self.denoiser, self.denoise = path, denoiser, bool(denoise)
+        self._levels: dict[float, tuple[float, float]] = {}
+
+    def begin(self, run: Run, x: Tensor, times: Tensor) -> None:  # noqa: D102
+        super().begin(run, x, times)
+        alphas, sigmas = (v.to(torch.float64) for v in self.path.alpha_sigma(times))
+        self._levels = dict(zip(times.tolist(), zip(alphas.tolist(), sigmas.tolist(),
+                                                    strict=True), strict=True))
+
+    def level(self, t: float) -> tuple[float, float]:
+        r""":math:`(\alpha_t, \sigma_t)` at a grid time."""
+        return self._levels[t]
+
+    def data(self, x: Tensor, t: float) -> Tensor:
+        """The denoiser at ``(x, t)``, counted."""
+        return self.run.call(self.denoiser, x, t, name="denoiser")
+
+    def end(self, x: Tensor, t: float) -> Tensor | None:  # noqa: D102
+        return self.data(x, t) if self.denoise and self.level(t)[1] > 0 else None
+
+
+class DDIM(PathStepper):
+    r"""Creates DDIM's stepper (any :math:`\eta`) on a Gaussian path.
+
+    :math:`x' = \alpha' D + \sqrt{\sigma'^2 - c^2}\,\hat\epsilon + c z`, :math:`c` the
+    posterior standard deviation times ``eta`` (0: the deterministic probability-flow step,
+    1: DDPM's ancestral step with the posterior variance). One network call a step.
+
+    Args:
+        path, denoiser, denoise: see :class:`PathStepper`.
+        eta: the noise, in [0, 1].
+    """
+
+    def __init__(self, path: GaussianPath, denoiser: Denoiser, *, eta: float = 0.0,
+                 denoise: bool = True) -> None:
+        super().__init__(path, denoiser, denoise=denoise)
+        if isinstance(eta, bool) or not 0.0 <= float(eta) <= 1.0:
+            raise ValueError(f"eta: expected a value in [0, 1], got {eta!r}.")
+        self.eta = float(eta)
+
+    def step(self, x: Tensor, t: float, t_next: float) -> Tensor:  # noqa: D102
+        (a, s), (a1, s1) = self.level(t), self.level(t_next)
+        data = self.data(x, t)
+        c = _noise_std(self.eta, a, s, a1, s1)
+        return ddim_update(data, (x - a * data) / s, a1, s1, c,
+                           self.run.noise(x) if c else None)
+
+
+class DPMSolver2M(PathStepper):
+    r"""Creates DPM-Solver++(2M)'s stepper on a Gaussian path (see the module docstring).
+
+    Multistep: it keeps the last data prediction; first order on the first step and on a
+    last step to :math:`\sigma = 0`. One network call a step.
+    """
+
+    def begin(self, run: Run, x: Tensor, times: Tensor) -> None:  # noqa: D102
+        super().begin(run, x, times)
+        self.previous: tuple[float, Tensor] | None = None  # (lambda, data) of the last step
+
+    def step(self, x: Tensor, t: float, t_next: float) -> Tensor:  # noqa: D102
+        (a, s), (a1, s1) = self.level(t), self.level(t_next)
+        raw = data = self.data(x, t)
+        lam = math.log(a / s) if a > 0 else -math.inf
+        if self.previous is not None and s1 > 0 and a > 0:
+            r = (lam - self.previous[0]) / (math.log(a1 / s1) - lam)
+            if math.isfinite(r) and r > 0:  # second order from the last two outputs
+                data = (1 + 0.5 / r) * raw - (0.5 / r) * self.previous[1]
+        self.previous = (lam, raw)
+        return ddim_update(data, (x - a * data) / s, a1, s1)
+
+
+class EDMHeun(PathStepper):
+    r"""Creates EDM's deterministic Heun stepper on a Gaussian path (see the module docstring).
+
+    Two network calls a step; Euler (one call) on a first step from :math:`\alpha = 0` and
+    on a last step to :math:`\sigma = 0`.
+    """
+
+    def step(self, x: Tensor, t: float, t_next: float) -> Tensor:  # noqa: D102
+        (a, s), (a1, s1) = self.level(t), self.level(t_next)
+        data = self.data(x, t)
+        eps = (x - a * data) / s
+        x_next = ddim_update(data, eps, a1, s1)
+        if s1 > 0 and a > 0:
+            data1 = self.data(x_next, t_next)
+            eps1 = (x_next - a1 * data1) / s1
+            # x/alpha moves by (sigma'/alpha' - sigma/alpha) times the mean slope.
+            x_next = a1 * (x / a + (s1 / a1 - s / a) * 0.5 * (eps + eps1))
+        return x_next
+
+
+#: The stepper of each solver name.
+STEPPERS: dict[str, type[PathStepper]] = {"ddim": DDIM, "dpm++2m": DPMSolver2M,
+                                          "edm_heun": EDMHeun}
 
 
 def _ratio(path: GaussianPath, t: Tensor) -> Tensor:
@@ -172,7 +279,7 @@ def solve_path(
     solver: str = "dpm++2m",
     denoise: bool = True,
     record_every: int | None = None,
-) -> SolverResult:
+) -> SampleResult:
     r"""Solves the probability-flow ODE of ``path`` from ``x`` at ``times[0]`` over ``times``.
 
     Args:
@@ -187,7 +294,7 @@ def solve_path(
         record_every: keep every this-many-th state.
 
     Returns:
-        A :class:`SolverResult`.
+        A :class:`probgen.inference.sampling.SampleResult`.
 
     Example:
         >>> from probgen.paths import CondOTPath
@@ -200,56 +307,9 @@ def solve_path(
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver: expected one of {list(SOLVERS)}, got {solver!r}.")
-    if not isinstance(x, Tensor) or x.dim() < 2 or not x.is_floating_point():
-        raise ValueError(f"x: expected a floating start of shape (batch, *event), got "
-                         f"{getattr(x, 'shape', type(x).__name__)}.")
     times = torch.as_tensor(times, dtype=torch.float64).flatten()
     if times.numel() < 2 or not bool((times[1:] > times[:-1]).all()):
         raise ValueError("times: expected at least two increasing probgen times, got "
                          f"{times.tolist()[:10]}.")
-    if record_every is not None and (isinstance(record_every, bool) or record_every < 1):
-        raise ValueError(f"record_every: expected a positive int or None, got "
-                         f"{record_every!r}.")
-    alphas, sigmas = (v.to(torch.float64) for v in path.alpha_sigma(times))
-    # The levels: the grid, then sigma = 0 (the data) if asked for and not reached.
-    levels = list(zip(times.tolist(), alphas.tolist(), sigmas.tolist(), strict=True))
-    if denoise and sigmas[-1] > 0:
-        levels.append((None, 1.0, 0.0))
-    calls = 0
-
-    def data_at(state: Tensor, t: float) -> Tensor:
-        nonlocal calls
-        calls += 1
-        out = denoiser(state, torch.full(state.shape[:1], t, dtype=state.dtype,
-                                         device=state.device))
-        if not isinstance(out, Tensor) or out.shape != state.shape:
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"denoiser: expected an output of the shape of x "
-                             f"{tuple(state.shape)}, got {got}.")
-        return out
-
-    records = [x.detach().clone()] if record_every else None
-    previous: tuple[float, Tensor] | None = None  # (lambda, data) of the last step
-    with torch.no_grad():
-        for k in range(len(levels) - 1):
-            t, a, s = levels[k]
-            _, a1, s1 = levels[k + 1]
-            raw = data = data_at(x, t)
-            lam = math.log(a / s) if a > 0 else -math.inf
-            if solver == "dpm++2m" and previous is not None and s1 > 0 and a > 0:
-                r = (lam - previous[0]) / (math.log(a1 / s1) - lam)
-                if math.isfinite(r) and r > 0:  # second order from the last two outputs
-                    data = (1 + 0.5 / r) * raw - (0.5 / r) * previous[1]
-            previous = (lam, raw)
-            eps = (x - a * data) / s
-            x_next = ddim_update(data, eps, a1, s1)
-            if solver == "edm_heun" and s1 > 0 and a > 0:
-                t1 = levels[k + 1][0]
-                data1 = data_at(x_next, t1)
-                eps1 = (x_next - a1 * data1) / s1
-                # x/alpha moves by (sigma'/alpha' - sigma/alpha) times the mean slope.
-                x_next = a1 * (x / a + (s1 / a1 - s / a) * 0.5 * (eps + eps1))
-            x = x_next
-            if records is not None and ((k + 1) % record_every == 0 or k == len(levels) - 2):
-                records.append(x.clone())
-    return SolverResult(x, torch.stack(records) if records else None, calls, times)
+    stepper = STEPPERS[solver](path, denoiser, denoise=denoise)
+    return sample_loop(stepper, x, times, record_every=record_every)

@@ -24,13 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from probgen.cnf import ContinuousFlow, SolveStats
-from probgen.inference.flow_matching import (
-    FIXED_STEP_METHODS,
-    FM_METHODS,
-    ode_sample,
-    reflow_pairs,
-)
+from probgen.cnf import FIXED_METHODS, ODE_METHODS, ContinuousFlow, SolveStats
+from probgen.inference.flow_matching import ode_sample, reflow_pairs
 from probgen.inference.guidance import guided
 from probgen.inference.solvers import DEFAULT_GRIDS, SOLVERS, solve_path, time_grid
 from probgen.nn import ConditionalMLP, UNet
@@ -156,16 +151,16 @@ class FlowMatching(nn.Module):
     def _solve(self, x0: Tensor, y: Tensor | None, guidance: float | None, method: str,
                steps: int | None, rtol: float | None, atol: float | None,
                times: Any = None, spacing: str | None = None) -> Tensor:
-        if method not in FM_METHODS and method not in SOLVERS:
-            raise ValueError(f"method: expected one of {[*FM_METHODS, *SOLVERS]}, got "
+        if method not in ODE_METHODS and method not in SOLVERS:
+            raise ValueError(f"method: expected one of {[*ODE_METHODS, *SOLVERS]}, got "
                              f"{method!r}.")
-        if (method in FIXED_STEP_METHODS or method in SOLVERS) and steps is None:
+        if (method in FIXED_METHODS or method in SOLVERS) and steps is None:
             steps = 20
-        if method not in FIXED_STEP_METHODS and method not in SOLVERS:
+        if method not in FIXED_METHODS and method not in SOLVERS:
             steps = None
         if method in SOLVERS and times is not None:
             raise ValueError(f"method {method!r}: trajectories at given times need a "
-                             f"torchdiffeq method ({list(FM_METHODS)}).")
+                             f"torchdiffeq method ({list(ODE_METHODS)}).")
         field = guided(self, y, guidance, self.num_classes)
         was_training = self.training
         self.eval()
@@ -206,8 +201,8 @@ class FlowMatching(nn.Module):
 
         Args:
             shape: sample shape.
-            method: ``"euler"``, ``"midpoint"``, ``"heun"``, ``"rk4"`` (fixed steps) or
-                ``"dopri5"`` (adaptive; see :data:`probgen.inference.FM_METHODS`) on the
+            method: ``"euler"``, ``"midpoint"``, ``"heun2"``, ``"rk4"`` (fixed steps) or
+                ``"dopri5"`` (adaptive; see :data:`probgen.cnf.ODE_METHODS`) on the
                 velocity; or ``"ddim"``, ``"dpm++2m"``, ``"edm_heun"`` on its data
                 prediction (:func:`probgen.inference.solvers.solve_path`).
             steps: steps of a fixed-step method or solver (default 20; ignored by adaptive

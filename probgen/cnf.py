@@ -43,14 +43,19 @@ __all__ = [
     "SolveStats",
     "ADAPTIVE_METHODS",
     "FIXED_METHODS",
+    "ODE_METHODS",
+    "odeint_field",
     "TRACES",
     "PENALTIES",
 ]
 
 #: torchdiffeq's adaptive-step methods (error control by ``rtol``/``atol``).
 ADAPTIVE_METHODS: tuple[str, ...] = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-#: torchdiffeq's fixed-step methods (need ``step_size``).
-FIXED_METHODS: tuple[str, ...] = ("euler", "midpoint", "heun3", "rk4")
+#: torchdiffeq's fixed-step methods (need ``step_size``): ``"heun2"`` is the explicit
+#: trapezoidal rule (2 evaluations a step), ``"heun3"`` Heun's third-order method.
+FIXED_METHODS: tuple[str, ...] = ("euler", "midpoint", "heun2", "heun3", "rk4")
+#: Every ODE method probgen solves with (torchdiffeq's names): the one method table.
+ODE_METHODS: tuple[str, ...] = ADAPTIVE_METHODS + FIXED_METHODS
 #: How the divergence is computed: exactly, or by Hutchinson's estimator.
 TRACES: tuple[str, ...] = ("exact", "hutchinson")
 #: RNODE's regularizers: kinetic energy and squared Jacobian Frobenius norm, integrated
@@ -151,6 +156,45 @@ class _Dynamics(nn.Module):
         if self.penalties:
             derivs += [out.value.pow(2).flatten(1).sum(-1), out.jacobian_norm]
         return tuple(derivs)
+
+
+def odeint_field(
+    field: VectorField,
+    x: Tensor,
+    times: Tensor,
+    *,
+    method: str = "dopri5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    options: Mapping[str, Any] | None = None,
+    stats: SolveStats | None = None,
+    context: Tensor | None = None,
+) -> Tensor:
+    r"""Transports ``x`` along :math:`\dot x = v(x, t)` through ``times`` (torchdiffeq).
+
+    The one adapter between probgen's fields ``field(x, t)`` (``t`` of shape ``(batch,)``)
+    and torchdiffeq's ``(t, x)`` right-hand sides: every ODE probgen solves without the
+    log-density goes through it (:class:`ContinuousFlow` adds the augmented state on the
+    same dynamics).
+
+    Args:
+        field: ``field(x, t)`` (or ``field(x, t, context=c)`` with ``context``).
+        x: start states at ``times[0]``, ``(batch, *event)``.
+        times: monotone times ``(k,)``, in ``x``'s dtype and device.
+        method: one of :data:`ODE_METHODS`; rtol, atol: tolerances of adaptive methods.
+        options: torchdiffeq's options (``step_size`` for fixed-step methods, ``step_t``).
+        stats: where the evaluations are counted (``nfe``).
+        context: a fixed context ``(batch, c)`` handed to the field.
+
+    Returns:
+        The states at ``times``, ``(k, batch, *event)``.
+    """
+    _check_choice("method", method, ODE_METHODS)
+    stats = SolveStats("flow", method) if stats is None else stats
+    dyn = _Dynamics(field, context, stats, augmented=False, trace="exact", noise=None,
+                    penalties=False, sign=1.0)
+    return odeint(dyn, x, times, rtol=rtol, atol=atol, method=method,
+                  options=dict(options) if options else None)
 
 
 class ContinuousFlow(Distribution):
@@ -458,10 +502,10 @@ class ContinuousFlow(Distribution):
         grid = torch.as_tensor(times, dtype=flat.dtype, device=flat.device)
         if grid.dim() != 1 or grid.numel() < 2:
             raise ValueError(f"times: expected at least two times, got {grid.tolist()}.")
-        dyn = self._dynamics("trajectory", self._flat_context(leading), augmented=False)
-        kwargs = dict(rtol=self.rtol, atol=self.atol, method=self.method,
-                      options=self.options or None)
-        out = odeint(dyn, flat, grid, **kwargs)
+        self.last_solve = SolveStats("trajectory", self.method)
+        out = odeint_field(self.field, flat, grid, method=self.method, rtol=self.rtol,
+                           atol=self.atol, options=self.options, stats=self.last_solve,
+                           context=self._flat_context(leading))
         return out.reshape(grid.numel(), *x.shape)
 
     def expand(self, batch_shape: Sequence[int], _instance: Any = None) -> ContinuousFlow:

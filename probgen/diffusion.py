@@ -359,6 +359,14 @@ class SchedulePath(GaussianPath):
                             f"{type(schedule).__name__}.")
         self.noise_schedule = schedule
 
+    def time(self, step: Tensor | int) -> Tensor:
+        """The probgen time of (fractional) steps: :math:`1 - s/(T - 1)` (``t = 1`` when
+        ``T = 1``), float64."""
+        step = torch.as_tensor(step, dtype=torch.float64)
+        if self.noise_schedule.num_steps == 1:
+            return torch.ones_like(step)
+        return 1.0 - step / (self.noise_schedule.num_steps - 1)
+
     def step(self, t: Tensor) -> Tensor:
         """The fractional step at probgen times ``t``: :math:`(1 - t)(T - 1)`."""
         return (1.0 - torch.as_tensor(t)) * (self.noise_schedule.num_steps - 1)

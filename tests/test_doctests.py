@@ -74,6 +74,8 @@ EXACT_FLOAT_OUTPUTS = {
         "zeroed weights: every product and sum is exactly 0",
     ("probgen.inference.flow_matching.ode_sample", "res.samples[0].tolist(), res.nfe"):
         "Euler steps of 1/4 through a constant field: dyadic, exact",
+    ("probgen.inference.sampling", "out.samples[0].tolist(), out.nfe"):
+        "four halvings of 1: a power of two, exact",
     ("probgen.data.preprocess.binarize",
      "binarize(torch.tensor([0, 127, 128, 255], dtype=torch.uint8))"):
         "a 0/1 threshold of integers",

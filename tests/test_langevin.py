@@ -102,7 +102,7 @@ def test_seeded_and_recorded():
 def test_errors_say_what_was_expected():
     with pytest.raises(ValueError, match="exactly one of score= or log_prob="):
         langevin(torch.zeros(2, 2), steps=1, eta=0.1)
-    with pytest.raises(ValueError, match=r"score: expected the shape of x \(2, 2\)"):
+    with pytest.raises(ValueError, match=r"score: expected an output of the shape of x \(2, 2\)"):
         langevin(torch.zeros(2, 2), score=lambda x: x[:, :1], steps=1, eta=0.1)
     with pytest.raises(ValueError, match="eta: expected a positive float"):
         langevin(torch.zeros(2, 2), score=lambda x: -x, steps=1, eta=-1.0)
