@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from probgen.diffusion import NoiseSchedule
 from probgen.inference.guidance import drop_labels
 from probgen.processes import PREDICTIONS, Marginal, check_time, convert_prediction
 from probgen.utils import append_dims
@@ -54,11 +55,14 @@ __all__ = [
     "UniformTimes",
     "DiscreteTimes",
     "NoiseLevelPath",
+    "StepPath",
     "Perturbed",
     "Denoised",
     "perturb",
     "denoise",
     "DenoisingObjective",
+    "split_batch",
+    "check_label_dropout",
 ]
 
 #: How the squared error is reduced over the event: ``"sum"`` or ``"mean"``.
@@ -146,7 +150,7 @@ class NoiseLevelPath:
 
     Example:
         >>> m = NoiseLevelPath().coefficients(torch.tensor([0.5, 2.0]), torch.zeros(2, 3))
-        >>> m.alpha.shape, m.sigma.flatten().tolist()
+        >>> m.alpha.shape, [round(v, 6) for v in m.sigma.flatten().tolist()]
         (torch.Size([2, 1]), [0.5, 2.0])
     """
 
@@ -162,6 +166,33 @@ class NoiseLevelPath:
 
     def __repr__(self) -> str:
         return "NoiseLevelPath()"
+
+
+class StepPath:
+    r"""Creates the path of a discrete schedule at its integer steps: :math:`(\alpha, \sigma) =
+    (\sqrt{\bar\alpha_s}, \sqrt{1 - \bar\alpha_s})` (DDPM's :math:`q(x_s \mid x_0)`; no time
+    derivatives, so no velocity).
+
+    Example:
+        >>> path = StepPath(NoiseSchedule.linear(10))
+        >>> m = path.coefficients(torch.tensor([0]), torch.zeros(1, 2))
+        >>> round(float(m.alpha**2 + m.sigma**2), 6)
+        1.0
+    """
+
+    def __init__(self, schedule: NoiseSchedule) -> None:
+        if not isinstance(schedule, NoiseSchedule):
+            raise TypeError(f"schedule: expected a probgen.diffusion.NoiseSchedule, got "
+                            f"{type(schedule).__name__}.")
+        self.schedule = schedule
+
+    def coefficients(self, step: Tensor, x: Tensor) -> Marginal:
+        """The coefficients at integer steps ``(batch,)``, broadcast against ``x``."""
+        return self.schedule.coefficients(self.schedule._at(self.schedule.alphas_cumprod,
+                                                            step, x))
+
+    def __repr__(self) -> str:
+        return f"StepPath(num_steps={self.schedule.num_steps})"
 
 
 class Perturbed(NamedTuple):
@@ -206,6 +237,39 @@ def _check_data(x: Any, name: str = "x") -> Tensor:
     return x
 
 
+def split_batch(batch: Any, preprocess: Callable[[Tensor], Any] | None = None
+                ) -> tuple[Tensor, Any]:
+    """``(x, labels or None)`` of a batch ``x`` or ``(x, labels)``, ``x`` mapped by
+    ``preprocess`` (its first output when it returns a tuple) and made floating.
+
+    Raises:
+        TypeError: not a tensor ``(batch, *event)`` or a pair.
+    """
+    labels = None
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        batch, labels = batch[0], (batch[1] if len(batch) > 1 else None)
+    if not isinstance(batch, Tensor) or batch.dim() < 2:
+        got = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
+        raise TypeError(f"batch: expected a tensor x of shape (batch, *event) or a pair "
+                        f"(x, labels), got {got}.")
+    if preprocess is not None:
+        out = preprocess(batch)
+        batch = out[0] if isinstance(out, tuple) else out
+    return (batch if batch.is_floating_point() else batch.float()), labels
+
+
+def check_label_dropout(probability: Any, num_classes: int | None) -> float:
+    """The label-dropout probability, checked: in ``[0, 1)``, with a null class."""
+    if isinstance(probability, bool) or not isinstance(probability, (int, float)) or not (
+            0.0 <= probability < 1.0):
+        raise ValueError(f"label_dropout: expected a probability in [0, 1), got "
+                         f"{probability!r}.")
+    if probability and num_classes is None:
+        raise ValueError("num_classes: label_dropout replaces labels by the null class "
+                         "num_classes; give num_classes.")
+    return float(probability)
+
+
 def _check_path(path: Any) -> Any:
     if not callable(getattr(path, "coefficients", None)):
         raise TypeError(f"path: expected a Gaussian path with coefficients(t, x) (a "
@@ -238,7 +302,7 @@ def perturb(path: Any, x: Tensor, t: Tensor | float, noise: Tensor | None = None
 
     Example:
         >>> p = perturb(NoiseLevelPath(), torch.zeros(2, 3), 0.5, torch.ones(2, 3))
-        >>> p.x_t[0].tolist()
+        >>> [round(v, 6) for v in p.x_t[0].tolist()]
         [0.5, 0.5, 0.5]
     """
     x = _check_data(x)
@@ -353,7 +417,7 @@ def denoise(
             labels = drop_labels(labels, label_dropout, null_label)
         cond["labels"] = labels
     output = network(p.x_t, drawn.t, **cond)
-    predicted = output[0] if isinstance(output, tuple) else output
+    predicted = output[0] if isinstance(output, tuple) and output else output
     if not isinstance(predicted, Tensor) or predicted.shape != x.shape:
         got = tuple(predicted.shape) if isinstance(predicted, Tensor) else type(
             predicted).__name__
@@ -424,22 +488,16 @@ class DenoisingObjective(nn.Module):
                 raise ValueError("times: expected a time distribution for a path without "
                                  "t_end (only a GaussianPath has default times).")
             times = UniformTimes(0.0, float(path.t_end))
-        if not 0.0 <= float(label_dropout) < 1.0 or (label_dropout and num_classes is None):
-            raise ValueError(f"label_dropout: expected a probability in [0, 1) with "
-                             f"num_classes (the null class), got {label_dropout!r} and "
-                             f"num_classes={num_classes!r}.")
         self.network, self.path, self.times = network, _check_path(path), times
         self.prediction, self.target = prediction, target
         self.weighting, self.reduction = weighting, reduction
-        self.conditional, self.label_dropout = bool(conditional), float(label_dropout)
+        self.conditional = bool(conditional)
+        self.label_dropout = check_label_dropout(label_dropout, num_classes)
         self.num_classes = num_classes
 
     def forward(self, batch: Any) -> dict[str, Tensor]:
         """The loss on ``batch``: ``x`` ``(batch, *event)`` or ``(x, labels)``."""
-        labels = None
-        if isinstance(batch, (tuple, list)) and len(batch) == 2:
-            batch, labels = batch
-        x = _check_data(batch, "batch")
+        x, labels = split_batch(batch)
         if self.conditional and labels is None:
             raise ValueError("batch: a conditional objective needs (x, labels) batches.")
         out = denoise(self.network, self.path, x, self.times, prediction=self.prediction,

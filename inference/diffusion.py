@@ -50,12 +50,18 @@ from probgen.diffusion import (
     spaced_timesteps,
     to_signed,
 )
-from probgen.inference.denoising import DiscreteTimes, denoise, perturb
+from probgen.inference.denoising import (
+    DiscreteTimes,
+    StepPath,
+    check_label_dropout,
+    denoise,
+    perturb,
+)
 from probgen.inference.guidance import classifier_free
 from probgen.inference.registry import register_objective
 from probgen.inference.solvers import DEFAULT_GRIDS, GRIDS, ddim_update, solve_path, time_grid
 from probgen.metrics.likelihood import bits_per_dim
-from probgen.processes import Marginal, convert_prediction
+from probgen.processes import convert_prediction
 from probgen.utils import append_dims
 
 __all__ = [
@@ -147,17 +153,6 @@ def _convert(sched: NoiseSchedule, pred: Tensor, x: Tensor, step: Tensor, source
     m = sched.coefficients(_alphas_cumprod(sched, step, x))
     names = PARAMETRIZATION_PREDICTIONS
     return convert_prediction(pred, x, m, source=names[source], target=names[target])
-
-
-class _StepPath:
-    """A schedule as the path of the denoising objective: its coefficients at integer steps."""
-
-    def __init__(self, schedule: NoiseSchedule) -> None:
-        self.schedule = schedule
-
-    def coefficients(self, step: Tensor, x: Tensor) -> Marginal:
-        return self.schedule.coefficients(self.schedule._at(self.schedule.alphas_cumprod,
-                                                            step, x))
 
 
 def _labels_like(labels: Any, n: int, device: torch.device) -> Tensor | None:
@@ -540,7 +535,7 @@ def variational_bound(
     if not getattr(model, "num_classes", None):
         labels = None
     sched = model.schedule
-    n, path = x0.shape[0], _StepPath(sched)
+    n, path = x0.shape[0], StepPath(sched)
     terms = []
     with torch.no_grad():
         for s in range(sched.num_steps):
@@ -613,23 +608,22 @@ class DiffusionLoss(nn.Module):
         if loss == "hybrid" and model.variance != "learned_range":
             raise ValueError("loss 'hybrid': trains learned variances; the model has "
                              f"variance={model.variance!r} (use 'learned_range' or 'simple').")
-        if not 0.0 <= float(label_dropout) < 1.0:
-            raise ValueError(f"label_dropout: expected a probability in [0, 1), got "
-                             f"{label_dropout!r}.")
         if label_dropout and not getattr(model, "num_classes", None):
             raise ValueError("label_dropout: the model is unconditional (num_classes=None).")
         if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int)
                                    or levels < 2):
             raise ValueError(f"levels: expected an int >= 2 or None, got {levels!r}.")
         self.model, self.loss, self.levels = model, loss, levels
-        self.label_dropout, self.vlb_weight = float(label_dropout), float(vlb_weight)
+        self.label_dropout = check_label_dropout(label_dropout,
+                                                 getattr(model, "num_classes", None))
+        self.vlb_weight = float(vlb_weight)
         self.log_bound = bool(log_bound)
 
     def forward(self, batch: Any) -> dict[str, Tensor]:  # noqa: D102
         x0, labels = _data(batch, self.levels)
         model, sched = self.model, self.model.schedule
         conditional = getattr(model, "num_classes", None) and labels is not None
-        res = denoise(model.output, _StepPath(sched), x0, DiscreteTimes(sched.num_steps),
+        res = denoise(model.output, StepPath(sched), x0, DiscreteTimes(sched.num_steps),
                       prediction=PARAMETRIZATION_PREDICTIONS[model.parametrization],
                       reduction="mean", labels=labels.to(x0.device).long() if conditional
                       else None, label_dropout=self.label_dropout,
@@ -683,7 +677,7 @@ class NoisyClassifierLoss(nn.Module):
             raise TypeError("batch: a classifier needs (x, labels) batches.")
         labels = labels.to(x0.device).long()
         step = torch.randint(0, self.schedule.num_steps, (x0.shape[0],), device=x0.device)
-        x_t = perturb(_StepPath(self.schedule), x0, step).x_t
+        x_t = perturb(StepPath(self.schedule), x0, step).x_t
         logits = self.classifier(x_t, _network_time(step, self.schedule.num_steps, x_t))
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(-1) == labels).float().mean()

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torchdiffeq import odeint
 
 from probgen.couplings import COUPLINGS, Coupling, get_coupling
-from probgen.inference.denoising import UniformTimes, denoise
+from probgen.inference.denoising import UniformTimes, check_label_dropout, denoise
 from probgen.inference.registry import register_objective
 from probgen.paths import AffinePath
 
@@ -283,13 +283,7 @@ class ConditionalFlowMatching(nn.Module):
         if paired and coupling is not None:
             raise ValueError("coupling: a paired objective takes its pairs from the batch; "
                              "pass coupling=None.")
-        if isinstance(label_dropout, bool) or not 0.0 <= label_dropout < 1.0:
-            raise ValueError(f"label_dropout: expected a probability in [0, 1), got "
-                             f"{label_dropout!r}.")
-        if label_dropout and num_classes is None:
-            raise ValueError("num_classes: label_dropout replaces labels by the null class "
-                             "num_classes; give num_classes.")
-        if label_dropout and not conditional:
+        if check_label_dropout(label_dropout, num_classes) and not conditional:
             raise ValueError("label_dropout: applies to a conditional field "
                              "(conditional=True).")
         self.field, self.path, self.coupling = field, path, coupling

@@ -25,7 +25,7 @@ from probgen.divergence import (
     hutchinson_divergence,
     hutchinson_noise,
 )
-from probgen.inference.denoising import DiscreteTimes, NoiseLevelPath, denoise
+from probgen.inference.denoising import DiscreteTimes, NoiseLevelPath, denoise, split_batch
 from probgen.score import geometric_sigmas
 
 __all__ = [
@@ -39,19 +39,6 @@ __all__ = [
 #: How :class:`ImplicitScoreMatching` takes the Jacobian trace.
 DIVERGENCES: tuple[str, ...] = ("auto", "exact", "hutchinson")
 _LEVELS = NoiseLevelPath()
-
-
-def _data(batch: Any, preprocess: Callable[[Tensor], Any] | None) -> Tensor:
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        batch = batch[0]  # (x, labels): unconditional scores ignore the labels
-    if not isinstance(batch, Tensor) or batch.dim() < 2:
-        got = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
-        raise TypeError(f"batch: expected a tensor x of shape (batch, *event) or a pair "
-                        f"(x, labels), got {got}.")
-    if preprocess is not None:
-        out = preprocess(batch)
-        batch = out[0] if isinstance(out, tuple) else out
-    return batch if batch.is_floating_point() else batch.float()
 
 
 def _call(score: Callable[..., Tensor], x: Tensor, sigma: Tensor | None) -> Tensor:
@@ -139,7 +126,7 @@ class ImplicitScoreMatching(nn.Module):
 
     def forward(self, batch: Any) -> dict[str, Tensor]:
         """The loss on ``batch`` (``x`` of shape ``(batch, *event)``, or ``(x, labels)``)."""
-        x = _data(batch, self.preprocess)
+        x = split_batch(batch, self.preprocess)[0]
         level = _level(x, self.sigma)
 
         def field(y: Tensor) -> Tensor:
@@ -207,7 +194,7 @@ class SlicedScoreMatching(nn.Module):
 
     def forward(self, batch: Any) -> dict[str, Tensor]:
         """The loss on ``batch`` (``x`` of shape ``(batch, *event)``, or ``(x, labels)``)."""
-        x = _data(batch, self.preprocess)
+        x = split_batch(batch, self.preprocess)[0]
         x = x.repeat(self.num_projections, *([1] * (x.dim() - 1)))
         level = _level(x, self.sigma)
         v = hutchinson_noise(x, self.noise)
@@ -262,7 +249,7 @@ class DenoisingScoreMatching(nn.Module):
 
     def forward(self, batch: Any) -> dict[str, Tensor]:
         """The loss on ``batch`` (``x`` of shape ``(batch, *event)``, or ``(x, labels)``)."""
-        out = denoise(self.score, _LEVELS, _data(batch, self.preprocess), self.sigma,
+        out = denoise(self.score, _LEVELS, split_batch(batch, self.preprocess)[0], self.sigma,
                       prediction="score", weighting=0.5, name="score")
         loss = out.loss.mean()
         return {"loss": loss, "dsm": loss}
@@ -320,7 +307,7 @@ class NoiseConditionalScoreMatching(nn.Module):
     def forward(self, batch: Any) -> dict[str, Tensor]:
         """The loss on ``batch`` (``x`` of shape ``(batch, *event)``, or ``(x, labels)``)."""
         # sigma^2 ||s + z/sigma||^2 = ||eps_hat - z||^2: the error in noise space
-        out = denoise(self.score, _LEVELS, _data(batch, self.preprocess),
+        out = denoise(self.score, _LEVELS, split_batch(batch, self.preprocess)[0],
                       DiscreteTimes(self.sigmas), prediction="score", target="eps",
                       weighting=0.5, name="score")
         loss = out.loss.mean()

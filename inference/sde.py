@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from probgen.cnf import ADAPTIVE_METHODS, ContinuousFlow
-from probgen.inference.denoising import Times, denoise
+from probgen.inference.denoising import Times, check_label_dropout, denoise, split_batch
 from probgen.inference.registry import register_objective
 from probgen.sde import SDE
 from probgen.utils import append_dims
@@ -101,20 +101,6 @@ def _check_sde(sde: Any) -> SDE:
         raise TypeError(f"sde: expected a probgen.sde.SDE (VPSDE, VESDE, SubVPSDE), got "
                         f"{type(sde).__name__}.")
     return sde
-
-
-def _data(batch: Any, preprocess: Callable[[Tensor], Any] | None) -> tuple[Tensor, Tensor | None]:
-    labels = None
-    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], Tensor):
-        batch, labels = batch
-    if not isinstance(batch, Tensor) or batch.dim() < 2:
-        got = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
-        raise TypeError(f"batch: expected a tensor x of shape (batch, *event) or a pair "
-                        f"(x, labels), got {got}.")
-    if preprocess is not None:
-        out = preprocess(batch)
-        batch = out[0] if isinstance(out, tuple) else out
-    return (batch if batch.is_floating_point() else batch.float()), labels
 
 
 class _DiffusionTimes(nn.Module):
@@ -222,15 +208,10 @@ class ContinuousScoreMatching(nn.Module):
         if importance and weighting != "likelihood":
             raise ValueError("importance: importance-sampled times apply to "
                              f"weighting='likelihood', got weighting={weighting!r}.")
-        if not 0.0 <= label_dropout < 1.0:
-            raise ValueError(f"label_dropout: expected a probability in [0, 1), got "
-                             f"{label_dropout!r}.")
-        if label_dropout and num_classes is None:
-            raise ValueError("num_classes: label_dropout replaces labels by the null class "
-                             "num_classes; give num_classes.")
         self.model, self.sde = model, _check_sde(sde)
         self.weighting, self.eps, self.importance = weighting, _check_eps(eps), bool(importance)
-        self.conditional, self.label_dropout = bool(conditional), float(label_dropout)
+        self.conditional = bool(conditional)
+        self.label_dropout = check_label_dropout(label_dropout, num_classes)
         self.num_classes, self.preprocess = num_classes, preprocess
         self.times = _DiffusionTimes(self.sde, self.eps, self.importance)
 
@@ -243,7 +224,7 @@ class ContinuousScoreMatching(nn.Module):
 
     def forward(self, batch: Any) -> dict[str, Tensor]:
         """The loss on ``batch`` (``x`` of shape ``(batch, *event)``, or ``(x, labels)``)."""
-        x1, labels = _data(batch, self.preprocess)
+        x1, labels = split_batch(batch, self.preprocess)
         if self.conditional and labels is None:
             raise ValueError("batch: a conditional score needs (x, labels) batches.")
         out = denoise(self.model, self.sde, x1, self.times, prediction="score", target="eps",
