@@ -6,6 +6,18 @@ from __future__ import annotations
 from probgen.inference import registry
 from probgen.inference.adversarial import ADAM_BETAS, GAN_LOSSES, Adversarial
 from probgen.inference.checkpoint import load_checkpoint
+from probgen.inference.denoising import (
+    REDUCTIONS,
+    Denoised,
+    DenoisingObjective,
+    DiscreteTimes,
+    NoiseLevelPath,
+    Perturbed,
+    Times,
+    UniformTimes,
+    denoise,
+    perturb,
+)
 from probgen.inference.diffusion import (
     DIFFUSION_LOSSES,
     DIFFUSION_SAMPLERS,
@@ -91,6 +103,16 @@ from probgen.inference.vq import (
 )
 
 __all__ = [
+    "DenoisingObjective",
+    "denoise",
+    "perturb",
+    "Denoised",
+    "Perturbed",
+    "Times",
+    "UniformTimes",
+    "DiscreteTimes",
+    "NoiseLevelPath",
+    "REDUCTIONS",
     "SOLVERS",
     "GRIDS",
     "DEFAULT_GRIDS",

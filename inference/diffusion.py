@@ -50,7 +50,14 @@ from probgen.diffusion import (
     spaced_timesteps,
     to_signed,
 )
-from probgen.inference.guidance import classifier_free, drop_labels
+from probgen.inference.denoising import (
+    DiscreteTimes,
+    StepPath,
+    check_label_dropout,
+    denoise,
+    perturb,
+)
+from probgen.inference.guidance import classifier_free
 from probgen.inference.registry import register_objective
 from probgen.inference.sampling import Run, Stepper, sample_loop
 from probgen.inference.solvers import DDIM, DEFAULT_GRIDS, GRIDS, STEPPERS, time_grid
@@ -555,13 +562,12 @@ def variational_bound(
     if not getattr(model, "num_classes", None):
         labels = None
     sched = model.schedule
-    n = x0.shape[0]
+    n, path = x0.shape[0], StepPath(sched)
     terms = []
     with torch.no_grad():
         for s in range(sched.num_steps):
             step = torch.full((n,), s, dtype=torch.long, device=x0.device)
-            noise = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=generator)
-            x_t = sched.q_sample(x0, step, noise)
+            x_t = perturb(path, x0, step, generator=generator).x_t
             pred, v = model.output(x_t, step, labels)
             terms.append(_term(model, x0, x_t, step, pred, v, levels))
         terms = torch.stack(terms, dim=1)
@@ -593,6 +599,10 @@ class DiffusionLoss(nn.Module):
       (``"hybrid"``: only the learned variances learn from it; Nichol & Dhariwal's
       :math:`\lambda = 0.001`).
 
+    The noising, the target and the MSE are the denoising objective's
+    (:func:`probgen.inference.denoising.denoise`, at uniform steps of the schedule); the
+    bound's term reuses the same steps and noise.
+
     Classifier-free guidance training: with a class-conditional model and ``(x, labels)``
     batches, each label is replaced by the null class with probability ``label_dropout``
     (in training mode only).
@@ -603,6 +613,9 @@ class DiffusionLoss(nn.Module):
         levels: integer pixel levels of image data (``None``: vectors used as they are).
         label_dropout: probability of dropping a label (CFG; Ho & Salimans use 0.1-0.2).
         vlb_weight: :math:`\lambda` of the hybrid loss.
+        log_bound: also log the bound's estimate (``bpd_estimate``, ``nll``) in training
+            steps of the ``"simple"`` loss (computed without gradients); ``False`` skips it
+            there (evaluation passes, with autograd off, always compute it).
 
     References:
         Denoising diffusion probabilistic models (Ho et al., 2020),
@@ -613,7 +626,8 @@ class DiffusionLoss(nn.Module):
     """
 
     def __init__(self, model: nn.Module, loss: str = "simple", *, levels: int | None = None,
-                 label_dropout: float = 0.0, vlb_weight: float = 0.001) -> None:
+                 label_dropout: float = 0.0, vlb_weight: float = 0.001,
+                 log_bound: bool = True) -> None:
         super().__init__()
         _check_model(model)
         if loss not in DIFFUSION_LOSSES:
@@ -621,51 +635,41 @@ class DiffusionLoss(nn.Module):
         if loss == "hybrid" and model.variance != "learned_range":
             raise ValueError("loss 'hybrid': trains learned variances; the model has "
                              f"variance={model.variance!r} (use 'learned_range' or 'simple').")
-        if not 0.0 <= float(label_dropout) < 1.0:
-            raise ValueError(f"label_dropout: expected a probability in [0, 1), got "
-                             f"{label_dropout!r}.")
         if label_dropout and not getattr(model, "num_classes", None):
             raise ValueError("label_dropout: the model is unconditional (num_classes=None).")
         if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int)
                                    or levels < 2):
             raise ValueError(f"levels: expected an int >= 2 or None, got {levels!r}.")
         self.model, self.loss, self.levels = model, loss, levels
-        self.label_dropout, self.vlb_weight = float(label_dropout), float(vlb_weight)
+        self.label_dropout = check_label_dropout(label_dropout,
+                                                 getattr(model, "num_classes", None))
+        self.vlb_weight = float(vlb_weight)
+        self.log_bound = bool(log_bound)
 
     def forward(self, batch: Any) -> dict[str, Tensor]:  # noqa: D102
         x0, labels = _data(batch, self.levels)
         model, sched = self.model, self.model.schedule
-        if getattr(model, "num_classes", None) and labels is not None:
-            labels = labels.to(x0.device).long()
-            if self.training:
-                labels = drop_labels(labels, self.label_dropout, model.num_classes)
-        else:
-            labels = None
-        n = x0.shape[0]
-        step = torch.randint(0, sched.num_steps, (n,), device=x0.device)
-        noise = torch.randn_like(x0)
-        x_t = sched.q_sample(x0, step, noise)
-        pred, v = model.output(x_t, step, labels)
-        if model.parametrization == "eps":
-            target = noise
-        elif model.parametrization == "x0":
-            target = x0
-        else:
-            target = sched.convert(noise, x_t, step, "eps", "v")
-        mse = (pred - target).pow(2).flatten(1).mean(1)
-        dims = x0[0].numel()
-        mean_pred = pred.detach() if self.loss == "hybrid" else pred
-        term = _term(model, x0, x_t, step, mean_pred, v, self.levels)
-        nll = sched.prior_kl(x0) + sched.num_steps * term
-        bpd = bits_per_dim(nll, dims)
-        if self.loss == "simple":
-            loss = mse.mean()
-        elif self.loss == "vlb":
-            loss = bpd.mean()
-        else:
-            loss = mse.mean() + self.vlb_weight * bpd.mean()
-        out = {"loss": loss, "mse": mse.mean().detach(), "bpd_estimate": bpd.mean().detach(),
-               "nll": nll.mean().detach()}
+        conditional = getattr(model, "num_classes", None) and labels is not None
+        res = denoise(model.output, StepPath(sched), x0, DiscreteTimes(sched.num_steps),
+                      prediction=PARAMETRIZATION_PREDICTIONS[model.parametrization],
+                      reduction="mean", labels=labels.to(x0.device).long() if conditional
+                      else None, label_dropout=self.label_dropout,
+                      null_label=model.num_classes if conditional else None,
+                      training=self.training, name="model")
+        mse = res.error.mean()
+        out = {"loss": mse, "mse": mse.detach()}
+        if self.loss == "simple" and not self.log_bound and torch.is_grad_enabled():
+            return out
+        pred, v = res.output
+        # the bound's estimate at the same steps and noise; only logged by the simple loss
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.loss != "simple"):
+            term = _term(model, x0, res.x_t, res.t,
+                         pred.detach() if self.loss == "hybrid" else pred, v, self.levels)
+            nll = sched.prior_kl(x0) + sched.num_steps * term
+            bpd = bits_per_dim(nll, x0[0].numel()).mean()
+        if self.loss != "simple":
+            out["loss"] = bpd if self.loss == "vlb" else mse + self.vlb_weight * bpd
+        out.update(bpd_estimate=bpd.detach(), nll=nll.mean().detach())
         if self.levels is not None:
             out["bits_per_dim"] = out["bpd_estimate"]
         return out
@@ -700,7 +704,7 @@ class NoisyClassifierLoss(nn.Module):
             raise TypeError("batch: a classifier needs (x, labels) batches.")
         labels = labels.to(x0.device).long()
         step = torch.randint(0, self.schedule.num_steps, (x0.shape[0],), device=x0.device)
-        x_t = self.schedule.q_sample(x0, step)
+        x_t = perturb(StepPath(self.schedule), x0, step).x_t
         logits = self.classifier(x_t, _network_time(step, self.schedule.num_steps, x_t))
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(-1) == labels).float().mean()

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from probgen.cnf import FIXED_METHODS, ODE_METHODS, SolveStats, odeint_field
 from probgen.couplings import COUPLINGS, Coupling, get_coupling
-from probgen.inference.guidance import drop_labels
+from probgen.inference.denoising import UniformTimes, check_label_dropout, denoise
 from probgen.inference.registry import register_objective
 from probgen.paths import AffinePath
 
@@ -206,7 +206,9 @@ class ConditionalFlowMatching(nn.Module):
     .. math:: \mathcal L = E\,\tfrac1D\|v_\theta(x_t, t) - (\dot\alpha_t x_1 +
               \dot\sigma_t x_0)\|^2,
 
-    a mean over the batch and the ``D`` dimensions (the squared error per dimension).
+    a mean over the batch and the ``D`` dimensions (the squared error per dimension): the
+    denoising objective (:func:`probgen.inference.denoising.denoise`) with the pairs'
+    source as the noise and the velocity as prediction and target.
     ``paired=True`` takes the pairs from the batch instead, ``(x0, x1)`` or ``(x0, x1,
     labels)`` (reflow). Batches ``(x, labels)`` pass ``labels=`` to the field when
     ``conditional``, each replaced by the null class ``num_classes`` with probability
@@ -266,13 +268,7 @@ class ConditionalFlowMatching(nn.Module):
         if paired and coupling is not None:
             raise ValueError("coupling: a paired objective takes its pairs from the batch; "
                              "pass coupling=None.")
-        if isinstance(label_dropout, bool) or not 0.0 <= label_dropout < 1.0:
-            raise ValueError(f"label_dropout: expected a probability in [0, 1), got "
-                             f"{label_dropout!r}.")
-        if label_dropout and num_classes is None:
-            raise ValueError("num_classes: label_dropout replaces labels by the null class "
-                             "num_classes; give num_classes.")
-        if label_dropout and not conditional:
+        if check_label_dropout(label_dropout, num_classes) and not conditional:
             raise ValueError("label_dropout: applies to a conditional field "
                              "(conditional=True).")
         self.field, self.path, self.coupling = field, path, coupling
@@ -294,28 +290,25 @@ class ConditionalFlowMatching(nn.Module):
         if not self.paired:
             raw = x1
             x1, ladj = self._model_space(raw)
-        n = x1.shape[0]
+        if self.conditional and labels is None:
+            raise ValueError("batch: a conditional field needs (x, labels) batches.")
         if x0 is None:
             x0 = torch.randn_like(x1)
-            if self.coupling is not None:
+            if self.coupling is not None:  # the coupling pairs the ends, then one regression
                 i, j = self.coupling.indices(self.path.prior_std * x0, x1)
                 x0, x1 = x0[i], x1[j]
                 labels = labels[j.to(labels.device)] if labels is not None else None
-        t = self.path.t_end * torch.rand(n, dtype=x1.dtype, device=x1.device)
-        s = self.path.sample(x0, x1, t)
-        cond: dict[str, Any] = {}
-        if self.conditional:
-            if labels is None:
-                raise ValueError("batch: a conditional field needs (x, labels) batches.")
-            if self.training and torch.is_grad_enabled():
-                labels = drop_labels(labels, self.label_dropout, self.num_classes)
-            cond["labels"] = labels
-        v = _check_output(self.field(s.x_t, t, **cond), x1)
-        loss = (v - s.dx_t).pow(2).mean()
-        out = {"loss": loss, "cfm": loss}
+        labels = labels if self.conditional else None
+        out = denoise(self.field, self.path, x1, UniformTimes(0.0, self.path.t_end),
+                      prediction="velocity", reduction="mean", noise=x0, labels=labels,
+                      label_dropout=self.label_dropout, null_label=self.num_classes,
+                      training=self.training, name="field")
+        loss = out.loss.mean()
+        result = {"loss": loss, "cfm": loss}
         if self.likelihood is not None and not self.paired and not torch.is_grad_enabled():
-            out.update(self._held_out_likelihood(raw, x1, ladj, cond))
-        return out
+            cond = {} if labels is None else {"labels": labels}
+            result.update(self._held_out_likelihood(raw, x1, ladj, cond))
+        return result
 
     def _held_out_likelihood(self, raw: Tensor, y: Tensor, ladj: Tensor | None,
                              cond: dict[str, Any]) -> dict[str, Tensor]:

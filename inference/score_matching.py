@@ -25,6 +25,7 @@ from probgen.divergence import (
     hutchinson_divergence,
     hutchinson_noise,
 )
+from probgen.inference.denoising import DiscreteTimes, NoiseLevelPath, denoise, split_batch
 from probgen.score import geometric_sigmas
 
 __all__ = [
@@ -37,19 +38,7 @@ __all__ = [
 
 #: How :class:`ImplicitScoreMatching` takes the Jacobian trace.
 DIVERGENCES: tuple[str, ...] = ("auto", "exact", "hutchinson")
-
-
-def _data(batch: Any, preprocess: Callable[[Tensor], Any] | None) -> Tensor:
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        batch = batch[0]  # (x, labels): unconditional scores ignore the labels
-    if not isinstance(batch, Tensor) or batch.dim() < 2:
-        got = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
-        raise TypeError(f"batch: expected a tensor x of shape (batch, *event) or a pair "
-                        f"(x, labels), got {got}.")
-    if preprocess is not None:
-        out = preprocess(batch)
-        batch = out[0] if isinstance(out, tuple) else out
-    return batch if batch.is_floating_point() else batch.float()
+_LEVELS = NoiseLevelPath()
 
 
 def _call(score: Callable[..., Tensor], x: Tensor, sigma: Tensor | None) -> Tensor:
@@ -137,7 +126,7 @@ class ImplicitScoreMatching(nn.Module):
 
     def forward(self, batch: Any) -> dict[str, Tensor]:
         """The loss on ``batch`` (``x`` of shape ``(batch, *event)``, or ``(x, labels)``)."""
-        x = _data(batch, self.preprocess)
+        x = split_batch(batch, self.preprocess)[0]
         level = _level(x, self.sigma)
 
         def field(y: Tensor) -> Tensor:
@@ -205,7 +194,7 @@ class SlicedScoreMatching(nn.Module):
 
     def forward(self, batch: Any) -> dict[str, Tensor]:
         """The loss on ``batch`` (``x`` of shape ``(batch, *event)``, or ``(x, labels)``)."""
-        x = _data(batch, self.preprocess)
+        x = split_batch(batch, self.preprocess)[0]
         x = x.repeat(self.num_projections, *([1] * (x.dim() - 1)))
         level = _level(x, self.sigma)
         v = hutchinson_noise(x, self.noise)
@@ -231,7 +220,9 @@ class DenoisingScoreMatching(nn.Module):
     :math:`-z/\sigma = \nabla_{\tilde x} \log N(\tilde x; x, \sigma^2 I)`. It is minimized
     by the score of the perturbed data :math:`p * N(0, \sigma^2 I)`, with value
     :math:`\tfrac12(D/\sigma^2 - E\|\nabla \log p_\sigma\|^2)`. No derivative of the
-    network is needed, so it scales to images.
+    network is needed, so it scales to images. It is the denoising objective
+    (:func:`probgen.inference.denoising.denoise`) on the noise-level path at :math:`\sigma`,
+    score target, weight 1/2.
 
     Outputs: ``loss`` and ``dsm``.
 
@@ -258,10 +249,9 @@ class DenoisingScoreMatching(nn.Module):
 
     def forward(self, batch: Any) -> dict[str, Tensor]:
         """The loss on ``batch`` (``x`` of shape ``(batch, *event)``, or ``(x, labels)``)."""
-        x = _data(batch, self.preprocess)
-        z = torch.randn_like(x)
-        s = _call(self.score, x + self.sigma * z, _level(x, self.sigma))
-        loss = 0.5 * _sq(s + z / self.sigma).mean()
+        out = denoise(self.score, _LEVELS, split_batch(batch, self.preprocess)[0], self.sigma,
+                      prediction="score", weighting=0.5, name="score")
+        loss = out.loss.mean()
         return {"loss": loss, "dsm": loss}
 
     def extra_repr(self) -> str:
@@ -278,6 +268,8 @@ class NoiseConditionalScoreMatching(nn.Module):
     = \tfrac12 E\|\sigma s(\tilde x, \sigma) + z\|^2`, which keeps every level's term of
     order one. Minimized by the perturbed scores at every level, the input of
     :func:`probgen.inference.annealed_langevin`.
+    Computed by :func:`probgen.inference.denoising.denoise` over the ladder
+    (:class:`~probgen.inference.denoising.DiscreteTimes`) with the error in noise space.
 
     Outputs: ``loss`` and ``ncsn``.
 
@@ -314,13 +306,11 @@ class NoiseConditionalScoreMatching(nn.Module):
 
     def forward(self, batch: Any) -> dict[str, Tensor]:
         """The loss on ``batch`` (``x`` of shape ``(batch, *event)``, or ``(x, labels)``)."""
-        x = _data(batch, self.preprocess)
-        idx = torch.randint(0, self.sigmas.numel(), x.shape[:1], device=x.device)
-        sigma = self.sigmas.to(x.dtype)[idx]
-        z = torch.randn_like(x)
-        wide = sigma.view(-1, *([1] * (x.dim() - 1)))
-        s = _call(self.score, x + wide * z, sigma)
-        loss = 0.5 * _sq(wide * s + z).mean()
+        # sigma^2 ||s + z/sigma||^2 = ||eps_hat - z||^2: the error in noise space
+        out = denoise(self.score, _LEVELS, split_batch(batch, self.preprocess)[0],
+                      DiscreteTimes(self.sigmas), prediction="score", target="eps",
+                      weighting=0.5, name="score")
+        loss = out.loss.mean()
         return {"loss": loss, "ncsn": loss}
 
     def extra_repr(self) -> str:

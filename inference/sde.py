@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from probgen.cnf import ADAPTIVE_METHODS, ContinuousFlow
-from probgen.inference.guidance import drop_labels
+from probgen.inference.denoising import Times, check_label_dropout, denoise, split_batch
 from probgen.inference.registry import register_objective
 from probgen.inference.sampling import Run, Stepper, sample_loop
 from probgen.sde import SDE
@@ -110,29 +110,20 @@ def _check_sde(sde: Any) -> SDE:
     return sde
 
 
-def _data(batch: Any, preprocess: Callable[[Tensor], Any] | None) -> tuple[Tensor, Tensor | None]:
-    labels = None
-    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], Tensor):
-        batch, labels = batch
-    if not isinstance(batch, Tensor) or batch.dim() < 2:
-        got = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
-        raise TypeError(f"batch: expected a tensor x of shape (batch, *event) or a pair "
-                        f"(x, labels), got {got}.")
-    if preprocess is not None:
-        out = preprocess(batch)
-        batch = out[0] if isinstance(out, tuple) else out
-    return (batch if batch.is_floating_point() else batch.float()), labels
-
-
-class _ImportanceTimes(nn.Module):
-    r"""Diffusion times drawn with density :math:`q(s) \propto g(s)^2/\sigma_s^2` on
+class _DiffusionTimes(nn.Module):
+    r"""Probgen times :math:`t = 1 - s` for diffusion times :math:`s \sim U(\text{eps}, 1)`,
+    or (``importance``) drawn with density :math:`q(s) \propto g(s)^2/\sigma_s^2` on
     ``[eps, 1]``, by the inverse of its CDF tabulated on a geometric grid (where
-    :math:`g^2/\sigma^2 \sim 1/s`). ``q`` is the exact density of the draws (piecewise
-    constant on the grid), so :math:`\lambda/q` keeps the loss unbiased. This covers every
-    SDE of :mod:`probgen.sde` with one routine rather than a closed form per SDE."""
+    :math:`g^2/\sigma^2 \sim 1/s`), with the weights :math:`1/((1 - \text{eps})\,q)` that
+    keep the loss unbiased (``q`` is the exact density of the draws, piecewise constant on
+    the grid). One routine covers every SDE of :mod:`probgen.sde`."""
 
-    def __init__(self, sde: SDE, eps: float, points: int = 4097) -> None:
+    def __init__(self, sde: SDE, eps: float, importance: bool, points: int = 4097) -> None:
         super().__init__()
+        self.eps = eps
+        if not importance:
+            self.grid = self.cdf = None
+            return
         s = torch.logspace(math.log10(eps), 0.0, points, dtype=torch.float64)
         w = sde.diffusion_coefficient(s) ** 2 / sde.marginal_diffusion_time(s).sigma ** 2
         cdf = torch.cat([torch.zeros(1, dtype=torch.float64),
@@ -140,13 +131,16 @@ class _ImportanceTimes(nn.Module):
         self.register_buffer("grid", s)
         self.register_buffer("cdf", cdf / cdf[-1])
 
-    def forward(self, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        """``n`` times and their densities, float64 on ``device``."""
-        u = torch.rand(n, dtype=torch.float64, device=device)
+    def forward(self, n: int, like: Tensor) -> Times:
+        """``n`` times in ``like``'s dtype and device, with their importance weights."""
+        if self.grid is None:
+            r = torch.rand(n, dtype=like.dtype, device=like.device)
+            return Times(1.0 - (self.eps + (1.0 - self.eps) * r))
+        u = torch.rand(n, dtype=torch.float64, device=like.device)
         i = (torch.searchsorted(self.cdf, u, right=True) - 1).clamp(0, self.grid.numel() - 2)
         ds, dc = self.grid[i + 1] - self.grid[i], self.cdf[i + 1] - self.cdf[i]
         s = self.grid[i] + (u - self.cdf[i]) / dc * ds
-        return s, dc / ds
+        return Times(1.0 - s.to(like.dtype), ds / dc / (1.0 - self.eps))
 
 
 class ContinuousScoreMatching(nn.Module):
@@ -170,6 +164,10 @@ class ContinuousScoreMatching(nn.Module):
     ``(x, labels)`` pass ``labels=`` to it when ``conditional`` (each replaced by the null
     class ``num_classes`` with probability ``label_dropout``, for classifier-free
     guidance); otherwise the labels are ignored.
+
+    It is the denoising objective (:func:`probgen.inference.denoising.denoise`) with the
+    error in noise space, :math:`\lambda\|s_\theta + \epsilon/\sigma_t\|^2 =
+    (\lambda/\sigma_t^2)\|\hat\epsilon_\theta - \epsilon\|^2` (stable at small times).
 
     Outputs: ``loss`` and ``dsm`` (the same value).
 
@@ -217,54 +215,30 @@ class ContinuousScoreMatching(nn.Module):
         if importance and weighting != "likelihood":
             raise ValueError("importance: importance-sampled times apply to "
                              f"weighting='likelihood', got weighting={weighting!r}.")
-        if not 0.0 <= label_dropout < 1.0:
-            raise ValueError(f"label_dropout: expected a probability in [0, 1), got "
-                             f"{label_dropout!r}.")
-        if label_dropout and num_classes is None:
-            raise ValueError("num_classes: label_dropout replaces labels by the null class "
-                             "num_classes; give num_classes.")
         self.model, self.sde = model, _check_sde(sde)
         self.weighting, self.eps, self.importance = weighting, _check_eps(eps), bool(importance)
-        self.conditional, self.label_dropout = bool(conditional), float(label_dropout)
+        self.conditional = bool(conditional)
+        self.label_dropout = check_label_dropout(label_dropout, num_classes)
         self.num_classes, self.preprocess = num_classes, preprocess
-        self.times = _ImportanceTimes(self.sde, self.eps) if self.importance else None
+        self.times = _DiffusionTimes(self.sde, self.eps, self.importance)
+
+    def _weight(self, t: Tensor) -> Tensor | float:
+        r""":math:`\lambda(t)/(2\sigma_t^2)`, the weight of the noise-space error."""
+        if self.weighting == "sigma2":
+            return 0.5
+        lam = 1.0 if self.weighting == "none" else self.sde.diffusion(t) ** 2
+        return 0.5 * lam / self.sde.alpha_sigma(t)[1] ** 2
 
     def forward(self, batch: Any) -> dict[str, Tensor]:
         """The loss on ``batch`` (``x`` of shape ``(batch, *event)``, or ``(x, labels)``)."""
-        x1, labels = _data(batch, self.preprocess)
-        n = x1.shape[0]
-        if self.times is not None:
-            s64, q = self.times(n, x1.device)
-            s = s64.to(x1.dtype)
-        else:
-            s = self.eps + (1.0 - self.eps) * torch.rand(n, dtype=x1.dtype, device=x1.device)
-        t = 1.0 - s
-        xt, noise = self.sde.perturb(x1, t)
-        cond: dict[str, Any] = {}
-        if self.conditional:
-            if labels is None:
-                raise ValueError("batch: a conditional score needs (x, labels) batches.")
-            if self.training:
-                labels = drop_labels(labels, self.label_dropout, self.num_classes)
-            cond["labels"] = labels
-        score = self.model(xt, t, **cond)
-        if not isinstance(score, Tensor) or score.shape != x1.shape:
-            got = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
-            raise ValueError(f"model: expected a score of the shape of x {tuple(x1.shape)}, "
-                             f"got {got}.")
-        sigma = self.sde.marginal_diffusion_time(s).sigma
-        # lambda ||s + eps/sigma||^2 = (lambda / sigma^2) ||sigma s + eps||^2, stable at small s.
-        residual = (append_dims(sigma, x1.dim()) * score + noise).pow(2).flatten(1).sum(-1)
-        if self.weighting == "sigma2":
-            weight = torch.ones_like(s)
-        elif self.weighting == "none":
-            weight = sigma.pow(-2)
-        else:
-            g2 = self.sde.diffusion_coefficient(s) ** 2
-            weight = g2 / sigma**2
-            if self.times is not None:  # E_q[lambda/q ...] with q the draws' density
-                weight = (weight.double() / q / (1.0 - self.eps)).to(x1.dtype)
-        loss = 0.5 * (weight * residual).mean()
+        x1, labels = split_batch(batch, self.preprocess)
+        if self.conditional and labels is None:
+            raise ValueError("batch: a conditional score needs (x, labels) batches.")
+        out = denoise(self.model, self.sde, x1, self.times, prediction="score", target="eps",
+                      weighting=self._weight, labels=labels if self.conditional else None,
+                      label_dropout=self.label_dropout, null_label=self.num_classes,
+                      training=self.training, name="score")
+        loss = out.loss.mean()
         return {"loss": loss, "dsm": loss}
 
     def extra_repr(self) -> str:

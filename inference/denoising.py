@@ -1,0 +1,513 @@
+r"""One denoising objective for every Gaussian path: DSM, NCSN, DDPM, score SDEs, flow matching.
+
+Every family trains a network of :math:`(x_t, t)` on the same regression. Given data
+:math:`x` ``(batch, *event)``, times :math:`t` drawn from a *time distribution* and noise
+:math:`\epsilon \sim N(0, I)`, the *path* gives :math:`x_t = \alpha_t x + \sigma_t \epsilon`
+(:func:`perturb`); the network's output (a ``prediction`` in
+:data:`probgen.processes.PREDICTIONS`) is converted to the ``target`` space by the one
+conversion of :mod:`probgen.processes`, compared with the target of the pair
+:math:`(x, \epsilon)` and weighted:
+
+.. math:: \ell_i = w(t_i)\,\|\hat T(x_{t_i}, t_i) - T(x_i, \epsilon_i, t_i)\|^2
+
+(summed or averaged over the event). :func:`denoise` computes it for one batch and
+:class:`DenoisingObjective` is the objective of the trainer. The family losses are settings
+of it (path and times; target; weight and reduction):
+
+- DSM (Vincent): :class:`NoiseLevelPath` at one level; score; 1/2, summed.
+- NCSN (Song & Ermon): :class:`NoiseLevelPath` over a ladder (:class:`DiscreteTimes`);
+  eps; 1/2, summed (the :math:`\sigma^2` weighting of the score error).
+- DDPM's simple loss (Ho et al.): the schedule at uniform steps; eps, x0 or v; 1, averaged.
+- score SDEs (Song et al.): an SDE at uniform or importance-sampled times; eps;
+  :math:`\lambda(t)/(2\sigma_t^2)`, summed (:math:`\lambda` on the score error).
+- conditional flow matching (Lipman et al.): an affine path at :math:`U(0, t_\text{end})`
+  with coupled pairs; velocity; 1, averaged.
+
+A *path* is anything with ``coefficients(t, x) -> Marginal`` broadcast against ``x``: a
+:class:`probgen.processes.GaussianPath` (SDEs, flow-matching paths), the
+:class:`NoiseLevelPath` of DSM and NCSN (its "time" is the noise level), or a discrete
+schedule indexed by steps. A *time distribution* is a callable ``(n, x) -> Times``.
+
+References:
+    A Connection Between Score Matching and Denoising Autoencoders (Vincent, 2011)
+    Denoising Diffusion Probabilistic Models (Ho et al., 2020), https://arxiv.org/abs/2006.11239
+    Score-Based Generative Modeling through Stochastic Differential Equations (Song et al.,
+    2021), https://arxiv.org/abs/2011.13456
+    Flow Matching for Generative Modeling (Lipman et al., 2023), https://arxiv.org/abs/2210.02747
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from probgen.diffusion import NoiseSchedule
+from probgen.inference.guidance import drop_labels
+from probgen.processes import PREDICTIONS, Marginal, check_time, convert_prediction
+from probgen.utils import append_dims
+
+__all__ = [
+    "REDUCTIONS",
+    "Times",
+    "UniformTimes",
+    "DiscreteTimes",
+    "NoiseLevelPath",
+    "StepPath",
+    "Perturbed",
+    "Denoised",
+    "perturb",
+    "denoise",
+    "DenoisingObjective",
+    "split_batch",
+    "check_label_dropout",
+]
+
+#: How the squared error is reduced over the event: ``"sum"`` or ``"mean"``.
+REDUCTIONS: tuple[str, ...] = ("sum", "mean")
+
+
+class Times(NamedTuple):
+    """Training times drawn by a time distribution.
+
+    Attributes:
+        t: the times ``(batch,)`` the path and the network are evaluated at.
+        weight: a per-example factor of the loss ``(batch,)`` (importance weights
+            :math:`p/q` of times drawn from :math:`q`), or ``None`` (1).
+    """
+
+    t: Tensor
+    weight: Tensor | None = None
+
+
+TimeDistribution = Callable[[int, Tensor], Times]
+
+
+class UniformTimes:
+    r"""Creates the uniform time distribution :math:`U(\text{low}, \text{high})`.
+
+    Example:
+        >>> times = UniformTimes(0.0, 0.5)(1000, torch.zeros(1000, 2))
+        >>> times.t.shape, bool(times.t.max() <= 0.5)
+        (torch.Size([1000]), True)
+    """
+
+    def __init__(self, low: float = 0.0, high: float = 1.0) -> None:
+        if not float(low) < float(high):
+            raise ValueError(f"low, high: expected low < high, got {low!r}, {high!r}.")
+        self.low, self.high = float(low), float(high)
+
+    def __call__(self, n: int, like: Tensor) -> Times:
+        """``n`` times in ``like``'s dtype and device."""
+        r = torch.rand(n, dtype=like.dtype, device=like.device)
+        return Times(self.low + (self.high - self.low) * r)
+
+    def __repr__(self) -> str:
+        return f"UniformTimes(low={self.low:g}, high={self.high:g})"
+
+
+class DiscreteTimes:
+    r"""Creates the uniform distribution over a finite set of times: DDPM's integer steps
+    ``0..T-1`` (``values = T``) or NCSN's noise ladder (``values`` a tensor of levels).
+
+    Example:
+        >>> DiscreteTimes(4)(6, torch.zeros(6, 2)).t.dtype
+        torch.int64
+    """
+
+    def __init__(self, values: int | Tensor) -> None:
+        if isinstance(values, int) and not isinstance(values, bool):
+            if values < 1:
+                raise ValueError(f"values: expected a positive number of steps, got {values}.")
+        elif not isinstance(values, Tensor) or values.dim() != 1 or values.numel() < 1:
+            got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+            raise ValueError(f"values: expected a number of steps or a non-empty 1-d tensor "
+                             f"of times, got {got}.")
+        self.values = values
+
+    def __call__(self, n: int, like: Tensor) -> Times:
+        """``n`` times: steps (int64) or levels (in ``like``'s dtype)."""
+        count = self.values if isinstance(self.values, int) else self.values.numel()
+        index = torch.randint(0, count, (n,), device=like.device)
+        if isinstance(self.values, int):
+            return Times(index)
+        values = self.values.to(like.device)
+        return Times((values.to(like.dtype) if values.is_floating_point() else values)[index])
+
+    def __repr__(self) -> str:
+        count = self.values if isinstance(self.values, int) else self.values.numel()
+        return f"DiscreteTimes({count})"
+
+
+class NoiseLevelPath:
+    r"""Creates the variance-exploding path indexed by its noise level: :math:`x_\sigma = x +
+    \sigma\epsilon` (:math:`\alpha = 1`), the path of DSM and NCSN.
+
+    Its "time" is the level :math:`\sigma > 0` itself (what their networks take), so
+    :math:`d\alpha/d\sigma = 0` and :math:`d\sigma/d\sigma = 1`.
+
+    Example:
+        >>> m = NoiseLevelPath().coefficients(torch.tensor([0.5, 2.0]), torch.zeros(2, 3))
+        >>> m.alpha.shape, [round(v, 6) for v in m.sigma.flatten().tolist()]
+        (torch.Size([2, 1]), [0.5, 2.0])
+    """
+
+    def coefficients(self, sigma: Tensor | float, x: Tensor) -> Marginal:
+        """``(1, sigma, 0, 1)`` at one level per example of ``x``, broadcast against ``x``."""
+        sigma = check_time(sigma, x)
+        if not (sigma > 0).all():
+            raise ValueError(f"sigma: expected positive noise levels, got min "
+                             f"{float(sigma.min()):g}.")
+        sigma = append_dims(sigma, x.dim())
+        return Marginal(torch.ones_like(sigma), sigma, torch.zeros_like(sigma),
+                        torch.ones_like(sigma))
+
+    def __repr__(self) -> str:
+        return "NoiseLevelPath()"
+
+
+class StepPath:
+    r"""Creates the path of a discrete schedule at its integer steps: :math:`(\alpha, \sigma) =
+    (\sqrt{\bar\alpha_s}, \sqrt{1 - \bar\alpha_s})` (DDPM's :math:`q(x_s \mid x_0)`; no time
+    derivatives, so no velocity).
+
+    Example:
+        >>> path = StepPath(NoiseSchedule.linear(10))
+        >>> m = path.coefficients(torch.tensor([0]), torch.zeros(1, 2))
+        >>> round(float(m.alpha**2 + m.sigma**2), 6)
+        1.0
+    """
+
+    def __init__(self, schedule: NoiseSchedule) -> None:
+        if not isinstance(schedule, NoiseSchedule):
+            raise TypeError(f"schedule: expected a probgen.diffusion.NoiseSchedule, got "
+                            f"{type(schedule).__name__}.")
+        self.schedule = schedule
+
+    def coefficients(self, step: Tensor, x: Tensor) -> Marginal:
+        """The coefficients at integer steps ``(batch,)``, broadcast against ``x``."""
+        return self.schedule.coefficients(self.schedule._at(self.schedule.alphas_cumprod,
+                                                            step, x))
+
+    def __repr__(self) -> str:
+        return f"StepPath(num_steps={self.schedule.num_steps})"
+
+
+class Perturbed(NamedTuple):
+    r"""Data noised through a path.
+
+    Attributes:
+        x_t: :math:`\alpha_t x + \sigma_t\epsilon`, ``(batch, *event)``.
+        noise: :math:`\epsilon`, ``(batch, *event)``.
+        marginal: the path's coefficients at the times, broadcast against ``x``.
+    """
+
+    x_t: Tensor
+    noise: Tensor
+    marginal: Marginal
+
+
+class Denoised(NamedTuple):
+    """The denoising regression on one batch (:func:`denoise`).
+
+    Attributes:
+        loss: the weighted per-example errors ``(batch,)`` (their mean is the loss).
+        error: the unweighted per-example squared errors ``(batch,)``.
+        x_t: the noised data ``(batch, *event)``; noise: :math:`\\epsilon`, same shape.
+        t: the times ``(batch,)``.
+        output: what the network returned (a tuple whose first element is the
+            prediction, for networks with further outputs).
+    """
+
+    loss: Tensor
+    error: Tensor
+    x_t: Tensor
+    noise: Tensor
+    t: Tensor
+    output: Any
+
+
+def _check_data(x: Any, name: str = "x") -> Tensor:
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
+        got = (f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, Tensor)
+               else type(x).__name__)
+        raise ValueError(f"{name}: expected floating-point data (batch, *event), got {got}.")
+    return x
+
+
+def split_batch(batch: Any, preprocess: Callable[[Tensor], Any] | None = None
+                ) -> tuple[Tensor, Any]:
+    """``(x, labels or None)`` of a batch ``x`` or ``(x, labels)``, ``x`` mapped by
+    ``preprocess`` (its first output when it returns a tuple) and made floating.
+
+    Raises:
+        TypeError: not a tensor ``(batch, *event)`` or a pair.
+    """
+    labels = None
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        batch, labels = batch[0], (batch[1] if len(batch) > 1 else None)
+    if not isinstance(batch, Tensor) or batch.dim() < 2:
+        got = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
+        raise TypeError(f"batch: expected a tensor x of shape (batch, *event) or a pair "
+                        f"(x, labels), got {got}.")
+    if preprocess is not None:
+        out = preprocess(batch)
+        batch = out[0] if isinstance(out, tuple) else out
+    return (batch if batch.is_floating_point() else batch.float()), labels
+
+
+def check_label_dropout(probability: Any, num_classes: int | None) -> float:
+    """The label-dropout probability, checked: in ``[0, 1)``, with a null class."""
+    if isinstance(probability, bool) or not isinstance(probability, (int, float)) or not (
+            0.0 <= probability < 1.0):
+        raise ValueError(f"label_dropout: expected a probability in [0, 1), got "
+                         f"{probability!r}.")
+    if probability and num_classes is None:
+        raise ValueError("num_classes: label_dropout replaces labels by the null class "
+                         "num_classes; give num_classes.")
+    return float(probability)
+
+
+def _check_path(path: Any) -> Any:
+    if not callable(getattr(path, "coefficients", None)):
+        raise TypeError(f"path: expected a Gaussian path with coefficients(t, x) (a "
+                        f"probgen.processes.GaussianPath, NoiseLevelPath or a schedule's "
+                        f"steps), got {type(path).__name__}.")
+    return path
+
+
+def _check_names(prediction: str, target: str, reduction: str) -> None:
+    for name, value, allowed in (("prediction", prediction, PREDICTIONS),
+                                 ("target", target, PREDICTIONS),
+                                 ("reduction", reduction, REDUCTIONS)):
+        if value not in allowed:
+            raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}.")
+
+
+def perturb(path: Any, x: Tensor, t: Tensor | float, noise: Tensor | None = None,
+            generator: torch.Generator | None = None) -> Perturbed:
+    r"""Noises data through a path: :math:`x_t = \alpha_t x + \sigma_t \epsilon`.
+
+    Args:
+        path: anything with ``coefficients(t, x)`` (module docstring).
+        x: data ``(batch, *event)``.
+        t: times ``(batch,)`` (or a scalar) in the path's convention.
+        noise: :math:`\epsilon` of the shape of ``x`` (drawn when ``None``).
+        generator: for the noise.
+
+    Returns:
+        A :class:`Perturbed`.
+
+    Example:
+        >>> p = perturb(NoiseLevelPath(), torch.zeros(2, 3), 0.5, torch.ones(2, 3))
+        >>> [round(v, 6) for v in p.x_t[0].tolist()]
+        [0.5, 0.5, 0.5]
+    """
+    x = _check_data(x)
+    m = _check_path(path).coefficients(t, x)
+    if noise is None:
+        noise = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+    elif not isinstance(noise, Tensor) or noise.shape != x.shape:
+        got = tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__
+        raise ValueError(f"noise: expected the shape of x {tuple(x.shape)}, got {got}.")
+    return Perturbed(m.alpha * x + m.sigma * noise, noise, m)
+
+
+def _target(name: str, x: Tensor, noise: Tensor, m: Marginal) -> Tensor:
+    """The regression target of the pair ``(x, noise)`` in the ``name`` space."""
+    a, s, da, ds = m
+    if name == "eps":
+        return noise
+    if name == "data":
+        return x
+    if name == "v":
+        return a * noise - s * x
+    if name == "score":
+        return -noise / s
+    if da is None or ds is None:
+        raise ValueError("target 'velocity': this path has no time derivatives (a discrete "
+                         "schedule); use eps, data, v or score.")
+    return da * x + ds * noise
+
+
+def _draw(times: TimeDistribution | Tensor | float, x: Tensor) -> Times:
+    if isinstance(times, Tensor):
+        return Times(times)
+    if isinstance(times, (int, float)) and not isinstance(times, bool):
+        return Times(torch.full(x.shape[:1], float(times), dtype=x.dtype, device=x.device))
+    if not callable(times):
+        raise TypeError(f"times: expected a time distribution (n, x) -> Times, a tensor of "
+                        f"times or a float, got {type(times).__name__}.")
+    drawn = times(x.shape[0], x)
+    if not isinstance(drawn, Times) or drawn.t.shape != x.shape[:1]:
+        got = (tuple(drawn.t.shape) if isinstance(drawn, Times) else type(drawn).__name__)
+        raise ValueError(f"times: expected Times with t of shape ({x.shape[0]},), got {got}.")
+    return drawn
+
+
+def denoise(
+    network: Callable[..., Any],
+    path: Any,
+    x: Tensor,
+    times: TimeDistribution | Tensor | float,
+    *,
+    prediction: str = "eps",
+    target: str | None = None,
+    weighting: float | Callable[[Tensor], Tensor] = 1.0,
+    reduction: str = "sum",
+    noise: Tensor | None = None,
+    labels: Tensor | None = None,
+    label_dropout: float = 0.0,
+    null_label: int | None = None,
+    training: bool = False,
+    name: str = "network",
+) -> Denoised:
+    r"""The denoising regression on one batch: times, noising, network, target, weight.
+
+    Draws the times (``times``), noises ``x`` (:func:`perturb`), calls
+    ``network(x_t, t, **cond)``, converts its ``prediction`` to the ``target`` space and
+    returns the per-example losses :math:`w(t)\,\|\hat T - T\|^2`. In training passes
+    (``training`` and autograd on) each label is replaced by ``null_label`` with
+    probability ``label_dropout`` (:func:`probgen.inference.guidance.drop_labels`, for
+    classifier-free guidance). The draws come in the order times, noise, labels.
+
+    Args:
+        network: ``network(x, t, **cond)`` returning the prediction ``(batch, *event)`` (or
+            a tuple whose first element it is); ``cond`` is ``{"labels": labels}`` when
+            labels are given.
+        path: anything with ``coefficients(t, x) -> Marginal`` (module docstring).
+        x: data ``(batch, *event)``.
+        times: a time distribution ``(n, x) -> Times``, times ``(batch,)``, or one float.
+        prediction: what the network predicts (:data:`probgen.processes.PREDICTIONS`).
+        target: the space the error is measured in (default: ``prediction``).
+        weighting: :math:`w`, a float or ``w(t) -> (batch,)``; times drawn with importance
+            weights multiply it.
+        reduction: ``"sum"`` or ``"mean"`` of the squared error over the event.
+        noise: :math:`\epsilon` (drawn when ``None``; flow matching's paired source).
+        labels: classes ``(batch,)`` passed to the network, or ``None``.
+        label_dropout, null_label: the dropout probability and the null class.
+        training: whether this is a training pass (label dropout).
+        name: the network's name in error messages.
+
+    Returns:
+        A :class:`Denoised`.
+
+    Raises:
+        ValueError: unknown names, data or outputs of the wrong shape, a velocity on a path
+            without time derivatives.
+
+    Example:
+        >>> from probgen.paths import CondOTPath
+        >>> x = torch.randn(20000, 2)  # N(0, I) data; the exact noise prediction on the
+        >>> exact = lambda x_t, t: ((1 - t) / (t**2 + (1 - t) ** 2))[:, None] * x_t
+        >>> out = denoise(exact, CondOTPath(), x, UniformTimes(), reduction="mean")
+        >>> round(out.loss.mean().item(), 1)  # E_t[t^2 / (t^2 + (1 - t)^2)] = 1/2
+        0.5
+    """
+    target = prediction if target is None else target
+    _check_names(prediction, target, reduction)
+    x = _check_data(x)
+    drawn = _draw(times, x)
+    p = perturb(path, x, drawn.t, noise)
+    cond: dict[str, Any] = {}
+    if labels is not None:
+        if training and label_dropout and torch.is_grad_enabled():
+            labels = drop_labels(labels, label_dropout, null_label)
+        cond["labels"] = labels
+    output = network(p.x_t, drawn.t, **cond)
+    predicted = output[0] if isinstance(output, tuple) and output else output
+    if not isinstance(predicted, Tensor) or predicted.shape != x.shape:
+        got = tuple(predicted.shape) if isinstance(predicted, Tensor) else type(
+            predicted).__name__
+        raise ValueError(f"{name}: expected an output of the shape of x {tuple(x.shape)}, "
+                         f"got {got}.")
+    if prediction != target:
+        predicted = convert_prediction(predicted, p.x_t, p.marginal, source=prediction,
+                                       target=target)
+    squared = (predicted - _target(target, x, p.noise, p.marginal)).pow(2).flatten(1)
+    error = squared.sum(1) if reduction == "sum" else squared.mean(1)
+    weight = weighting(drawn.t) if callable(weighting) else float(weighting)
+    if drawn.weight is not None:
+        weight = weight * drawn.weight.to(x.dtype)
+    return Denoised(weight * error, error, p.x_t, p.noise, drawn.t, output)
+
+
+class DenoisingObjective(nn.Module):
+    r"""Creates the denoising objective over (path, prediction and target, time
+    distribution, weighting): the loss of :func:`denoise`, a mean over the batch.
+
+    Batches are ``x`` ``(batch, *event)`` or ``(x, labels)``; labels go to the network when
+    ``conditional`` (dropped to ``num_classes`` with probability ``label_dropout`` in
+    training). Outputs ``loss`` and ``error`` (the unweighted squared error).
+
+    Args:
+        network: ``network(x, t, **cond)`` (an ``nn.Module``, so its parameters train).
+        path: anything with ``coefficients(t, x)``; a
+            :class:`~probgen.processes.GaussianPath` gives the default times
+            :math:`U(0, t_\text{end})`.
+        prediction: what the network predicts; target: the error's space (default: the
+            prediction).
+        times: a time distribution ``(n, x) -> Times`` or one float.
+        weighting: a float or ``w(t) -> (batch,)``.
+        reduction: ``"sum"`` or ``"mean"`` over the event.
+        conditional: pass the batch's labels; label_dropout, num_classes: the dropout to
+            the null class ``num_classes``.
+
+    Example:
+        >>> from probgen.sde import VPSDE
+        >>> sde = VPSDE()  # N(0, I) data: every marginal is N(0, I), E[eps | x_t] = sigma_t x_t
+        >>> exact = lambda x_t, t: sde.alpha_sigma(t)[1][:, None] * x_t
+        >>> objective = DenoisingObjective(exact, sde, reduction="mean")
+        >>> round(objective(torch.randn(20000, 2))["loss"].item(), 1)  # E_t[alpha_t^2]
+        0.3
+    """
+
+    def __init__(
+        self,
+        network: Callable[..., Any],
+        path: Any,
+        *,
+        prediction: str = "eps",
+        target: str | None = None,
+        times: TimeDistribution | float | None = None,
+        weighting: float | Callable[[Tensor], Tensor] = 1.0,
+        reduction: str = "sum",
+        conditional: bool = False,
+        label_dropout: float = 0.0,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not callable(network):
+            raise TypeError(f"network: expected a callable network(x, t), got "
+                            f"{type(network).__name__}.")
+        _check_names(prediction, prediction if target is None else target, reduction)
+        if times is None:
+            if not hasattr(path, "t_end"):
+                raise ValueError("times: expected a time distribution for a path without "
+                                 "t_end (only a GaussianPath has default times).")
+            times = UniformTimes(0.0, float(path.t_end))
+        self.network, self.path, self.times = network, _check_path(path), times
+        self.prediction, self.target = prediction, target
+        self.weighting, self.reduction = weighting, reduction
+        self.conditional = bool(conditional)
+        self.label_dropout = check_label_dropout(label_dropout, num_classes)
+        self.num_classes = num_classes
+
+    def forward(self, batch: Any) -> dict[str, Tensor]:
+        """The loss on ``batch``: ``x`` ``(batch, *event)`` or ``(x, labels)``."""
+        x, labels = split_batch(batch)
+        if self.conditional and labels is None:
+            raise ValueError("batch: a conditional objective needs (x, labels) batches.")
+        out = denoise(self.network, self.path, x, self.times, prediction=self.prediction,
+                      target=self.target, weighting=self.weighting, reduction=self.reduction,
+                      labels=labels if self.conditional else None,
+                      label_dropout=self.label_dropout, null_label=self.num_classes,
+                      training=self.training)
+        return {"loss": out.loss.mean(), "error": out.error.mean().detach()}
+
+    def extra_repr(self) -> str:
+        """The settings, for ``repr``."""
+        return (f"prediction={self.prediction!r}, target={self.target or self.prediction!r}, "
+                f"times={self.times!r}, reduction={self.reduction!r}")
