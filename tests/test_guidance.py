@@ -71,7 +71,7 @@ def test_every_family_guides_by_the_same_rule():
     fm = FlowMatching(field, path, (2,), num_classes=2)
     torch.testing.assert_close(guided(fm, labels, w, 2)(x, t),
                                classifier_free(field(x, t, labels), field(x, t, null), w))
-    # DDPM (network time step / T).
+    # DDPM (network time: the step's probgen time 1 - step / (T - 1)).
     sched = NoiseSchedule.linear(50)
 
     class Eps(nn.Module):
@@ -85,7 +85,7 @@ def test_every_family_guides_by_the_same_rule():
     ddpm = DiffusionModel(Eps(), sched, (2,), num_classes=2).double()
     step = torch.tensor([10, 20, 30, 40])
     eps, _ = guided_epsilon(ddpm, x, step, labels=labels, guidance=w)
-    tt = step.to(DT) / 50
+    tt = 1 - step.to(DT) / 49
     want = classifier_free(x * (1 + tt[:, None]) + labels[:, None], x * (1 + tt[:, None]) + 2, w)
     torch.testing.assert_close(eps, want)
 
