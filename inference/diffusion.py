@@ -52,7 +52,7 @@ from probgen.diffusion import (
     spaced_timesteps,
     to_signed,
 )
-from probgen.inference.guidance import classifier_free, drop_labels
+from probgen.inference.guidance import classifier_free, classifier_guided, drop_labels
 from probgen.inference.registry import register_objective
 from probgen.inference.solvers import DEFAULT_GRIDS, GRIDS, ddim_update, solve_path, time_grid
 from probgen.metrics.likelihood import bits_per_dim
@@ -187,7 +187,9 @@ def guided_epsilon(
     - Classifier guidance (Dhariwal & Nichol, 2021) with scale :math:`\lambda`:
       :math:`\hat\epsilon \leftarrow \hat\epsilon - \lambda\sqrt{1-\bar\alpha_s}\,
       \nabla_x \log p_\phi(y \mid x_s, t)`, the noise of
-      :math:`p(x_s)\,p_\phi(y \mid x_s)^\lambda`, the classifier called at the step's
+      :math:`p(x_s)\,p_\phi(y \mid x_s)^\lambda`: the one rule of
+      :func:`probgen.inference.guidance.classifier_guided` on the schedule's path
+      (:class:`probgen.diffusion.SchedulePath`), the classifier called at the step's
       probgen time :math:`t = 1 - s/(T-1)`.
 
     Args:
@@ -227,16 +229,10 @@ def guided_epsilon(
     if classifier is not None and classifier_scale:
         if labels is None:
             raise ValueError("classifier: classifier guidance needs labels.")
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            logits = classifier(xg, _network_time(sched, step, xg))
-            if logits.shape != (x.shape[0], logits.shape[-1]) or logits.dim() != 2:
-                raise ValueError(f"classifier: expected logits of shape ({x.shape[0]}, K), "
-                                 f"got {tuple(logits.shape)}.")
-            chosen = F.log_softmax(logits, dim=-1).gather(1, labels[:, None].long()).sum()
-            grad, = torch.autograd.grad(chosen, xg)
-        ab = _alphas_cumprod(sched, step, x)
-        eps = eps - float(classifier_scale) * (1 - ab).sqrt() * grad.detach()
+        unguided = eps
+        eps = classifier_guided(lambda x_, t_: unguided, SchedulePath(sched), classifier,
+                                labels, classifier_scale, prediction="eps")(
+            x, _network_time(sched, step, x))
     return eps, v
 
 
