@@ -58,13 +58,13 @@ def diffusers_loop(model, scheduler, x, steps, generator, eta=None):
     """The sampling loop of diffusers' documentation, driving our network; returns the
     samples and the number of network calls."""
     scheduler.set_timesteps(steps)
-    T = model.num_steps
     x = x * scheduler.init_noise_sigma
     calls = 0
     with torch.no_grad():
         for t in scheduler.timesteps:
             x_in = scheduler.scale_model_input(x, t)
-            eps = model.network(x_in, torch.full((x.shape[0],), float(t) / T))
+            step = torch.full((x.shape[0],), float(t))
+            eps = model.network(x_in, model.schedule.time_of_step(step).float())
             calls += 1
             kw = {} if eta is None else {"eta": eta, "generator": generator}
             x = scheduler.step(eps, t, x, **kw).prev_sample

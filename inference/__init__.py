@@ -40,7 +40,7 @@ from probgen.inference.flow_matching import (
     reflow_pairs,
     straightness,
 )
-from probgen.inference.guidance import classifier_free, drop_labels, guided
+from probgen.inference.guidance import classifier_free, classifier_guided, drop_labels, guided
 from probgen.inference.langevin import (
     SAMPLERS,
     LangevinResult,
@@ -156,6 +156,7 @@ __all__ = [
     "ode_sample",
     "guided",
     "classifier_free",
+    "classifier_guided",
     "drop_labels",
     "reflow_pairs",
     "straightness",

@@ -17,8 +17,10 @@ Written against a protocol, never a concrete model. A *diffusion model* ``m`` ha
   class of a class-conditional model).
 
 A noise-conditional *classifier* (for classifier guidance) is ``classifier(x_s, t) ->
-logits`` of shape ``(batch, K)`` with the network time ``t = step / T`` of shape
-``(batch,)`` (a :class:`probgen.nn.ConditionalMLP` with ``out_features=K``, or a
+logits`` of shape ``(batch, K)``, called with the network time of every network of
+probgen, the step's probgen time ``t = 1 - step / (T - 1)``
+(:meth:`probgen.diffusion.NoiseSchedule.time_of_step`; ``t = 1`` at step 0, the data end)
+of shape ``(batch,)`` (a :class:`probgen.nn.ConditionalMLP` with ``out_features=K``, or a
 :class:`probgen.nn.UNetClassifier`); :class:`NoisyClassifierLoss` trains one.
 
 Data for the objectives: vectors as they are, or integer pixels (``levels`` given) mapped
@@ -57,7 +59,7 @@ from probgen.inference.denoising import (
     denoise,
     perturb,
 )
-from probgen.inference.guidance import classifier_free
+from probgen.inference.guidance import classifier_free, classifier_guided
 from probgen.inference.registry import register_objective
 from probgen.inference.sampling import Run, Stepper, sample_loop
 from probgen.inference.solvers import DDIM, DEFAULT_GRIDS, GRIDS, STEPPERS, time_grid
@@ -132,8 +134,9 @@ def _check_model(model: Any) -> None:
                          f"{model.variance!r}.")
 
 
-def _network_time(step: Tensor, num_steps: int, x: Tensor) -> Tensor:
-    return step.to(device=x.device, dtype=x.dtype) / num_steps
+def _network_time(sched: NoiseSchedule, step: Tensor, x: Tensor) -> Tensor:
+    """The probgen time of ``step`` (:meth:`NoiseSchedule.time_of_step`) in ``x``'s dtype."""
+    return sched.time_of_step(step.to(device=x.device, dtype=x.dtype))
 
 
 def _alphas_cumprod(sched: NoiseSchedule, step: Tensor, x: Tensor) -> Tensor:
@@ -191,8 +194,11 @@ def guided_epsilon(
       the classes. Both predictions come from one batched call.
     - Classifier guidance (Dhariwal & Nichol, 2021) with scale :math:`\lambda`:
       :math:`\hat\epsilon \leftarrow \hat\epsilon - \lambda\sqrt{1-\bar\alpha_s}\,
-      \nabla_x \log p_\phi(y \mid x_s, s)`, the noise of
-      :math:`p(x_s)\,p_\phi(y \mid x_s)^\lambda`.
+      \nabla_x \log p_\phi(y \mid x_s, t)`, the noise of
+      :math:`p(x_s)\,p_\phi(y \mid x_s)^\lambda`: the one rule of
+      :func:`probgen.inference.guidance.classifier_guided` on the schedule's path
+      (:class:`probgen.diffusion.SchedulePath`), the classifier called at the step's
+      probgen time :math:`t = 1 - s/(T-1)`.
 
     Args:
         model: a diffusion model (see the module docstring).
@@ -231,16 +237,10 @@ def guided_epsilon(
     if classifier is not None and classifier_scale:
         if labels is None:
             raise ValueError("classifier: classifier guidance needs labels.")
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            logits = classifier(xg, _network_time(step, sched.num_steps, xg))
-            if logits.shape != (x.shape[0], logits.shape[-1]) or logits.dim() != 2:
-                raise ValueError(f"classifier: expected logits of shape ({x.shape[0]}, K), "
-                                 f"got {tuple(logits.shape)}.")
-            chosen = F.log_softmax(logits, dim=-1).gather(1, labels[:, None].long()).sum()
-            grad, = torch.autograd.grad(chosen, xg)
-        ab = _alphas_cumprod(sched, step, x)
-        eps = eps - float(classifier_scale) * (1 - ab).sqrt() * grad.detach()
+        unguided = eps
+        eps = classifier_guided(lambda x_, t_: unguided, SchedulePath(sched), classifier,
+                                labels, classifier_scale, prediction="eps")(
+            x, _network_time(sched, step, x))
     return eps, v
 
 
@@ -432,7 +432,7 @@ def diffusion_sample(
         if ode and tau.numel() < 2:
             raise ValueError(f"steps: expected at least 2 levels for the ODE solvers, got "
                              f"{tau.numel()}.")
-        times = path.time(tau.flip(0))
+        times = sched.time_of_step(tau.flip(0))
     if sampler == "ancestral":
         stepper: Stepper = _Ancestral(model, sched.respace(tau), clip, guide, bool(record_every))
     elif sampler == "ddim":
@@ -685,7 +685,9 @@ class NoisyClassifierLoss(nn.Module):
 
     Each call noises the batch to a uniform step of ``schedule``
     (:math:`x_s \sim q(x_s \mid x_0)`) and returns ``loss`` (cross-entropy) and
-    ``accuracy``; the classifier is called ``classifier(x_s, step / T) -> logits``.
+    ``accuracy``; the classifier is called ``classifier(x_s, t) -> logits`` at the step's
+    probgen time :math:`t = 1 - s/(T-1)` (:meth:`probgen.diffusion.NoiseSchedule.time_of_step`),
+    as every network of ``(x, t)``.
 
     Args:
         classifier: the network, ``(batch, *event), (batch,) -> (batch, K)``.
@@ -705,7 +707,7 @@ class NoisyClassifierLoss(nn.Module):
         labels = labels.to(x0.device).long()
         step = torch.randint(0, self.schedule.num_steps, (x0.shape[0],), device=x0.device)
         x_t = perturb(StepPath(self.schedule), x0, step).x_t
-        logits = self.classifier(x_t, _network_time(step, self.schedule.num_steps, x_t))
+        logits = self.classifier(x_t, _network_time(self.schedule, step, x_t))
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(-1) == labels).float().mean()
         return {"loss": loss, "accuracy": accuracy.detach()}

@@ -1,4 +1,5 @@
-r"""Classifier-free guidance and label dropout: one convention for every family.
+r"""Classifier-free and classifier guidance, and label dropout: one convention for every
+family.
 
 A class-conditional network is trained with its labels replaced by a *null* class with
 some probability (:func:`drop_labels`), so that it is both conditional and unconditional.
@@ -16,8 +17,17 @@ class (:mod:`probgen.processes`), so guiding the noise, the score or the velocit
 weight ``w`` gives one and the same guided model: the DDPM, score-SDE and flow-matching
 samplers all mean the same thing by ``guidance=w``.
 
+Classifier guidance (:func:`classifier_guided`) tilts any model's marginal by a
+noise-conditional classifier :math:`p_\phi(y \mid x_t, t)` (probgen time):
+:math:`p_t(x)\,p_\phi(y \mid x, t)^\lambda`, whose score is :math:`\nabla\log p_t(x) +
+\lambda\nabla_x\log p_\phi(y \mid x, t)`; the prediction is turned into the score on its
+path, the gradient added, and the result turned back (:meth:`GaussianPath.convert
+<probgen.processes.GaussianPath.convert>`), so one formula serves every prediction and path.
+
 References:
     Classifier-Free Diffusion Guidance (Ho & Salimans, 2021), https://arxiv.org/abs/2207.12598
+    Diffusion Models Beat GANs on Image Synthesis (Dhariwal & Nichol, 2021),
+    https://arxiv.org/abs/2105.05233
 """
 
 from __future__ import annotations
@@ -26,8 +36,11 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
-__all__ = ["classifier_free", "drop_labels", "guided"]
+from probgen.processes import PREDICTIONS, GaussianPath, check_time
+
+__all__ = ["classifier_free", "classifier_guided", "drop_labels", "guided"]
 
 
 def classifier_free(cond: Tensor, uncond: Tensor, weight: float) -> Tensor:
@@ -87,5 +100,82 @@ def guided(predict: Callable[..., Tensor], labels: Tensor | None, weight: float 
                            labels=torch.cat([labels, torch.full_like(labels, null_label)]))
             cond, uncond = both.chunk(2)
         return classifier_free(cond, uncond, w)
+
+    return f
+
+
+def classifier_guided(predict: Callable[[Tensor, Tensor], Tensor], path: GaussianPath,
+                      classifier: Callable[[Tensor, Tensor], Tensor], labels: Tensor | int,
+                      scale: float, *, prediction: str = "eps"
+                      ) -> Callable[[Tensor, Tensor], Tensor]:
+    r"""``f(x, t)``: ``predict`` guided by a noise-conditional classifier, in the same kind.
+
+    The guided model is :math:`p_t(x)\,p_\phi(y \mid x, t)^\lambda`: the prediction is
+    converted to the score on ``path``, :math:`\lambda\nabla_x \log\mathrm{softmax}
+    (\text{classifier}(x, t))_y` is added, and the sum is converted back to ``prediction``.
+    With the exact class posterior as classifier and :math:`\lambda = 1` this is the exact
+    class-conditional prediction; :math:`\lambda = 0` returns ``predict`` unchanged (for
+    the noise, :math:`\hat\epsilon - \lambda\sigma_t\nabla_x\log p_\phi(y \mid x_t)`,
+    Dhariwal & Nichol's rule).
+
+    Args:
+        predict: ``predict(x, t)``, ``x`` of shape ``(batch, *event)``, ``t`` of shape
+            ``(batch,)`` in probgen time, returning a ``prediction`` of the shape of ``x``.
+        path: the :class:`probgen.processes.GaussianPath` the prediction lives on.
+        classifier: ``classifier(x, t) -> logits`` of shape ``(batch, K)``, probgen time.
+        labels: the classes to guide towards, ``(batch,)`` (an int for all).
+        scale: :math:`\lambda`.
+        prediction: the kind of ``predict``'s output, one of :data:`PREDICTIONS`
+            (``"velocity"`` needs a path with time derivatives).
+
+    Returns:
+        ``f(x, t)`` returning the guided prediction of the shape of ``x``.
+
+    Raises:
+        ValueError: an unknown prediction kind; (when called) labels or logits of the
+            wrong shape.
+
+    Example:
+        >>> from probgen.paths import CondOTPath
+        >>> logits = lambda x, t: torch.stack([-x[:, 0], x[:, 0]], 1)  # class 1 to the right
+        >>> f = classifier_guided(lambda x, t: -x, CondOTPath(), logits, 1, 2.0,
+        ...                       prediction="score")
+        >>> score = f(torch.zeros(1, 2), torch.full((1,), 0.5))  # -x + 2 grad log p(1 | x)
+        >>> [round(v, 4) for v in score[0].tolist()]
+        [2.0, 0.0]
+    """
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction: expected one of {list(PREDICTIONS)}, got "
+                         f"{prediction!r}.")
+    if not isinstance(path, GaussianPath):
+        raise TypeError(f"path: expected a probgen.processes.GaussianPath, got "
+                        f"{type(path).__name__}.")
+    scale = float(scale)
+
+    def f(x: Tensor, t: Tensor) -> Tensor:
+        t = check_time(t, x)
+        pred = predict(x, t)
+        if not scale:
+            return pred
+        y = torch.as_tensor(labels, device=x.device).long()
+        if y.dim() == 0:
+            y = y.expand(x.shape[0])
+        if y.shape != x.shape[:1]:
+            raise ValueError(f"labels: expected shape ({x.shape[0]},) or an int, got "
+                             f"{tuple(y.shape)}.")
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            logits = classifier(xg, t)
+            if not isinstance(logits, Tensor) or logits.dim() != 2 \
+                    or logits.shape[0] != x.shape[0]:
+                got = tuple(logits.shape) if isinstance(logits, Tensor) else type(
+                    logits).__name__
+                raise ValueError(f"classifier: expected logits of shape ({x.shape[0]}, K), "
+                                 f"got {got}.")
+            chosen = F.log_softmax(logits, dim=-1).gather(1, y[:, None]).sum()
+            grad, = torch.autograd.grad(chosen, xg)
+        score = path.convert(pred, x, t, source=prediction, target="score")
+        return path.convert(score + scale * grad.to(score.dtype), x, t, source="score",
+                            target=prediction)
 
     return f

@@ -1,7 +1,9 @@
 r"""Diffusion models: a network plus a noise schedule, sampled by DDPM or DDIM, with guidance.
 
 :class:`DiffusionModel` holds any network ``net(x, t, labels=None)`` (DESIGN.md's network
-of x and t, called with the network time ``t = step / T``) and a
+of x and t, called in probgen time: the step's time on the schedule's path,
+``t = 1 - step / (T - 1)``, :meth:`probgen.diffusion.NoiseSchedule.time_of_step`, so
+``t = 1`` is step 0, the data end, as for flow matching and score SDEs) and a
 :class:`probgen.diffusion.NoiseSchedule`; it satisfies the diffusion-model protocol of
 :mod:`probgen.inference.diffusion`, whose objectives train it and whose samplers its
 :meth:`~DiffusionModel.sample` delegates to. :class:`DDPM` builds one on a
@@ -109,7 +111,8 @@ class DiffusionModel(nn.Module):
         Args:
             x: noisy states ``(batch, *event)``.
             step: indices ``(batch,)`` in ``0..T-1`` (fractional values are allowed: the
-                network sees ``step / T``).
+                network sees the probgen time ``1 - step / (T - 1)``,
+                :meth:`probgen.diffusion.NoiseSchedule.time_of_step`).
             labels: classes ``(batch,)`` (``None``: the null class / unconditional).
         """
         self._check_x(x)
@@ -119,7 +122,8 @@ class DiffusionModel(nn.Module):
         kwargs = {"labels": labels} if self.num_classes else {}
         if labels is not None and not self.num_classes:
             raise ValueError("labels: this diffusion model is unconditional.")
-        out = self.network(x, (step.to(x.dtype) / self.num_steps).to(x.device), **kwargs)
+        t = self.schedule.time_of_step(step.to(device=x.device, dtype=x.dtype))
+        out = self.network(x, t, **kwargs)
         if self.variance == "learned_range":
             if out.shape[1] != 2 * x.shape[1]:
                 raise ValueError(f"network: with learned variances the output needs "

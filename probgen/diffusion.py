@@ -24,6 +24,13 @@ turns a noise predictor into the noise-conditional score ``score(y, sigma)`` tha
 :mod:`probgen.inference.langevin`'s samplers take (:math:`y = x_s/\sqrt{\bar\alpha_s}` is
 data plus :math:`N(0, \sigma^2 I)` noise with :math:`\sigma^2 = (1-\bar\alpha_s)/\bar\alpha_s`).
 
+**Network time.** A network of DDPM is called like every network of probgen,
+``net(x, t)`` with ``t`` in probgen time (``t = 0`` noise, ``t = 1`` data): the time of
+the step on the schedule's path :class:`SchedulePath`, :math:`t = 1 - s/(T-1)`
+(:meth:`NoiseSchedule.time_of_step`, the one definition; fractional steps map the same
+way). So a network trained by DDPM is read by the score-SDE and probability-flow code
+through :meth:`probgen.processes.GaussianPath.convert` on :class:`SchedulePath`.
+
 Also here, because the variational bound of every diffusion objective needs them: the KL
 divergence of two diagonal Gaussians and the discretized Gaussian log-likelihood of
 integer data mapped to [-1, 1] (Ho et al., 2020, eq. 13). torch and Pyro have neither in
@@ -40,7 +47,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from probgen.paths import CosinePath
 from probgen.processes import GaussianPath, Marginal, convert_prediction
+from probgen.sde import VPSDE
 
 __all__ = [
     "PARAMETRIZATIONS",
@@ -63,10 +72,6 @@ PARAMETRIZATIONS: tuple[str, ...] = ("eps", "x0", "v", "score")
 PARAMETRIZATION_PREDICTIONS = {"eps": "eps", "x0": "data", "v": "v", "score": "score"}
 #: Named noise schedules (see :func:`make_schedule`).
 SCHEDULES: tuple[str, ...] = ("linear", "cosine")
-
-
-def _cosine_alpha_bar(u: Tensor, s: float) -> Tensor:
-    return torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
 
 
 def _steps_tensor(step: Tensor | int | float, n: int | None = None) -> Tensor:
@@ -148,12 +153,19 @@ class NoiseSchedule(nn.Module):
     def linear(cls, num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02
                ) -> NoiseSchedule:
         r"""Ho et al.'s linear schedule: ``num_steps`` betas evenly from ``beta_start`` to
-        ``beta_end`` (1e-4 to 0.02 for T = 1000)."""
+        ``beta_end`` (1e-4 to 0.02 for T = 1000).
+
+        Computed as the exact discretization of the continuous VP SDE,
+        ``VPSDE(T * beta_start, T * beta_end).discrete_betas(T)``
+        (:meth:`probgen.sde.VPSDE.discrete_betas`: :math:`\beta_i = \beta(s_i)/T`), the one
+        definition of both.
+        """
         _check_steps(num_steps)
         if not 0 < beta_start <= beta_end <= 1:
             raise ValueError(f"betas: expected 0 < beta_start <= beta_end <= 1, got "
                              f"{beta_start!r}, {beta_end!r}.")
-        return cls(torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64))
+        sde = VPSDE(num_steps * float(beta_start), num_steps * float(beta_end))
+        return cls(sde.discrete_betas(num_steps))
 
     @classmethod
     def cosine(cls, num_steps: int, s: float = 0.008, max_beta: float = 0.999
@@ -161,15 +173,21 @@ class NoiseSchedule(nn.Module):
         r"""Nichol & Dhariwal's cosine schedule, in float64.
 
         :math:`\bar\alpha(u) = f(u)/f(0)` with :math:`f(u) = \cos^2(\tfrac{u/T + s}{1 + s}
-        \tfrac{\pi}{2})`, and :math:`\beta_s = \min(1 - \bar\alpha(s+1)/\bar\alpha(s),
+        \tfrac{\pi}{2})`, and :math:`\beta_k = \min(1 - \bar\alpha(k+1)/\bar\alpha(k),
         \text{max\_beta})` for ``step = 0..T-1``.
+
+        It discretizes the continuous :class:`probgen.paths.CosinePath` (whose ``f`` it
+        uses): before ``max_beta`` clips a beta, :math:`\bar\alpha_k = f((k+1)/T)/f(0)`,
+        the path's :math:`\alpha_t^2` at probgen time :math:`t = 1 - (k+1)/T` (step
+        ``k`` at diffusion time :math:`(k+1)/T`; the clip, by default, changes only the
+        last step, whose unclipped :math:`\bar\alpha` is 0, the path at ``t = 0``).
         """
         _check_steps(num_steps)
         if not 0 < max_beta <= 1 or s < 0:
             raise ValueError(f"cosine: expected s >= 0 and 0 < max_beta <= 1, got s={s!r}, "
                              f"max_beta={max_beta!r}.")
         u = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
-        f = _cosine_alpha_bar(u, s)
+        f = CosinePath(s).unnormalized_alpha_bar(u)
         return cls((1.0 - f[1:] / f[:-1]).clamp(max=max_beta))
 
     # ----------------------------------------------------------------- basics
@@ -177,6 +195,51 @@ class NoiseSchedule(nn.Module):
     def num_steps(self) -> int:
         """T, the number of steps."""
         return int(self.betas.shape[0])
+
+    def time_of_step(self, step: Tensor | float) -> Tensor:
+        r"""The probgen time of (integer or fractional) steps: :math:`t = 1 - s/(T-1)`.
+
+        This is where step :math:`s` sits on the schedule's path :class:`SchedulePath`
+        (``t = 1`` at step 0, ``t = 0`` at the noisiest step ``T-1``) and the time a
+        DDPM network (and a noise-conditional classifier) is called with: the one
+        convention of every network of ``(x, t)``. With ``T = 1`` the single step is step 0
+        and sits at ``t = 1`` (the divisor is :math:`\max(T-1, 1)`). Indices of the
+        original chain, also after :meth:`respace` (call it on the original schedule).
+
+        Args:
+            step: steps, any shape; integer steps are computed in float64, floating ones
+                in their own dtype.
+
+        Returns:
+            Times of the shape of ``step``.
+
+        Example:
+            >>> t = NoiseSchedule.linear(11).time_of_step(torch.tensor([0, 5, 10]))
+            >>> [round(v, 4) for v in t.tolist()]
+            [1.0, 0.5, 0.0]
+        """
+        step = torch.as_tensor(step)
+        if not step.is_floating_point():
+            step = step.to(torch.float64)
+        return 1.0 - step / max(self.num_steps - 1, 1)
+
+    def step_of_time(self, t: Tensor | float) -> Tensor:
+        r"""The fractional step at probgen times ``t``: :math:`s = (1 - t)(T-1)`, the inverse
+        of :meth:`time_of_step` (0 for every ``t`` when ``T = 1``); shape and dtype of
+        ``t`` (float64 for integer input).
+
+        :math:`1 - s/(T-1)` is rarely a float, so a step computed within the rounding of
+        the times, :math:`4\varepsilon(T-1)` (:math:`\varepsilon` the dtype's machine
+        epsilon), of an integer is that integer: the time of an integer step gives back
+        exactly that step (and :class:`SchedulePath` the table's values there).
+        """
+        t = torch.as_tensor(t)
+        if not t.is_floating_point():
+            t = t.to(torch.float64)
+        step = (1.0 - t) * (self.num_steps - 1)
+        nearest = step.round()
+        tol = 4 * torch.finfo(step.dtype).eps * max(self.num_steps - 1, 1)
+        return torch.where((step - nearest).abs() <= tol, nearest, step)
 
     def extra_repr(self) -> str:
         return (f"num_steps={self.num_steps}, beta_min={float(self.betas.min()):.3g}, "
@@ -212,8 +275,9 @@ class NoiseSchedule(nn.Module):
         r""":math:`\bar\alpha` at integer or fractional steps (float64, shape of ``step``).
 
         Between integer steps the log signal-to-noise ratio
-        :math:`\log(\bar\alpha/(1-\bar\alpha))` is interpolated linearly; steps below 0
-        or above ``T-1`` are clamped.
+        :math:`\log(\bar\alpha/(1-\bar\alpha))` is interpolated linearly; at integer
+        steps the value is the table's :math:`\bar\alpha_s` exactly; steps below 0 or
+        above ``T-1`` are clamped.
         """
         step = torch.as_tensor(step).to(self.betas.device, torch.float64)
         ab = self.alphas_cumprod
@@ -224,7 +288,8 @@ class NoiseSchedule(nn.Module):
         w = s - lo
         log_snr = self.log_snr
         value = (1 - w) * log_snr[lo] + w * log_snr[lo + 1]
-        return torch.sigmoid(value)
+        return torch.where(w == 0, ab[lo], torch.where(w == 1, ab[lo + 1],
+                                                       torch.sigmoid(value)))
 
     def sigma_ve(self, step: Tensor) -> Tensor:
         r"""The variance-exploding noise level :math:`\sqrt{(1-\bar\alpha)/\bar\alpha}`."""
@@ -335,8 +400,10 @@ class NoiseSchedule(nn.Module):
 class SchedulePath(GaussianPath):
     r"""Creates the Gaussian path of a discrete schedule, in probgen time, for the ODE solvers.
 
-    Step :math:`s \in [0, T-1]` sits at :math:`t = 1 - s/(T-1)`: ``t = 0`` is the noisiest
-    step, ``t = 1`` step 0; between integer steps :math:`\bar\alpha` follows
+    Step :math:`s \in [0, T-1]` sits at :math:`t = 1 - s/(T-1)`
+    (:meth:`NoiseSchedule.time_of_step`, also the time DDPM's networks are called with):
+    ``t = 0`` is the noisiest step, ``t = 1`` step 0; at the time of an integer step the
+    path is the schedule's table exactly; between integer steps :math:`\bar\alpha` follows
     :meth:`NoiseSchedule.alphas_cumprod_at` (linear in log-SNR), and :math:`(\alpha_t,
     \sigma_t) = (\sqrt{\bar\alpha}, \sqrt{1 - \bar\alpha})`. The data (:math:`\sigma = 0`)
     lies beyond ``t = 1``; the solvers reach it by their last denoising step
@@ -359,24 +426,17 @@ class SchedulePath(GaussianPath):
                             f"{type(schedule).__name__}.")
         self.noise_schedule = schedule
 
-    def time(self, step: Tensor | int) -> Tensor:
-        """The probgen time of (fractional) steps: :math:`1 - s/(T - 1)` (``t = 1`` when
-        ``T = 1``), float64."""
-        step = torch.as_tensor(step, dtype=torch.float64)
-        if self.noise_schedule.num_steps == 1:
-            return torch.ones_like(step)
-        return 1.0 - step / (self.noise_schedule.num_steps - 1)
-
     def step(self, t: Tensor) -> Tensor:
-        """The fractional step at probgen times ``t``: :math:`(1 - t)(T - 1)`."""
-        return (1.0 - torch.as_tensor(t)) * (self.noise_schedule.num_steps - 1)
+        """The fractional step at probgen times ``t``: :math:`(1 - t)(T - 1)`
+        (:meth:`NoiseSchedule.step_of_time`)."""
+        return self.noise_schedule.step_of_time(t)
 
     def time_at_ratio(self, ratio: Tensor, t_start: float = 0.0, t_end: float | None = None
                       ) -> Tensor:
         """The exact inverse of the log-SNR interpolation
         (:meth:`NoiseSchedule.step_from_sigma_ve`), clamped to ``[t_start, t_end]``."""
         steps = self.noise_schedule.step_from_sigma_ve(torch.as_tensor(ratio))
-        t = 1.0 - steps / (self.noise_schedule.num_steps - 1)
+        t = self.noise_schedule.time_of_step(steps)
         return t.clamp(t_start, self.t_end if t_end is None else float(t_end))
 
     def schedule(self, t: Tensor) -> Marginal:  # noqa: D102

@@ -38,6 +38,9 @@ The paths:
 - :class:`DiffusionPath` over any :class:`probgen.sde.SDE`, with :class:`VPPath` and
   :class:`VEPath`; their :math:`\dot\sigma_t` is infinite at the data, so they stop at
   ``t_end = 1 - eps``.
+- :class:`CosinePath`: the cosine variance-preserving path of Nichol & Dhariwal, the
+  continuous path that :meth:`probgen.diffusion.NoiseSchedule.cosine` discretizes (also
+  stopping at ``t_end = 1 - eps``).
 
 References:
     Flow Matching for Generative Modeling (Lipman et al., 2023),
@@ -45,11 +48,14 @@ References:
     Flow Straight and Fast: Learning to Generate and Transfer Data with Rectified Flow (Liu,
     Gong & Liu, 2023), https://arxiv.org/abs/2209.03003
     Flow Matching Guide and Code (Lipman et al., 2024), https://arxiv.org/abs/2412.06264
+    Improved Denoising Diffusion Probabilistic Models (Nichol & Dhariwal, 2021),
+    https://arxiv.org/abs/2102.09672
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from abc import abstractmethod
 from dataclasses import dataclass
 
@@ -67,6 +73,7 @@ __all__ = [
     "DiffusionPath",
     "VPPath",
     "VEPath",
+    "CosinePath",
     "PATHS",
     "get_path",
 ]
@@ -266,6 +273,72 @@ class VEPath(DiffusionPath):
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, eps: float = 1e-3
                  ) -> None:
         super().__init__(VESDE(sigma_min, sigma_max), eps)
+
+
+class CosinePath(AffinePath):
+    r"""Creates the cosine variance-preserving path of Nichol & Dhariwal (2021) in probgen
+    time.
+
+    In diffusion time :math:`u = 1 - t` (data at ``u = 0``) their
+    :math:`\bar\alpha(u) = f(u)/f(0)`, :math:`f(u) = \cos^2(\tfrac{u + s}{1 + s}
+    \tfrac{\pi}{2})`; here :math:`\alpha_t = \sqrt{\bar\alpha(1 - t)}`,
+    :math:`\sigma_t = \sqrt{1 - \alpha_t^2}`, so :math:`\alpha_0 = 0` (pure noise, prior
+    :math:`N(0, I)`) and :math:`\alpha_1 = 1`. With :math:`\theta = \tfrac{u + s}{1 + s}
+    \tfrac{\pi}{2}` and :math:`\theta_0` its value at ``u = 0``, :math:`\alpha_t = \cos
+    \theta/\cos\theta_0` and :math:`\sigma_t = \sqrt{\sin(\theta - \theta_0)\sin(\theta +
+    \theta_0)}/\cos\theta_0` (accurate near the data). :math:`\dot\sigma_t` is infinite at
+    the data, so the path stops at ``t_end = 1 - eps``.
+
+    **The discrete schedule at its grid.** :meth:`probgen.diffusion.NoiseSchedule.cosine`
+    with ``T`` steps has, before ``max_beta`` clips a beta, :math:`\bar\alpha_k =
+    f((k+1)/T)/f(0) = \alpha_t^2` at :math:`t = 1 - (k+1)/T` for ``step = 0..T-1``: the
+    schedule's step ``k`` is this path at diffusion time :math:`(k+1)/T` (its last step
+    at ``t = 0``), not at :class:`probgen.diffusion.SchedulePath`'s
+    :math:`t = 1 - k/(T-1)`, which spreads the same values evenly over ``[0, 1]``.
+
+    Args:
+        s: the offset :math:`s \ge 0` (0.008 in Nichol & Dhariwal) that keeps
+            :math:`\beta` from vanishing near the data.
+        eps: the path stops at ``t_end = 1 - eps``.
+
+    Example:
+        >>> path = CosinePath()
+        >>> a, s = path.alpha_sigma(torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64))
+        >>> [round(v, 4) for v in a.tolist()], [round(v, 4) for v in s.tolist()]
+        ([0.0, 0.7027, 1.0], [1.0, 0.7114, 0.0])
+    """
+
+    def __init__(self, s: float = 0.008, eps: float = 1e-3) -> None:
+        super().__init__()
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s < math.inf:
+            raise ValueError(f"s: expected a finite float >= 0, got {s!r}.")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+            raise ValueError(f"eps: expected a float in (0, 1), got {eps!r}.")
+        self.s, self.eps = float(s), float(eps)
+        self.t_end = 1.0 - self.eps
+
+    def unnormalized_alpha_bar(self, u: Tensor) -> Tensor:
+        r""":math:`f(u) = \cos^2(\tfrac{u + s}{1 + s}\tfrac{\pi}{2})` at diffusion times
+        ``u`` (any shape); :math:`\bar\alpha(u) = f(u)/f(0)`."""
+        return torch.cos((u + self.s) / (1 + self.s) * math.pi / 2) ** 2
+
+    def schedule(self, t: Tensor) -> Marginal:  # noqa: D102
+        t = torch.as_tensor(t)
+        if not t.is_floating_point():
+            t = t.to(torch.get_default_dtype())
+        rate = math.pi / (2 * (1 + self.s))  # d theta / du
+        theta0 = self.s * rate
+        u = 1.0 - t
+        theta = (u + self.s) * rate
+        alpha = (torch.cos(theta) / math.cos(theta0)).clamp(min=0)
+        sigma = (torch.sin(u * rate) * torch.sin(theta + theta0)).clamp(min=0).sqrt() \
+            / math.cos(theta0)
+        d_alpha = torch.sin(theta) * rate / math.cos(theta0)  # d/dt = -d/du
+        d_sigma = -alpha * d_alpha / sigma
+        return Marginal(alpha, sigma, d_alpha, d_sigma)
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return f"s={self.s:g}, eps={self.eps:g}"
 
 
 #: The paths by name (the CLI's ``[model] path``).

@@ -24,6 +24,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from probgen.sde import VESDE
+
 __all__ = [
     "geometric_sigmas",
     "SigmaChoice",
@@ -36,6 +38,11 @@ __all__ = [
 
 def geometric_sigmas(sigma_max: float, sigma_min: float, num: int) -> Tensor:
     r"""The geometric noise ladder :math:`\sigma_i = \sigma_1 \gamma^{-(i-1)}`, largest first.
+
+    The levels of the variance-exploding SDE that interpolates them:
+    ``VESDE(sigma_min, sigma_max).discrete_sigmas(num)``
+    (:meth:`probgen.sde.VESDE.discrete_sigmas`, the one definition), in float32;
+    ``sigma_min = sigma_max`` gives a constant ladder.
 
     Args:
         sigma_max: :math:`\sigma_1`, the largest noise level.
@@ -54,11 +61,9 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, num: int) -> Tensor:
     if not (0 < sigma_min <= sigma_max and math.isfinite(sigma_max)):
         raise ValueError(f"sigmas: expected 0 < sigma_min <= sigma_max < inf, got "
                          f"sigma_min={sigma_min!r}, sigma_max={sigma_max!r}.")
-    if num == 1:
-        return torch.tensor([float(sigma_max)])
-    ratios = torch.linspace(0.0, 1.0, num, dtype=torch.float64)
-    sigmas = math.log(sigma_max) + ratios * (math.log(sigma_min) - math.log(sigma_max))
-    return sigmas.exp().float()
+    if num == 1 or sigma_min == sigma_max:
+        return torch.full((num,), float(sigma_max))
+    return VESDE(sigma_min, sigma_max).discrete_sigmas(num).float()
 
 
 def annealed_variance_ratio(eps: float, sigma_min: float, ratio: float, steps: int) -> float:

@@ -218,9 +218,10 @@ class VPSDE(SDE):
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
         super().__init__()
-        if not (0 <= beta_min < beta_max and math.isfinite(beta_max)):
-            raise ValueError(f"beta_min, beta_max: expected 0 <= beta_min < beta_max < inf, got "
-                             f"{beta_min!r}, {beta_max!r}.")
+        if not (0 <= beta_min <= beta_max and 0 < beta_max and math.isfinite(beta_max)):
+            raise ValueError(f"beta_min, beta_max: expected 0 <= beta_min < beta_max < inf (or "
+                             f"beta_min = beta_max > 0: a constant beta), got {beta_min!r}, "
+                             f"{beta_max!r}.")
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
 
     def beta(self, s: Tensor) -> Tensor:
@@ -249,18 +250,22 @@ class VPSDE(SDE):
     def discrete_betas(self, num_steps: int) -> Tensor:
         r"""The DDPM schedule this SDE is the limit of: :math:`\beta_i = \beta(s_i)/N`.
 
-        With :math:`s_i = (i - 1)/(N - 1)`, :math:`i = 1..N`; ``N = 1000`` gives DDPM's linear
-        schedule from :math:`10^{-4}` to :math:`0.02` (Ho et al., 2020). Step :math:`i`
-        corresponds to diffusion time :math:`i/N` (probgen time :math:`1 - i/N`) and
-        :math:`\prod_{j \le i}(1 - \beta_j) \to \alpha^2` as :math:`N \to \infty`.
+        With :math:`s_i = (i - 1)/(N - 1)`, :math:`i = 1..N` (``N = 1``: the one step at
+        :math:`s = 0`); ``N = 1000`` gives DDPM's linear schedule from :math:`10^{-4}` to
+        :math:`0.02` (Ho et al., 2020), and :meth:`probgen.diffusion.NoiseSchedule.linear`
+        is computed here. :math:`\beta` is affine in :math:`s`, so the betas are evaluated
+        as ``N`` values evenly spaced from :math:`\beta_\min/N` to :math:`\beta_\max/N`
+        (``torch.linspace``: the endpoints exact). Step :math:`i` corresponds to diffusion
+        time :math:`i/N` (probgen time :math:`1 - i/N`) and :math:`\prod_{j \le i}(1 -
+        \beta_j) \to \alpha^2` as :math:`N \to \infty`.
 
         Returns:
             Shape ``(num_steps,)``, float64.
         """
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
-            raise ValueError(f"num_steps: expected an int >= 2, got {num_steps!r}.")
-        s = torch.linspace(0.0, 1.0, num_steps, dtype=torch.float64)
-        return self.beta(s) / num_steps
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps: expected a positive int, got {num_steps!r}.")
+        return torch.linspace(self.beta_min / num_steps, self.beta_max / num_steps, num_steps,
+                              dtype=torch.float64)
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"beta_min={self.beta_min:g}, beta_max={self.beta_max:g}"

@@ -23,16 +23,17 @@ COV = torch.tensor([[2.0, 0.6], [0.6, 0.5]], dtype=torch.float64)
 
 
 class ExactGaussianEps(nn.Module):
-    """The exact epsilon of N(mu, cov) data as a network of (x, t = step / T)."""
+    """The exact epsilon of N(mu, cov) data as a network of (x, t), t the step's probgen
+    time 1 - step / (T - 1)."""
 
     def __init__(self, schedule: NoiseSchedule, mu: torch.Tensor, cov: torch.Tensor) -> None:
         super().__init__()
-        self.T = schedule.num_steps
+        self.schedule = schedule
         self.eps = gaussian_epsilon(schedule, mu, cov)
         self.dummy = nn.Parameter(torch.zeros(()))
 
     def forward(self, x, t):
-        return self.eps(x, t.double() * self.T)
+        return self.eps(x, self.schedule.step_of_time(t.double()))
 
 
 def _gaussian_model(schedule: NoiseSchedule, variance: str = "fixed_large",
@@ -186,13 +187,13 @@ class MixtureEps(nn.Module):
 
     def __init__(self, schedule: NoiseSchedule, c: float, s: float) -> None:
         super().__init__()
-        self.sched, self.T = schedule, schedule.num_steps
+        self.sched = schedule
         self.means = torch.tensor([[-c, 0.0], [c, 0.0]], dtype=torch.float64)
         self.s = s
         self.dummy = nn.Parameter(torch.zeros(()))
 
     def parts(self, x, t):
-        ab = self.sched.alphas_cumprod_at(t.double() * self.T)[:, None, None]
+        ab = self.sched.alphas_cumprod_at(self.sched.step_of_time(t.double()))[:, None, None]
         var = ab * self.s**2 + 1 - ab  # (n, 1, 1)
         diff = x[:, None, :] - ab.sqrt() * self.means  # (n, 2, D)
         eps_k = (1 - ab).sqrt() * diff / var

@@ -47,7 +47,7 @@ class _ExactGaussian(nn.Module):
         self.dummy = nn.Parameter(torch.zeros(()))
 
     def forward(self, x, t):
-        step = (t.double() * self.sched.num_steps).round().long()
+        step = self.sched.step_of_time(t.double()).round().long()  # t = 1 - step / (T - 1)
         return self.sched.convert(self.eps(x, step), x, step, "eps", self.p)
 
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from probgen.diffusion import NoiseSchedule
-from probgen.paths import CondOTPath, LinearPath, VEPath, VPPath
+from probgen.paths import CondOTPath, CosinePath, LinearPath, VEPath, VPPath
 from probgen.processes import PREDICTIONS, GaussianPath, Marginal, convert_prediction
 from probgen.sde import VESDE, VPSDE, SubVPSDE
 
 DT = torch.float64
 PATHS = {"vp-sde": VPSDE, "subvp-sde": SubVPSDE, "ve-sde": lambda: VESDE(0.01, 5.0),
          "ot": CondOTPath, "ot-sigma_min": lambda: CondOTPath(0.1), "linear": LinearPath,
-         "vp-path": VPPath, "ve-path": lambda: VEPath(0.01, 5.0)}
+         "vp-path": VPPath, "ve-path": lambda: VEPath(0.01, 5.0), "cosine": CosinePath}
 
 
 def _truth(m: Marginal, data: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:

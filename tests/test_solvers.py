@@ -141,12 +141,12 @@ def test_schedule_path_is_the_discrete_schedule_at_its_steps():
 class _ExactGaussianEps(nn.Module):
     def __init__(self, schedule: NoiseSchedule) -> None:
         super().__init__()
-        self.T = schedule.num_steps
+        self.schedule = schedule
         self.eps = gaussian_epsilon(schedule, MU, COV)
         self.dummy = nn.Parameter(torch.zeros(()))
 
-    def forward(self, x, t):
-        return self.eps(x, t.double() * self.T)
+    def forward(self, x, t):  # t: the step's probgen time 1 - step / (T - 1)
+        return self.eps(x, self.schedule.step_of_time(t.double()))
 
 
 @pytest.mark.parametrize(("sampler", "steps", "spacing", "bound"), [

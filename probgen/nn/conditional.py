@@ -8,8 +8,9 @@ for "no label": ``labels=None`` means the null class for every example, which is
 classifier-free guidance needs from one network (Ho & Salimans, 2021).
 
 ``t`` enters through a sinusoidal embedding of ``time_scale * t``: the default scale 1000
-suits continuous times in [0, 1] (flow matching, SDEs); a DDPM passes ``step / T``, so
-that with ``T = 1000`` the embedding is that of the integer step (Ho et al., 2020).
+suits times in [0, 1], which every family passes in probgen time (flow matching, score
+SDEs, and DDPM, whose step :math:`s` is at :math:`t = 1 - s/(T-1)`,
+:meth:`probgen.diffusion.NoiseSchedule.time_of_step`).
 """
 
 from __future__ import annotations

@@ -139,13 +139,14 @@ CELLS: list[tuple[str, str]] = [
 
 
     class ExactEps(torch.nn.Module):
-        # the exact noise prediction of N(mu, cov), called like a network: net(x, t = step / T)
+        # the exact noise prediction of N(mu, cov), called like a network: net(x, t) with
+        # t = 1 - step / (T - 1), the step's probgen time (t = 1 the data end)
         def __init__(self, schedule):
             super().__init__()
-            self.T, self.eps = schedule.num_steps, gaussian_epsilon(schedule, mu, cov)
+            self.schedule, self.eps = schedule, gaussian_epsilon(schedule, mu, cov)
 
         def forward(self, x, t):
-            return self.eps(x, t.double() * self.T)
+            return self.eps(x, self.schedule.step_of_time(t.double()))
 
 
     def exact_marginal(model):
