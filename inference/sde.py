@@ -294,12 +294,20 @@ class _ScoreStepper(Stepper):
         """The score at ``(x, t)``, counted."""
         return self.run.call(self.score, x, t, name="score", **self.cond)
 
+    def begin(self, run: Run, x: Tensor, times: Tensor) -> None:  # noqa: D102
+        super().begin(run, x, times)
+        # The grid's coefficients in one call: (alpha, sigma) at every time.
+        m = self.sde.schedule(times.to(torch.float64))
+        self._levels = dict(zip(times.tolist(), zip(m.alpha.tolist(), m.sigma.tolist(),
+                                                    strict=True), strict=True))
+
     def kernel(self, t: float, t_next: float) -> tuple[float, float]:
-        r"""The forward one-step kernel :math:`x_t \mid x_{t'} \sim N(a x_{t'}, v)`:
-        :math:`a = \alpha_t/\alpha_{t'}`, :math:`v = \sigma_t^2 - a^2\sigma_{t'}^2`."""
-        m = self.sde.schedule(torch.tensor([t, t_next], dtype=torch.float64))
-        a = float(m.alpha[0] / m.alpha[1])
-        return a, float(m.sigma[0] ** 2 - a**2 * m.sigma[1] ** 2)
+        r"""The forward one-step kernel :math:`x_t \mid x_{t'} \sim N(a x_{t'}, v)` between
+        grid times: :math:`a = \alpha_t/\alpha_{t'}`, :math:`v = \sigma_t^2 -
+        a^2\sigma_{t'}^2`."""
+        (alpha, sigma), (alpha1, sigma1) = self._levels[t], self._levels[t_next]
+        a = alpha / alpha1
+        return a, sigma**2 - a**2 * sigma1**2
 
 
 class ReverseDiffusion(_ScoreStepper):
