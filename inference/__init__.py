@@ -52,6 +52,7 @@ from probgen.inference.langevin import (
 )
 from probgen.inference.likelihood import MaximumLikelihood
 from probgen.inference.optim import LRSchedule
+from probgen.inference.path_sampling import PATH_SAMPLERS, ODEStepper, sample_path
 from probgen.inference.registry import OBJECTIVES, register_objective
 from probgen.inference.regularized import RegularizedMaximumLikelihood
 from probgen.inference.reverse_kl import ReverseKL
@@ -120,6 +121,9 @@ __all__ = [
     "Run",
     "SampleResult",
     "sample_loop",
+    "PATH_SAMPLERS",
+    "ODEStepper",
+    "sample_path",
     "STEPPERS",
     "PathStepper",
     "DDIM",

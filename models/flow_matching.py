@@ -24,10 +24,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from probgen.cnf import FIXED_METHODS, ODE_METHODS, ContinuousFlow, SolveStats
+from probgen.cnf import FIXED_METHODS, ContinuousFlow, SolveStats
 from probgen.inference.flow_matching import ode_sample, reflow_pairs
-from probgen.inference.guidance import guided
-from probgen.inference.solvers import DEFAULT_GRIDS, SOLVERS, solve_path, time_grid
+from probgen.inference.guidance import classifier_guided, guided
+from probgen.inference.path_sampling import sample_path
+from probgen.inference.solvers import SOLVERS
 from probgen.nn import ConditionalMLP, UNet
 from probgen.paths import PATHS, AffinePath, get_path
 
@@ -148,74 +149,69 @@ class FlowMatching(nn.Module):
                         else device)
         return self.path.prior_std * z.to(device)
 
-    def _solve(self, x0: Tensor, y: Tensor | None, guidance: float | None, method: str,
-               steps: int | None, rtol: float | None, atol: float | None,
-               times: Any = None, spacing: str | None = None) -> Tensor:
-        if method not in ODE_METHODS and method not in SOLVERS:
-            raise ValueError(f"method: expected one of {[*ODE_METHODS, *SOLVERS]}, got "
-                             f"{method!r}.")
-        if (method in FIXED_METHODS or method in SOLVERS) and steps is None:
-            steps = 20
-        if method not in FIXED_METHODS and method not in SOLVERS:
-            steps = None
-        if method in SOLVERS and times is not None:
-            raise ValueError(f"method {method!r}: trajectories at given times need a "
-                             f"torchdiffeq method ({list(ODE_METHODS)}).")
+    def _field(self, y: Tensor | None, guidance: float | None, classifier: Any = None,
+               classifier_scale: float = 0.0) -> Any:
+        """The (guided) velocity ``field(x, t)`` of classes ``y`` (see :meth:`sample`)."""
         field = guided(self, y, guidance, self.num_classes)
+        if classifier is not None and classifier_scale:
+            if y is None:
+                raise ValueError("classifier: classifier guidance needs labels.")
+            field = classifier_guided(field, self.path, classifier, y, classifier_scale,
+                                      prediction="velocity")
+        return field
+
+    def _run(self, fn: Any) -> Any:
         was_training = self.training
         self.eval()
         try:
             with torch.no_grad():
-                if method in SOLVERS:  # the data prediction of the velocity, on the path
-                    def denoiser(x: Tensor, t: Tensor) -> Tensor:
-                        return self.path.convert(field(x, t), x, t, source="velocity",
-                                                 target="data")
-
-                    grid = time_grid(self.path, steps, grid=spacing or DEFAULT_GRIDS[method])
-                    res = solve_path(denoiser, self.path, x0, grid, solver=method)
-                else:
-                    res = ode_sample(field, x0, method=method, steps=steps,
-                                     rtol=self.rtol if rtol is None else rtol,
-                                     atol=self.atol if atol is None else atol,
-                                     t1=self.path.t_end, times=times)
+                return fn()
         finally:
             self.train(was_training)
-        self.last_nfe = res.nfe
-        self.last_solve = SolveStats("sample", method, nfe=res.nfe)
-        return res.samples
 
     def sample(
         self,
         shape: Sequence[int] = (),
         *,
-        method: str = "dopri5",
+        sampler: str = "ode",
         steps: int | None = None,
+        method: str = "dopri5",
+        eta: float = 0.0,
+        spacing: str | None = None,
         guidance: float | None = None,
         labels: Any = None,
+        classifier: nn.Module | None = None,
+        classifier_scale: float = 0.0,
         rtol: float | None = None,
         atol: float | None = None,
-        spacing: str | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        r"""Draws samples of shape ``(*shape, *event_shape)`` by solving the ODE from the prior.
+        r"""Draws samples of shape ``(*shape, *event_shape)`` from the prior at ``t = 0``.
 
         Args:
             shape: sample shape.
-            method: ``"euler"``, ``"midpoint"``, ``"heun2"``, ``"rk4"`` (fixed steps) or
-                ``"dopri5"`` (adaptive; see :data:`probgen.cnf.ODE_METHODS`) on the
-                velocity; or ``"ddim"``, ``"dpm++2m"``, ``"edm_heun"`` on its data
-                prediction (:func:`probgen.inference.solvers.solve_path`).
-            steps: steps of a fixed-step method or solver (default 20; ignored by adaptive
-                ones).
+            sampler: ``"ode"`` (the flow's ODE by torchdiffeq, ``method`` below), or the
+                fast solvers on its data prediction ``"ddim"`` (any ``eta``: 1 is the
+                posterior sampler of the path, stochastic), ``"dpm++2m"``, ``"edm_heun"``
+                (:data:`probgen.inference.PATH_SAMPLERS`,
+                :func:`probgen.inference.sample_path`).
+            steps: the number of steps (default 20; an adaptive ``method`` takes none).
+            method: ``"ode"``'s torchdiffeq method (:data:`probgen.cnf.ODE_METHODS`):
+                ``"euler"``, ``"midpoint"``, ``"heun2"``, ``"rk4"`` (fixed steps) or
+                ``"dopri5"`` (adaptive).
+            eta: ``"ddim"``'s noise in [0, 1].
+            spacing: the solvers' time grid (:func:`probgen.inference.solvers.time_grid`;
+                default each solver's).
             guidance: classifier-free guidance weight :math:`w` (with ``labels``):
                 :math:`v(x, t \mid \varnothing) + w (v(x, t \mid y) - v(x, t \mid
                 \varnothing))`, 1 (the default) the conditional field (see
                 :mod:`probgen.inference.guidance`).
             labels: class(es) to sample: an int, or a sequence cycled over the samples.
+            classifier: a noise-conditional classifier ``classifier(x, t) -> logits``
+                (probgen time); classifier_scale: its guidance scale
+                (:func:`probgen.inference.classifier_guided`).
             rtol: tolerances of an adaptive method (defaults: the model's); atol: likewise.
-            spacing: the time grid of ``"ddim"``, ``"dpm++2m"`` and ``"edm_heun"`` (see
-                :func:`probgen.inference.solvers.time_grid`; default each solver's).
-            generator: seeds the prior draw.
+            generator: seeds the prior draw and the sampler's noise.
 
         Example:
             >>> model = VectorFlowMatching(2, hidden_features=[16])
@@ -223,12 +219,22 @@ class FlowMatching(nn.Module):
             >>> x.shape, model.last_nfe
             (torch.Size([5, 2]), 10)
         """
+        if method in SOLVERS:
+            raise ValueError(f"method: {method!r} is a sampler; pass sampler={method!r} "
+                             f"(method is the torchdiffeq method of sampler 'ode').")
         n = math.prod(shape)
         device, _ = self._device_dtype()
         y = _labels(labels, n, self.num_classes, device)
+        field = self._field(y, guidance, classifier, classifier_scale)
         x0 = self.prior_sample(n, generator)
-        out = self._solve(x0, y, guidance, method, steps, rtol, atol, spacing=spacing)
-        return out.reshape(*shape, *self.event_shape)
+        res = self._run(lambda: sample_path(
+            field, "velocity", self.path, x0, sampler=sampler, steps=steps, eta=eta,
+            spacing=spacing, method=method, rtol=self.rtol if rtol is None else rtol,
+            atol=self.atol if atol is None else atol, generator=generator))
+        self.last_nfe = res.nfe
+        self.last_solve = SolveStats("sample", method if sampler == "ode" else sampler,
+                                     nfe=res.nfe)
+        return res.samples.reshape(*shape, *self.event_shape)
 
     def trajectory(
         self,
@@ -247,7 +253,14 @@ class FlowMatching(nn.Module):
         """
         self._check_x(x0)
         y = _labels(labels, x0.shape[0], self.num_classes, x0.device)
-        return self._solve(x0, y, guidance, method, steps, None, None, times=times)
+        if method in FIXED_METHODS and steps is None:
+            steps = 20
+        field = self._field(y, guidance)
+        res = self._run(lambda: ode_sample(field, x0, method=method, steps=steps,
+                                           rtol=self.rtol, atol=self.atol, times=times))
+        self.last_nfe = res.nfe
+        self.last_solve = SolveStats("trajectory", method, nfe=res.nfe)
+        return res.samples
 
     def distribution(
         self,

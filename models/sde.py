@@ -29,15 +29,14 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from probgen.cnf import SolveStats
-from probgen.inference.guidance import guided
+from probgen.inference.guidance import classifier_guided, guided
+from probgen.inference.path_sampling import PATH_SAMPLERS, sample_path
 from probgen.inference.sde import (
     predictor_corrector_sample,
     probability_flow_bits_per_dim,
     probability_flow_distribution,
-    probability_flow_sample,
     reverse_sde_sample,
 )
-from probgen.inference.solvers import DEFAULT_GRIDS, SOLVERS, solve_path, time_grid
 from probgen.nn import ConditionalMLP, UNet
 from probgen.sde import SDE, SDES, get_sde
 from probgen.utils import append_dims
@@ -52,7 +51,7 @@ __all__ = [
 ]
 
 #: The samplers of :meth:`ScoreSDE.sample`.
-SDE_SAMPLERS: tuple[str, ...] = ("pc", "sde", "ode", *SOLVERS)
+SDE_SAMPLERS: tuple[str, ...] = ("pc", "sde", *PATH_SAMPLERS)
 #: Parametrizations of the network output.
 PARAMETRIZATIONS: tuple[str, ...] = ("eps", "score")
 
@@ -161,17 +160,20 @@ class ScoreSDE(nn.Module):
         shape: Sequence[int] = (),
         *,
         sampler: str = "pc",
-        steps: int = 500,
+        steps: int | None = None,
         method: str | None = None,
+        eta: float = 0.0,
         snr: float = 0.16,
         corrector_steps: int = 1,
         predictor: str = "reverse_diffusion",
         rtol: float = 1e-5,
         atol: float = 1e-5,
         denoise: bool = True,
+        spacing: str | None = None,
         labels: Any = None,
         guidance: float | None = None,
-        spacing: str | None = None,
+        classifier: nn.Module | None = None,
+        classifier_scale: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         r"""Draws samples of shape ``(*shape, *event_shape)`` from the prior at ``t = 0``.
@@ -179,24 +181,30 @@ class ScoreSDE(nn.Module):
         Args:
             shape: sample shape.
             sampler: ``"pc"`` (predictor-corrector), ``"sde"`` (reverse SDE by torchsde),
-                ``"ode"`` (probability flow by torchdiffeq), or the probability-flow solvers
-                ``"ddim"``, ``"dpm++2m"``, ``"edm_heun"`` on the score's data prediction
-                (:func:`probgen.inference.solvers.solve_path`).
-            steps: predictor steps (``"pc"``), solver steps (``"sde"``, the solvers; and
-                ``"ode"`` with a fixed-step ``method``).
+                ``"ode"`` (probability flow by torchdiffeq), or the fast solvers on the
+                score's data prediction ``"ddim"`` (any ``eta``), ``"dpm++2m"``,
+                ``"edm_heun"`` (:func:`probgen.inference.sample_path`).
+            steps: the number of steps (predictor steps of ``"pc"``, solver steps of the
+                others; an adaptive ``"ode"`` takes none). Default: 500 for ``"pc"`` and
+                ``"sde"``, 20 for the solvers and fixed-step ODE methods.
             method: ``"sde"``: a torchsde method (default ``"euler"``, see
                 :data:`probgen.inference.SDE_METHODS`); ``"ode"``: a torchdiffeq method
-                (default adaptive ``"dopri5"``).
+                (default adaptive ``"dopri5"``, :data:`probgen.cnf.ODE_METHODS`).
+            eta: ``"ddim"``'s noise in [0, 1].
             snr: the corrector's signal-to-noise ratio (``"pc"``).
             corrector_steps: Langevin steps per predictor step (``"pc"``).
             predictor: ``"reverse_diffusion"``, ``"euler_maruyama"`` or ``"none"``.
             rtol: tolerances of an adaptive ``"ode"`` method; atol: likewise.
-            denoise: finish with a Tweedie denoising step.
+            denoise: finish with a Tweedie denoising step (one of the ``steps`` for the
+                solvers and ``"ode"``).
+            spacing: the solvers' time grid (:func:`probgen.inference.solvers.time_grid`;
+                default each solver's).
             labels: class(es) to sample: an int, or a sequence cycled over the samples.
             guidance: classifier-free guidance weight :math:`w` (with ``labels``; 1: the
                 conditional model, see :mod:`probgen.inference.guidance`).
-            spacing: the time grid of the solvers (see
-                :func:`probgen.inference.solvers.time_grid`; default each solver's).
+            classifier: a noise-conditional classifier ``classifier(x, t) -> logits``
+                (probgen time); classifier_scale: its guidance scale
+                (:func:`probgen.inference.classifier_guided`).
             generator: seeds the prior draw and the sampler's noise.
         """
         if sampler not in SDE_SAMPLERS:
@@ -206,6 +214,11 @@ class ScoreSDE(nn.Module):
         device, dtype = self._device_dtype()
         y = _labels(labels, n, self.num_classes, device)
         score = self.guided_score(y, guidance)
+        if classifier is not None and classifier_scale:
+            if y is None:
+                raise ValueError("classifier: classifier guidance needs labels.")
+            score = classifier_guided(score, self.sde, classifier, y, classifier_scale,
+                                      prediction="score")
         common = dict(eps=self.sample_eps, denoise=denoise, generator=generator,
                       device=device, dtype=dtype)
         was_training = self.training
@@ -213,28 +226,21 @@ class ScoreSDE(nn.Module):
         try:
             if sampler == "pc":
                 out = predictor_corrector_sample(
-                    self.sde, score, n, self.event_shape, steps=steps, snr=snr,
+                    self.sde, score, n, self.event_shape, steps=steps or 500, snr=snr,
                     corrector_steps=corrector_steps, predictor=predictor, **common)
             elif sampler == "sde":
-                out = reverse_sde_sample(self.sde, score, n, self.event_shape, steps=steps,
-                                         method=method or "euler", **common)
-            elif sampler in SOLVERS:
-                def denoiser(x: Tensor, t: Tensor) -> Tensor:
-                    return self.sde.convert(score(x, t), x, t, source="score", target="data")
-
+                out = reverse_sde_sample(self.sde, score, n, self.event_shape,
+                                         steps=steps or 500, method=method or "euler",
+                                         **common)
+            else:
                 x0 = self.sde.prior_std * torch.randn(n, *self.event_shape, device=device,
                                                       dtype=dtype, generator=generator)
-                grid = time_grid(self.sde, steps, grid=spacing or DEFAULT_GRIDS[sampler],
-                                 t_end=1.0 - self.sample_eps)
-                out = solve_path(denoiser, self.sde, x0, grid, solver=sampler,
-                                 denoise=denoise)
-            else:
-                method = method or "dopri5"
-                fixed = method in ("euler", "midpoint", "heun3", "rk4")
-                out = probability_flow_sample(
-                    self.sde, score, n, self.event_shape, method=method, rtol=rtol,
-                    atol=atol, step_size=(1.0 - self.sample_eps) / steps if fixed else None,
-                    **common)
+                with torch.no_grad():
+                    out = sample_path(score, "score", self.sde, x0, sampler=sampler,
+                                      steps=steps, eta=eta, spacing=spacing,
+                                      method=method or "dopri5", rtol=rtol, atol=atol,
+                                      t_end=1.0 - self.sample_eps, denoise=denoise,
+                                      generator=generator)
         finally:
             self.train(was_training)
         self.last_nfe = out.nfe

@@ -189,7 +189,7 @@ def test_flow_matching_and_score_sde_models_sample_through_the_solvers(solver):
     path = CondOTPath()
     fm = FlowMatching(_ExactPrediction(path, "velocity"), path, (2,))
     g = torch.Generator().manual_seed(3)
-    x = fm.sample((6000,), method=solver, steps=steps, generator=g)
+    x = fm.sample((6000,), sampler=solver, steps=steps, generator=g)
     assert fm.last_nfe == (steps if solver == "dpm++2m" else 2 * steps - 2)
     sde = VPSDE()
     model = ScoreSDE(_ExactPrediction(sde, "score"), sde, (2,), parametrization="score")
@@ -197,8 +197,8 @@ def test_flow_matching_and_score_sde_models_sample_through_the_solvers(solver):
     for samples in (x, y):
         torch.testing.assert_close(samples.mean(0), MU, atol=0.04, rtol=0)
         torch.testing.assert_close(torch.cov(samples.T), COV, atol=0.06, rtol=0)
-    a = fm.sample((4,), method=solver, steps=steps, generator=torch.Generator().manual_seed(5))
-    b = fm.sample((4,), method=solver, steps=steps, generator=torch.Generator().manual_seed(5))
+    a = fm.sample((4,), sampler=solver, steps=steps, generator=torch.Generator().manual_seed(5))
+    b = fm.sample((4,), sampler=solver, steps=steps, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
 
 

@@ -1,0 +1,188 @@
+r"""Sampling any model of a Gaussian path by name: one vocabulary for flow matching, score
+SDEs and DDPM.
+
+A model of a Gaussian path (:mod:`probgen.processes`) is a prediction function
+``predict(x, t)`` in one of :data:`probgen.processes.PREDICTIONS` (probgen time, ``t = 0``
+noise, ``t = 1`` data, guidance already applied). :func:`sample_path` turns it into
+samples with any of :data:`PATH_SAMPLERS`, through the one loop of
+:mod:`probgen.inference.sampling`:
+
+- the fast solvers of :mod:`probgen.inference.solvers` (``"ddim"`` with any ``eta``,
+  ``"dpm++2m"``, ``"edm_heun"``, ...) on the data prediction, over ``steps`` steps of a
+  time or noise-level grid;
+- ``"ode"``: the probability-flow ODE on the velocity, by torchdiffeq (:class:`ODEStepper`,
+  through the one adapter :func:`probgen.cnf.odeint_field`): an adaptive ``method``
+  (``"dopri5"``, one grid step; the NFE is the solver's) or a fixed-step one (``"euler"``,
+  ``"midpoint"``, ``"heun2"``, ``"rk4"``, ...) over ``steps`` uniform steps.
+
+``steps`` means one thing for every sampler: the number of updates of the state on the
+grid (a solver's last denoising step to the data, where it takes one, counts as one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from probgen.cnf import ADAPTIVE_METHODS, FIXED_METHODS, ODE_METHODS, SolveStats, odeint_field
+from probgen.inference.sampling import SampleResult, Stepper, sample_loop
+from probgen.inference.solvers import DDIM, DEFAULT_GRIDS, SOLVERS, STEPPERS, time_grid
+from probgen.processes import PREDICTIONS, GaussianPath
+
+__all__ = ["PATH_SAMPLERS", "ODEStepper", "sample_path"]
+
+#: The samplers of :func:`sample_path`: the fast solvers and the probability-flow ODE.
+PATH_SAMPLERS: tuple[str, ...] = (*SOLVERS, "ode")
+
+
+class ODEStepper(Stepper):
+    r"""Creates a torchdiffeq step of :math:`\dot x = v(x, t)` from ``t`` to ``t_next``.
+
+    Fixed-step methods take one step of their own per grid interval; adaptive ones integrate
+    the interval to ``rtol``/``atol`` (landing exactly on ``t_next``). Evaluations are
+    counted by the run.
+
+    Args:
+        field: ``field(x, t)``, ``t`` of shape ``(batch,)``.
+        method: one of :data:`probgen.cnf.ODE_METHODS`.
+        rtol, atol: tolerances of adaptive methods.
+        final: ``final(x, t)``, one last counted call after the grid (e.g. the data
+            prediction: a denoising step), or ``None``.
+    """
+
+    def __init__(self, field: Callable[[Tensor, Tensor], Tensor], *, method: str = "dopri5",
+                 rtol: float = 1e-5, atol: float = 1e-5,
+                 final: Callable[[Tensor, Tensor], Tensor] | None = None) -> None:
+        if method not in ODE_METHODS:
+            raise ValueError(f"method: expected one of {list(ODE_METHODS)}, got {method!r}.")
+        self.field, self.method, self.rtol, self.atol = field, method, float(rtol), float(atol)
+        self.final = final
+
+    def end(self, x: Tensor, t: float) -> Tensor | None:  # noqa: D102
+        return None if self.final is None else self.run.call(self.final, x, t, name="final")
+
+    def step(self, x: Tensor, t: float, t_next: float) -> Tensor:  # noqa: D102
+        grid = torch.tensor([t, t_next], dtype=x.dtype, device=x.device)
+        # Fixed-step methods step on the grid itself; adaptive ones must land on t_next.
+        options = {"step_t": grid[1:]} if self.method in ADAPTIVE_METHODS else None
+        stats = SolveStats("sample", self.method)
+        out = odeint_field(self.field, x, grid, method=self.method, rtol=self.rtol,
+                           atol=self.atol, options=options, stats=stats)[-1]
+        self.run.count(stats.nfe)
+        return out
+
+
+def _positive_steps(steps: Any, sampler: str) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps: sampler {sampler!r} takes a positive int number of steps, "
+                         f"got {steps!r}.")
+    return steps
+
+
+def sample_path(
+    predict: Callable[[Tensor, Tensor], Tensor],
+    prediction: str,
+    path: GaussianPath,
+    x: Tensor,
+    *,
+    sampler: str = "dpm++2m",
+    steps: int | None = None,
+    eta: float = 0.0,
+    spacing: str | None = None,
+    method: str = "dopri5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    t_end: float | None = None,
+    denoise: bool = True,
+    generator: torch.Generator | None = None,
+    networks: Iterable[Any] = (),
+) -> SampleResult:
+    r"""Samples a model of ``path`` from the prior draws ``x`` at ``t = 0``.
+
+    Args:
+        predict: ``predict(x, t)``: the model's prediction, ``x`` ``(batch, *event)``,
+            ``t`` ``(batch,)`` (guidance already applied).
+        prediction: what ``predict`` returns, one of :data:`probgen.processes.PREDICTIONS`.
+        path: the model's Gaussian path.
+        x: the start ``(batch, *event)`` (the prior's draws).
+        sampler: one of :data:`PATH_SAMPLERS`.
+        steps: the number of steps (default 20 for the solvers and fixed-step ODE methods;
+            an adaptive ``"ode"`` takes none).
+        eta: ``"ddim"``'s noise in [0, 1] (1: the posterior, an ancestral sampler on the
+            path; a discretization of the reverse SDE whose marginals are the path's).
+        spacing: the solvers' grid (:data:`probgen.inference.solvers.GRIDS`; default each
+            solver's).
+        method: ``"ode"``'s torchdiffeq method; rtol, atol: its tolerances when adaptive.
+        t_end: the last time (default the path's ``t_end``).
+        denoise: end with a step to the data prediction where :math:`\sigma(t_\text{end})
+            > 0` (one of the ``steps``; Tweedie's formula for a score model).
+        generator: the run's random numbers (``"ddim"`` with ``eta > 0``).
+        networks: modules put in evaluation mode for the run.
+
+    Returns:
+        A :class:`probgen.inference.sampling.SampleResult`.
+
+    Example:
+        >>> from probgen.paths import CondOTPath
+        >>> path = CondOTPath()
+        >>> exact = lambda x, t: path.gaussian_prediction(x, t[0], torch.zeros(2),
+        ...                                               torch.eye(2), "velocity")
+        >>> out = sample_path(exact, "velocity", path, torch.randn(4, 2), sampler="ode",
+        ...                   method="euler", steps=10)
+        >>> out.samples.shape, out.nfe
+        (torch.Size([4, 2]), 10)
+    """
+    if sampler not in PATH_SAMPLERS:
+        raise ValueError(f"sampler: expected one of {list(PATH_SAMPLERS)}, got {sampler!r}.")
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction: expected one of {list(PREDICTIONS)}, got "
+                         f"{prediction!r}.")
+    if not isinstance(path, GaussianPath):
+        raise TypeError(f"path: expected a probgen.processes.GaussianPath, got "
+                        f"{type(path).__name__}.")
+    if sampler != "ddim" and eta:
+        raise ValueError(f"eta: applies to sampler 'ddim' only, got eta={eta!r} with "
+                         f"{sampler!r}.")
+    t_end = path.t_end if t_end is None else float(t_end)
+    sigma_end = float(path.alpha_sigma(torch.tensor([t_end], dtype=torch.float64))[1][0])
+    last = bool(denoise and sigma_end > 0)  # a last denoising step, one of the steps
+
+    def data(state: Tensor, t: Tensor) -> Tensor:
+        return path.convert(predict(state, t), state, t, source=prediction, target="data")
+
+    def intervals(n: int) -> int:
+        if n - last < 1:
+            raise ValueError(f"steps: sampler {sampler!r} on this path ends with a denoising "
+                             f"step; expected steps >= 2, got {n}.")
+        return n - last
+
+    if sampler == "ode":
+        if method not in ODE_METHODS:
+            raise ValueError(f"method: expected one of {list(ODE_METHODS)}, got {method!r}.")
+        if method in FIXED_METHODS:
+            steps = _positive_steps(20 if steps is None else steps, f"ode/{method}")
+            grid = torch.linspace(0.0, t_end, intervals(steps) + 1, dtype=torch.float64)
+        elif steps is not None:
+            raise ValueError(f"steps: method {method!r} is adaptive (it picks its steps from "
+                             f"rtol/atol); use one of {list(FIXED_METHODS)} for fixed steps.")
+        else:
+            grid = torch.tensor([0.0, t_end], dtype=torch.float64)
+
+        def field(state: Tensor, t: Tensor) -> Tensor:
+            return path.convert(predict(state, t), state, t, source=prediction,
+                                target="velocity")
+
+        stepper: Stepper = ODEStepper(field, method=method, rtol=rtol, atol=atol,
+                                      final=data if last else None)
+    else:
+        steps = _positive_steps(20 if steps is None else steps, sampler)
+        grid = time_grid(path, intervals(steps), grid=spacing or DEFAULT_GRIDS[sampler],
+                         t_end=t_end)
+        if sampler == "ddim":
+            stepper = DDIM(path, data, eta=eta, denoise=denoise)
+        else:
+            stepper = STEPPERS[sampler](path, data, denoise=denoise)
+    return sample_loop(stepper, x, grid, generator=generator, networks=networks)
