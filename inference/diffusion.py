@@ -484,19 +484,29 @@ def ddim_invert(
     sub = sched.respace(tau)
     guide = {"labels": _labels_like(labels, x0.shape[0], x0.device), "guidance": guidance,
              "classifier": None, "classifier_scale": 0.0}
-    x = x0.detach()
-    n = x.shape[0]
-    with torch.no_grad():
-        for i in range(sub.num_steps):
-            # the network at the current state: step i-1's index (the first uses index 0)
-            j = max(i - 1, 0)
-            orig = sub.timesteps[j].to(x.device).expand(n)
-            eps, _ = guided_epsilon(model, x, orig, **guide)
-            # at i = 0 the state is the data itself (ab_prev = 1)
-            x0_hat = x if i == 0 else sub.convert(eps, x, j, "eps", "x0")
-            ab_next = sub._at(sub.alphas_cumprod, i, x)
-            x = ab_next.sqrt() * x0_hat + (1 - ab_next).sqrt() * eps
-    return x
+    # The grid counts the levels: 0 is the data, k the k-th index of tau.
+    times = torch.arange(tau.numel() + 1, dtype=torch.float64)
+    out = sample_loop(_DDIMInversion(model, sub, guide), x0, times, networks=[model])
+    return out.samples
+
+
+class _DDIMInversion(Stepper):
+    """The deterministic DDIM update run forwards (see :func:`ddim_invert`)."""
+
+    def __init__(self, model: Any, sub: NoiseSchedule, guide: dict[str, Any]) -> None:
+        self.model, self.sub, self.guide = model, sub, guide
+
+    def step(self, x: Tensor, t: float, t_next: float) -> Tensor:  # noqa: D102
+        i = int(round(t_next)) - 1  # the index in the respaced chain
+        # the network at the current state: step i-1's index (the first uses index 0)
+        j = max(i - 1, 0)
+        self.run.count()
+        orig = self.sub.timesteps[j].to(x.device).expand(x.shape[0])
+        eps, _ = guided_epsilon(self.model, x, orig, **self.guide)
+        # at i = 0 the state is the data itself (ab_prev = 1)
+        x0_hat = x if i == 0 else self.sub.convert(eps, x, j, "eps", "x0")
+        ab_next = self.sub._at(self.sub.alphas_cumprod, i, x)
+        return ab_next.sqrt() * x0_hat + (1 - ab_next).sqrt() * eps
 
 
 # ----------------------------------------------------------------------------- bound

@@ -122,3 +122,43 @@ def test_the_loop_rejects_bad_input():
             def step(self, x, t, t_next):
                 return self.run.call(lambda y, s: y[:, :1], x, t)
         sample_loop(Bad(), torch.zeros(2, 2), [0.0, 1.0])
+
+
+class _Exact(torch.nn.Module):
+    """The exact prediction of N(MU, COV) data on a path, as a network of (x, t)."""
+
+    def __init__(self, path, target):
+        super().__init__()
+        self.path, self.target = path, target
+        self.dummy = torch.nn.Parameter(torch.zeros((), dtype=DT))
+
+    def forward(self, x, t, labels=None):
+        assert bool((t == t[0]).all())  # the samplers call one time per batch
+        return self.path.gaussian_prediction(x, t[0], MU, COV, self.target)
+
+
+@pytest.mark.parametrize(("family", "sampler", "options"), [
+    # a flow-matching model on its VP path through the stochastic (posterior) sampler
+    ("fm", "ddim", {"eta": 1.0, "steps": 1000}),
+    ("fm", "ode", {"method": "rk4", "steps": 20}),
+    # a score model through the flow-matching samplers of its path
+    ("sde", "ode", {"method": "dopri5"}),
+    ("sde", "ddim", {"eta": 1.0, "steps": 1000}),
+])
+def test_every_model_of_a_path_samples_with_every_sampler_of_that_path(family, sampler,
+                                                                       options):
+    from probgen.models import FlowMatching, ScoreSDE
+    from probgen.paths import VPPath
+
+    g = torch.Generator().manual_seed(4)
+    if family == "fm":
+        path = VPPath()
+        model = FlowMatching(_Exact(path, "velocity"), path, (2,))
+    else:
+        path = VPSDE()
+        model = ScoreSDE(_Exact(path, "score"), path, (2,), parametrization="score")
+    x = model.sample((20000,), sampler=sampler, generator=g, **options)
+    assert x.dtype == DT
+    _moments_match(x, 0.05, 0.08)
+    if sampler == "ddim" and family == "fm":
+        assert model.last_nfe == 1000
