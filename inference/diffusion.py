@@ -60,6 +60,7 @@ from probgen.inference.denoising import (
     perturb,
 )
 from probgen.inference.guidance import classifier_free, classifier_guided
+from probgen.inference.path_sampling import sample_path
 from probgen.inference.registry import register_objective
 from probgen.inference.sampling import Run, Stepper, sample_loop
 from probgen.inference.solvers import DDIM, DEFAULT_GRIDS, GRIDS, STEPPERS, time_grid
@@ -84,7 +85,7 @@ __all__ = [
 VARIANCES: tuple[str, ...] = ("fixed_large", "fixed_small", "learned_range")
 #: Sampler names: ancestral (DDPM; strided when ``steps < T``), DDIM, and the
 #: second-order ODE solvers DPM-Solver++(2M) and EDM's Heun (:mod:`probgen.inference.solvers`).
-DIFFUSION_SAMPLERS: tuple[str, ...] = ("ancestral", "ddim", "dpm++2m", "edm_heun")
+DIFFUSION_SAMPLERS: tuple[str, ...] = ("ancestral", "ddim", "dpm++2m", "edm_heun", "ode")
 #: Training losses of :class:`DiffusionLoss`.
 DIFFUSION_LOSSES: tuple[str, ...] = ("simple", "vlb", "hybrid")
 
@@ -351,6 +352,9 @@ def diffusion_sample(
     clip: float | None = None,
     generator: torch.Generator | None = None,
     record_every: int | None = None,
+    method: str = "dopri5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
 ) -> DiffusionResult:
     r"""Runs the reverse process from ``x`` (noise at the last step) to data.
 
@@ -392,6 +396,11 @@ def diffusion_sample(
         clip: clamp the predicted :math:`\hat x_0` to ``[-clip, clip]`` (1 for images).
         generator: for the noise.
         record_every: keep every this-many-th state for plots.
+        method: ``"ode"``: the probability-flow ODE of the schedule's path
+            (:class:`probgen.diffusion.SchedulePath`) by torchdiffeq with this method
+            (:data:`probgen.cnf.ODE_METHODS`; adaptive: no ``steps``), ending with a
+            denoising step (:func:`probgen.inference.sample_path`); rtol, atol: its
+            tolerances.
 
     Returns:
         A :class:`DiffusionResult`.
@@ -412,6 +421,14 @@ def diffusion_sample(
     path = SchedulePath(sched)
     guide = {"labels": _labels_like(labels, x.shape[0], x.device), "guidance": guidance,
              "classifier": classifier, "classifier_scale": classifier_scale}
+    if sampler == "ode":
+        if timesteps is not None or spacing is not None:
+            raise ValueError("timesteps, spacing: sampler 'ode' runs on a uniform time grid "
+                             "(fixed-step methods) or adaptively; give steps and method.")
+        out = sample_path(_denoiser(model, path, clip, guide), "data", path, x,
+                          sampler="ode", steps=steps, method=method, rtol=rtol, atol=atol,
+                          generator=generator, networks=[model], record_every=record_every)
+        return DiffusionResult(out.samples, out.trajectory, None, path.step(out.times))
     ode = sampler in ("dpm++2m", "edm_heun")
     if spacing is None:
         spacing = DEFAULT_GRIDS[sampler] if ode and timesteps is None else "linspace"

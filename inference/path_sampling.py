@@ -99,6 +99,7 @@ def sample_path(
     denoise: bool = True,
     generator: torch.Generator | None = None,
     networks: Iterable[Any] = (),
+    record_every: int | None = None,
 ) -> SampleResult:
     r"""Samples a model of ``path`` from the prior draws ``x`` at ``t = 0``.
 
@@ -121,6 +122,7 @@ def sample_path(
             > 0` (one of the ``steps``; Tweedie's formula for a score model).
         generator: the run's random numbers (``"ddim"`` with ``eta > 0``).
         networks: modules put in evaluation mode for the run.
+        record_every: keep every this-many-th state in the trajectory.
 
     Returns:
         A :class:`probgen.inference.sampling.SampleResult`.
@@ -185,4 +187,5 @@ def sample_path(
             stepper = DDIM(path, data, eta=eta, denoise=denoise)
         else:
             stepper = STEPPERS[sampler](path, data, denoise=denoise)
-    return sample_loop(stepper, x, grid, generator=generator, networks=networks)
+    return sample_loop(stepper, x, grid, generator=generator, networks=networks,
+                       record_every=record_every)

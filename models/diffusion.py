@@ -23,11 +23,14 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
+from probgen.cnf import ContinuousFlow
 from probgen.diffusion import (
     PARAMETRIZATION_PREDICTIONS,
     PARAMETRIZATIONS,
     NoiseSchedule,
+    SchedulePath,
     VEScore,
     make_schedule,
 )
@@ -36,6 +39,7 @@ from probgen.inference.diffusion import (
     DiffusionResult,
     ddim_invert,
     diffusion_sample,
+    guided_epsilon,
     variational_bound,
 )
 from probgen.nn import ConditionalMLP, UNet
@@ -154,6 +158,75 @@ class DiffusionModel(nn.Module):
         m = self.schedule.coefficients(append_dims(ab.reshape(-1), x.dim()))
         return convert_prediction(pred, x, m, source=source, target=target)
 
+    @property
+    def path(self) -> SchedulePath:
+        """The schedule's Gaussian path in probgen time (a SchedulePath)."""
+        return SchedulePath(self.schedule)
+
+    def velocity(self, x: Tensor, t: Tensor, labels: Tensor | None = None,
+                 guidance: float | None = None) -> Tensor:
+        r"""The probability-flow velocity at ``x`` ``(batch, *event)`` and probgen times ``t``
+        ``(batch,)``: the (guided) noise prediction converted on :attr:`path`."""
+        step = self.schedule.step_of_time(t.to(torch.float64))
+        eps, _ = guided_epsilon(self, x, step, labels=labels, guidance=guidance)
+        return self.path.convert(eps, x, t, source="eps", target="velocity")
+
+    def distribution(
+        self,
+        *,
+        labels: Tensor | None = None,
+        guidance: float | None = None,
+        trace: str | None = None,
+        noise: str = "rademacher",
+        method: str = "dopri5",
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        step_size: float | None = None,
+        generator: torch.Generator | None = None,
+        prior: Distribution | None = None,
+    ) -> ContinuousFlow:
+        r"""The model as a Distribution through its probability-flow ODE: a
+        :class:`probgen.cnf.ContinuousFlow` of :meth:`velocity` from :math:`N(0, I)` at
+        ``t = 0`` (the last step) to ``t = 1`` (step 0, noise level
+        :math:`\sqrt{1-\bar\alpha_0}`), with exact log-likelihoods (Song et al., 2021).
+
+        Args:
+            labels: classes ``(batch,)`` of the points evaluated or drawn (a conditional
+                model); guidance: a classifier-free guidance weight.
+            trace: ``"exact"`` or ``"hutchinson"`` (default: exact for vectors, Hutchinson
+                for images).
+            noise, method, rtol, atol, step_size, generator: see
+                :class:`~probgen.cnf.ContinuousFlow`.
+            prior: the law at ``t = 0`` (default :math:`N(0, I)`, which the last step
+                approximates: its mean is :math:`\sqrt{\bar\alpha_{T-1}}` times the data's).
+        """
+        device, dtype = self._device_dtype()
+        if trace is None:
+            trace = "exact" if len(self.event_shape) == 1 else "hutchinson"
+
+        def field(x: Tensor, t: Tensor) -> Tensor:
+            return self.velocity(x, t, labels, guidance)
+
+        base = self.path.prior(self.event_shape, device=device, dtype=dtype) if prior is None \
+            else prior
+        return ContinuousFlow(field, base, method=method, rtol=rtol, atol=atol, trace=trace,
+                              noise=noise, step_size=step_size, generator=generator)
+
+    def log_prob(self, x: Tensor, labels: Tensor | None = None, **kwargs: Any) -> Tensor:
+        """Exact log-density of ``x`` ``(batch, *event)`` at step 0's noise level through the
+        probability-flow ODE, shape ``(batch,)``; keyword arguments go to
+        :meth:`distribution`."""
+        self._check_x(x)
+        was_training = self.training
+        self.eval()
+        try:
+            flow = self.distribution(labels=labels, **kwargs)
+            out = flow.log_prob(x)
+        finally:
+            self.train(was_training)
+        self.last_solve = flow.last_solve
+        return out
+
     def ve_score(self) -> VEScore:
         """This model as a noise-conditional score ``score(y, sigma)`` for the Langevin
         samplers of :mod:`probgen.inference.langevin` (see :class:`probgen.diffusion.VEScore`)."""
@@ -194,16 +267,21 @@ class DiffusionModel(nn.Module):
         classifier: nn.Module | None = None,
         classifier_scale: float = 0.0,
         clip: float | None = None,
+        method: str = "dopri5",
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         r"""Draws samples of shape ``(*shape, *event_shape)``.
 
         Args:
             shape: sample shape.
-            sampler: ``"ancestral"`` (DDPM; strided when ``steps < T``), ``"ddim"``, or
-                the second-order ODE solvers ``"dpm++2m"`` and ``"edm_heun"`` (see
+            sampler: ``"ancestral"`` (DDPM; strided when ``steps < T``), ``"ddim"``,
+                the second-order ODE solvers ``"dpm++2m"`` and ``"edm_heun"``, or
+                ``"ode"``, the probability-flow ODE by torchdiffeq (see
                 :func:`probgen.inference.diffusion.diffusion_sample`).
-            steps: number of steps (``None``: T).
+            steps: number of steps (``None``: T; ``"ode"``: 20 for a fixed-step method,
+                none for an adaptive one).
             eta: DDIM's noise in [0, 1] (0: deterministic).
             spacing: how strided samplers pick their steps (``"linspace"``,
                 ``"leading"``, ``"trailing"``, ``"quadratic"``; the ODE solvers also
@@ -215,13 +293,16 @@ class DiffusionModel(nn.Module):
             classifier: a noise-conditional classifier ``classifier(x, t) -> logits``;
                 classifier_scale: its guidance scale.
             clip: clamp predicted clean data (default: the model's ``clip``).
+            method: ``"ode"``'s torchdiffeq method (:data:`probgen.cnf.ODE_METHODS`);
+                rtol, atol: its tolerances when adaptive.
             generator: for the start noise and the sampler's noise.
         """
         n = math.prod(shape)
+        ode = {"method": method, "rtol": rtol, "atol": atol} if sampler == "ode" else {}
         out = self.run(n, generator=generator, sampler=sampler, steps=steps, eta=eta,
                        spacing=spacing, labels=labels, guidance=guidance,
                        classifier=classifier, classifier_scale=classifier_scale,
-                       clip=self.clip if clip is None else clip)
+                       clip=self.clip if clip is None else clip, **ode)
         return out.samples.reshape(*shape, *self.event_shape)
 
     def encode(self, x: Tensor, *, steps: int | None = None, labels: Any = None,

@@ -291,6 +291,16 @@ class NoiseSchedule(nn.Module):
         return torch.where(w == 0, ab[lo], torch.where(w == 1, ab[lo + 1],
                                                        torch.sigmoid(value)))
 
+    def log_snr_slope(self, step: Tensor) -> Tensor:
+        r"""The derivative over steps of the interpolated log-SNR of
+        :meth:`alphas_cumprod_at`: :math:`\ell_{k+1} - \ell_k` on the step's segment
+        :math:`[k, k+1)` (the last segment at ``T-1``; 0 where ``T = 1``), float64."""
+        step = torch.as_tensor(step).to(self.betas.device, torch.float64)
+        if self.num_steps == 1:
+            return torch.zeros_like(step)
+        lo = step.clamp(0, self.num_steps - 1).floor().long().clamp(max=self.num_steps - 2)
+        return self.log_snr[lo + 1] - self.log_snr[lo]
+
     def sigma_ve(self, step: Tensor) -> Tensor:
         r"""The variance-exploding noise level :math:`\sqrt{(1-\bar\alpha)/\bar\alpha}`."""
         ab = self.alphas_cumprod_at(step)
@@ -407,8 +417,12 @@ class SchedulePath(GaussianPath):
     :meth:`NoiseSchedule.alphas_cumprod_at` (linear in log-SNR), and :math:`(\alpha_t,
     \sigma_t) = (\sqrt{\bar\alpha}, \sqrt{1 - \bar\alpha})`. The data (:math:`\sigma = 0`)
     lies beyond ``t = 1``; the solvers reach it by their last denoising step
-    (:func:`probgen.inference.solvers.solve_path`). A discrete schedule has no time
-    derivatives, so the conversions to and from ``"velocity"`` are not available.
+    (:func:`probgen.inference.solvers.solve_path`). Its time derivatives are those of the
+    interpolation (the log-SNR :math:`\ell` is linear on each step, so
+    :math:`\dot\alpha = \tfrac12 \alpha\sigma^2 \dot\ell`, :math:`\dot\sigma =
+    -\tfrac12 \sigma\alpha^2 \dot\ell`, :math:`\dot\ell = -(T-1)\,d\ell/ds`, constant
+    on each step): the probability-flow ODE and the ``"velocity"`` conversions of a DDPM
+    are those of this path.
 
     Args:
         schedule: the :class:`NoiseSchedule`.
@@ -441,9 +455,14 @@ class SchedulePath(GaussianPath):
 
     def schedule(self, t: Tensor) -> Marginal:  # noqa: D102
         t = torch.as_tensor(t)
-        ab = self.noise_schedule.alphas_cumprod_at(self.step(t)).to(
-            t.dtype if t.is_floating_point() else torch.float64)
-        return self.noise_schedule.coefficients(ab)
+        dtype = t.dtype if t.is_floating_point() else torch.float64
+        sched = self.noise_schedule
+        step = self.step(t)
+        m = sched.coefficients(sched.alphas_cumprod_at(step))
+        d_ell = -max(sched.num_steps - 1, 1) * sched.log_snr_slope(step)
+        d_alpha = 0.5 * m.alpha * m.sigma**2 * d_ell
+        d_sigma = -0.5 * m.sigma * m.alpha**2 * d_ell
+        return Marginal(*(v.to(dtype) for v in (m.alpha, m.sigma, d_alpha, d_sigma)))
 
 
 def _check_steps(num_steps: Any) -> None:
@@ -600,7 +619,7 @@ def gaussian_epsilon(schedule: NoiseSchedule, mean: Tensor, cov: Tensor
 
     def eps(x: Tensor, step: Tensor) -> Tensor:
         ab = schedule.alphas_cumprod_at(_steps_tensor(step, x.shape[0])).cpu()[:, None]
-        r = x.detach().to(torch.float64).cpu() - ab.sqrt() * mean
+        r = x.to(torch.float64).cpu() - ab.sqrt() * mean
         out = (1 - ab).sqrt() * (((r @ U) / (ab * lam + 1 - ab)) @ U.T)
         return out.to(device=x.device, dtype=x.dtype)
 

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from probgen.diffusion import NoiseSchedule
+from probgen.diffusion import NoiseSchedule, SchedulePath
 from probgen.paths import CondOTPath, CosinePath, LinearPath, VEPath, VPPath
 from probgen.processes import PREDICTIONS, GaussianPath, Marginal, convert_prediction
 from probgen.sde import VESDE, VPSDE, SubVPSDE
@@ -15,7 +15,9 @@ from probgen.sde import VESDE, VPSDE, SubVPSDE
 DT = torch.float64
 PATHS = {"vp-sde": VPSDE, "subvp-sde": SubVPSDE, "ve-sde": lambda: VESDE(0.01, 5.0),
          "ot": CondOTPath, "ot-sigma_min": lambda: CondOTPath(0.1), "linear": LinearPath,
-         "vp-path": VPPath, "ve-path": lambda: VEPath(0.01, 5.0), "cosine": CosinePath}
+         "vp-path": VPPath, "ve-path": lambda: VEPath(0.01, 5.0), "cosine": CosinePath,
+         "ddpm-linear": lambda: SchedulePath(NoiseSchedule.linear(1000)),
+         "ddpm-cosine": lambda: SchedulePath(NoiseSchedule.cosine(100))}
 
 
 def _truth(m: Marginal, data: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
