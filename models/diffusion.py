@@ -201,7 +201,8 @@ class DiffusionModel(nn.Module):
         Args:
             shape: sample shape.
             sampler: ``"ancestral"`` (DDPM; strided when ``steps < T``), ``"ddim"``, or
-                the second-order ODE solvers ``"dpm++2m"`` and ``"edm_heun"`` (see
+                the probability-flow ODE solvers ``"dpm++2m"``, ``"dpm++3m"``, ``"unipc"``
+                and ``"edm_heun"`` (:data:`probgen.inference.DIFFUSION_SAMPLERS`; see
                 :func:`probgen.inference.diffusion.diffusion_sample`).
             steps: number of steps (``None``: T).
             eta: DDIM's noise in [0, 1] (0: deterministic).

@@ -203,8 +203,9 @@ class FlowMatching(nn.Module):
             shape: sample shape.
             method: ``"euler"``, ``"midpoint"``, ``"heun2"``, ``"rk4"`` (fixed steps) or
                 ``"dopri5"`` (adaptive; see :data:`probgen.cnf.ODE_METHODS`) on the
-                velocity; or ``"ddim"``, ``"dpm++2m"``, ``"edm_heun"`` on its data
-                prediction (:func:`probgen.inference.solvers.solve_path`).
+                velocity; or a solver of :data:`probgen.inference.solvers.SOLVERS`
+                (``"ddim"``, ``"dpm++2m"``, ``"dpm++3m"``, ``"unipc"``, ``"edm_heun"``) on
+                its data prediction (:func:`probgen.inference.solvers.solve_path`).
             steps: steps of a fixed-step method or solver (default 20; ignored by adaptive
                 ones).
             guidance: classifier-free guidance weight :math:`w` (with ``labels``):
@@ -213,7 +214,7 @@ class FlowMatching(nn.Module):
                 :mod:`probgen.inference.guidance`).
             labels: class(es) to sample: an int, or a sequence cycled over the samples.
             rtol: tolerances of an adaptive method (defaults: the model's); atol: likewise.
-            spacing: the time grid of ``"ddim"``, ``"dpm++2m"`` and ``"edm_heun"`` (see
+            spacing: the time grid of the solvers (see
                 :func:`probgen.inference.solvers.time_grid`; default each solver's).
             generator: seeds the prior draw.
 

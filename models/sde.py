@@ -180,7 +180,8 @@ class ScoreSDE(nn.Module):
             shape: sample shape.
             sampler: ``"pc"`` (predictor-corrector), ``"sde"`` (reverse SDE by torchsde),
                 ``"ode"`` (probability flow by torchdiffeq), or the probability-flow solvers
-                ``"ddim"``, ``"dpm++2m"``, ``"edm_heun"`` on the score's data prediction
+                of :data:`probgen.inference.solvers.SOLVERS` (``"ddim"``, ``"dpm++2m"``,
+                ``"dpm++3m"``, ``"unipc"``, ``"edm_heun"``) on the score's data prediction
                 (:func:`probgen.inference.solvers.solve_path`).
             steps: predictor steps (``"pc"``), solver steps (``"sde"``, the solvers; and
                 ``"ode"`` with a fixed-step ``method``).
