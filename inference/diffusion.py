@@ -63,7 +63,7 @@ from probgen.inference.guidance import classifier_free, classifier_guided
 from probgen.inference.path_sampling import sample_path
 from probgen.inference.registry import register_objective
 from probgen.inference.sampling import Run, Stepper, sample_loop
-from probgen.inference.solvers import DDIM, DEFAULT_GRIDS, GRIDS, STEPPERS, time_grid
+from probgen.inference.solvers import DDIM, DEFAULT_GRIDS, GRIDS, SOLVERS, STEPPERS, time_grid
 from probgen.metrics.likelihood import bits_per_dim
 from probgen.processes import convert_prediction
 from probgen.utils import append_dims
@@ -83,9 +83,13 @@ __all__ = [
 
 #: Reverse-variance choices of a diffusion model.
 VARIANCES: tuple[str, ...] = ("fixed_large", "fixed_small", "learned_range")
-#: Sampler names: ancestral (DDPM; strided when ``steps < T``), DDIM, and the
-#: second-order ODE solvers DPM-Solver++(2M) and EDM's Heun (:mod:`probgen.inference.solvers`).
-DIFFUSION_SAMPLERS: tuple[str, ...] = ("ancestral", "ddim", "dpm++2m", "edm_heun", "ode")
+#: Sampler names: ancestral (DDPM; strided when ``steps < T``), the solvers of
+#: :data:`probgen.inference.solvers.SOLVERS` (DDIM, then the higher-order probability-flow
+#: ODE solvers: DPM-Solver++(2M) and (3M), UniPC, EDM's Heun) and ``"ode"`` (the
+#: probability-flow ODE by torchdiffeq).
+DIFFUSION_SAMPLERS: tuple[str, ...] = ("ancestral", *SOLVERS, "ode")
+# the probability-flow ODE solvers after DDIM (noise-level grids, a final denoising step)
+_ODE_SOLVERS: tuple[str, ...] = tuple(s for s in SOLVERS if s != "ddim")
 #: Training losses of :class:`DiffusionLoss`.
 DIFFUSION_LOSSES: tuple[str, ...] = ("simple", "vlb", "hybrid")
 
@@ -372,13 +376,14 @@ def diffusion_sample(
       :math:`\sigma = \eta\sqrt{(1-\bar\alpha_{prev})/(1-\bar\alpha)}
       \sqrt{1-\bar\alpha/\bar\alpha_{prev}}`; ``eta = 0`` is deterministic, ``eta = 1``
       is the ancestral sampler with the posterior variance.
-    - ``"dpm++2m"``, ``"edm_heun"``: the second-order probability-flow ODE solvers of
-      :func:`probgen.inference.solvers.solve_path` over the schedule's path
+    - ``"dpm++2m"``, ``"dpm++3m"``, ``"unipc"``, ``"edm_heun"``: the higher-order
+      probability-flow ODE solvers of :func:`probgen.inference.solvers.solve_path` over the
+      schedule's path
       (:class:`probgen.diffusion.SchedulePath`, log-SNR interpolated between steps), on the
       same ``steps`` levels (``spacing`` as above, or the noise-level grids ``"logsnr"``
-      and ``"karras"``), ending with a denoising step to the data. DPM-Solver++(2M) calls
-      the network once per level (``steps`` calls, as DDIM); EDM's Heun twice per interval
-      (``2 steps - 1``).
+      and ``"karras"``), ending with a denoising step to the data. DPM-Solver++(2M), (3M)
+      and UniPC call the network once per level (``steps`` calls, as DDIM); EDM's Heun
+      twice per interval (``2 steps - 1``).
 
     Args:
         model: a diffusion model (see the module docstring).
@@ -387,8 +392,10 @@ def diffusion_sample(
         steps: number of steps (``None``: all T); spacing: see
             :func:`probgen.diffusion.spaced_timesteps` (the ODE solvers also take
             ``"logsnr"`` and ``"karras"``, see :func:`probgen.inference.solvers.time_grid`;
-            default ``"linspace"``, ``"logsnr"`` for DPM-Solver++ and ``"karras"`` for
-            EDM's Heun); timesteps: explicit increasing indices instead.
+            default ``"linspace"``, else each solver's
+            :data:`probgen.inference.solvers.DEFAULT_GRIDS` entry: ``"logsnr"`` for
+            DPM-Solver++ and UniPC, ``"karras"`` for EDM's Heun); timesteps: explicit
+            increasing indices instead.
         eta: DDIM's noise, in [0, 1].
         labels: classes (int, or a sequence cycled over the batch) for a conditional
             model or a classifier; guidance, classifier, classifier_scale: see
@@ -429,13 +436,13 @@ def diffusion_sample(
                           sampler="ode", steps=steps, method=method, rtol=rtol, atol=atol,
                           generator=generator, networks=[model], record_every=record_every)
         return DiffusionResult(out.samples, out.trajectory, None, path.step(out.times))
-    ode = sampler in ("dpm++2m", "edm_heun")
+    ode = sampler in _ODE_SOLVERS
     if spacing is None:
         spacing = DEFAULT_GRIDS[sampler] if ode and timesteps is None else "linspace"
     if spacing in GRIDS[1:]:  # noise-level grids of the ODE solvers
         if not ode:
             raise ValueError(f"spacing: {spacing!r} is a grid of the ODE solvers "
-                             f"('dpm++2m', 'edm_heun'), not of {sampler!r}.")
+                             f"{list(_ODE_SOLVERS)}, not of {sampler!r}.")
         if timesteps is not None:
             raise ValueError(f"timesteps: explicit indices do not go with spacing "
                              f"{spacing!r}; give steps.")

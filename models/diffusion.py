@@ -277,8 +277,9 @@ class DiffusionModel(nn.Module):
         Args:
             shape: sample shape.
             sampler: ``"ancestral"`` (DDPM; strided when ``steps < T``), ``"ddim"``,
-                the second-order ODE solvers ``"dpm++2m"`` and ``"edm_heun"``, or
-                ``"ode"``, the probability-flow ODE by torchdiffeq (see
+                the probability-flow ODE solvers ``"dpm++2m"``, ``"dpm++3m"``, ``"unipc"``
+                and ``"edm_heun"``, or ``"ode"``, the probability-flow ODE by torchdiffeq
+                (:data:`probgen.inference.DIFFUSION_SAMPLERS`; see
                 :func:`probgen.inference.diffusion.diffusion_sample`).
             steps: number of steps (``None``: T; ``"ode"``: 20 for a fixed-step method,
                 none for an adaptive one).

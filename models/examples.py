@@ -79,12 +79,15 @@ EXAMPLES: dict[str, dict[str, dict[str, Any]]] = {
                          "model": {"latents": 2, "categories": 3, "hidden_features": [16]},
                          "objective": {"name": "gumbel_elbo"}},
     # ---------------------------------------------------------------- diffusion
+    # log_prob: two RK4 steps per schedule step (the log-SNR has kinks at the steps)
     "DDPM": {"data": _DIGITS_SIGNED, "model": {"num_steps": 10, **_SMALL_UNET},
-             "objective": {"name": "ddpm"}, "sample": {"sampler": "ddim", "steps": 3}},
+             "objective": {"name": "ddpm"}, "sample": {"sampler": "ddim", "steps": 3},
+             "log_prob": {"method": "rk4", "step_size": 1 / 18}},
     "VectorDDPM": {"data": _MOONS,
                    "model": {"num_steps": 10, "hidden_features": [16, 16],
                              "embedding_dim": 8},
-                   "objective": {"name": "ddpm"}, "sample": {"sampler": "ddim", "steps": 3}},
+                   "objective": {"name": "ddpm"}, "sample": {"sampler": "ddim", "steps": 3},
+                   "log_prob": {"method": "rk4", "step_size": 1 / 18}},
     # ---------------------------------------------------------------- score SDEs
     "VectorScoreSDE": {"data": _MOONS,
                        "model": {"hidden_features": [16, 16], "embedding_dim": 8},

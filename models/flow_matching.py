@@ -192,7 +192,8 @@ class FlowMatching(nn.Module):
             shape: sample shape.
             sampler: ``"ode"`` (the flow's ODE by torchdiffeq, ``method`` below), or the
                 fast solvers on its data prediction ``"ddim"`` (any ``eta``: 1 is the
-                posterior sampler of the path, stochastic), ``"dpm++2m"``, ``"edm_heun"``
+                posterior sampler of the path, stochastic), ``"dpm++2m"``, ``"dpm++3m"``,
+                ``"unipc"``, ``"edm_heun"``
                 (:data:`probgen.inference.PATH_SAMPLERS`,
                 :func:`probgen.inference.sample_path`).
             steps: the number of steps (default 20; an adaptive ``method`` takes none).

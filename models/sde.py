@@ -183,7 +183,7 @@ class ScoreSDE(nn.Module):
             sampler: ``"pc"`` (predictor-corrector), ``"sde"`` (reverse SDE by torchsde),
                 ``"ode"`` (probability flow by torchdiffeq), or the fast solvers on the
                 score's data prediction ``"ddim"`` (any ``eta``), ``"dpm++2m"``,
-                ``"edm_heun"`` (:func:`probgen.inference.sample_path`).
+                ``"dpm++3m"``, ``"unipc"``, ``"edm_heun"`` (:func:`probgen.inference.sample_path`).
             steps: the number of steps (predictor steps of ``"pc"``, solver steps of the
                 others; an adaptive ``"ode"`` takes none). Default: 500 for ``"pc"`` and
                 ``"sde"``, 20 for the solvers and fixed-step ODE methods.

@@ -6,8 +6,10 @@ import torch
 from probgen.inference import (
     DDIM,
     DPMSolver2M,
+    DPMSolver3M,
     EDMHeun,
     Stepper,
+    UniPC,
     sample_loop,
     time_grid,
 )
@@ -42,8 +44,11 @@ def _start(path, n, generator):
     # the stochastic step plugs in E[x | x_t]: exact only as the steps shrink
     (lambda p, d: DDIM(p, d, eta=1.0), 1000, "time"),
     (lambda p, d: DPMSolver2M(p, d), 40, "logsnr"),
+    (lambda p, d: DPMSolver3M(p, d), 20, "logsnr"),
+    (lambda p, d: UniPC(p, d), 20, "logsnr"),
+    (lambda p, d: UniPC(p, d, order=3), 20, "logsnr"),
     (lambda p, d: EDMHeun(p, d), 40, "karras")],
-    ids=["ddim", "ddim-eta1", "dpm++2m", "edm_heun"])
+    ids=["ddim", "ddim-eta1", "dpm++2m", "dpm++3m", "unipc", "unipc3", "edm_heun"])
 def test_path_steppers_driven_by_the_exact_prediction_reproduce_the_gaussian(
         path, make, steps, grid):
     g = torch.Generator().manual_seed(0)
