@@ -78,8 +78,8 @@ class Net(nn.Module):
         return self.net(torch.cat([x, t], 1))
 
 
-def build_runs(net: Net) -> dict[str, dict]:
-    """One entry per run: its own copy of ``net`` and a ``loss(x1)`` closure."""
+def build_runs(net: Net, names: tuple[str, ...] = RUNS) -> dict[str, dict]:
+    """One entry per run of ``names``: its own copy of ``net`` and a ``loss(x1)`` closure."""
     from flow_matching.path import AffineProbPath
     from flow_matching.path.scheduler import CondOTScheduler
     from torchcfm.conditional_flow_matching import (
@@ -92,7 +92,7 @@ def build_runs(net: Net) -> dict[str, dict]:
     from probgen.paths import CondOTPath
 
     runs: dict[str, dict] = {}
-    for name in RUNS:
+    for name in names:
         module = copy.deepcopy(net)
         if name.startswith("probgen"):
             coupling = ExactOTCoupling() if name.endswith("ot") else None

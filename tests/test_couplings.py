@@ -149,3 +149,39 @@ def test_registry_and_errors():
         SinkhornCoupling(pairs="rowwise")
     with pytest.raises(ValueError, match="reg"):
         sinkhorn(torch.zeros(2, 2), 0.0)
+
+
+@pytest.mark.parametrize("dataset", ["moons", "8gaussians", "checkerboard"])
+def test_exact_ot_at_batch_512_is_the_pot_optimum(dataset):
+    """On OT-CFM's working size the pairing is a permutation whose cost is POT's exact
+    network-simplex optimum (``ot.emd2``, a benchmark-only peer) to 1e-9 relative."""
+    ot = pytest.importorskip("ot")
+    from probgen.data import toy_sample
+
+    g = torch.Generator().manual_seed(7)
+    x0, x1 = torch.randn(512, 2, generator=g), toy_sample(dataset, 512, generator=g)
+    i, j = ExactOTCoupling().indices(x0, x1)
+    assert i.tolist() == list(range(512)) and sorted(j.tolist()) == list(range(512))
+    cost = cost_matrix(x0, x1).numpy()
+    uniform = np.full(512, 1 / 512)
+    assert pairing_cost(x0[i], x1[j]) == pytest.approx(ot.emd2(uniform, uniform, cost),
+                                                       rel=1e-9)
+    # "plan" draws lie on the permutation's support.
+    pi, pj = ExactOTCoupling(pairs="plan").indices(x0, x1, torch.Generator().manual_seed(0))
+    assert torch.equal(j[pi], pj)
+    plan = ExactOTCoupling().plan(x0, x1)
+    assert float((plan * cost_matrix(x0, x1)).sum()) == pytest.approx(
+        pairing_cost(x0[i], x1[j]), rel=1e-12)
+
+
+def test_exact_plan_for_unequal_batches_above_the_warm_start():
+    """lcm(256, 384) = 768 copies: the warm-started assignment, against POT's plan."""
+    ot = pytest.importorskip("ot")
+    g = torch.Generator().manual_seed(8)
+    x0, x1 = torch.randn(256, 2, generator=g), torch.rand(384, 2, generator=g)
+    plan = ExactOTCoupling().plan(x0, x1)
+    torch.testing.assert_close(plan.sum(1), torch.full((256,), 1 / 256, dtype=torch.float64))
+    torch.testing.assert_close(plan.sum(0), torch.full((384,), 1 / 384, dtype=torch.float64))
+    cost = cost_matrix(x0, x1)
+    ref = ot.emd2(np.full(256, 1 / 256), np.full(384, 1 / 384), cost.numpy())
+    assert float((plan * cost).sum()) == pytest.approx(ref, rel=1e-9)

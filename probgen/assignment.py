@@ -1,0 +1,139 @@
+r"""Exact linear assignment, warm-started by an auction: ``scipy``'s solver on reduced costs.
+
+The square assignment problem :math:`\min_\sigma \sum_i C_{i\sigma(i)}` over permutations
+is unchanged when a constant is subtracted from each row and each column: :math:`C'_{ij} =
+C_{ij} - u_i - v_j` has the same optimal assignments. ``scipy.optimize.linear_sum_assignment``
+(a shortest-augmenting-path solver started from zero potentials) solves :math:`C'` exactly
+whatever :math:`u, v` are, but its time depends on them: from zero potentials on a 512 x 512
+squared-distance matrix of 2-D points each augmenting path scans a large part of the matrix
+(40-100 ms on one core), while from nearly optimal potentials most rows find a free column
+at once (a few ms). :func:`linear_assignment` first runs a short auction with
+:math:`\varepsilon`-scaling (Bertsekas, 1988) whose prices are nearly optimal column
+potentials, stopping each phase when all but a few rows are assigned, and hands the reduced
+costs to scipy, which finishes exactly. The auction only speeds scipy up: the returned
+assignment is scipy's exact optimum of :math:`C'`, hence of :math:`C` (up to one rounding
+per reduced entry).
+
+References:
+    The auction algorithm: a distributed relaxation method for the assignment problem
+    (Bertsekas, 1988), https://doi.org/10.1007/BF02186476
+    On implementing 2D rectangular assignment algorithms (Crouse, 2016),
+    https://doi.org/10.1109/TAES.2016.140952
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+__all__ = ["auction_prices", "linear_assignment"]
+
+#: Below this many rows the auction costs more than it saves (measured: about even at 256
+#: rows of 2-D squared distances, 3x faster at 512, 5x at 1024): scipy alone.
+MIN_WARM_START = 256
+
+
+def auction_prices(cost: np.ndarray, *, eps_start: float, eps_end: float, factor: float = 5.0,
+                   leave: int = 0, max_rounds: int = 2000) -> np.ndarray:
+    r"""Column prices of a Jacobi auction with :math:`\varepsilon`-scaling, for minimum cost.
+
+    Every unassigned row bids for its cheapest column :math:`j_1` (cost plus price),
+    raising its price by the gap to its second cheapest plus :math:`\varepsilon`; each
+    column goes to its highest bidder. A phase ends when at most ``leave`` rows are
+    unassigned; :math:`\varepsilon` is then divided by ``factor`` (down to ``eps_end``) and
+    the pairs that break :math:`\varepsilon`-complementary slackness are released. At the
+    end :math:`-p` is a column potential within about :math:`n\varepsilon` of optimal.
+
+    Args:
+        cost: ``(n, m)`` finite costs, ``n <= m`` (any float dtype; float32 is faster).
+        eps_start: the first :math:`\varepsilon` (> 0).
+        eps_end: the last :math:`\varepsilon` (> 0).
+        factor: the division of :math:`\varepsilon` between phases (> 1).
+        leave: a phase stops with this many rows still unassigned.
+        max_rounds: bidding rounds at most, over all phases (the prices are then returned
+            as they are).
+
+    Returns:
+        The prices :math:`p`, ``(m,)`` of ``cost``'s dtype.
+
+    Example:
+        >>> p = auction_prices(np.array([[0.0, 1.0], [1.0, 0.0]]), eps_start=0.1,
+        ...                    eps_end=0.01)
+        >>> bool(p[0] == p[1])
+        True
+    """
+    n, m = cost.shape
+    rows = np.arange(n)
+    prices = np.zeros(m, dtype=cost.dtype)
+    owner = np.full(m, -1)  # row of each column
+    col = np.full(n, -1)  # column of each row
+    eps = cost.dtype.type(eps_start)
+    rounds = 0
+    while True:
+        assigned = rows[col >= 0]
+        if assigned.size:  # keep the pairs that are eps-optimal at this eps
+            value = cost[assigned] + prices
+            slack = value[np.arange(assigned.size), col[assigned]] - value.min(1)
+            bad = assigned[slack > eps]
+            owner[col[bad]] = -1
+            col[bad] = -1
+        free = rows[col < 0]
+        while free.size > leave and rounds < max_rounds:
+            rounds += 1
+            value = cost[free] + prices
+            k = np.arange(free.size)
+            best = value.argmin(1)
+            first = value[k, best]
+            value[k, best] = np.inf
+            bid = prices[best] + (value.min(1) - first) + eps
+            order = np.lexsort((bid, best))  # by column, then bid: the last of each
+            top = np.r_[best[order][1:] != best[order][:-1], True]  # column is its winner
+            cols, winners = best[order][top], free[order][top]
+            losers = owner[cols]
+            col[losers[losers >= 0]] = -1
+            owner[cols] = winners
+            col[winners] = cols
+            prices[cols] = bid[order][top]
+            free = rows[col < 0]
+        if eps <= eps_end or rounds >= max_rounds:
+            return prices
+        eps = max(eps / cost.dtype.type(factor), cost.dtype.type(eps_end))
+
+
+def linear_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r"""An optimal assignment of the rows of ``cost`` to distinct columns (minimum sum).
+
+    As ``scipy.optimize.linear_sum_assignment`` (same result type, an exact optimum), but
+    warm-started by :func:`auction_prices` (module docstring) for square costs from 256
+    rows on. Rectangular costs go to scipy alone: when some columns stay unused, column
+    potentials change which columns are chosen, so only square problems are reduced.
+
+    Args:
+        cost: ``(n, m)`` costs, finite (non-finite entries: scipy's own error).
+
+    Returns:
+        ``(rows, cols)``: int arrays, ``rows`` sorted; with ``n <= m`` ``rows`` is
+        ``0..n-1`` and ``cols`` is injective.
+
+    Example:
+        >>> linear_assignment(np.array([[4.0, 1.0, 3.0], [2.0, 0.0, 5.0], [3.0, 2.0, 2.0]]))
+        (array([0, 1, 2]), array([1, 0, 2]))
+    """
+    cost = np.asarray(cost, dtype=np.float64)
+    if (cost.ndim != 2 or cost.shape[0] != cost.shape[1] or cost.shape[0] < MIN_WARM_START
+            or not np.isfinite(cost).all()):
+        return linear_sum_assignment(cost)
+    # Potentials are invariant to a shift of the costs; scale the epsilons by their spread.
+    low = cost.min()
+    spread = float(np.median(cost) - low)
+    if not spread > 0:
+        spread = float(cost.max() - low)
+    if not spread > 0:  # all costs equal: every assignment is optimal
+        return linear_sum_assignment(cost)
+    c32 = (cost - low).astype(np.float32)
+    prices = auction_prices(c32, eps_start=0.3 * spread,
+                            eps_end=max(1e-3 * spread, 1e-6 * float(c32.max())),
+                            leave=max(1, cost.shape[0] // 50)).astype(np.float64)
+    reduced = cost + prices  # column potentials v = -prices
+    reduced -= reduced.min(1, keepdims=True)  # row potentials u = min_j (C_ij - v_j)
+    return linear_sum_assignment(reduced)
