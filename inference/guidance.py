@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from probgen.processes import PREDICTIONS, GaussianPath, check_time
+from probgen.processes import GaussianPath, check_path_prediction, check_time
 
 __all__ = ["classifier_free", "classifier_guided", "drop_labels", "guided"]
 
@@ -144,12 +144,7 @@ def classifier_guided(predict: Callable[[Tensor, Tensor], Tensor], path: Gaussia
         >>> [round(v, 4) for v in score[0].tolist()]
         [2.0, 0.0]
     """
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction: expected one of {list(PREDICTIONS)}, got "
-                         f"{prediction!r}.")
-    if not isinstance(path, GaussianPath):
-        raise TypeError(f"path: expected a probgen.processes.GaussianPath, got "
-                        f"{type(path).__name__}.")
+    check_path_prediction(path, prediction)
     scale = float(scale)
 
     def f(x: Tensor, t: Tensor) -> Tensor:

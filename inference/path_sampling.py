@@ -30,7 +30,7 @@ from torch import Tensor
 from probgen.cnf import ADAPTIVE_METHODS, FIXED_METHODS, ODE_METHODS, SolveStats, odeint_field
 from probgen.inference.sampling import SampleResult, Stepper, sample_loop
 from probgen.inference.solvers import DDIM, DEFAULT_GRIDS, SOLVERS, STEPPERS, time_grid
-from probgen.processes import PREDICTIONS, GaussianPath
+from probgen.processes import GaussianPath, check_path_prediction
 
 __all__ = ["PATH_SAMPLERS", "ODEStepper", "sample_path"]
 
@@ -139,12 +139,7 @@ def sample_path(
     """
     if sampler not in PATH_SAMPLERS:
         raise ValueError(f"sampler: expected one of {list(PATH_SAMPLERS)}, got {sampler!r}.")
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction: expected one of {list(PREDICTIONS)}, got "
-                         f"{prediction!r}.")
-    if not isinstance(path, GaussianPath):
-        raise TypeError(f"path: expected a probgen.processes.GaussianPath, got "
-                        f"{type(path).__name__}.")
+    check_path_prediction(path, prediction)
     if sampler != "ddim" and eta:
         raise ValueError(f"eta: applies to sampler 'ddim' only, got eta={eta!r} with "
                          f"{sampler!r}.")

@@ -51,7 +51,8 @@ from torch.distributions import Distribution, Independent, Normal
 
 from probgen.utils import append_dims
 
-__all__ = ["Marginal", "PREDICTIONS", "GaussianPath", "convert_prediction", "check_time"]
+__all__ = ["Marginal", "PREDICTIONS", "GaussianPath", "convert_prediction", "check_time",
+           "check_path_prediction"]
 
 #: What a network of ``(x, t)`` may predict (see the module docstring).
 PREDICTIONS = ("eps", "data", "v", "score", "velocity")
@@ -98,6 +99,17 @@ def check_time(t: Tensor | float, x: Tensor, *, bounded: bool = False) -> Tensor
         raise ValueError("t: expected times in [0, 1] (0 noise, 1 data), got values in "
                          f"[{float(t.min()):g}, {float(t.max()):g}].")
     return t
+
+
+def check_path_prediction(path: Any, prediction: str) -> None:
+    """Checks that ``path`` is a :class:`GaussianPath` and ``prediction`` one of
+    :data:`PREDICTIONS` (the arguments of everything that reads a network on a path)."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction: expected one of {list(PREDICTIONS)}, got "
+                         f"{prediction!r}.")
+    if not isinstance(path, GaussianPath):
+        raise TypeError(f"path: expected a probgen.processes.GaussianPath, got "
+                        f"{type(path).__name__}.")
 
 
 def _check_prediction_names(source: str, target: str) -> None:
