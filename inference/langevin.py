@@ -22,7 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from probgen.inference.path_sampling import PATH_SAMPLERS, sample_path
 from probgen.inference.sampling import Run, Stepper, sample_loop
+from probgen.inference.sde import predictor_corrector_sample, reverse_sde_sample
+from probgen.sde import VESDE
 
 __all__ = [
     "LangevinResult",
@@ -37,8 +40,11 @@ __all__ = [
     "SAMPLERS",
 ]
 
-#: The sampler names :class:`ScoreSampler` (and the CLI's ``[sample] sampler``) accept.
-SAMPLERS: tuple[str, ...] = ("annealed", "langevin")
+#: The sampler names :class:`ScoreSampler` (and the CLI's ``[sample] sampler``) accept:
+#: Langevin over the ladder or at one level, and every sampler of the ladder's
+#: variance-exploding path (predictor-corrector, the reverse SDE, the probability-flow ODE
+#: and the fast solvers of :mod:`probgen.inference.path_sampling`).
+SAMPLERS: tuple[str, ...] = ("annealed", "langevin", "pc", "sde", *PATH_SAMPLERS)
 
 Score = Callable[[Tensor], Tensor]
 
@@ -350,13 +356,21 @@ class ScoreSampler:
     smallest level; with no level at all it is called as ``net(x)``). This is what the CLI
     draws a score run's figures and sample metrics from.
 
+    The ladder is the discretization of a variance-exploding path
+    (:class:`probgen.sde.VESDE` from ``sigmas[-1]`` to ``sigmas[0]``), so a noise-conditional
+    network is also the score :math:`s(x, t) = \text{net}(x, \sigma_t)` of that path and
+    samples with its samplers: ``"pc"`` (predictor-corrector), ``"sde"`` (the reverse SDE),
+    ``"ode"`` (the probability flow) and the fast solvers (``"dpm++2m"``, ...), from the
+    prior :math:`N(0, \sigma_\max^2 I)` to the time where :math:`\sigma_t` is the smallest
+    level, then Tweedie's denoising step there; ``steps`` counts their steps.
+
     Args:
         net: the score network, ``net(x, sigma)`` (or ``net(x)``).
         event_shape: the shape of one example.
         sampler: ``"annealed"`` or ``"langevin"``.
         sigmas: the noise ladder (annealed; also the default init scale and ``sigma``).
         sigma: the level plain Langevin evaluates the network at.
-        steps: updates (per level for ``"annealed"``).
+        steps: updates (per level for ``"annealed"``; steps of the path samplers).
         eta: plain Langevin's step size; eps: annealed Langevin's step factor.
         init_std: the scale of the start (default: ``sigmas[0]``, else 1).
         denoise: annealed only: finish with a Tweedie step.
@@ -378,9 +392,9 @@ class ScoreSampler:
     ) -> None:
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler: expected one of {list(SAMPLERS)}, got {sampler!r}.")
-        if sampler == "annealed" and sigmas is None:
-            raise ValueError("sampler 'annealed' needs a noise ladder (sigmas); a model "
-                             "trained at one noise level samples with 'langevin'.")
+        if sampler != "langevin" and sigmas is None:
+            raise ValueError(f"sampler {sampler!r} needs a noise ladder (sigmas); a model "
+                             f"trained at one noise level samples with 'langevin'.")
         self.net, self.event_shape, self.sampler = net, tuple(event_shape), sampler
         self.sigmas = None if sigmas is None else torch.as_tensor(sigmas).flatten().tolist()
         if sigma is None and self.sigmas is not None:
@@ -407,6 +421,8 @@ class ScoreSampler:
         if isinstance(self.net, nn.Module):
             self.net.eval()
         try:
+            if self.sampler not in ("annealed", "langevin"):
+                return self._run_path(n, device, dtype, generator, record_every)
             if self.sampler == "annealed":
                 return annealed_langevin(self.net, x0, self.sigmas, steps_per_level=self.steps,
                                          eps=self.eps, generator=generator,
@@ -422,6 +438,34 @@ class ScoreSampler:
         finally:
             if was_training:
                 self.net.train()
+
+    def _run_path(self, n: int, device: torch.device, dtype: torch.dtype,
+                  generator: torch.Generator | None, record_every: int | None
+                  ) -> LangevinResult:
+        """The ladder's variance-exploding path sampled by ``self.sampler``."""
+        sigma_min, sigma_max = min(self.sigmas), max(self.sigmas)
+        sde = VESDE(sigma_min, sigma_max)
+        # the time where the path's noise sigma_t = sqrt(sigma(1-t)^2 - sigma_min^2) is the
+        # smallest level: sigma(1 - t) = sqrt(2) sigma_min
+        t_end = 1.0 - 0.5 * math.log(2.0) / math.log(sigma_max / sigma_min)
+
+        def score(x: Tensor, t: Tensor) -> Tensor:
+            return self.net(x, sde.alpha_sigma(t)[1].to(x.dtype))
+
+        x0 = sde.prior_std * torch.randn(n, *self.event_shape, device=device, dtype=dtype,
+                                         generator=generator)
+        common = {"x_init": x0, "steps": self.steps, "eps": 1.0 - t_end,
+                  "denoise": True, "generator": generator}
+        if self.sampler == "pc":
+            out = predictor_corrector_sample(sde, score, **common)
+            return LangevinResult(out.samples, None, None)
+        if self.sampler == "sde":
+            out = reverse_sde_sample(sde, score, **common)
+            return LangevinResult(out.samples, None, None)
+        res = sample_path(score, "score", sde, x0, sampler=self.sampler,
+                          steps=None if self.sampler == "ode" else self.steps, t_end=t_end,
+                          generator=generator, record_every=record_every)
+        return LangevinResult(res.samples, res.trajectory, None)
 
     def sample(self, shape: tuple[int, ...] = (), generator: torch.Generator | None = None
                ) -> Tensor:

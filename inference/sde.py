@@ -421,8 +421,9 @@ class ReverseSDEStepper(Stepper):
 
     def step(self, x: Tensor, t: float, t_next: float) -> Tensor:  # noqa: D102
         before = self.rev.nfe
-        ts = torch.tensor([t, t_next], dtype=x.dtype, device=x.device)
-        y = torchsde.sdeint(self.rev, x.reshape(x.shape[0], -1), ts, bm=self.bm,
+        # the times and state in the dtype the Brownian interval was made in
+        ts = torch.tensor([t, t_next], dtype=self.bm.dtype, device=x.device)
+        y = torchsde.sdeint(self.rev, x.reshape(x.shape[0], -1).to(self.bm.dtype), ts, bm=self.bm,
                             method=self.method, dt=t_next - t)[-1]
         self.run.count(self.rev.nfe - before)
         return y.reshape(x.shape)

@@ -210,7 +210,9 @@ def test_cli_score_objectives_name_the_wrong_key(tmp_path, capsys):
     assert "[objective] keys ['num_sigmas'] do not apply to 'dsm' (allowed: sigma)" in (
         capsys.readouterr().err)
     assert fit("train.steps=2", "sample.sampler=hmc", "sample.n=4") == 2
-    assert "[sample] sampler: expected one of ['annealed', 'langevin'], got 'hmc'" in (
+    from probgen.inference.langevin import SAMPLERS
+
+    assert f"[sample] sampler: expected one of {list(SAMPLERS)}, got 'hmc'" in (
         capsys.readouterr().err)
     assert fit("train.steps=2", "sample.sampler=annealed", "sample.n=4") == 2
     assert "needs a noise ladder" in capsys.readouterr().err
