@@ -293,12 +293,14 @@ class VAE(PyroModule):
             z[i, :, d] = v
         return self.decode(z)
 
-    def log_likelihood(self, x: Tensor, num_samples: int = 5000,
-                       chunk_size: int = 100) -> Tensor:
-        """Importance-sampled :math:`\\log p(x)` per example (nats), ``(N,)``; see
+    def log_likelihood(self, x: Tensor, num_samples: int = 5000, chunk_size: int = 100,
+                       generator: torch.Generator | None = None) -> Tensor:
+        """Importance-sampled :math:`\\log p(x)` per example (nats), ``(N,)``, the particles
+        drawn from ``generator`` when given; see
         :func:`probgen.latent.importance_log_likelihood`."""
         return importance_log_likelihood(self.model, self.guide, self._check(x),
-                                         num_samples=num_samples, chunk_size=chunk_size)
+                                         num_samples=num_samples, chunk_size=chunk_size,
+                                         generator=generator)
 
     def extra_repr(self) -> str:  # noqa: D102
         return (f"shape={self.shape}, latent_features={self.latent_features}, "

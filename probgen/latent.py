@@ -35,6 +35,8 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
+from probgen.utils import drawing_from
+
 __all__ = [
     "gaussian_kl",
     "gaussian_nll",
@@ -170,6 +172,7 @@ def log_importance_weights(
     num_samples: int,
     *args: Any,
     max_plate_nesting: int = 1,
+    generator: torch.Generator | None = None,
     **kwargs: Any,
 ) -> Tensor:
     r"""Log importance weights :math:`\log p(x, z_i) - \log q(z_i \mid x)`, :math:`z_i \sim q`.
@@ -183,6 +186,8 @@ def log_importance_weights(
         x: the batch, ``(N, *event)``.
         num_samples: particles ``k``.
         max_plate_nesting: plates the model and guide nest (1: the batch plate).
+        generator: the guide's draws come from it (:func:`probgen.utils.drawing_from`;
+            ``None``: the global RNG).
 
     Returns:
         Tensor of shape ``(k, N)``.
@@ -190,7 +195,8 @@ def log_importance_weights(
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}.")
     n = x.shape[0]
-    with pyro.plate("_importance_particles", num_samples, dim=-(max_plate_nesting + 1)):
+    with drawing_from(generator), pyro.plate("_importance_particles", num_samples,
+                                             dim=-(max_plate_nesting + 1)):
         guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             x, *args, **kwargs)
@@ -213,6 +219,7 @@ def importance_log_likelihood(
     num_samples: int = 5000,
     chunk_size: int = 100,
     max_plate_nesting: int = 1,
+    generator: torch.Generator | None = None,
     **kwargs: Any,
 ) -> Tensor:
     r"""Importance-sampled :math:`\log p(x) \approx \log \frac1k \sum_{i=1}^k w_i` per example.
@@ -227,6 +234,7 @@ def importance_log_likelihood(
         num_samples: ``k``.
         chunk_size: particles per vectorized pass.
         max_plate_nesting: plates the model and guide nest.
+        generator: the particles' draws come from it (``None``: the global RNG).
 
     Returns:
         Tensor of shape ``(N,)`` (nats).
@@ -242,7 +250,8 @@ def importance_log_likelihood(
     while done < num_samples:
         k = min(chunk_size, num_samples - done)
         lw = log_importance_weights(model, guide, x, k, *args,
-                                    max_plate_nesting=max_plate_nesting, **kwargs)
+                                    max_plate_nesting=max_plate_nesting, generator=generator,
+                                    **kwargs)
         chunk = torch.logsumexp(lw.double(), 0)
         running = chunk if running is None else torch.logaddexp(running, chunk)
         done += k
@@ -258,10 +267,12 @@ def evidence_lower_bound(
     *args: Any,
     num_samples: int = 1,
     max_plate_nesting: int = 1,
+    generator: torch.Generator | None = None,
     **kwargs: Any,
 ) -> Tensor:
     r"""Monte Carlo ELBO :math:`E_q[\log p(x, z) - \log q(z \mid x)]` per example, ``(N,)``,
-    averaged over ``num_samples`` draws."""
+    averaged over ``num_samples`` draws (from ``generator`` when given)."""
     lw = log_importance_weights(model, guide, x, num_samples, *args,
-                                max_plate_nesting=max_plate_nesting, **kwargs)
+                                max_plate_nesting=max_plate_nesting, generator=generator,
+                                **kwargs)
     return lw.mean(0)

@@ -110,3 +110,22 @@ def test_chunking_does_not_change_the_estimate():
         assert torch.allclose(c, exact.log_prob(x), atol=0.1)
     with pytest.raises(ValueError, match="chunk_size"):
         importance_log_likelihood(model, guide, x, num_samples=3, chunk_size=0)
+
+
+def test_estimators_draw_from_a_given_generator_and_leave_the_global_rng_alone():
+    model, guide, exact = _normal_normal()
+    x = torch.linspace(-2, 2, 9, dtype=torch.float64)
+    state = torch.get_rng_state()
+    runs = [importance_log_likelihood(model, guide, x, num_samples=3000, chunk_size=500,
+                                      generator=torch.Generator().manual_seed(5))
+            for _ in range(2)]
+    elbos = [evidence_lower_bound(model, guide, x, num_samples=20,
+                                  generator=torch.Generator().manual_seed(6))
+             for _ in range(2)]
+    assert torch.equal(torch.get_rng_state(), state)  # the global stream did not move
+    assert torch.equal(runs[0], runs[1]) and torch.equal(elbos[0], elbos[1])
+    assert torch.allclose(runs[0], exact.log_prob(x), atol=0.1)  # still the estimator
+    g = torch.Generator().manual_seed(5)
+    first = importance_log_likelihood(model, guide, x, num_samples=200, generator=g)
+    second = importance_log_likelihood(model, guide, x, num_samples=200, generator=g)
+    assert not torch.equal(first, second)  # one generator advances between calls
