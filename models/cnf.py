@@ -315,19 +315,24 @@ class ContinuousFlowModel(nn.Module):
         return out
 
     def rsample_and_log_prob(
-        self, shape: Sequence[int] = (), context: Tensor | None = None
+        self, shape: Sequence[int] = (), context: Tensor | None = None, *,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Reparametrised samples ``(*shape, *b, D)`` and their log-density ``(*shape, *b)``
-        from one base -> data solve."""
+        from one base -> data solve (base draws and probe from ``generator`` if given)."""
         flow = self.distribution(context)
-        out = flow.rsample_and_log_prob(torch.Size(shape))
+        with drawing_from(generator):
+            out = flow.rsample_and_log_prob(torch.Size(shape))
         self._record(flow)
         return out
 
-    def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
-        """Reparametrised samples, shape ``(*shape, *b, D)``."""
+    def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None, *,
+                generator: torch.Generator | None = None) -> Tensor:
+        """Reparametrised samples, shape ``(*shape, *b, D)`` (base draws and probe from
+        ``generator`` when one is given)."""
         flow = self.distribution(context)
-        out = flow.rsample(torch.Size(shape))
+        with drawing_from(generator):
+            out = flow.rsample(torch.Size(shape))
         self._record(flow)
         return out
 
@@ -336,8 +341,7 @@ class ContinuousFlowModel(nn.Module):
                generator: torch.Generator | None = None) -> Tensor:
         """Samples without gradients, shape ``(*shape, *b, D)``; the base draws (and a
         Hutchinson probe, if any) come from ``generator`` when one is given."""
-        with drawing_from(generator):
-            return self.rsample(shape, context)
+        return self.rsample(shape, context, generator=generator)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Same as :meth:`log_prob`."""

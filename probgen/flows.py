@@ -143,7 +143,8 @@ class NormalizingFlow(nn.Module):
         return total + self._base_log_prob(y)
 
     def rsample_and_log_prob(
-        self, shape: Sequence[int] = (), context: Tensor | None = None
+        self, shape: Sequence[int] = (), context: Tensor | None = None, *,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Draws reparametrised samples and their log-density in one base -> data pass.
 
@@ -153,6 +154,7 @@ class NormalizingFlow(nn.Module):
             shape: sample shape; with a context of shape ``(*b, context)`` the samples
                 have shape ``(*shape, *b, *event_shape)``.
             context: the context, or None.
+            generator: the base draws come from it (``None``: the global RNG).
 
         Returns:
             ``(x, log_q)`` of shapes ``(*shape, *b, *event_shape)`` and ``(*shape, *b)``.
@@ -161,7 +163,8 @@ class NormalizingFlow(nn.Module):
         shape = _check_shape(shape)
         if context is not None:
             shape = shape + context.shape[:-1]
-        z = self._base().rsample(shape)
+        with drawing_from(generator):
+            z = self._base().rsample(shape)
         total = self._base_log_prob(z)
         batch = len(shape)
         for t in self._transforms(context):
@@ -169,13 +172,16 @@ class NormalizingFlow(nn.Module):
             total = total - _reduce(ladj, batch)
         return z, total
 
-    def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
-        """Reparametrised samples, shape ``(*shape, *event_shape)`` (no log-density)."""
+    def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None, *,
+                generator: torch.Generator | None = None) -> Tensor:
+        """Reparametrised samples, shape ``(*shape, *event_shape)`` (no log-density); the base
+        draws come from ``generator`` when one is given."""
         context = self._check_context(context)
         shape = _check_shape(shape)
         if context is not None:
             shape = shape + context.shape[:-1]
-        z = self._base().rsample(shape)
+        with drawing_from(generator):
+            z = self._base().rsample(shape)
         for t in self._transforms(context):
             z = t(z)
         return z
@@ -185,8 +191,7 @@ class NormalizingFlow(nn.Module):
                generator: torch.Generator | None = None) -> Tensor:
         """Samples without gradients, shape ``(*shape, *event_shape)``; the base draws come
         from ``generator`` when one is given."""
-        with drawing_from(generator):
-            return self.rsample(shape, context)
+        return self.rsample(shape, context, generator=generator)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Same as :meth:`log_prob`."""

@@ -223,3 +223,21 @@ def test_autoregressive_nsf_in_one_dimension_is_normalised():
         NSF(1)
     with pytest.raises(ValueError, match="bound: expected a positive"):
         NSF(2, bound=0.0)
+
+
+@pytest.mark.parametrize("name", ["MAF", "RealNVP", "PlanarFlow", "CNF"])
+def test_rsample_takes_a_generator_and_stays_differentiable(name):
+    import probgen.models as M
+
+    kwargs = {"hidden_features": [8]} if name != "PlanarFlow" else {}
+    if name == "CNF":
+        kwargs = {"hidden_features": [8], "method": "rk4", "step_size": 0.25}
+    flow = M.MODELS[name](2, **kwargs) if name != "PlanarFlow" else M.PlanarFlow(2, 2)
+    state = torch.get_rng_state()
+    a = flow.rsample((5,), generator=torch.Generator().manual_seed(1))
+    b, log_q = flow.rsample_and_log_prob((5,), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.testing.assert_close(a, b)
+    assert log_q.shape == (5,)
+    a.sum().backward()
+    assert any(p.grad is not None for p in flow.parameters())
