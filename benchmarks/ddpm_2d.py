@@ -71,6 +71,84 @@ def diffusers_loop(model, scheduler, x, steps, generator, eta=None):
     return x, calls
 
 
+TIE = 1e-4  # W2 differences below this count as ties (float32 sampling loops)
+
+
+def train_ddpm(name: str, args: argparse.Namespace, seed: int):
+    """A VectorDDPM trained on ``name`` for the budget of ``args`` from ``seed``; returns the
+    model (in eval mode) and a note on the training."""
+    torch.manual_seed(seed)
+    model = VectorDDPM(2, num_steps=args.num_steps, schedule=args.schedule)
+    deadline = time.perf_counter() + 60 * args.minutes
+    history = fit(DiffusionLoss(model), ToySampler(name), steps=args.steps,
+                  batch_size=args.batch_size, lr=2e-3, lr_schedule="cosine",
+                  progress=False, log_every=100, seed=seed,
+                  callbacks=lambda step, rec, end=deadline: time.perf_counter() > end)
+    trained = int(history.records[-1]["step"]) if history.records else 0
+    model.eval()
+    return model, trained, history.final["loss"]
+
+
+def ddim_seed_study(args: argparse.Namespace) -> str:
+    """Trains one model per (data set, seed) and compares DDIM-k of probgen and diffusers;
+    returns the RESULTS.md section."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from diffusers import DDIMScheduler
+
+    k = args.ddim_steps
+    rows, means = [], []
+    for name in args.datasets:
+        held_out = toy_sample(name, args.n, generator=torch.Generator().manual_seed(123))
+        per = []
+        for seed in args.ddim_seeds:
+            model, trained, loss = train_ddpm(name, args, seed)
+            noise = torch.randn(args.n, 2,
+                                generator=torch.Generator().manual_seed(7 + 1000 * seed))
+            x_ours = model.run(args.n, noise=noise.clone(), sampler="ddim", steps=k,
+                               spacing="leading").samples
+            sched = DDIMScheduler(num_train_timesteps=args.num_steps,
+                                  trained_betas=model.schedule.betas.numpy(),
+                                  clip_sample=False, set_alpha_to_one=True,
+                                  timestep_spacing="leading")
+            x_theirs = diffusers_loop(model, sched, noise.clone(), k,
+                                      torch.Generator().manual_seed(11), 0.0)[0]
+            vals = [float(wasserstein2(x_ours, held_out)),
+                    float(wasserstein2(x_theirs, held_out)),
+                    float(mmd2(x_ours, held_out)), float(mmd2(x_theirs, held_out))]
+            per.append(vals)
+            diff = (x_ours - x_theirs).abs().max().item()
+            rows.append([name, str(seed), str(trained), f"{loss:.4f}",
+                         *(f"{v:.4f}" for v in vals[:2]), f"{vals[0] - vals[1]:+.1e}",
+                         *(f"{v:.5f}" for v in vals[2:]), f"{diff:.1e}"])
+            print(rows[-1], flush=True)
+        mean = [sum(v[i] for v in per) / len(per) for i in range(4)]
+        means.append([name, *(f"{v:.4f}" for v in mean[:2]), f"{mean[0] - mean[1]:+.1e}",
+                      *(f"{v:.5f}" for v in mean[2:]),
+                      f"{sum(v[0] <= v[1] + TIE for v in per)}/{len(per)}"])
+    header = ["data", "seed", "training steps", "final loss", f"W2 probgen DDIM-{k}",
+              f"W2 diffusers DDIM-{k}", "W2 difference", "MMD² probgen", "MMD² diffusers",
+              "max abs diff"]
+    return (
+        f"## ddpm_2d: DDIM-{k}, probgen vs diffusers, over {len(args.ddim_seeds)} "
+        "independently trained seeds\n\n"
+        f"`{command_line()}` ({today()}; {machine(args.threads)}; the 2 cores were shared "
+        "with other jobs)\n\n"
+        f"Per data set and seed: a VectorDDPM (T = {args.num_steps}, {args.schedule}) trained "
+        f"from that seed for {args.minutes} min of wall clock (cap {args.steps} steps, batch "
+        f"{args.batch_size}, Adam lr 2e-3, cosine decay); then {args.n} samples of probgen's "
+        f"DDIM (eta = 0, {k} leading-spaced steps) and of diffusers' DDIMScheduler (same "
+        "betas, set_alpha_to_one, no clipping, leading spacing) driving the same network "
+        "from the same start noise (seeded by the seed); exact W2 and MMD² against "
+        f"{args.n} held-out points (the same for every seed). W2 difference: probgen - "
+        "diffusers (<= 0: probgen at least as good).\n\n"
+        + markdown_table(header, rows) + "\n\nMeans over the seeds:\n\n"
+        + markdown_table(["data", "mean W2 probgen", "mean W2 diffusers", "mean difference",
+                          "mean MMD² probgen", "mean MMD² diffusers",
+                          f"seeds with W2 probgen <= diffusers + {TIE:g}"], means) + "\n"
+    )
+
+
 def timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -93,11 +171,29 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true")
-    add_quick(parser, "moons only, 20 training steps, 200 samples, stride 10")
+    parser.add_argument("--ddim-seeds", type=int, nargs="*", default=[],
+                        help="also train these seeds per data set and compare DDIM "
+                             "(--ddim-steps) of probgen and diffusers (section "
+                             "ddpm_2d_ddim_seeds)")
+    parser.add_argument("--ddim-steps", type=int, default=50)
+    parser.add_argument("--skip-main", action="store_true",
+                        help="only the --ddim-seeds study")
+    add_quick(parser, "moons only, 20 training steps, 200 samples, stride 10, DDIM seeds 0 1")
     args = parser.parse_args()
     apply_quick(parser, args, datasets=["moons"], steps=20, n=200, strides=[10],
-                solver_steps=[5])
+                solver_steps=[5], ddim_seeds=[0, 1])
     set_threads(args.threads)
+    if not args.skip_main:
+        main_study(args)
+    if args.ddim_seeds:
+        body = ddim_seed_study(args)
+        print(body)
+        if not args.no_write:
+            write_section("ddpm_2d_ddim_seeds", body)
+
+
+def main_study(args: argparse.Namespace) -> None:
+    """The sampler table (section ``ddpm_2d``)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import diffusers
@@ -110,17 +206,8 @@ def main() -> None:
     rows, solver_rows = [], []
     notes = []
     for name in args.datasets:
-        torch.manual_seed(args.seed)
-        model = VectorDDPM(2, num_steps=args.num_steps, schedule=args.schedule)
-        deadline = time.perf_counter() + 60 * args.minutes
-        history = fit(DiffusionLoss(model), ToySampler(name), steps=args.steps,
-                      batch_size=args.batch_size, lr=2e-3, lr_schedule="cosine",
-                      progress=False, log_every=100, seed=args.seed,
-                      callbacks=lambda step, rec, end=deadline: time.perf_counter() > end)
-        trained = int(history.records[-1]["step"]) if history.records else 0
-        notes.append(f"{name}: {trained} training steps, final loss "
-                     f"{history.final['loss']:.4f}")
-        model.eval()
+        model, trained, loss = train_ddpm(name, args, args.seed)
+        notes.append(f"{name}: {trained} training steps, final loss {loss:.4f}")
         held_out = toy_sample(name, args.n, generator=torch.Generator().manual_seed(123))
         betas = model.schedule.betas.numpy()
         noise = torch.randn(args.n, 2, generator=torch.Generator().manual_seed(7))
