@@ -156,10 +156,10 @@ class NoiseLevelPath:
 
     def coefficients(self, sigma: Tensor | float, x: Tensor) -> Marginal:
         """``(1, sigma, 0, 1)`` at one level per example of ``x``, broadcast against ``x``."""
-        sigma = check_time(sigma, x)
-        if not (sigma > 0).all():
-            raise ValueError(f"sigma: expected positive noise levels, got min "
-                             f"{float(sigma.min()):g}.")
+        try:
+            sigma = check_time(sigma, x, positive=True)
+        except ValueError as e:
+            raise ValueError(f"sigma: expected positive noise levels ({e})") from None
         sigma = append_dims(sigma, x.dim())
         return Marginal(torch.ones_like(sigma), sigma, torch.zeros_like(sigma),
                         torch.ones_like(sigma))

@@ -77,13 +77,15 @@ class Marginal(NamedTuple):
     d_sigma: Tensor | None = None
 
 
-def check_time(t: Tensor | float, x: Tensor, *, bounded: bool = False) -> Tensor:
+def check_time(t: Tensor | float, x: Tensor, *, bounded: bool = False,
+               positive: bool = False) -> Tensor:
     """Times for a batch ``x``: ``(batch,)`` in ``x``'s dtype and device, a scalar broadcast.
 
     Raises:
-        ValueError: not one time per example, non-finite times, or (``bounded``) times
-            outside ``[0, 1]`` (fields may be evaluated slightly past the ends by adaptive
-            solvers, so only sampling of training points asks for ``bounded``).
+        ValueError: not one time per example, non-finite times, (``positive``) times not
+            above 0, or (``bounded``) times outside ``[0, 1]`` (fields may be evaluated
+            slightly past the ends by adaptive solvers, so only sampling of training points
+            asks for ``bounded``).
     """
     if not isinstance(t, Tensor):
         t = torch.as_tensor(float(t))
@@ -93,7 +95,11 @@ def check_time(t: Tensor | float, x: Tensor, *, bounded: bool = False) -> Tensor
     if t.shape != x.shape[:1]:
         raise ValueError(f"t: expected shape ({x.shape[0]},) (one time per example) or a "
                          f"scalar, got {tuple(t.shape)}.")
-    if not torch.isfinite(t).all():
+    # one reduction (one host sync) for every check of the values
+    ok = torch.isfinite(t) if not positive else torch.isfinite(t) & (t > 0)
+    if not bool(ok.all()):
+        if positive and bool(torch.isfinite(t).all()):
+            raise ValueError(f"t: expected positive values, got min {float(t.min()):g}.")
         raise ValueError("t: expected finite times, got NaN or Inf.")
     if bounded and (t.min() < 0 or t.max() > 1):
         raise ValueError("t: expected times in [0, 1] (0 noise, 1 data), got values in "
