@@ -186,13 +186,13 @@ CELLS: list[tuple[str, str]] = [
               f"{bound['terms'][:, 1:].sum(1).mean():.2f})")
     """),
     ("md", r"""
-    Both bounds sit above the exact NLL of the model they bound (up to the printed Monte
-    Carlo error), and that NLL is a cross-entropy, above the data's own $-\log p$. With the reverse variance $\beta_s$ ("fixed_large") the bound is
-    nearly tight; with the posterior's $\tilde\beta_s$ ("fixed_small") it is several nats
-    loose, because at the first steps the true reverse variance is close to $\beta_s$,
-    far above $\tilde\beta_s$. This is why learned variances (Nichol & Dhariwal's
-    `variance="learned_range"`, trained by `DiffusionLoss(model, "hybrid")`) improve
-    likelihoods.
+    Both bounds sit above the exact NLL of the model they bound (up to the printed Monte Carlo
+    error), and that NLL is a cross-entropy, above the data's own $-\log p$. With the reverse
+    variance $\beta_s$ ("fixed_large") the bound is nearly tight; with the posterior's
+    $\tilde\beta_s$ ("fixed_small") it is several nats loose, because at the first steps the
+    true reverse variance is close to $\beta_s$, far above $\tilde\beta_s$. This is why
+    learned variances (Nichol & Dhariwal's `variance="learned_range"`, trained by
+    `DiffusionLoss(model, "hybrid")`) improve likelihoods.
 
     ## 3. Training on 2-D moons (the course's setting) and sampling
 
@@ -207,7 +207,10 @@ CELLS: list[tuple[str, str]] = [
       \sqrt{1-\bar\alpha_{prev}}\,\hat\epsilon$, deterministic.
 
     Quality is the exact $W_2$ to 2000 held-out points (the floor, two independent draws
-    of moons, is printed first) and $\mathrm{MMD}^2$.
+    of moons, is printed first) and $\mathrm{MMD}^2$. (`sampler=` also takes the
+    probability-flow ODE solvers `"dpm++2m"`, `"dpm++3m"`, `"unipc"`, `"edm_heun"` and
+    `"ode"`, the same names as for score SDEs and flow matching; notebook 10, section 4,
+    compares them.)
     """),
     ("code", r"""
     torch.manual_seed(0)
@@ -315,9 +318,10 @@ CELLS: list[tuple[str, str]] = [
     $\hat\epsilon = \epsilon(x, \varnothing) + w\,(\epsilon(x, y) - \epsilon(x, \varnothing))$:
     $w = 0$ is the unconditional model, $w = 1$ the conditional one, $w > 1$ pushes samples
     towards where class $y$ is most distinguishable. **Classifier guidance** instead adds
-    the gradient of a noise-conditional classifier $p_\phi(y \mid x_s, s)$:
+    the gradient of a noise-conditional classifier $p_\phi(y \mid x_s, t)$ (called, like
+    the network, at the step's probgen time $t = 1 - s/(T-1)$):
     $\hat\epsilon = \epsilon(x) - \lambda \sqrt{1-\bar\alpha_s}\,\nabla_x\log p_\phi(y
-    \mid x_s)$. Accuracy is the share of samples of class 0 that the exact Bayes classifier
+    \mid x_s, t)$. Accuracy is the share of samples of class 0 that the exact Bayes classifier
     (nearest centre) puts in class 0.
     """),
     ("code", r"""
@@ -349,10 +353,11 @@ CELLS: list[tuple[str, str]] = [
     """),
     ("md", r"""
     Accuracy rises with $w$. At $w = 0$ the label is ignored, so the number is the
-    unconditional model's share of class-0 samples (1/3 in the data; this short training
-    and DDIM-50 through the schedule's fragile first steps, see section 3, give less);
-    $w = 1$ is the conditional model (the exact conditional gives 0.908, since the blobs
-    overlap); $w = 3$ goes past it, trading diversity for accuracy. Now the classifier
+    unconditional model's share of class-0 samples (1/3 in the data; the short training
+    and DDIM-50 through the schedule's fragile first steps, see section 3, move it a
+    little); $w = 1$ is the conditional model (the exact conditional gives 0.908, since the
+    blobs overlap; this briefly trained one is sharper); $w = 3$ goes further, trading
+    diversity for accuracy. Now the classifier
     route: an unconditional model plus a small MLP classifier of noisy points, trained on
     noised data at uniform steps (`NoisyClassifierLoss`). Scale 0 is again the
     unconditional model; the trained classifier is sharper than the Bayes posterior, so
@@ -418,9 +423,12 @@ CELLS: list[tuple[str, str]] = [
     `ddpm-digits`, and on MNIST `ddpm-mnist` ($T = 1000$) and `ddpm-cfg-mnist`
     (class-conditional, label dropout 0.1, guidance weight 3). `[objective] name = "ddpm"`
     takes `loss` (`simple`, `vlb`, `hybrid`), `label_dropout` and `vlb_weight`; the
-    `[sample]` table's keys go to `model.sample` (`sampler`, `steps`, `eta`, `labels`,
-    `guidance`). The evaluation reports the held-out noise MSE and an unbiased estimate of
-    the bound (`test/nll`, and `test/bits_per_dim` for images).
+    `[sample]` table's keys go to `model.sample` (`sampler`, `steps`, `eta`, `spacing`,
+    `labels`, `guidance`). The evaluation reports the held-out noise MSE and an unbiased
+    estimate of the bound (`test/nll`, and `test/bits_per_dim` for images); for 2-D data the
+    run also draws the model's density (`density.png`) through its probability-flow ODE
+    (`DDPM.log_prob`), one ODE solve per grid point, so here on a coarse 40x40 grid
+    (`eval.resolution`, 200 by default).
     """),
     ("code", r"""
     import json
@@ -428,7 +436,7 @@ CELLS: list[tuple[str, str]] = [
     from probgen.cli import main
 
     main(["fit", "ddpm-moons", "--out", "runs/ddpm-moons", "--quiet",
-          "--set", f"train.steps={budget(3000)}"])
+          "--set", f"train.steps={budget(3000)}", "--set", "eval.resolution=40"])
     with open("runs/ddpm-moons/eval.json") as f:
         result = json.load(f)
     print({k: round(v, 3) for k, v in result.items()})

@@ -529,7 +529,9 @@ CELLS: list[tuple[str, str]] = [
     is the linear schedule $10^{-4} \ldots 0.02$), and NCSN's ladder the VE SDE's
     (`VESDE.discrete_sigmas`). So a trained DDPM's noise predictor, matched by noise level,
     is a VP-SDE score: `NoiseLevelScore.from_diffusion(ddpm, VPSDE())` hands it to the
-    probability-flow ODE and the predictor-corrector sampler.
+    probability-flow ODE and the predictor-corrector sampler. (The DDPM also has a
+    probability-flow ODE of its own discrete schedule, `ddpm.sample(sampler="ode")` and
+    `ddpm.log_prob`; the last line below compares the two likelihoods.)
     """),
     ("code", r"""
     torch.manual_seed(0)
@@ -562,8 +564,11 @@ CELLS: list[tuple[str, str]] = [
         ode = probability_flow_sample(VPSDE(), as_vp, n2, (2,))
         samples["DDPM as VP-SDE score, ODE"] = ode.samples
         lp, nfe = probability_flow_log_prob(VPSDE(), as_vp, moons[:500], trace="exact")
+        own = ddpm.log_prob(moons[:500])
     print(f"DDPM as a VP-SDE score, probability flow: NFE {ode.nfe}, "
           f"W2 {wasserstein2(ode.samples, moons):.3f}; held-out NLL {-lp.mean():.3f} nats")
+    print(f"DDPM's own probability flow (its schedule's path): held-out NLL "
+          f"{-own.mean():.3f} nats")
     fig = Figure(figsize=(12, 3), layout="constrained")
     axes = fig.subplots(1, 4)
     for ax, (label, x) in zip(axes, samples.items()):
@@ -577,7 +582,9 @@ CELLS: list[tuple[str, str]] = [
     From the command line, the presets `sde-vp-moons`, `sde-ve-8gaussians`,
     `sde-subvp-checkerboard` (likelihood weighting), `sde-vp-digits` and `sde-vp-mnist`
     train a score SDE; the `[sample]` table picks the sampler (`sampler = "pc" | "sde" |
-    "ode"`, `steps`, `method`, `snr`):
+    "ode"` or one of the fast solvers `"ddim"`, `"dpm++2m"`, `"dpm++3m"`, `"unipc"`,
+    `"edm_heun"` shared with DDPM and flow matching, see notebook 10; `steps`, `method`,
+    `snr`):
     """),
     ("code", r"""
     from probgen.cli import main
@@ -604,7 +611,8 @@ CELLS: list[tuple[str, str]] = [
       `alpha_sigma`, `prior`, `reverse(score)` and `probability_flow(score)` in probgen time);
       `probgen.fokker_planck` solves their 1-D Fokker-Planck equation on a grid;
       `probgen.inference` trains them (`ContinuousScoreMatching`) and samples them
-      (`reverse_sde_sample`, `predictor_corrector_sample`, `probability_flow_sample`), with
+      (`reverse_sde_sample`, `predictor_corrector_sample`, `probability_flow_sample`, and
+      the fast solvers through `ScoreSDE.sample(sampler=...)`), with
       exact likelihoods through `ContinuousFlow` (`probability_flow_log_prob`,
       `probability_flow_bits_per_dim`); `VectorScoreSDE`/`ImageScoreSDE` are the models and
       `NoiseLevelScore` turns DDPM and NCSN networks into SDE scores.
