@@ -260,12 +260,14 @@ class DiffusionResult(NamedTuple):
         x0_predictions: the predicted clean data at the recorded steps, same shape, or
             ``None``.
         timesteps: the original indices visited, decreasing.
+        nfe: network calls (a guided call counts once).
     """
 
     samples: Tensor
     trajectory: Tensor | None
     x0_predictions: Tensor | None
     timesteps: Tensor
+    nfe: int = 0
 
 
 def _timesteps(sched: NoiseSchedule, steps: int | None, spacing: str,
@@ -435,7 +437,8 @@ def diffusion_sample(
         out = sample_path(_denoiser(model, path, clip, guide), "data", path, x,
                           sampler="ode", steps=steps, method=method, rtol=rtol, atol=atol,
                           generator=generator, networks=[model], record_every=record_every)
-        return DiffusionResult(out.samples, out.trajectory, None, path.step(out.times))
+        return DiffusionResult(out.samples, out.trajectory, None, path.step(out.times),
+                               out.nfe)
     ode = sampler in _ODE_SOLVERS
     if spacing is None:
         spacing = DEFAULT_GRIDS[sampler] if ode and timesteps is None else "linspace"
@@ -473,7 +476,7 @@ def diffusion_sample(
             counts.append(len(kept))
         x0s = torch.stack([kept[c - 1] for c in counts])
     visited = path.step(out.times) if tau is None else tau.flip(0)
-    return DiffusionResult(out.samples, out.trajectory, x0s, visited)
+    return DiffusionResult(out.samples, out.trajectory, x0s, visited, out.nfe)
 
 
 def ddim_invert(

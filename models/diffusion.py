@@ -91,6 +91,7 @@ class DiffusionModel(nn.Module):
         self.parametrization, self.variance = parametrization, variance
         self.num_classes = int(num_classes) if num_classes else None
         self.clip = None if clip is None else float(clip)
+        self.last_nfe: int | None = None  # network calls of the last sampler run
 
     @property
     def num_steps(self) -> int:
@@ -249,10 +250,12 @@ class DiffusionModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            return diffusion_sample(self, noise, generator=generator,
-                                    record_every=record_every, **kwargs)
+            out = diffusion_sample(self, noise, generator=generator,
+                                   record_every=record_every, **kwargs)
         finally:
             self.train(was_training)
+        self.last_nfe = out.nfe
+        return out
 
     def sample(
         self,

@@ -167,3 +167,16 @@ def test_every_model_of_a_path_samples_with_every_sampler_of_that_path(family, s
     _moments_match(x, 0.05, 0.08)
     if sampler == "ddim" and family == "fm":
         assert model.last_nfe == 1000
+
+
+@pytest.mark.parametrize(("sampler", "steps", "calls"), [
+    ("ancestral", 10, 10), ("ddim", 10, 10), ("dpm++2m", 10, 10), ("edm_heun", 10, 19),
+    ("dpm++3m", 10, 10), ("unipc", 10, 10)])
+def test_ddpm_reports_its_network_calls(sampler, steps, calls):
+    from probgen.models import VectorDDPM
+
+    model = VectorDDPM(2, num_steps=100, hidden_features=[8])
+    seen = []
+    model.network.register_forward_hook(lambda *_: seen.append(1))
+    model.sample((4,), sampler=sampler, steps=steps)
+    assert model.last_nfe == calls == len(seen)
