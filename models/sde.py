@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from probgen.cnf import SolveStats
+from probgen.cnf import ADAPTIVE_METHODS, SolveStats
 from probgen.inference.guidance import classifier_guided, guided
 from probgen.inference.path_sampling import PATH_SAMPLERS, sample_path
 from probgen.inference.sde import (
@@ -183,10 +183,12 @@ class ScoreSDE(nn.Module):
             sampler: ``"pc"`` (predictor-corrector), ``"sde"`` (reverse SDE by torchsde),
                 ``"ode"`` (probability flow by torchdiffeq), or the fast solvers on the
                 score's data prediction ``"ddim"`` (any ``eta``), ``"dpm++2m"``,
-                ``"dpm++3m"``, ``"unipc"``, ``"edm_heun"`` (:func:`probgen.inference.sample_path`).
+                ``"dpm++3m"``, ``"unipc"``, ``"edm_heun"``
+                (:func:`probgen.inference.sample_path`).
             steps: the number of steps (predictor steps of ``"pc"``, solver steps of the
-                others; an adaptive ``"ode"`` takes none). Default: 500 for ``"pc"`` and
-                ``"sde"``, 20 for the solvers and fixed-step ODE methods.
+                others; ignored by an adaptive ``"ode"`` method, which picks its own).
+                Default: 500 for ``"pc"`` and ``"sde"``, 20 for the solvers and fixed-step
+                ODE methods.
             method: ``"sde"``: a torchsde method (default ``"euler"``, see
                 :data:`probgen.inference.SDE_METHODS`); ``"ode"``: a torchdiffeq method
                 (default adaptive ``"dopri5"``, :data:`probgen.cnf.ODE_METHODS`).
@@ -236,8 +238,11 @@ class ScoreSDE(nn.Module):
                 x0 = self.sde.prior_std * torch.randn(n, *self.event_shape, device=device,
                                                       dtype=dtype, generator=generator)
                 with torch.no_grad():
+                    # an adaptive ODE method picks its own steps: a given steps is ignored
+                    adaptive = sampler == "ode" and (method or "dopri5") in ADAPTIVE_METHODS
                     out = sample_path(score, "score", self.sde, x0, sampler=sampler,
-                                      steps=steps, eta=eta, spacing=spacing,
+                                      steps=None if adaptive else steps, eta=eta,
+                                      spacing=spacing,
                                       method=method or "dopri5", rtol=rtol, atol=atol,
                                       t_end=1.0 - self.sample_eps, denoise=denoise,
                                       generator=generator)
