@@ -16,6 +16,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -235,3 +236,48 @@ def output_path(path: str | os.PathLike) -> Path:
     """Where to write the file ``path``: itself, or in a --quick run the same name in the
     run's temporary folder (so no result, figure or model of the repository is touched)."""
     return Path(path) if _scratch is None else _scratch / Path(path).name
+
+
+# --------------------------------------------------------------------------- samplers
+
+def timed(fn):
+    """``(fn(), seconds)``: one call of ``fn`` and its wall time."""
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def count_calls(module: torch.nn.Module) -> Iterator[list[int]]:
+    """Counts the forward calls of ``module`` while the block runs: yields a one-element
+    list whose item is the count (read it after the block or during it)."""
+    calls = [0]
+
+    def hook(*_):
+        calls[0] += 1
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def diffusers_loop(model, scheduler, x, steps, generator=None, eta=None):
+    """The sampling loop of diffusers' documentation driving a probgen diffusion model's
+    network through ``model.output(x, step)`` at the scheduler's (integer or fractional)
+    timestep; returns the samples and the number of network calls.
+
+    ``eta`` and ``generator`` go to ``scheduler.step`` when ``eta`` is given (DDIM)."""
+    scheduler.set_timesteps(steps)
+    x = x * scheduler.init_noise_sigma
+    kw = {} if eta is None else {"eta": eta, "generator": generator}
+    calls = 0
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x_in = scheduler.scale_model_input(x, t)
+            step = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+            eps, _ = model.output(x_in, step)
+            calls += 1
+            x = scheduler.step(eps, t, x, **kw).prev_sample
+    return x, calls

@@ -41,9 +41,11 @@ from _common import (  # noqa: E402
     add_quick,
     apply_quick,
     command_line,
+    diffusers_loop,
     machine,
     markdown_table,
     set_threads,
+    timed,
     today,
     write_section,
 )
@@ -52,24 +54,6 @@ from probgen.data import ToySampler, toy_sample  # noqa: E402
 from probgen.inference import DiffusionLoss, fit  # noqa: E402
 from probgen.metrics import mmd2, wasserstein2  # noqa: E402
 from probgen.models import VectorDDPM  # noqa: E402
-
-
-def diffusers_loop(model, scheduler, x, steps, generator, eta=None):
-    """The sampling loop of diffusers' documentation, driving our network; returns the
-    samples and the number of network calls."""
-    scheduler.set_timesteps(steps)
-    x = x * scheduler.init_noise_sigma
-    calls = 0
-    with torch.no_grad():
-        for t in scheduler.timesteps:
-            x_in = scheduler.scale_model_input(x, t)
-            step = torch.full((x.shape[0],), float(t))
-            eps = model.network(x_in, model.schedule.time_of_step(step).float())
-            calls += 1
-            kw = {} if eta is None else {"eta": eta, "generator": generator}
-            x = scheduler.step(eps, t, x, **kw).prev_sample
-    return x, calls
-
 
 TIE = 1e-4  # W2 differences below this count as ties (float32 sampling loops)
 
@@ -147,12 +131,6 @@ def ddim_seed_study(args: argparse.Namespace) -> str:
                           "mean MMD² probgen", "mean MMD² diffusers",
                           f"seeds with W2 probgen <= diffusers + {TIE:g}"], means) + "\n"
     )
-
-
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
 
 
 def main() -> None:

@@ -1,12 +1,18 @@
 """MNIST DDPM at a CPU budget: FID, precision and recall (bundled MNIST classifier features)
-and bits per dimension (the full variational bound), DDIM at 10/20/50/100 steps against
-ancestral sampling over all T = 1000 steps, with their sampling times.
+and bits per dimension (the full variational bound) for every sampler on one trained model:
+ancestral sampling over all T = 1000 steps (the reference), DDIM at 10/20/50/100 steps,
+probgen's DPM-Solver++(2M) and EDM Heun at 10/20/50 steps (their default grids), and side by
+side diffusers' DPMSolverMultistepScheduler (dpmsolver++, order 2), HeunDiscreteScheduler
+and EulerDiscreteScheduler (Karras sigmas) driving the same network from the same noise,
+with network calls (NFE), sampling times and the time per call against diffusers at equal
+calls (paired: both run in turn on each batch).
 
 The issue's protocol trains for 60 minutes on 2 CPU cores (``--minutes 60``) and measures
-on 1000+ samples; the goal is DDIM-50 within 10% of ancestral-1000 FID at 20x less time.
-All samplers start from the same noise. No peer library is run here (diffusers' schedulers
-are compared on the same network in ``benchmarks/ddpm_2d.py``). Without the MNIST files the
-script exits with status 3 (``_common.MNIST_MISSING``) and a one-line message.
+on 1000+ samples. Goals: DDIM-50 within 10% of ancestral-1000 FID at 20x less time; a
+probgen solver at <= 20 network calls within 10% of ancestral-1000's FID and within 5% at
+<= 50 calls. ``--save``/``--load`` keep the trained EMA weights between runs. Without the
+MNIST files the script exits with status 3 (``_common.MNIST_MISSING``) and a one-line
+message.
 """
 
 from __future__ import annotations
@@ -15,7 +21,11 @@ import argparse
 import math
 import sys
 import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,12 +34,15 @@ from _common import (  # noqa: E402
     add_quick,
     apply_quick,
     command_line,
+    count_calls,
+    diffusers_loop,
     machine,
     markdown_table,
     mnist_split,
     output_path,
     set_threads,
     thread_note,
+    timed,
     today,
     write_section,
 )
@@ -38,6 +51,140 @@ from probgen.inference import DiffusionLoss, fit  # noqa: E402
 from probgen.metrics import fid, mnist_classifier, precision_recall  # noqa: E402
 from probgen.models import DDPM  # noqa: E402
 from probgen.utils import atomic_torch_save  # noqa: E402
+
+
+@dataclass
+class Job:
+    """One sampler run: ``fn(z, i)`` maps the noise chunk starting at sample ``i`` to
+    samples on [-1, 1]; ``partner`` is the key of the job timed against it."""
+
+    label: str
+    library: str
+    steps: int
+    fn: Callable[[torch.Tensor, int], torch.Tensor]
+    partner: tuple | None = None
+
+
+def diffusers_version() -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import diffusers
+    return diffusers.__version__
+
+
+def diffusers_schedulers(model: DDPM) -> dict[str, tuple[str, Callable[[], Any]]]:
+    """The diffusers scheduler paired with each probgen sampler (same betas, T, eps)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from diffusers import (
+            DPMSolverMultistepScheduler,
+            EulerDiscreteScheduler,
+            HeunDiscreteScheduler,
+        )
+    common = {"num_train_timesteps": model.num_steps, "prediction_type": "epsilon",
+              "trained_betas": model.schedule.betas.double().numpy()}
+    return {
+        "dpm++2m": ("DPMSolverMultistepScheduler (dpmsolver++, order 2)",
+                    lambda: DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++",
+                                                        solver_order=2)),
+        "edm_heun": ("HeunDiscreteScheduler (Karras sigmas)",
+                     lambda: HeunDiscreteScheduler(**common, use_karras_sigmas=True)),
+        "ddim": ("EulerDiscreteScheduler (Karras sigmas)",
+                 lambda: EulerDiscreteScheduler(**common, use_karras_sigmas=True)),
+    }
+
+
+def sampler_jobs(model: DDPM, args: argparse.Namespace) -> tuple[dict[tuple, Job],
+                                                                  list[list[tuple]]]:
+    """Every run of the table, in its order, and the groups timed together (pairs)."""
+    def ours(sampler, steps, spacing, eta):
+        def fn(z, i):
+            return model.run(z.shape[0], noise=z, sampler=sampler, steps=steps,
+                             spacing=spacing, eta=eta,
+                             generator=torch.Generator().manual_seed(2 + i)).samples
+        return fn
+
+    def theirs(make, steps):
+        return lambda z, i: diffusers_loop(model, make(), z.clone(), steps)[0]
+
+    jobs: dict[tuple, Job] = {}
+    key = ("ancestral", 1000, "linspace", 0.0)
+    if not args.no_ancestral:
+        jobs[key] = Job("DDPM ancestral", "probgen", 1000, ours(*key))
+    for eta in args.ddim_etas:
+        for sp in args.ddim_spacings:
+            for k in args.ddim_steps:
+                key = ("ddim", k, sp, eta)
+                jobs[key] = Job(f"DDIM (eta {eta:g}, {sp} spacing)", "probgen", k, ours(*key))
+    peers = diffusers_schedulers(model)
+    for k in args.solver_steps:
+        for sampler in ("dpm++2m", "edm_heun", "ddim"):
+            name, make = peers[sampler]
+            peer = ("diffusers", sampler, k)
+            mine = (sampler, k, None, 0.0) if sampler != "ddim" else \
+                ("ddim", k, args.ddim_spacings[0], 0.0)
+            if sampler != "ddim":
+                label = {"dpm++2m": "DPM-Solver++(2M)", "edm_heun": "EDM Heun"}[sampler]
+                jobs[mine] = Job(f"{label} (default grid)", "probgen", k, ours(*mine))
+            jobs[peer] = Job(name, "diffusers", k, theirs(make, k))
+            if mine in jobs:
+                jobs[mine].partner = peer
+    groups, seen = [], set()
+    for key, job in jobs.items():
+        if key in seen:
+            continue
+        group = [key] + ([job.partner] if job.partner is not None else [])
+        seen.update(group)
+        groups.append(group)
+    return jobs, groups
+
+
+def run_paired(jobs: dict[tuple, Job], model: DDPM, noise: torch.Tensor,
+               batch: int) -> dict[tuple, tuple[torch.Tensor, float, int]]:
+    """Runs ``jobs`` on every chunk of ``noise``, in turn on one chunk before the next
+    (paired timing); returns each job's samples, seconds and network calls per sample."""
+    keys = list(jobs)
+    chunks = {k: [] for k in keys}
+    seconds = dict.fromkeys(keys, 0.0)
+    calls = dict.fromkeys(keys, 0)
+    for i in range(0, noise.shape[0], batch):
+        z = noise[i: i + batch]
+        for key, job in jobs.items():
+            with count_calls(model.network) as counted:
+                x, s = timed(lambda job=job, z=z, i=i: job.fn(z, i))
+            chunks[key].append(x)
+            seconds[key] += s
+            calls[key] = counted[0] if i == 0 else calls[key]
+    return {k: (torch.cat(chunks[k]), seconds[k], calls[k]) for k in keys}
+
+
+def goal_verdicts(jobs: dict[tuple, Job], results: dict, base_fid: float) -> list[str]:
+    """The issue's goals: a probgen solver within 10% of ancestral-1000's FID at <= 20
+    network calls and within 5% at <= 50 (diffusers' best at the same calls beside)."""
+    out = []
+    for limit, tol in ((20, 0.10), (50, 0.05)):
+        best = {}
+        for key, job in jobs.items():
+            score, nfe = results[key][0], results[key][4]
+            if job.steps == 1000 or nfe > limit:
+                continue
+            if job.library not in best or score < best[job.library][0]:
+                best[job.library] = (score, nfe, f"{job.label}, {job.steps} steps")
+        if "probgen" not in best:
+            out.append(f"<= {limit} calls within {tol:.0%}: not measured")
+            continue
+        score, nfe, label = best["probgen"]
+        met = score <= (1 + tol) * base_fid
+        text = (f"a probgen solver at <= {limit} network calls within {tol:.0%} of "
+                f"ancestral-1000's FID {base_fid:.2f} (goal <= {(1 + tol) * base_fid:.2f}): "
+                f"best {label} ({nfe} calls) FID {score:.2f} = {score / base_fid:.2f}x: "
+                f"**{'met' if met else 'not met'}**")
+        if "diffusers" in best:
+            d_score, d_nfe, d_label = best["diffusers"]
+            text += (f" (diffusers' best at <= {limit} calls: {d_label}, {d_nfe} calls, "
+                     f"FID {d_score:.2f} = {d_score / base_fid:.2f}x)")
+        out.append(text)
+    return out
 
 
 def budget_note(minutes: float, threads: int) -> str:
@@ -93,40 +240,32 @@ def run(args: argparse.Namespace) -> int:
     other = test[args.n_ref: args.n_ref + args.n].float() / 255
     with torch.no_grad():
         f_real, f_other = classifier.features(real), classifier.features(other)
-    noise = torch.randn(args.n, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    rows = []
     floor = fid(f_real, f_other)
-    pr = precision_recall(f_real, f_other)
-    rows.append([f"held-out test images ({args.n})", "-", f"{floor:.2f}",
-                 f"{pr.precision:.3f}", f"{pr.recall:.3f}", "-", "-"])
+    floor_pr = precision_recall(f_real, f_other)
+    noise = torch.randn(args.n, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    jobs, groups = sampler_jobs(model, args)
     results = {}
-    runs = [("ancestral", 1000, "linspace", 0.0),
-            *[("ddim", k, sp, eta) for eta in args.ddim_etas for sp in args.ddim_spacings
-              for k in args.ddim_steps]]
-    for sampler, steps, spacing, eta in runs:
-        t0 = time.perf_counter()
-        chunks = []
-        for i in range(0, args.n, args.batch):
-            z = noise[i: i + args.batch]
-            chunks.append(model.run(z.shape[0], noise=z, sampler=sampler, steps=steps,
-                                    spacing=spacing, eta=eta,
-                                    generator=torch.Generator().manual_seed(2 + i)).samples)
-        seconds = time.perf_counter() - t0
-        images = ((torch.cat(chunks) + 1) / 2).clamp(0, 1)
-        with torch.no_grad():
-            f_fake = classifier.features(images)
-        score = fid(f_real, f_fake)
-        pr = precision_recall(f_real, f_fake)
-        results[(sampler, steps, spacing, eta)] = (score, seconds)
-        name = f"DDPM {sampler}" + (f" (eta {eta:g}, {spacing} spacing)" if sampler == "ddim"
-                                    else "")
-        rows.append([name, str(steps), f"{score:.2f}", f"{pr.precision:.3f}",
-                     f"{pr.recall:.3f}", f"{seconds:.1f}", ""])
-        print(rows[-1], flush=True)
-    base_fid, base_s = results[("ancestral", 1000, "linspace", 0.0)]
-    for row, key in zip(rows[1:], runs, strict=True):
-        score, seconds = results[key]
-        row[6] = f"{score / base_fid:.2f} FID, {base_s / seconds:.1f}x faster"
+    for group in groups:
+        for key, (images, seconds, nfe) in run_paired({k: jobs[k] for k in group}, model,
+                                                       noise, args.batch).items():
+            with torch.no_grad():
+                f_fake = classifier.features(((images + 1) / 2).clamp(0, 1))
+            pr = precision_recall(f_real, f_fake)
+            results[key] = (fid(f_real, f_fake), pr.precision, pr.recall, seconds, nfe)
+            print(f"[ddpm_mnist] {jobs[key].label} ({jobs[key].library}, {jobs[key].steps} "
+                  f"steps): NFE {nfe}, FID {results[key][0]:.2f}, {seconds:.1f} s", flush=True)
+    base = results.get(("ancestral", 1000, "linspace", 0.0))
+    rows = [[f"held-out test images ({args.n})", "-", "-", "-", f"{floor:.2f}",
+             f"{floor_pr.precision:.3f}", f"{floor_pr.recall:.3f}", "-", "-", "-"]]
+    for key, job in jobs.items():
+        score, precision, recall, seconds, nfe = results[key]
+        per_call = "-"
+        if job.partner is not None:
+            other = results[job.partner]
+            per_call = f"{(seconds / nfe) / (other[3] / other[4]):.2f}"
+        rows.append([job.label, job.library, str(job.steps), str(nfe), f"{score:.2f}",
+                     f"{precision:.3f}", f"{recall:.3f}", f"{seconds:.1f}",
+                     f"{score / base[0]:.2f}" if base else "-", per_call])
     t0 = time.perf_counter()
     bound = model.variational_bound(test[: args.bpd_images].float(), levels=256,
                                     generator=torch.Generator().manual_seed(3))
@@ -136,22 +275,28 @@ def run(args: argparse.Namespace) -> int:
                 f"bits/dim (full bound over all 1000 steps on {args.bpd_images} test images, "
                 f"{bpd_s:.0f} s; prior term {float(bound['prior'].mean()):.2e} nats, decoder "
                 f"term {float(bound['decoder'].mean()):.1f} nats per image)")
-    verdicts = []
+    if base is None:
+        verdicts = ["not measured: no ancestral-1000 reference in this run (--no-ancestral)"]
+    else:
+        base_fid, base_s = base[0], base[3]
+        verdicts = goal_verdicts(jobs, results, base_fid)
     for eta, spacing in [(e, sp) for e in args.ddim_etas for sp in args.ddim_spacings]:
         goal = results.get(("ddim", 50, spacing, eta))
-        if goal is None:
+        if goal is None or base is None:
             continue
         within = goal[0] <= 1.1 * base_fid
         verdicts.append(f"DDIM-50 (eta {eta:g}, {spacing} spacing) FID {goal[0]:.2f} vs "
                         f"ancestral-1000 {base_fid:.2f} ({goal[0] / base_fid:.2f}x; goal <= "
-                        f"1.10x) at "
-                        f"{base_s / goal[1]:.1f}x less time (goal 20x, i.e. 50 of 1000 network "
-                        f"calls): FID goal {'met' if within else 'not met'}")
-    verdict = "; ".join(verdicts) or "not measured (no DDIM-50 run)"
-    table = markdown_table(["samples", "steps", "FID (MNIST classifier)", "precision",
-                            "recall", f"seconds for {args.n}", "vs ancestral-1000"], rows)
+                        f"1.10x) at {base_s / goal[3]:.1f}x less time (goal 20x, i.e. 50 of "
+                        f"1000 network calls): FID goal {'met' if within else 'not met'}")
+    verdict = "\n".join(f"- {v}" for v in verdicts)
+    table = markdown_table(["sampler", "library", "steps", "NFE", "FID (MNIST classifier)",
+                            "precision", "recall", f"seconds for {args.n}",
+                            "FID / ancestral-1000",
+                            "time per call / diffusers' at equal calls (paired)"], rows)
     body = (
-        "## ddpm_mnist: DDPM on MNIST at a CPU budget (DDIM vs ancestral, FID, bits/dim)\n\n"
+        "## ddpm_mnist: DDPM on MNIST at a CPU budget (every sampler vs ancestral-1000 and "
+        "diffusers, FID against network calls, bits/dim)\n\n"
         f"`{command_line()}` ({today()}; {machine(args.threads)}).\n\n"
         f"DDPM (T = 1000, linear betas 1e-4..0.02, eps prediction, fixed_large variance), "
         f"U-Net base {args.base_channels} channels x (1, 2, 2), "
@@ -164,8 +309,18 @@ def run(args: argparse.Namespace) -> int:
         f"FID, precision and recall (k = 3) in the bundled MNIST classifier's 128-d features "
         f"against {args.n_ref} test images; {args.n} samples per sampler from the same noise "
         f"(FID at this sample size is biased upwards; the first row is held-out test images, "
-        f"the floor).\n\n" + table + "\n\n"
-        f"Bits/dim (upper bound, EMA weights): {bpd_text}.\n\nGoal: {verdict}.\n")
+        f"the floor). NFE: network calls per sample, counted by a hook on the network. "
+        f"diffusers {diffusers_version()} schedulers (`trained_betas` = the model's linear "
+        f"betas, T = 1000, `prediction_type=\"epsilon\"`, their default spacings) drive the "
+        f"same network through `model.output(x, timestep)` "
+        f"(`benchmarks/_common.py::diffusers_loop`) from the same noise; probgen's samplers "
+        f"clamp the predicted clean image to [-1, 1] (the model's `clip`), diffusers' do not "
+        f"(no thresholding). Paired timing: each probgen solver and its diffusers counterpart "
+        f"at the same steps (DPM-Solver++(2M) / DPMSolverMultistepScheduler, EDM Heun / "
+        f"HeunDiscreteScheduler, DDIM eta 0 {args.ddim_spacings[0]} / EulerDiscreteScheduler) "
+        f"run in turn on each batch of {args.batch}; the last column is probgen's seconds per "
+        f"network call over diffusers'.\n\n" + table + "\n\n"
+        f"Bits/dim (upper bound, EMA weights): {bpd_text}.\n\nGoals:\n{verdict}\n")
     print(body)
     if args.write:
         print(f"wrote {write_section('ddpm-mnist', body)}")
@@ -188,6 +343,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-ref", type=int, default=2000, help="test images as FID reference")
     p.add_argument("--batch", type=int, default=250, help="sampling batch")
     p.add_argument("--ddim-steps", type=int, nargs="+", default=[10, 20, 50, 100])
+    p.add_argument("--solver-steps", type=int, nargs="+", default=[10, 20, 50],
+                   help="steps of probgen's dpm++2m and edm_heun and of diffusers' "
+                        "DPMSolverMultistep, Heun and Euler schedulers")
+    p.add_argument("--no-ancestral", action="store_true",
+                   help="skip the ancestral-1000 reference (1000 calls per sample, slow on "
+                        "CPU): no FID ratios and no goals then")
     p.add_argument("--ddim-etas", type=float, nargs="+", default=[0.0],
                    help="DDIM noise levels eta in [0, 1] (0: deterministic)")
     p.add_argument("--save", default=None, help="write the trained (EMA) model here")
@@ -199,11 +360,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--smoke", action="store_true", help="train on the test split (smoke)")
     p.add_argument("--write", action="store_true", help="write the RESULTS.md section")
-    add_quick(p, "5 steps of batch 16, U-Net base 8, 8 samples against 32, DDIM 10 steps, "
-                 "bound on 2 images")
+    add_quick(p, "5 steps of batch 16, U-Net base 8, 8 samples against 32, DDIM and the "
+                 "solvers at 10 steps, bound on 2 images")
     args = p.parse_args(argv)
     apply_quick(p, args, minutes=0.5, max_steps=5, batch_size=16, base_channels=8, n=8,
-                n_ref=32, batch=8, ddim_steps=[10], bpd_images=2)
+                n_ref=32, batch=8, ddim_steps=[10], solver_steps=[10], bpd_images=2)
     return args
 
 
