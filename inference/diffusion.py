@@ -463,7 +463,9 @@ def diffusion_sample(
     if sampler == "ancestral":
         stepper: Stepper = _Ancestral(model, sched.respace(tau), clip, guide, bool(record_every))
     elif sampler == "ddim":
-        stepper = _KeptDDIM(path, _denoiser(model, path, clip, guide), eta=eta)
+        # keep each step's data prediction only for a recorded trajectory
+        stepper = (_KeptDDIM if record_every else DDIM)(path, _denoiser(model, path, clip, guide),
+                                                        eta=eta)
     else:
         stepper = STEPPERS[sampler](path, _denoiser(model, path, clip, guide))
     out = sample_loop(stepper, x, times, generator=generator, record_every=record_every,
