@@ -766,7 +766,7 @@ def _levels(data: Any) -> int | None:
     return int(pre.levels)
 
 
-@register_objective("ddpm", keys=("loss", "label_dropout", "vlb_weight"))
+@register_objective("ddpm", keys=("loss", "label_dropout", "vlb_weight", "log_bound"))
 def _build_ddpm(model: nn.Module, data: Any, **table: Any) -> DiffusionLoss:
     """DDPM's simple, variational-bound or hybrid loss (label dropout for guidance)."""
     return DiffusionLoss(model, levels=_levels(data), **table)
