@@ -150,19 +150,21 @@ class NoiseLevelPath:
 
     Example:
         >>> m = NoiseLevelPath().coefficients(torch.tensor([0.5, 2.0]), torch.zeros(2, 3))
-        >>> m.alpha.shape, [round(v, 6) for v in m.sigma.flatten().tolist()]
-        (torch.Size([2, 1]), [0.5, 2.0])
+        >>> float(m.alpha), [round(v, 6) for v in m.sigma.flatten().tolist()]
+        (1.0, [0.5, 2.0])
     """
 
     def coefficients(self, sigma: Tensor | float, x: Tensor) -> Marginal:
-        """``(1, sigma, 0, 1)`` at one level per example of ``x``, broadcast against ``x``."""
+        """``(1, sigma, 0, 1)`` at one level per example of ``x``, broadcast against ``x`` (the
+        constants as 0-d tensors)."""
         try:
             sigma = check_time(sigma, x, positive=True)
         except ValueError as e:
             raise ValueError(f"sigma: expected positive noise levels ({e})") from None
         sigma = append_dims(sigma, x.dim())
-        return Marginal(torch.ones_like(sigma), sigma, torch.zeros_like(sigma),
-                        torch.ones_like(sigma))
+        # the constant coefficients as 0-d tensors: no per-example buffers or products
+        one, zero = sigma.new_ones(()), sigma.new_zeros(())
+        return Marginal(one, sigma, zero, one)
 
     def __repr__(self) -> str:
         return "NoiseLevelPath()"
