@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -100,7 +101,7 @@ class Run:
                           generator=self.generator)
 
 
-class Stepper:
+class Stepper(ABC):
     """Base class of a sampler's step: ``step(x, t, t_next) -> x`` on a time grid.
 
     Subclasses implement :meth:`step` (drawing noise and calling networks through
@@ -114,9 +115,9 @@ class Stepper:
         """Starts a run: keeps ``run`` (subclasses reset their state here, then call super)."""
         self.run = run
 
+    @abstractmethod
     def step(self, x: Tensor, t: float, t_next: float) -> Tensor:
         """The states at ``t_next`` from the states ``x`` ``(batch, *event)`` at ``t``."""
-        raise NotImplementedError
 
     def end(self, x: Tensor, t: float) -> Tensor | None:
         """An optional last step from the grid's last time (``None``: none)."""
