@@ -111,7 +111,7 @@ def sample_path(
         x: the start ``(batch, *event)`` (the prior's draws).
         sampler: one of :data:`PATH_SAMPLERS`.
         steps: the number of steps (default 20 for the solvers and fixed-step ODE methods;
-            an adaptive ``"ode"`` takes none).
+            ignored by an adaptive ``"ode"`` method, which picks its own).
         eta: ``"ddim"``'s noise in [0, 1] (1: the posterior, an ancestral sampler on the
             path; a discretization of the reverse SDE whose marginals are the path's).
         spacing: the solvers' grid (:data:`probgen.inference.solvers.GRIDS`; default each
@@ -162,10 +162,7 @@ def sample_path(
         if method in FIXED_METHODS:
             steps = _positive_steps(20 if steps is None else steps, f"ode/{method}")
             grid = torch.linspace(0.0, t_end, intervals(steps) + 1, dtype=torch.float64)
-        elif steps is not None:
-            raise ValueError(f"steps: method {method!r} is adaptive (it picks its steps from "
-                             f"rtol/atol); use one of {list(FIXED_METHODS)} for fixed steps.")
-        else:
+        else:  # an adaptive method picks its own steps from rtol/atol: steps is ignored
             grid = torch.tensor([0.0, t_end], dtype=torch.float64)
 
         def field(state: Tensor, t: Tensor) -> Tensor:

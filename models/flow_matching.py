@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from probgen.cnf import ADAPTIVE_METHODS, FIXED_METHODS, ContinuousFlow, SolveStats
+from probgen.cnf import FIXED_METHODS, ContinuousFlow, SolveStats
 from probgen.inference.flow_matching import ode_sample, reflow_pairs
 from probgen.inference.guidance import classifier_guided, guided
 from probgen.inference.path_sampling import sample_path
@@ -228,8 +228,6 @@ class FlowMatching(nn.Module):
         y = _labels(labels, n, self.num_classes, device)
         field = self._field(y, guidance, classifier, classifier_scale)
         x0 = self.prior_sample(n, generator)
-        if sampler == "ode" and method in ADAPTIVE_METHODS:
-            steps = None  # an adaptive method picks its own steps
         res = self._run(lambda: sample_path(
             field, "velocity", self.path, x0, sampler=sampler, steps=steps, eta=eta,
             spacing=spacing, method=method, rtol=self.rtol if rtol is None else rtol,

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from probgen.cnf import ADAPTIVE_METHODS, SolveStats
+from probgen.cnf import SolveStats
 from probgen.inference.guidance import classifier_guided, guided
 from probgen.inference.path_sampling import PATH_SAMPLERS, sample_path
 from probgen.inference.sde import (
@@ -238,11 +238,8 @@ class ScoreSDE(nn.Module):
                 x0 = self.sde.prior_std * torch.randn(n, *self.event_shape, device=device,
                                                       dtype=dtype, generator=generator)
                 with torch.no_grad():
-                    # an adaptive ODE method picks its own steps: a given steps is ignored
-                    adaptive = sampler == "ode" and (method or "dopri5") in ADAPTIVE_METHODS
                     out = sample_path(score, "score", self.sde, x0, sampler=sampler,
-                                      steps=None if adaptive else steps, eta=eta,
-                                      spacing=spacing,
+                                      steps=steps, eta=eta, spacing=spacing,
                                       method=method or "dopri5", rtol=rtol, atol=atol,
                                       t_end=1.0 - self.sample_eps, denoise=denoise,
                                       generator=generator)
