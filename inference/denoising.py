@@ -26,7 +26,11 @@ of it (path and times; target; weight and reduction):
 A *path* is anything with ``coefficients(t, x) -> Marginal`` broadcast against ``x``: a
 :class:`probgen.processes.GaussianPath` (SDEs, flow-matching paths), the
 :class:`NoiseLevelPath` of DSM and NCSN (its "time" is the noise level), or a discrete
-schedule indexed by steps. A *time distribution* is a callable ``(n, x) -> Times``.
+schedule indexed by steps (:class:`StepPath`). A *time distribution* is a callable
+``(n, x) -> Times``. ``coefficients`` checks the times it is given; times that a time
+distribution drew are valid by construction, so for them a path's unchecked
+``schedule(t)`` (the coefficients of the shape of ``t``), where it has one, is used
+instead: the checks cost a training step more than the path's arithmetic.
 
 References:
     A Connection Between Score Matching and Denoising Autoencoders (Vincent, 2011)
@@ -43,11 +47,11 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from probgen.diffusion import NoiseSchedule
 from probgen.inference.guidance import drop_labels
 from probgen.processes import PREDICTIONS, Marginal, check_time, convert_prediction
-from probgen.utils import append_dims
 
 __all__ = [
     "REDUCTIONS",
@@ -126,9 +130,13 @@ class DiscreteTimes:
             raise ValueError(f"values: expected a number of steps or a non-empty 1-d tensor "
                              f"of times, got {got}.")
         self.values = values
+        single = isinstance(values, Tensor) and values.numel() == 1 and values.is_floating_point()
+        self._single = float(values[0]) if single else None
 
     def __call__(self, n: int, like: Tensor) -> Times:
         """``n`` times: steps (int64) or levels (in ``like``'s dtype)."""
+        if self._single is not None:  # one level: no draw
+            return Times(torch.full((n,), self._single, dtype=like.dtype, device=like.device))
         count = self.values if isinstance(self.values, int) else self.values.numel()
         index = torch.randint(0, count, (n,), device=like.device)
         if isinstance(self.values, int):
@@ -154,17 +162,18 @@ class NoiseLevelPath:
         (1.0, [0.5, 2.0])
     """
 
+    def schedule(self, sigma: Tensor) -> Marginal:
+        """``(1, sigma, 0, 1)`` at levels ``sigma`` (unchecked; the constants as Python
+        numbers: no per-example buffers or products)."""
+        return Marginal(1.0, sigma, 0.0, 1.0)
+
     def coefficients(self, sigma: Tensor | float, x: Tensor) -> Marginal:
-        """``(1, sigma, 0, 1)`` at one level per example of ``x``, broadcast against ``x`` (the
-        constants as 0-d tensors)."""
+        """``(1, sigma, 0, 1)`` at one level per example of ``x``, broadcast against ``x``."""
         try:
             sigma = check_time(sigma, x, positive=True)
         except ValueError as e:
             raise ValueError(f"sigma: expected positive noise levels ({e})") from None
-        sigma = append_dims(sigma, x.dim())
-        # the constant coefficients as 0-d tensors: no per-example buffers or products
-        one, zero = sigma.new_ones(()), sigma.new_zeros(())
-        return Marginal(one, sigma, zero, one)
+        return self.schedule(sigma).broadcast_to(x)
 
     def __repr__(self) -> str:
         return "NoiseLevelPath()"
@@ -186,15 +195,19 @@ class StepPath:
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule: expected a probgen.diffusion.NoiseSchedule, got "
                             f"{type(schedule).__name__}.")
-        self.schedule = schedule
+        self.noise_schedule = schedule
+
+    def schedule(self, step: Tensor) -> Marginal:
+        """The coefficients at integer steps (any shape; unchecked), in float64."""
+        return self.noise_schedule.marginal_at(step)
 
     def coefficients(self, step: Tensor, x: Tensor) -> Marginal:
         """The coefficients at integer steps ``(batch,)``, broadcast against ``x``."""
-        return self.schedule.coefficients(self.schedule._at(self.schedule.alphas_cumprod,
-                                                            step, x))
+        sched = self.noise_schedule
+        return sched.coefficients(sched._at(sched.alphas_cumprod, step, x))
 
     def __repr__(self) -> str:
-        return f"StepPath(num_steps={self.schedule.num_steps})"
+        return f"StepPath(num_steps={self.noise_schedule.num_steps})"
 
 
 class Perturbed(NamedTuple):
@@ -308,13 +321,20 @@ def perturb(path: Any, x: Tensor, t: Tensor | float, noise: Tensor | None = None
         [0.5, 0.5, 0.5]
     """
     x = _check_data(x)
-    m = _check_path(path).coefficients(t, x)
+    return _noised(_check_path(path).coefficients(t, x), x, noise, generator)
+
+
+def _noised(m: Marginal, x: Tensor, noise: Tensor | None,
+            generator: torch.Generator | None = None) -> Perturbed:
+    r""":math:`\alpha x + \sigma\epsilon` at coefficients ``m`` broadcast against ``x``."""
     if noise is None:
         noise = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
     elif not isinstance(noise, Tensor) or noise.shape != x.shape:
         got = tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__
         raise ValueError(f"noise: expected the shape of x {tuple(x.shape)}, got {got}.")
-    return Perturbed(m.alpha * x + m.sigma * noise, noise, m)
+    a = m.alpha
+    signal = x if isinstance(a, float) and a == 1.0 else a * x
+    return Perturbed(torch.addcmul(signal, m.sigma, noise), noise, m)
 
 
 def _target(name: str, x: Tensor, noise: Tensor, m: Marginal) -> Tensor:
@@ -334,11 +354,16 @@ def _target(name: str, x: Tensor, noise: Tensor, m: Marginal) -> Tensor:
     return da * x + ds * noise
 
 
-def _draw(times: TimeDistribution | Tensor | float, x: Tensor) -> Times:
+def _draw(times: TimeDistribution | Tensor | float, path: Any, x: Tensor
+          ) -> tuple[Times, Marginal]:
+    """The times of a batch and the path's coefficients at them, broadcast against ``x``:
+    given times are checked by the path's ``coefficients``; drawn ones go through its
+    unchecked ``schedule`` where it has one."""
+    drawn_here = isinstance(times, (UniformTimes, DiscreteTimes))
+    if not drawn_here and isinstance(times, (int, float)) and not isinstance(times, bool):
+        times = torch.full(x.shape[:1], float(times), dtype=x.dtype, device=x.device)
     if isinstance(times, Tensor):
-        return Times(times)
-    if isinstance(times, (int, float)) and not isinstance(times, bool):
-        return Times(torch.full(x.shape[:1], float(times), dtype=x.dtype, device=x.device))
+        return Times(times), path.coefficients(times, x)
     if not callable(times):
         raise TypeError(f"times: expected a time distribution (n, x) -> Times, a tensor of "
                         f"times or a float, got {type(times).__name__}.")
@@ -346,7 +371,9 @@ def _draw(times: TimeDistribution | Tensor | float, x: Tensor) -> Times:
     if not isinstance(drawn, Times) or drawn.t.shape != x.shape[:1]:
         got = (tuple(drawn.t.shape) if isinstance(drawn, Times) else type(drawn).__name__)
         raise ValueError(f"times: expected Times with t of shape ({x.shape[0]},), got {got}.")
-    return drawn
+    if drawn_here and callable(getattr(path, "schedule", None)):
+        return drawn, path.schedule(drawn.t).broadcast_to(x)
+    return drawn, path.coefficients(drawn.t, x)
 
 
 def denoise(
@@ -411,8 +438,8 @@ def denoise(
     target = prediction if target is None else target
     _check_names(prediction, target, reduction)
     x = _check_data(x)
-    drawn = _draw(times, x)
-    p = perturb(path, x, drawn.t, noise)
+    drawn, m = _draw(times, _check_path(path), x)
+    p = _noised(m, x, noise)
     cond: dict[str, Any] = {}
     if labels is not None:
         if training and label_dropout and torch.is_grad_enabled():
@@ -428,12 +455,14 @@ def denoise(
     if prediction != target:
         predicted = convert_prediction(predicted, p.x_t, p.marginal, source=prediction,
                                        target=target)
-    squared = (predicted - _target(target, x, p.noise, p.marginal)).pow(2).flatten(1)
+    squared = F.mse_loss(predicted, _target(target, x, p.noise, p.marginal),
+                         reduction="none").flatten(1)
     error = squared.sum(1) if reduction == "sum" else squared.mean(1)
     weight = weighting(drawn.t) if callable(weighting) else float(weighting)
     if drawn.weight is not None:
         weight = weight * drawn.weight.to(x.dtype)
-    return Denoised(weight * error, error, p.x_t, p.noise, drawn.t, output)
+    loss = error if isinstance(weight, float) and weight == 1.0 else weight * error
+    return Denoised(loss, error, p.x_t, p.noise, drawn.t, output)
 
 
 class DenoisingObjective(nn.Module):

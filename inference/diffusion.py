@@ -653,8 +653,9 @@ class DiffusionLoss(nn.Module):
         label_dropout: probability of dropping a label (CFG; Ho & Salimans use 0.1-0.2).
         vlb_weight: :math:`\lambda` of the hybrid loss.
         log_bound: also log the bound's estimate (``bpd_estimate``, ``nll``) in training
-            steps of the ``"simple"`` loss (computed without gradients); ``False`` skips it
-            there (evaluation passes, with autograd off, always compute it).
+            steps of the ``"simple"`` loss (computed without gradients, at the cost of the
+            bound's arithmetic in every step); by default only evaluation passes (autograd
+            off) compute it, as they always do.
 
     References:
         Denoising diffusion probabilistic models (Ho et al., 2020),
@@ -666,7 +667,7 @@ class DiffusionLoss(nn.Module):
 
     def __init__(self, model: nn.Module, loss: str = "simple", *, levels: int | None = None,
                  label_dropout: float = 0.0, vlb_weight: float = 0.001,
-                 log_bound: bool = True) -> None:
+                 log_bound: bool = False) -> None:
         super().__init__()
         _check_model(model)
         if loss not in DIFFUSION_LOSSES:

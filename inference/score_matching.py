@@ -246,10 +246,11 @@ class DenoisingScoreMatching(nn.Module):
         super().__init__()
         self.score, self.sigma = score, _check_sigma(sigma, "sigma")
         self.preprocess = preprocess
+        self._times = DiscreteTimes(torch.tensor([self.sigma], dtype=torch.float64))
 
     def forward(self, batch: Any) -> dict[str, Tensor]:
         """The loss on ``batch`` (``x`` of shape ``(batch, *event)``, or ``(x, labels)``)."""
-        out = denoise(self.score, _LEVELS, split_batch(batch, self.preprocess)[0], self.sigma,
+        out = denoise(self.score, _LEVELS, split_batch(batch, self.preprocess)[0], self._times,
                       prediction="score", weighting=0.5, name="score")
         loss = out.loss.mean()
         return {"loss": loss, "dsm": loss}

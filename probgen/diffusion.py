@@ -147,6 +147,10 @@ class NoiseSchedule(nn.Module):
             "timesteps": timesteps,
         }.items():
             self.register_buffer(name, value)
+        # the path's coefficients by step, derived (not saved: checkpoints keep their keys)
+        self.register_buffer("sqrt_alphas_cumprod", ab.sqrt(), persistent=False)
+        self.register_buffer("sqrt_one_minus_alphas_cumprod", (1.0 - ab).sqrt(),
+                             persistent=False)
 
     # ----------------------------------------------------------------- constructors
     @classmethod
@@ -270,6 +274,11 @@ class NoiseSchedule(nn.Module):
         r"""The path's :math:`(\alpha, \sigma) = (\sqrt{\bar\alpha}, \sqrt{1 - \bar\alpha})`
         at the given :math:`\bar\alpha` (no time derivatives: a discrete schedule)."""
         return Marginal(alphas_cumprod.sqrt(), (1.0 - alphas_cumprod).sqrt())
+
+    def marginal_at(self, step: Tensor) -> Marginal:
+        r"""The path's :math:`(\sqrt{\bar\alpha_s}, \sqrt{1 - \bar\alpha_s})` at integer
+        steps ``step`` (any shape, unchecked: indices drawn in ``0..T-1``), float64."""
+        return Marginal(self.sqrt_alphas_cumprod[step], self.sqrt_one_minus_alphas_cumprod[step])
 
     def alphas_cumprod_at(self, step: Tensor) -> Tensor:
         r""":math:`\bar\alpha` at integer or fractional steps (float64, shape of ``step``).

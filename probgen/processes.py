@@ -76,6 +76,15 @@ class Marginal(NamedTuple):
     d_alpha: Tensor | None = None
     d_sigma: Tensor | None = None
 
+    def broadcast_to(self, x: Tensor) -> Marginal:
+        """The coefficients of one time per example ``(batch,)``, in ``x``'s dtype and
+        shaped ``(batch, 1, ..., 1)`` against ``x`` ``(batch, *event)`` (0-d tensors and
+        Python numbers, constants of the path, stay as they are)."""
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        return Marginal(*(v if not isinstance(v, Tensor) or v.dim() == 0
+                          else (v if v.dtype == x.dtype else v.to(x.dtype)).reshape(shape)
+                          for v in self))
+
 
 def check_time(t: Tensor | float, x: Tensor, *, bounded: bool = False,
                positive: bool = False) -> Tensor:
@@ -245,9 +254,7 @@ class GaussianPath(nn.Module, ABC):
     def coefficients(self, t: Tensor | float, x: Tensor) -> Marginal:
         """The schedule at one time per example of ``x`` (or a scalar time), in ``x``'s dtype
         and broadcast against ``x`` ``(batch, *event)``."""
-        m = self.schedule(check_time(t, x))
-        return Marginal(*(None if v is None else append_dims(v.to(x.dtype), x.dim())
-                          for v in m))
+        return self.schedule(check_time(t, x)).broadcast_to(x)
 
     def convert(self, prediction: Tensor, x: Tensor, t: Tensor | float, *, source: str,
                 target: str) -> Tensor:

@@ -95,7 +95,8 @@ def _cases() -> dict[str, Callable[[], dict[str, float]]]:
         "ddpm_vlb": lambda: _run(DiffusionLoss(FakeDDPM("v", "fixed_small"), "vlb"), x),
         "ddpm_hybrid": lambda: _run(DiffusionLoss(FakeDDPM("eps", "learned_range"), "hybrid"),
                                     x),
-        "ddpm_conditional": lambda: _run(DiffusionLoss(FakeDDPM(num_classes=3)), (x, y)),
+        "ddpm_conditional": lambda: _run(DiffusionLoss(FakeDDPM(num_classes=3), log_bound=True),
+                                         (x, y)),
         "ddpm_bound": lambda: _run(lambda b: variational_bound(FakeDDPM("x0"), b), x),
         "csm_conditional": lambda: _run(ContinuousScoreMatching(
             TimeNet(num_classes=3), VPSDE(), conditional=True, label_dropout=0.3,
@@ -111,7 +112,8 @@ def _cases() -> dict[str, Callable[[], dict[str, float]]]:
             num_classes=3), (x, y)),
     }
     for p in ("eps", "x0", "v"):
-        out[f"ddpm_simple_{p}"] = lambda p=p: _run(DiffusionLoss(FakeDDPM(p)), x)
+        out[f"ddpm_simple_{p}"] = lambda p=p: _run(DiffusionLoss(FakeDDPM(p), log_bound=True),
+                                                   x)
     for name, sde in {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(0.01, 5.0)}.items():
         for w in ("sigma2", "likelihood", "none"):
             out[f"csm_{name}_{w}"] = lambda sde=sde, w=w: _run(ContinuousScoreMatching(
@@ -195,8 +197,8 @@ def test_the_objective_itself_reproduces_ncsn_and_flow_matching():
 
 def test_simple_loss_can_skip_its_logged_bound_without_changing_the_loss():
     x = _data()
-    logged = _run(DiffusionLoss(FakeDDPM()), x)
-    quiet = DiffusionLoss(FakeDDPM(), log_bound=False)
+    logged = _run(DiffusionLoss(FakeDDPM(), log_bound=True), x)
+    quiet = DiffusionLoss(FakeDDPM())  # the default: no bound in training steps
     assert _run(quiet, x) == {"loss": logged["loss"], "mse": logged["mse"]}
     with torch.no_grad():  # evaluation passes always estimate the bound
         assert _run(quiet, x) == logged
