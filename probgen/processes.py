@@ -49,8 +49,6 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
-from probgen.utils import append_dims
-
 __all__ = ["Marginal", "PREDICTIONS", "GaussianPath", "convert_prediction", "check_time",
            "check_path_prediction"]
 
