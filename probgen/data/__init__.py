@@ -1,7 +1,9 @@
-"""Data: 2-D toy densities, offline image sets (8x8 digits, MNIST) and invertible preprocessing."""
+"""Data: 2-D toy densities, offline image sets (8x8 digits, MNIST, CIFAR) and invertible
+preprocessing."""
 
 from __future__ import annotations
 
+from probgen.data.cifar import CIFAR_SETS, CIFAR_URLS, find_cifar, load_cifar, read_cifar_batch
 from probgen.data.images import (
     DIGITS_LEVELS,
     DIGITS_TEST_SIZE,
@@ -37,6 +39,11 @@ __all__ = [
     "load_digits",
     "load_mnist",
     "read_idx",
+    "CIFAR_SETS",
+    "CIFAR_URLS",
+    "find_cifar",
+    "load_cifar",
+    "read_cifar_batch",
     "PREPROCESS_NAMES",
     "ImagePreprocess",
     "LogitTransform",
