@@ -1,5 +1,5 @@
 """Neural-network building blocks: MLPs, conv ResNets, masked layers, time embeddings, init,
-conditional networks net(x, t, labels) (a 2-D MLP and a U-Net)."""
+conditional networks net(x, t, labels) (a 2-D MLP, a U-Net and a diffusion transformer)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from probgen.nn.conditional import (
     check_labels,
     check_time,
 )
+from probgen.nn.dit import DiT, sincos_positions
 from probgen.nn.embeddings import FourierEmbedding, SinusoidalEmbedding
 from probgen.nn.init import zero_init_
 from probgen.nn.masked import (
@@ -48,4 +49,6 @@ __all__ = [
     "check_labels",
     "UNet",
     "UNetClassifier",
+    "DiT",
+    "sincos_positions",
 ]
