@@ -56,8 +56,8 @@ def test_errors_say_what_was_expected():
         as_mnist_images(torch.full((1, 784), float("nan")))
     with pytest.raises(FileNotFoundError, match="train_mnist_features"):
         mnist_classifier("/nonexistent/weights.pt")
-    # Never downloads: without torch-fidelity, or without its weights on disk, it refuses.
-    with pytest.raises((ImportError, FileNotFoundError)):
+    # Never downloads: without its weights on disk it refuses, saying where it looked.
+    with pytest.raises(FileNotFoundError, match="/nonexistent/inception.pth"):
         inception_extractor("/nonexistent/inception.pth")
 
 

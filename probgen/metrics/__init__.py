@@ -27,6 +27,12 @@ from probgen.metrics.frechet import (
     gaussian_moments,
     trace_sqrt_product,
 )
+from probgen.metrics.inception import (
+    INCEPTION_FEATURES,
+    FIDInceptionV3,
+    load_fid_inception,
+    tf1_resize,
+)
 from probgen.metrics.integrate import density_grid, integrate_density_2d, parse_bounds
 from probgen.metrics.kernel import (
     KID,
@@ -66,6 +72,10 @@ __all__ = [
     "MNISTClassifier",
     "as_mnist_images",
     "inception_extractor",
+    "FIDInceptionV3",
+    "INCEPTION_FEATURES",
+    "load_fid_inception",
+    "tf1_resize",
     "mnist_classifier",
     "fid",
     "frechet_distance",

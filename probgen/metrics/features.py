@@ -9,9 +9,9 @@ vectors ``(batch, D)``; every metric of :mod:`probgen.metrics` accepts one. Two 
   ``benchmarks/RESULTS.md``). A Frechet distance in its 128-d feature space is an *MNIST
   classifier FID*, not the Inception FID of Heusel et al. (2017); the numbers of the two are
   not comparable.
-- :func:`inception_extractor`: the 2048-d pool features of the FID Inception-v3 network,
-  offered only when ``torch-fidelity`` is installed *and* its weights file is already on
-  disk. Nothing is ever downloaded.
+- :func:`inception_extractor`: the 2048-d pool features of the FID Inception-v3 network
+  (:mod:`probgen.metrics.inception`), when its weights file is on disk. Nothing is ever
+  downloaded.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from probgen.metrics.inception import load_fid_inception
 from probgen.utils import all_finite
 
 __all__ = [
@@ -175,55 +176,45 @@ def mnist_classifier(
     return net.to(device) if device is not None else net
 
 
-_INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+#: The converted weight files of the FID Inception network, by the tools that publish them.
+_INCEPTION_FILES = ("weights-inception-2015-12-05-6726825d.pth",
+                    "pt_inception-2015-12-05-6726825d.pth")
 
 
 def inception_extractor(
     weights: str | os.PathLike | None = None,
     *,
     device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> FeatureExtractor:
-    """The 2048-d FID Inception-v3 features of torch-fidelity, when installed and on disk.
+    """The 2048-d FID Inception-v3 features (:mod:`probgen.metrics.inception`), from a
+    weights file on disk.
 
     Images are ``(batch, 3, H, W)`` (``uint8`` 0..255, or floats in [0, 1]) or grayscale
-    ``(batch, 1, H, W)``, repeated to three channels; torch-fidelity resizes them to
-    299x299 itself. Only a weights file already present locally is used: nothing is
-    downloaded.
+    ``(batch, 1, H, W)``, repeated to three channels; the network resizes them to 299x299
+    as the FID reference code does. Only a weights file already present locally is used:
+    nothing is downloaded.
 
     Args:
-        weights: path to ``weights-inception-2015-12-05-6726825d.pth``; ``None`` looks in
+        weights: path to the converted weights (torch-fidelity's
+            ``weights-inception-2015-12-05-6726825d.pth`` or pytorch-fid's
+            ``pt_inception-2015-12-05-6726825d.pth``); ``None`` looks for either in
             ``$TORCH_HOME/hub/checkpoints`` (torch's download cache).
         device: where to run the network.
+        dtype: the network's float type.
 
     Returns:
         Callable: images ``(batch, C, H, W)`` to float32 features ``(batch, 2048)``.
 
     Raises:
-        ImportError: torch-fidelity is not installed.
         FileNotFoundError: the weights file is not on disk (it says where it looked).
+        ValueError: the file is not the Inception weights.
     """
-    try:
-        from torch_fidelity.feature_extractor_inceptionv3 import (
-            FeatureExtractorInceptionV3,
-        )
-    except Exception as e:  # not installed, or its torchvision import fails
-        raise ImportError(
-            "inception_extractor needs torch-fidelity and a working torchvision (pip install "
-            f"torch-fidelity; importing it failed with: {e}); use "
-            "probgen.metrics.mnist_classifier() for MNIST-like data."
-        ) from e
     if weights is None:
-        weights = Path(torch.hub.get_dir()) / "checkpoints" / _INCEPTION_FILE
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Inception weights not found at {str(path)!r}; probgen never downloads them. "
-            "Place the file there or pass weights=PATH."
-        )
-    net = FeatureExtractorInceptionV3(
-        "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)
-    )
-    net.eval().requires_grad_(False)
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+        found = [folder / name for name in _INCEPTION_FILES if (folder / name).is_file()]
+        weights = found[0] if found else folder / _INCEPTION_FILES[0]
+    net = load_fid_inception(weights, dtype=dtype)
     if device is not None:
         net = net.to(device)
 
