@@ -100,7 +100,7 @@ class VAE(PyroModule):
     Args:
         shape: data shape, ``(D,)`` or ``(C, H, W)``.
         latent_features: latent size.
-        encoder, decoder: ``"mlp"``, ``"conv"`` (images) or a module (see the module
+        encoder, decoder: ``"mlp"``, ``"conv"`` or ``"vit"`` (images) or a module (see the module
             docstring for the contracts).
         hidden_features: MLP hidden sizes (decoder mirrors the encoder).
         channels, blocks: width and residual blocks of the convolutional networks.

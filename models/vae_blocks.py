@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from probgen.nn import MLP, ConvResidualBlock
+from probgen.nn.vit import ViTDecoder, ViTEncoder
 
 __all__ = [
     "MLPEncoder",
@@ -204,27 +205,44 @@ class ConvDecoder(nn.Module):
 def make_encoder(kind: str | nn.Module, shape: Sequence[int], out_features: int, *,
                  hidden_features: Sequence[int] = (512, 512), channels: int = 32,
                  blocks: int = 1) -> nn.Module:
-    """Builds the encoder called ``kind`` (``"mlp"`` or ``"conv"``); a module passes through."""
+    """Builds the encoder called ``kind`` (``"mlp"``, ``"conv"`` or ``"vit"``, images only); a
+    module passes through."""
     if isinstance(kind, nn.Module):
         return kind
     if kind == "mlp":
         return MLPEncoder(shape, out_features, hidden_features)
     if kind == "conv":
         return ConvEncoder(shape, out_features, channels, blocks)
-    raise ValueError(f"encoder: expected 'mlp', 'conv' or an nn.Module, got {kind!r}.")
+    if kind == "vit":
+        return ViTEncoder(shape, out_features, **_vit(shape, channels, blocks))
+    raise ValueError(f"encoder: expected 'mlp', 'conv', 'vit' or an nn.Module, got {kind!r}.")
 
 
 def make_decoder(kind: str | nn.Module, in_features: int, shape: Sequence[int], params: int, *,
                  hidden_features: Sequence[int] = (512, 512), channels: int = 32,
                  blocks: int = 1) -> nn.Module:
-    """Builds the decoder called ``kind`` (``"mlp"`` or ``"conv"``); a module passes through."""
+    """Builds the decoder called ``kind`` (``"mlp"``, ``"conv"`` or ``"vit"``, images only); a
+    module passes through."""
     if isinstance(kind, nn.Module):
         return kind
     if kind == "mlp":
         return MLPDecoder(in_features, shape, params, hidden_features)
     if kind == "conv":
         return ConvDecoder(in_features, shape, params, channels, blocks)
-    raise ValueError(f"decoder: expected 'mlp', 'conv' or an nn.Module, got {kind!r}.")
+    if kind == "vit":
+        return ViTDecoder(in_features, shape, params=params, **_vit(shape, channels, blocks))
+    raise ValueError(f"decoder: expected 'mlp', 'conv', 'vit' or an nn.Module, got {kind!r}.")
+
+
+def _vit(shape: Sequence[int], channels: int, blocks: int) -> dict[str, int]:
+    """A ViT's settings from the named blocks' ``channels`` (token width, rounded up to a
+    multiple of 4 heads) and ``blocks`` (depth, at least 2); patches of 4 pixels on
+    28x28/32x32 images, 2 on smaller ones."""
+    if len(shape) != 3:
+        raise ValueError(f"encoder/decoder 'vit': expected images (C, H, W), got {tuple(shape)}.")
+    patch = 4 if min(shape[1:]) >= 16 and shape[1] % 4 == 0 and shape[2] % 4 == 0 else 2
+    return {"patch": patch, "hidden": 16 * math.ceil(channels / 16), "heads": 4,
+            "depth": max(2, int(blocks))}
 
 
 # ------------------------------------------------------------------------- likelihoods

@@ -61,7 +61,7 @@ def tf1_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
 
     Example:
         >>> x = torch.arange(4.0).reshape(1, 1, 1, 4)
-        >>> tf1_resize(x, (1, 8)).flatten().tolist()
+        >>> [round(v, 4) for v in tf1_resize(x, (1, 8)).flatten().tolist()]
         [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.0]
     """
     if x.dim() != 4 or not x.is_floating_point():

@@ -1,5 +1,6 @@
 """Neural-network building blocks: MLPs, conv ResNets, masked layers, time embeddings, init,
-conditional networks net(x, t, labels) (a 2-D MLP, a U-Net and a diffusion transformer)."""
+conditional networks net(x, t, labels) (a 2-D MLP, a U-Net and a
+diffusion transformer), ViT encoders and decoders."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from probgen.nn.conditional import (
     check_labels,
     check_time,
 )
-from probgen.nn.dit import DiT, sincos_positions
+from probgen.nn.dit import DiT
 from probgen.nn.embeddings import FourierEmbedding, SinusoidalEmbedding
 from probgen.nn.init import zero_init_
 from probgen.nn.masked import (
@@ -23,7 +24,9 @@ from probgen.nn.masked import (
 )
 from probgen.nn.mlp import ACTIVATIONS, MLP, ResidualBlock, ResidualMLP, activation
 from probgen.nn.resnet import ConvResidualBlock, ConvResNet
+from probgen.nn.transformer import SelfAttention, TransformerBlock, sincos_positions
 from probgen.nn.unet import UNet, UNetClassifier
+from probgen.nn.vit import ViTDecoder, ViTEncoder
 
 __all__ = [
     "ACTIVATIONS",
@@ -50,5 +53,9 @@ __all__ = [
     "UNet",
     "UNetClassifier",
     "DiT",
+    "SelfAttention",
+    "TransformerBlock",
     "sincos_positions",
+    "ViTEncoder",
+    "ViTDecoder",
 ]

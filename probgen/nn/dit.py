@@ -20,70 +20,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from probgen.nn.conditional import ConditionEmbedding, check_time
 from probgen.nn.init import zero_init_
+from probgen.nn.transformer import (
+    TransformerBlock,
+    check_patches,
+    modulate,
+    sincos_positions,
+    unpatchify,
+)
 
-__all__ = ["DiT", "sincos_positions"]
-
-
-def sincos_positions(dim: int, height: int, width: int) -> Tensor:
-    r"""The fixed 2-D sine-cosine position embedding ``(height * width, dim)`` (row-major).
-
-    Half the features encode the row, half the column, each as
-    :math:`[\sin(p\,\omega_k), \cos(p\,\omega_k)]` with :math:`\omega_k = 10000^{-k/(d/4)}`,
-    ``k = 0..d/4-1``.
-
-    Example:
-        >>> sincos_positions(8, 2, 3).shape
-        torch.Size([6, 8])
-    """
-    if dim % 4:
-        raise ValueError(f"dim: expected a multiple of 4, got {dim}.")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
-    rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float64),
-                                torch.arange(width, dtype=torch.float64), indexing="ij")
-
-    def encode(p: Tensor) -> Tensor:
-        angle = p.reshape(-1, 1) * omega
-        return torch.cat([angle.sin(), angle.cos()], dim=1)
-
-    return torch.cat([encode(rows), encode(cols)], dim=1).float()
-
-
-def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return x * (1 + scale[:, None]) + shift[:, None]
-
-
-class _Block(nn.Module):
-    """One adaLN-Zero transformer block: gated attention and gated MLP on modulated norms."""
-
-    def __init__(self, hidden: int, heads: int, mlp_ratio: float, emb: int,
-                 dropout: float) -> None:
-        super().__init__()
-        self.heads = heads
-        self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
-        self.qkv = nn.Linear(hidden, 3 * hidden)
-        self.proj = nn.Linear(hidden, hidden)
-        self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
-        inner = int(hidden * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(hidden, inner), nn.GELU(approximate="tanh"),
-                                 nn.Dropout(dropout), nn.Linear(inner, hidden))
-        self.ada = nn.Sequential(nn.SiLU(), zero_init_(nn.Linear(emb, 6 * hidden)))
-        self.dropout = dropout
-
-    def forward(self, x: Tensor, e: Tensor) -> Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(e).chunk(6, dim=1)
-        b, n, d = x.shape
-        q, k, v = self.qkv(_modulate(self.norm1(x), shift1, scale1)).reshape(
-            b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        h = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training
-                                           else 0.0)
-        x = x + gate1[:, None] * self.proj(h.transpose(1, 2).reshape(b, n, d))
-        return x + gate2[:, None] * self.mlp(_modulate(self.norm2(x), shift2, scale2))
+__all__ = ["DiT"]
 
 
 class DiT(nn.Module):
@@ -132,35 +81,20 @@ class DiT(nn.Module):
         time_scale: float = 1000.0,
     ) -> None:
         super().__init__()
-        shape = tuple(int(s) for s in shape)
-        if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f"shape: expected (C, H, W) with positive sizes, got {shape}.")
-        if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1 or (
-                shape[1] % patch or shape[2] % patch):
-            raise ValueError(f"patch: expected a positive int dividing H and W of {shape}, got "
-                             f"{patch!r}.")
-        if hidden < 4 or hidden % 4 or heads < 1 or hidden % heads:
-            raise ValueError(f"hidden, heads: expected a width that is a multiple of 4 and of "
-                             f"heads, got hidden={hidden}, heads={heads}.")
-        if depth < 1:
-            raise ValueError(f"depth: expected >= 1 blocks, got {depth}.")
+        shape = check_patches(shape, patch, hidden, heads, depth)
         self.event_shape, self.patch = shape, patch
         self.out_channels = int(out_channels or shape[0])
         self.grid = (shape[1] // patch, shape[2] // patch)
         self.embed_patches = nn.Conv2d(shape[0], hidden, patch, stride=patch)
         self.register_buffer("positions", sincos_positions(hidden, *self.grid), persistent=False)
         self.embed = ConditionEmbedding(hidden, num_classes, time_scale)
-        self.blocks = nn.ModuleList(_Block(hidden, heads, mlp_ratio, hidden, dropout)
-                                    for _ in range(depth))
+        self.blocks = nn.ModuleList(TransformerBlock(hidden, heads, mlp_ratio, cond=hidden,
+                                                     dropout=dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.ada = nn.Sequential(nn.SiLU(), zero_init_(nn.Linear(hidden, 2 * hidden)))
         self.head = zero_init_(nn.Linear(hidden, patch * patch * self.out_channels))
-        # the paper's initialisation: Xavier-uniform linear layers, the patch embedding
-        # as a linear layer
-        for block in self.blocks:
-            for layer in (block.qkv, block.proj, block.mlp[0], block.mlp[3]):
-                nn.init.xavier_uniform_(layer.weight)
-                nn.init.zeros_(layer.bias)
+        # the paper's initialisation: Xavier-uniform linear layers (in the blocks), the patch
+        # embedding as a linear layer
         w = self.embed_patches.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.embed_patches.bias)
@@ -181,10 +115,8 @@ class DiT(nn.Module):
         for block in self.blocks:
             h = block(h, e)
         shift, scale = self.ada(e).chunk(2, dim=1)
-        h = self.head(_modulate(self.norm(h), shift, scale))  # (batch, tokens, p*p*C')
-        (gh, gw), p, c = self.grid, self.patch, self.out_channels
-        h = h.reshape(x.shape[0], gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4)
-        return h.reshape(x.shape[0], c, gh * p, gw * p)
+        h = self.head(modulate(self.norm(h), shift, scale))  # (batch, tokens, p*p*C')
+        return unpatchify(h, self.grid, self.patch, self.out_channels)
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"patch={self.patch}, tokens={math.prod(self.grid)}"

@@ -210,8 +210,9 @@ CELLS: list[tuple[str, str]] = [
     `benchmarks/train_mnist_features.py`); `net.features` maps images to 128-d vectors and
     `net.probabilities` to class probabilities. A FID in this space is the *FID of the
     probgen MNIST classifier*: its values are not comparable with the Inception FID of
-    papers on natural images (`probgen.metrics.inception_extractor` offers that network
-    when torch-fidelity and its weights are on the disk; nothing is downloaded).
+    papers on natural images (`probgen.metrics.inception_extractor` offers that network,
+    `probgen.metrics.FIDInceptionV3`, when its weights file is on the disk; nothing is
+    downloaded).
 
     The MNIST files are read from `PROBGEN_DATA` or, in this repository, from
     `../shared/data/mnist`. `find_mnist(root)` returns the folder holding them, or `None`
