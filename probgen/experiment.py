@@ -261,6 +261,7 @@ def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
         if kind not in _PREPROCESS:
             raise ConfigError(
                 f"[data] preprocess must be one of {list(_PREPROCESS)}, got {kind!r}."
+                + did_you_mean(kind, _PREPROCESS)
             )
         flatten = bool(table.get("flatten", False))
         labels = bool(table.get("labels", False))
@@ -354,11 +355,14 @@ def build_objective(config: dict[str, Any], model: nn.Module, data: DataBundle) 
                               "'regularized_ml' (allowed: jacobian, kinetic).")
         return inference.RegularizedMaximumLikelihood(model, preprocess=data.preprocess,
                                                       **table)
-    if "target" not in table:
-        from probgen.energies import ENERGIES
+    from probgen.energies import ENERGIES
 
+    if "target" not in table:
         raise ConfigError(f"[objective] target is required for 'reverse_kl'; allowed: "
                           f"{sorted(ENERGIES)}.")
+    if isinstance(table["target"], str) and table["target"].lower() not in ENERGIES:
+        raise ConfigError(f"[objective] target {table['target']!r} is unknown; allowed: "
+                          f"{sorted(ENERGIES)}." + did_you_mean(table["target"], ENERGIES))
     return inference.ReverseKL(model, table["target"], num_samples=table.get("num_samples", 256))
 
 

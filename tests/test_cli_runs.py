@@ -195,6 +195,8 @@ def test_version_and_python_dash_m(capsys):
         (["fit", "realnvp-moons", "--set", "data.name=moon"], "Did you mean 'moons'"),
         (["fit", "realnvp-moons", "--set", "train.optimiser=sgd"], "Did you mean 'optimizer'"),
         (["fit", "realnvp-moons", "--set", "trian.steps=3"], "Did you mean 'train'"),
+        (["fit", "iaf-u3", "--set", "objective.target=u33"], "Did you mean 'u3'"),
+        (["fit", "realnvp-digits", "--set", "data.preprocess=logt"], "Did you mean 'logit'"),
     ],
 )
 def test_unknown_names_get_suggestions(tmp_path, capsys, args, suggestion):
