@@ -629,7 +629,7 @@ def _check_sampler_name(table: dict[str, Any], choices: tuple[str, ...] | None) 
     """Checks ``[sample] sampler`` against the names the model (or score sampler) knows."""
     name = table.get("sampler")
     if choices is not None and isinstance(name, str) and name not in choices:
-        raise ConfigError(f"[sample] sampler must be one of {list(choices)}, got {name!r}."
+        raise ConfigError(f"[sample] sampler: expected one of {list(choices)}, got {name!r}."
                           + did_you_mean(name, choices))
 
 
