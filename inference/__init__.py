@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from probgen.inference import registry
 from probgen.inference.adversarial import ADAM_BETAS, GAN_LOSSES, Adversarial
-from probgen.inference.checkpoint import load_checkpoint
+from probgen.inference.checkpoint import load_checkpoint, load_objective_state
 from probgen.inference.denoising import (
     REDUCTIONS,
     Denoised,
@@ -91,7 +91,7 @@ from probgen.inference.solvers import (
     time_grid,
 )
 from probgen.inference.steps import NonFiniteLossError
-from probgen.inference.training import History, fit
+from probgen.inference.training import History, TrainingInterrupted, fit
 from probgen.inference.vq import (
     ExponentialTemperature,
     RelaxedCategoricalELBO,
@@ -178,7 +178,9 @@ __all__ = [
     "register_objective",
     "History",
     "NonFiniteLossError",
+    "TrainingInterrupted",
     "load_checkpoint",
+    "load_objective_state",
     "EMA",
     "LRSchedule",
     "MaximumLikelihood",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from probgen.utils import atomic_torch_save
 
@@ -15,6 +17,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_NAME",
     "load_checkpoint",
+    "load_objective_state",
     "save_checkpoint",
     "rng_state",
     "set_rng_state",
@@ -99,8 +102,70 @@ def load_checkpoint(
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"load_checkpoint: no checkpoint at {str(path)!r}.")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, UnpicklingError...
+        raise ValueError(f"load_checkpoint: {str(path)!r} {_load_failure(e)}.") from None
     if not isinstance(state, dict) or "format" not in state or "objective" not in state:
         raise ValueError(f"load_checkpoint: {str(path)!r} is not a probgen training checkpoint.")
     return state
 
+
+def _load_failure(error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in words that give no unsafe advice."""
+    text = str(error)
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if refused:
+        return (f"holds a pickled object ({refused.group(1)}) that a probgen checkpoint never "
+                "holds, so it was not loaded (only tensors and plain containers are)")
+    if "Weights only load failed" in text:
+        return ("holds pickled objects that a probgen checkpoint never holds, so it was not "
+                "loaded (only tensors and plain containers are)")
+    if isinstance(error, EOFError) or not text:
+        return "is empty or truncated (an interrupted copy?); it is not a readable checkpoint"
+    first = text.strip().splitlines()[0]
+    if len(first) > 160:
+        first = first[:157] + "..."
+    return f"is corrupt or truncated, or not a checkpoint ({type(error).__name__}: {first})"
+
+
+def load_objective_state(
+    objective: nn.Module, state: Mapping[str, Any], path: str | os.PathLike
+) -> None:
+    """Loads a checkpoint's ``objective`` weights into ``objective``.
+
+    Args:
+        objective: the objective module the checkpoint was written from (same model).
+        state: what :func:`load_checkpoint` returned.
+        path: the checkpoint's file, named in the error.
+
+    Raises:
+        ValueError: the weights belong to another model or configuration; one line naming
+            the file and the first mismatched entries.
+    """
+    saved, own = state["objective"], objective.state_dict()
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    reshaped = [
+        f"{k} {tuple(saved[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in saved and isinstance(saved[k], torch.Tensor) and isinstance(own[k], torch.Tensor)
+        and saved[k].shape != own[k].shape
+    ]
+    problems = [
+        f"{what}: {len(items)} (e.g. {items[0]})"
+        for what, items in (("missing entries", missing), ("unexpected entries", unexpected),
+                            ("other shapes", reshaped))
+        if items
+    ]
+    if problems:
+        raise ValueError(
+            f"checkpoint {str(path)!r} does not fit this run's model and objective "
+            f"(another configuration wrote it): {'; '.join(problems)}."
+        )
+    try:
+        objective.load_state_dict(saved)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise ValueError(f"checkpoint {str(path)!r} does not fit this run's model and "
+                         f"objective: {first}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,8 +39,30 @@ class History:
 
 
 def read_records(path: Path, upto: int) -> list[dict[str, float]]:
-    """The records of ``path`` (a ``metrics.jsonl``) up to step ``upto`` (for resuming)."""
+    """The records of ``path`` (a ``metrics.jsonl``) up to step ``upto`` (for resuming).
+
+    A torn last line (a write cut short by a crash or a kill) is dropped with a
+    ``RuntimeWarning``; an unreadable line before it is an error.
+
+    Raises:
+        ValueError: a line other than the last is not a JSON record; names file and line.
+    """
     if not path.is_file():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [r for r in (json.loads(line) for line in lines if line.strip()) if r["step"] <= upto]
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
+    records = []
+    for k, (number, line) in enumerate(numbered):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "step" not in record:
+                raise ValueError("a JSON object with a 'step' is expected")
+        except ValueError as e:  # json.JSONDecodeError is a ValueError
+            if k == len(numbered) - 1:
+                warnings.warn(f"{str(path)!r}: dropped its torn last line {number} (a write cut "
+                              f"short): {line[:60]!r}.", RuntimeWarning, stacklevel=2)
+                break
+            raise ValueError(f"{str(path)!r} line {number} is not a metrics record ({e}); "
+                             "only a torn last line can be dropped.") from None
+        records.append(record)
+    return [r for r in records if r["step"] <= upto]

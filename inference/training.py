@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from probgen.inference.batches import BatchSource, to_device
 from probgen.inference.checkpoint import (
     CHECKPOINT_NAME,
     load_checkpoint,
+    load_objective_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -39,13 +43,59 @@ from probgen.inference.steps import (
     evaluate,
     first_non_finite,
 )
-from probgen.utils import append_jsonl, atomic_write_text
+from probgen.utils import append_jsonl, atomic_write_text, remove_stale_temporaries
 
-__all__ = ["fit", "History", "NonFiniteLossError", "Callback"]
+__all__ = ["fit", "History", "NonFiniteLossError", "TrainingInterrupted", "Callback"]
 
 # A callback sees every log record (train and eval) on every process; returning True stops
 # training after the current step (a checkpoint is still written when out_dir is set).
 Callback = Callable[[int, dict[str, float]], "bool | None"]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT or SIGTERM after a completed step (``fit(interruptible=True)``).
+
+    A ``KeyboardInterrupt``, so code that does not know it still stops.
+
+    Attributes:
+        step: the last completed step.
+        signal: the signal's number (``signal.SIGINT`` or ``signal.SIGTERM``).
+        checkpoint: the checkpoint written for ``step`` (``None`` without ``out_dir``).
+    """
+
+    def __init__(self, step: int, signum: int, checkpoint: Path | None) -> None:
+        self.step, self.signal, self.checkpoint = step, signum, checkpoint
+        kept = (f"checkpoint of step {step} written to {str(checkpoint)!r}"
+                if checkpoint is not None else "no out_dir, so no checkpoint")
+        super().__init__(f"{signal.Signals(signum).name} after step {step}: training stopped, "
+                         f"{kept}.")
+
+
+@contextlib.contextmanager
+def _stop_on_signals(run: _Run) -> Iterator[None]:
+    """Turns SIGINT and SIGTERM into a request that ``run`` stops after its current step.
+
+    The first signal only sets ``run.signal``; the previous handlers come back at once, so a
+    second signal acts as it would have (Ctrl-C twice aborts without waiting). Outside the
+    main thread no handler can be installed and signals act as usual.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, Any] = {}
+
+    def request_stop(signum: int, frame: Any) -> None:
+        run.signal = signum
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, request_stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _check_args(steps: int, batch_size: int, log_every: int, **optional: Any) -> None:
@@ -99,6 +149,7 @@ def fit(
     progress: bool = True,
     config: dict | None = None,
     callbacks: Callback | Sequence[Callback] | None = None,
+    interruptible: bool = False,
 ) -> History:
     """Trains ``objective`` on ``data`` for ``steps`` optimizer steps.
 
@@ -149,12 +200,16 @@ def fit(
         progress: show a tqdm bar with the live loss.
         config: plain data saved in the checkpoint (e.g. the run's TOML tables).
         callbacks: ``callback(step, record)`` after each record; returning True stops.
+        interruptible: on SIGINT or SIGTERM (main thread only), finish the current step,
+            write its checkpoint (with ``out_dir``, whatever ``checkpoint_every``) and raise
+            :class:`TrainingInterrupted`; ``resume=True`` then continues from that step.
 
     Returns:
         The :class:`History` of records (floats).
 
     Raises:
         NonFiniteLossError: an output or the gradient norm became NaN/Inf.
+        TrainingInterrupted: ``interruptible`` and a signal came.
         TypeError, ValueError: bad arguments (the message names the argument).
 
     Example:
@@ -203,11 +258,17 @@ def fit(
         run.source = BatchSource(data, batch_size, run.generator, rank=ctx.rank,
                                  world_size=ctx.world_size)
         run.restore(resume)
-        history = run.loop(
-            steps, log_every=log_every, eval_data=eval_data, eval_every=eval_every,
-            eval_batch_size=eval_batch_size or batch_size, checkpoint_every=checkpoint_every,
-            progress=progress, callbacks=list(callbacks),
-        )
+        with _stop_on_signals(run) if interruptible else contextlib.nullcontext():
+            try:
+                history = run.loop(
+                    steps, log_every=log_every, eval_data=eval_data, eval_every=eval_every,
+                    eval_batch_size=eval_batch_size or batch_size,
+                    checkpoint_every=checkpoint_every, progress=progress,
+                    callbacks=list(callbacks),
+                )
+            except TrainingInterrupted:
+                ok = True  # every process stopped after the same step
+                raise
         ok = True
         return history
     finally:
@@ -241,6 +302,7 @@ class _Run:
         self.updater = Updater(optimizers, ctx, grad_clip, custom=self.custom)
         self.history = History()
         self.start, self.elapsed, self.last_ckpt = 0, 0.0, None
+        self.signal: int | None = None  # set by _stop_on_signals
         self.t0 = time.perf_counter()
 
     def now(self) -> float:
@@ -250,9 +312,11 @@ class _Run:
     def restore(self, resume: bool) -> None:
         """Loads ``out_dir/checkpoint.pt`` when resuming, else seeds; resets metrics.jsonl."""
         path = self.out / CHECKPOINT_NAME if self.out is not None else None
+        if self.ctx.is_main and self.out is not None:
+            remove_stale_temporaries(self.out)  # left by a save that was killed
         if resume and path.is_file():
             state = load_checkpoint(path, map_location=self.ctx.device)
-            self.objective.load_state_dict(state["objective"])
+            load_objective_state(self.objective, state, path)
             for name, opt in self.optimizers.items():
                 opt.load_state_dict(state["optimizers"][name])
             if self.ema is not None:
@@ -298,6 +362,16 @@ class _Run:
                 "elapsed": self.now(),
             })
         self.last_ckpt = step
+
+    def signalled(self) -> int | None:
+        """The stop signal received by any process (the same answer on every process)."""
+        if not self.ctx.enabled:
+            return self.signal
+        # The mean of the flags is positive when any process got a signal.
+        flag = torch.tensor([1.0 if self.signal else 0.0], dtype=torch.float64,
+                            device=self.ctx.device)
+        got = float(self.ctx.all_reduce_mean(flag)) > 0
+        return (self.signal or int(signal.SIGTERM)) if got else None
 
     def log(self, record: dict[str, float], callbacks: list[Callback]) -> bool:
         """Records ``record``; returns whether a callback asked to stop."""
@@ -378,10 +452,16 @@ class _Run:
                                       ctx=self.ctx, ema=self.ema, seed=self.seed)
                     stop = self.log({"step": step, "time": self.now(), **record},
                                     callbacks) or stop
+                signum = self.signalled()
+                if signum is not None:
+                    stop = True
                 if self.out is not None and (
                     due or stop or (checkpoint_every and step % checkpoint_every == 0)
                 ):
                     self.save(step)
+                if signum is not None:
+                    checkpoint = self.out / CHECKPOINT_NAME if self.out is not None else None
+                    raise TrainingInterrupted(step, signum, checkpoint)
                 if stop:
                     break
         finally:

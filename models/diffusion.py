@@ -35,6 +35,7 @@ from probgen.diffusion import (
     make_schedule,
 )
 from probgen.inference.diffusion import (
+    DIFFUSION_SAMPLERS,
     VARIANCES,
     DiffusionResult,
     ddim_invert,
@@ -65,6 +66,10 @@ class DiffusionModel(nn.Module):
         clip: clamp predicted clean data to ``[-clip, clip]`` while sampling (1 for images
             on [-1, 1]; ``None`` for unbounded data).
     """
+
+    #: The names :meth:`sample` accepts as ``sampler`` (run files are checked against them
+    #: before training).
+    samplers: tuple[str, ...] = DIFFUSION_SAMPLERS
 
     def __init__(
         self,

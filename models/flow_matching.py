@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from probgen.cnf import FIXED_METHODS, ContinuousFlow, SolveStats
 from probgen.inference.flow_matching import ode_sample, reflow_pairs
 from probgen.inference.guidance import classifier_guided, guided
-from probgen.inference.path_sampling import sample_path
+from probgen.inference.path_sampling import PATH_SAMPLERS, sample_path
 from probgen.inference.solvers import SOLVERS
 from probgen.nn import ConditionalMLP, UNet
 from probgen.paths import PATHS, AffinePath, get_path
@@ -89,6 +89,10 @@ class FlowMatching(nn.Module):
         last_solve: the :class:`probgen.cnf.SolveStats` of the last solve (sample or
             likelihood).
     """
+
+    #: The names :meth:`sample` accepts as ``sampler`` (run files are checked against them
+    #: before training).
+    samplers: tuple[str, ...] = PATH_SAMPLERS
 
     def __init__(
         self,

@@ -96,6 +96,10 @@ class ScoreSDE(nn.Module):
         last_solve: the :class:`probgen.cnf.SolveStats` of the last ODE solve.
     """
 
+    #: The names :meth:`sample` accepts as ``sampler`` (run files are checked against them
+    #: before training).
+    samplers: tuple[str, ...] = SDE_SAMPLERS
+
     def __init__(
         self,
         network: nn.Module,

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from probgen.config import ConfigError, list_presets, load_config
+import probgen
+from probgen.config import ConfigError, load_config
 
 __all__ = ["main", "build_parser"]
+
+
+def _threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads", type=int, default=None, metavar="N",
+        help="torch CPU threads (default: the run's [train] threads, else PyTorch's default: "
+             "one per physical core, or OMP_NUM_THREADS)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,11 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="probgen",
         description="Train, sample and evaluate generative models declared in TOML.",
     )
+    parser.add_argument("--version", action="version", version=f"probgen {probgen.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit = sub.add_parser("fit", help="train a preset or a TOML run file into a run folder")
     fit.add_argument("config", help="a preset name (see `probgen list`) or a path to a .toml")
-    fit.add_argument("--out", default=None, help="run folder (default: runs/<name>)")
+    fit.add_argument("--out", default=None,
+                     help="run folder (default: runs/<name>; with --resume and a run's "
+                          "config.toml, that run's folder)")
     fit.add_argument(
         "--set",
         dest="overrides",
@@ -31,14 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="override one setting (value read as TOML); repeatable",
     )
-    fit.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    fit.add_argument("--resume", action="store_true",
+                     help="continue from the run folder's checkpoint (an error if it has none)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    _threads(fit)
 
     sample = sub.add_parser("sample", help="draw samples from a trained run")
     sample.add_argument("run", help="run folder written by `probgen fit`")
     sample.add_argument("--n", type=int, default=64, help="number of samples")
     sample.add_argument("--out", default=None, help="output file (.png figure or .pt tensor)")
     sample.add_argument("--seed", type=int, default=0)
+    _threads(sample)
 
     ev = sub.add_parser("eval", help="evaluate a trained run on its held-out data")
     ev.add_argument("run", help="run folder written by `probgen fit`")
@@ -48,9 +64,25 @@ def build_parser() -> argparse.ArgumentParser:
                          "feature space, e.g. 'FID (probgen MNIST classifier)')")
     ev.add_argument("--num-samples", type=int, default=None,
                     help="samples per set for --metrics (default: held-out size, <= 10000)")
+    _threads(ev)
 
-    sub.add_parser("list", help="list the built-in presets")
+    sub.add_parser("list", help="list the built-in presets, grouped by model family")
     return parser
+
+
+def _print_presets() -> None:
+    from probgen import experiment
+
+    for family, presets in experiment.presets_by_family().items():
+        print(f"{family}:")
+        for name, description in presets.items():
+            print(f"  {name:28s} {description}")
+
+
+def _resume_folder(source: str) -> str | None:
+    """With ``--resume`` and no ``--out``: the run folder of a run's own ``config.toml``."""
+    path = Path(source)
+    return str(path.parent) if path.name == "config.toml" and path.is_file() else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,26 +94,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "list":
-            for name, description in list_presets().items():
-                print(f"{name:28s} {description}")
+            _print_presets()
             return 0
         if args.command == "fit":
-            config = load_config(args.config, args.overrides)
+            overrides = list(args.overrides)
+            if args.threads is not None:
+                overrides.append(f"train.threads={args.threads}")
+            config = load_config(args.config, overrides)
+            out = args.out
+            if out is None and args.resume:
+                out = _resume_folder(args.config)
             result = experiment.fit_run(
                 config,
-                out_dir=args.out,
+                out_dir=out,
                 resume=args.resume,
                 progress=not args.quiet,
                 default_name=args.config,
+                interruptible=True,
             )
             print(json.dumps(result, indent=2, sort_keys=True))
             return 0
         if args.command == "sample":
-            path = experiment.sample_run(args.run, n=args.n, out=args.out, seed=args.seed)
+            path = experiment.sample_run(args.run, n=args.n, out=args.out, seed=args.seed,
+                                         threads=args.threads)
             print(path)
             return 0
         if args.command == "eval":
-            result = experiment.eval_run(args.run, args.metrics, num_samples=args.num_samples)
+            result = experiment.eval_run(args.run, args.metrics, num_samples=args.num_samples,
+                                         threads=args.threads)
             print(json.dumps(result, indent=2, sort_keys=True))
             return 0
     except (ConfigError, FileNotFoundError, ValueError, TypeError) as e:
@@ -90,7 +130,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FloatingPointError as e:  # probgen.inference.NonFiniteLossError: names step and term
         print(f"probgen {args.command}: training stopped: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:  # TrainingInterrupted (fit, with a checkpoint), or Ctrl-C
+        return _interrupted(args, e)
     raise AssertionError(f"unhandled command {args.command!r}")
+
+
+def _interrupted(args: argparse.Namespace, error: KeyboardInterrupt) -> int:
+    """Reports an interruption; returns the shell's code for the signal (128 + number)."""
+    signum = getattr(error, "signal", signal.SIGINT)
+    checkpoint = getattr(error, "checkpoint", None)
+    if checkpoint is None:
+        print(f"probgen {args.command}: interrupted.", file=sys.stderr)
+    else:
+        run = Path(checkpoint).parent
+        print(f"probgen {args.command}: {error} Continue with: probgen fit "
+              f"{run / 'config.toml'} --resume", file=sys.stderr)
+    return 128 + int(signum)
 
 
 if __name__ == "__main__":  # pragma: no cover

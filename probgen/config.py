@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import inspect
 import tomllib
 import typing
@@ -21,6 +22,7 @@ __all__ = [
     "check_keys",
     "check_call_kwargs",
     "dump_toml",
+    "did_you_mean",
 ]
 
 #: The tables a run file may have, each with the keys it accepts (``None``: checked later
@@ -48,7 +50,8 @@ SECTIONS: dict[str, tuple[dict[str, type | tuple[type, ...]] | None, str]] = {
         "'ism', 'ssm', 'dsm' (one 'sigma'), 'ncsn' (a ladder 'sigma_max'..'sigma_min'), or a "
         "family's registered objective (probgen.inference.registry.OBJECTIVES)",
     ),
-    "train": (None, "keyword arguments of probgen.inference.fit"),
+    "train": (None, "keyword arguments of probgen.inference.fit, and 'threads' (torch's CPU "
+                    "threads; default PyTorch's)"),
     "eval": (
         {"num_samples": int, "resolution": int, "bound": (int, float), "batch_size": int},
         "evaluation: held-out size, density-grid resolution and half-width",
@@ -64,6 +67,33 @@ SECTIONS: dict[str, tuple[dict[str, type | tuple[type, ...]] | None, str]] = {
 
 class ConfigError(ValueError):
     """A run configuration names an unknown key, has a wrong type or an impossible choice."""
+
+
+def did_you_mean(name: object, choices: Iterable[str]) -> str:
+    """The hint appended to an "unknown name" error: ``" Did you mean 'x'?"`` or ``""``.
+
+    Used wherever a run file, an override or a command-line argument names something
+    unknown (a preset, section, key, model, objective, data set or sampler).
+
+    Example:
+        >>> did_you_mean("realnvp-moon", ["realnvp-moons", "maf-8gaussians"])
+        " Did you mean 'realnvp-moons'?"
+        >>> did_you_mean("zzz", ["realnvp-moons"])
+        ''
+    """
+    if not isinstance(name, str):
+        return ""
+    choices = [str(c) for c in choices]
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+    if not close:  # case slips: 'realnvp' for 'RealNVP'
+        lowered = {c.lower(): c for c in choices}
+        close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.6)
+        close = [lowered[c] for c in close]
+    if not close:
+        return ""
+    quoted = [repr(c) for c in close]
+    names = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+    return f" Did you mean {names}?"
 
 
 def _preset_dir() -> Any:
@@ -112,6 +142,7 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[st
         if section not in SECTIONS:
             raise ConfigError(
                 f"--set {text!r}: unknown section {section!r}; allowed: {sorted(SECTIONS)}."
+                + did_you_mean(section, SECTIONS)
             )
         config.setdefault(section, {})[key] = value
     return config
@@ -141,10 +172,10 @@ def load_config(source: str | Path, overrides: Iterable[str] = ()) -> dict[str, 
     else:
         entry = _preset_dir() / f"{source}.toml"
         if not entry.is_file():
-            names = ", ".join(list_presets())
+            presets = list_presets()
             raise ConfigError(
                 f"{str(source)!r} is neither a TOML file nor a built-in preset; "
-                f"presets: {names}."
+                f"presets: {', '.join(presets)}." + did_you_mean(str(source), presets)
             )
         config = tomllib.loads(entry.read_text(encoding="utf-8"))
     config = apply_overrides(config, overrides)
@@ -152,6 +183,7 @@ def load_config(source: str | Path, overrides: Iterable[str] = ()) -> dict[str, 
         if section not in SECTIONS:
             raise ConfigError(
                 f"unknown section [{section}]; allowed sections: {sorted(SECTIONS)}."
+                + did_you_mean(section, SECTIONS)
             )
         if not isinstance(table, dict):
             raise ConfigError(f"[{section}] must be a table, got {type(table).__name__}.")
@@ -188,6 +220,7 @@ def check_keys(
         if key not in schema:
             raise ConfigError(
                 f"[{section}] unknown key {key!r}; allowed keys: {sorted(schema)}."
+                + did_you_mean(key, schema)
             )
         if not _matches(value, schema[key]):
             raise ConfigError(
@@ -255,7 +288,7 @@ def check_call_kwargs(
         if key not in allowed:
             raise ConfigError(
                 f"[{section}] unknown key {key!r} for {label}; allowed keys: "
-                f"{sorted(allowed)}."
+                f"{sorted(allowed)}." + did_you_mean(key, allowed)
             )
         expected = _expected_from_annotation(hints.get(key)) if key in hints else None
         if expected is None:

@@ -14,11 +14,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from probgen.config import SECTIONS, ConfigError, check_call_kwargs, check_keys, dump_toml
+from probgen.config import (
+    SECTIONS,
+    ConfigError,
+    check_call_kwargs,
+    check_keys,
+    did_you_mean,
+    dump_toml,
+)
 from probgen.utils import atomic_torch_save, atomic_write_text
 
 __all__ = ["DataBundle", "build_data", "build_model", "build_objective", "build_sampler",
-           "fit_run", "load_run", "eval_run", "sample_run"]
+           "fit_run", "load_run", "eval_run", "sample_run", "set_threads", "FAMILIES",
+           "presets_by_family"]
 
 # Score matching (no density: figures and sample metrics come from a Langevin sampler, see
 # build_sampler): each name with the [objective] keys it accepts.
@@ -46,7 +54,51 @@ _PREPROCESS = ("logit", "scale", "signed", "binarize", "dynamic_binarize", "disc
 _DISCRETE = ("binarize", "dynamic_binarize", "discrete")
 # Arguments the runner fills in itself; a [train] table may not set them.
 _FIT_RESERVED = ("objective", "data", "out_dir", "resume", "config", "progress", "eval_data",
-                 "callbacks")
+                 "callbacks", "interruptible")
+# [train] keys the runner handles itself (not arguments of fit).
+_RUNNER_TRAIN_KEYS = {"threads": int}
+# [eval] and [sample] values that must be positive.
+_POSITIVE = {"eval": ("num_samples", "resolution", "batch_size", "bound"), "sample": ("n",)}
+
+
+#: Families of ``probgen list``, in the course's order: the model zoo's modules
+#: (``probgen.models.<module>``) and the family each belongs to.
+FAMILIES: dict[str, str] = {
+    "made": "autoregressive models",
+    "pixelcnn": "autoregressive models",
+    "image_transformer": "autoregressive models",
+    "autoregressive": "autoregressive models",
+    "flows": "normalizing flows",
+    "cnf": "continuous normalizing flows",
+    "vae": "latent-variable models",
+    "vqvae": "latent-variable models",
+    "discrete_vae": "latent-variable models",
+    "gmm": "mixtures (EM)",
+    "gan": "GANs",
+    "score": "score models",
+    "diffusion": "diffusion",
+    "sde": "score SDEs",
+    "flow_matching": "flow matching",
+}
+
+
+def presets_by_family() -> dict[str, dict[str, str]]:
+    """The built-in presets grouped by model family: ``{family: {name: description}}``.
+
+    A preset's family is that of the zoo module of its ``[model] name`` (:data:`FAMILIES`);
+    families come in the course's order, presets by name.
+    """
+    from probgen.config import list_presets, load_config
+
+    registry = _models().MODELS
+    groups: dict[str, dict[str, str]] = {}
+    for name, description in list_presets().items():
+        model = load_config(name).get("model", {}).get("name")
+        module = getattr(registry.get(model), "__module__", "").rsplit(".", 1)[-1]
+        groups.setdefault(FAMILIES.get(module, module or "other"), {})[name] = description
+    order = list(dict.fromkeys(FAMILIES.values()))
+    return {f: groups[f] for f in sorted(
+        groups, key=lambda f: (order.index(f) if f in order else len(order), f))}
 
 
 def _models() -> Any:
@@ -209,6 +261,7 @@ def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
         if kind not in _PREPROCESS:
             raise ConfigError(
                 f"[data] preprocess must be one of {list(_PREPROCESS)}, got {kind!r}."
+                + did_you_mean(kind, _PREPROCESS)
             )
         flatten = bool(table.get("flatten", False))
         labels = bool(table.get("labels", False))
@@ -222,8 +275,9 @@ def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
         event = (math.prod(shape),) if flatten else shape
         bundle = DataBundle(name, "image", train.float(), test.float(), event, pre)
         return _with_labels(bundle, train_y, test_y) if labels else bundle
-    raise ConfigError(f"[data] name {name!r} is unknown; allowed: "
-                      f"{sorted([*pdata.TOY_NAMES, 'two_modes', 'digits', 'mnist'])}.")
+    allowed = sorted([*pdata.TOY_NAMES, "two_modes", "digits", "mnist"])
+    raise ConfigError(f"[data] name {name!r} is unknown; allowed: {allowed}."
+                      + did_you_mean(name, allowed))
 
 
 def build_model(config: dict[str, Any], data: DataBundle) -> nn.Module:
@@ -236,7 +290,8 @@ def build_model(config: dict[str, Any], data: DataBundle) -> nn.Module:
     registry = zoo.MODELS
     name = table.pop("name", None)
     if name not in registry:
-        raise ConfigError(f"[model] name {name!r} is unknown; allowed: {sorted(registry)}.")
+        raise ConfigError(f"[model] name {name!r} is unknown; allowed: {sorted(registry)}."
+                          + did_you_mean(name, registry))
     cls = registry[name]
     check_call_kwargs(cls, table, "model")
     import inspect
@@ -277,8 +332,9 @@ def build_objective(config: dict[str, Any], model: nn.Module, data: DataBundle) 
                 raise
             raise ConfigError(f"[objective] {name}: {e}") from None
     if name not in _OBJECTIVES:
-        raise ConfigError(f"[objective] name must be one of "
-                          f"{sorted([*_OBJECTIVES, *registered])}, got {name!r}.")
+        allowed = sorted([*_OBJECTIVES, *registered])
+        raise ConfigError(f"[objective] name must be one of {allowed}, got {name!r}."
+                          + did_you_mean(name, allowed))
     if name in _SCORE_OBJECTIVES:
         extra = set(table) - set(_SCORE_OBJECTIVES[name])
         if extra:
@@ -299,11 +355,14 @@ def build_objective(config: dict[str, Any], model: nn.Module, data: DataBundle) 
                               "'regularized_ml' (allowed: jacobian, kinetic).")
         return inference.RegularizedMaximumLikelihood(model, preprocess=data.preprocess,
                                                       **table)
-    if "target" not in table:
-        from probgen.energies import ENERGIES
+    from probgen.energies import ENERGIES
 
+    if "target" not in table:
         raise ConfigError(f"[objective] target is required for 'reverse_kl'; allowed: "
                           f"{sorted(ENERGIES)}.")
+    if isinstance(table["target"], str) and table["target"].lower() not in ENERGIES:
+        raise ConfigError(f"[objective] target {table['target']!r} is unknown; allowed: "
+                          f"{sorted(ENERGIES)}." + did_you_mean(table["target"], ENERGIES))
     return inference.ReverseKL(model, table["target"], num_samples=table.get("num_samples", 256))
 
 
@@ -320,11 +379,61 @@ def _validate(config: dict[str, Any]) -> None:
             schema = _SCORE_SAMPLE_KEYS
         if schema is not None:
             check_keys(table, schema, section)
+    for section, keys in _POSITIVE.items():
+        for key in keys:
+            value = config.get(section, {}).get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"[{section}] {key} must be a positive number, got "
+                                  f"{type(value).__name__} {value!r}.")
     train = dict(config.get("train", {}))
+    runner = {key: train.pop(key) for key in _RUNNER_TRAIN_KEYS if key in train}
+    check_keys(runner, _RUNNER_TRAIN_KEYS, "train")
+    if "threads" in runner and runner["threads"] < 1:
+        raise ConfigError(f"[train] threads must be a positive int, got {runner['threads']}.")
     check_call_kwargs(_inference().fit, train, "train", exclude=_FIT_RESERVED)
     for key in ("steps", "batch_size"):
         if key not in train:
             raise ConfigError(f"[train] {key} is required.")
+
+
+def set_threads(config: dict[str, Any], threads: int | None = None) -> int:
+    """Sets torch's CPU thread count: ``threads``, else the run's ``[train] threads``.
+
+    With neither, PyTorch's default stays (one thread per physical core, or
+    ``OMP_NUM_THREADS``). Returns the thread count in effect.
+
+    Raises:
+        ConfigError: a count that is not a positive int.
+    """
+    if threads is None:
+        threads = config.get("train", {}).get("threads")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ConfigError(f"threads: expected a positive int, got {threads!r}.")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def _run_folder(config: dict[str, Any], out_dir: str | Path | None, default_name: str) -> Path:
+    name = config.get("run", {}).get("name", Path(str(default_name)).stem)
+    return Path(out_dir) if out_dir is not None else Path("runs") / name
+
+
+def _check_resumable(run: Path, objective: nn.Module, config: dict[str, Any]) -> None:
+    """Checks that ``run`` holds a checkpoint this configuration can continue."""
+    inference = _inference()
+    path = run / "checkpoint.pt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--resume: no checkpoint at {str(path)!r}; fit without --resume to start this "
+            "run, or point --out at the run folder to continue.")
+    state = inference.load_checkpoint(path)
+    inference.load_objective_state(objective, state, path)
+    if config["train"].get("ema_decay") is not None and state.get("ema") is None:
+        raise ConfigError(f"[train] ema_decay is set but the checkpoint {str(path)!r} has no "
+                          "EMA to continue; remove ema_decay or start a new run.")
 
 
 def _evaluate(objective: nn.Module, model: nn.Module, data: DataBundle, config: dict) -> dict:
@@ -419,30 +528,47 @@ def fit_run(
     resume: bool = False,
     progress: bool = True,
     default_name: str = "run",
+    interruptible: bool = False,
 ) -> dict[str, Any]:
     """Trains the run that ``config`` declares and writes its run folder.
 
     The folder holds ``config.toml`` (the full configuration), ``checkpoint.pt``,
     ``metrics.jsonl``, ``eval.json`` and figures (``samples.png``, ``density.png`` for 2-D
     data, ``curves.png``). Returns the evaluation metrics and the list of files.
+
+    Nothing in the folder changes before the whole configuration (``[sample]`` and
+    ``[eval]`` included) is checked and the model is built; with ``resume``, before the
+    folder's checkpoint is found to fit the model. ``interruptible``: SIGINT and SIGTERM
+    stop training after a step with a checkpoint (see :func:`probgen.inference.fit`).
+
+    Raises:
+        ConfigError: a bad key, value or combination (the message names it).
+        FileNotFoundError: ``resume`` and the folder holds no checkpoint.
+        ValueError: ``resume`` and the checkpoint is unreadable or of another model.
+        probgen.inference.TrainingInterrupted: ``interruptible`` and a signal came.
     """
     _validate(config)
     seed = int(config.get("run", {}).get("seed", 0))
-    name = config.get("run", {}).get("name", Path(str(default_name)).stem)
-    run = Path(out_dir) if out_dir is not None else Path("runs") / name
-    run.mkdir(parents=True, exist_ok=True)
-    if int(os.environ.get("RANK", "0")) == 0:
-        atomic_write_text(run / "config.toml", dump_toml(config))
+    run = _run_folder(config, out_dir, default_name)
+    set_threads(config)
     torch.manual_seed(seed)
     data = build_data(config, seed=seed)
     model = build_model(config, data)
     objective = build_objective(config, model, data)
+    build_sampler(config, model, objective, data)  # checks [sample] before training, not after
+    if resume:
+        _check_resumable(run, objective, config)
+    run.mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        atomic_write_text(run / "config.toml", dump_toml(config))
     train = dict(config["train"])
     batch_size = train.pop("batch_size")
+    for key in _RUNNER_TRAIN_KEYS:
+        train.pop(key, None)
     start = time.perf_counter()
     _inference().fit(
         objective, data.train, batch_size=batch_size, out_dir=run, resume=resume,
-        progress=progress, config=config, seed=seed,
+        progress=progress, config=config, seed=seed, interruptible=interruptible,
         eval_data=_held_out(data, config) if "eval_every" in train else None, **train,
     )
     seconds = time.perf_counter() - start
@@ -486,8 +612,10 @@ def build_sampler(config: dict, model: nn.Module, objective: nn.Module, data: Da
         if not kwargs:
             return model
         check_call_kwargs(model.sample, kwargs, "sample")
+        _check_sampler_name(kwargs, getattr(model, "samplers", None))
         return _ConfiguredSampler(model, kwargs)
     table = {k: v for k, v in config.get("sample", {}).items() if k != "n"}
+    _check_sampler_name(table, importlib.import_module("probgen.inference.langevin").SAMPLERS)
     sigmas = getattr(objective, "sigmas", None)
     defaults = {"sampler": "annealed" if sigmas is not None else "langevin", "sigmas": sigmas,
                 "sigma": getattr(objective, "sigma", None)}
@@ -495,6 +623,14 @@ def build_sampler(config: dict, model: nn.Module, objective: nn.Module, data: Da
         return _inference().ScoreSampler(model, data.event_shape, **{**defaults, **table})
     except ValueError as e:
         raise ConfigError(f"[sample] {e}") from None
+
+
+def _check_sampler_name(table: dict[str, Any], choices: tuple[str, ...] | None) -> None:
+    """Checks ``[sample] sampler`` against the names the model (or score sampler) knows."""
+    name = table.get("sampler")
+    if choices is not None and isinstance(name, str) and name not in choices:
+        raise ConfigError(f"[sample] sampler: expected one of {list(choices)}, got {name!r}."
+                          + did_you_mean(name, choices))
 
 
 def _sample_stats(sampler: Any, data: DataBundle, config: dict) -> tuple[dict[str, float],
@@ -525,21 +661,23 @@ def load_run(run_dir: str | Path) -> tuple[dict, DataBundle, nn.Module, nn.Modul
     model = build_model(config, data)
     objective = build_objective(config, model, data)
     state = _inference().load_checkpoint(run / "checkpoint.pt")
-    objective.load_state_dict(state["objective"])
+    _inference().load_objective_state(objective, state, run / "checkpoint.pt")
     if state.get("ema") is not None:
         _inference().EMA.copy_state_to(state["ema"], objective)
     return config, data, model, objective
 
 
 def eval_run(run_dir: str | Path, metrics: str | None = None, *,
-             num_samples: int | None = None) -> dict[str, float]:
+             num_samples: int | None = None, threads: int | None = None) -> dict[str, float]:
     """Evaluates a trained run on its held-out data and rewrites its ``eval.json``.
 
     ``metrics`` (e.g. ``"fid,kid,pr"``, see ``probgen.metrics.SAMPLE_METRICS``) adds sample
     metrics of ``num_samples`` model samples against the held-out data
-    (``probgen.metrics.run_sample_metrics``).
+    (``probgen.metrics.run_sample_metrics``). ``threads``: torch's CPU threads (default:
+    the run's ``[train] threads``, else PyTorch's default).
     """
     config, data, model, objective = load_run(run_dir)
+    set_threads(config, threads)
     seed = int(config.get("run", {}).get("seed", 0))
     torch.manual_seed(seed)
     result = _evaluate(objective, model, data, config)
@@ -554,11 +692,16 @@ def eval_run(run_dir: str | Path, metrics: str | None = None, *,
 
 
 def sample_run(run_dir: str | Path, *, n: int = 64, out: str | Path | None = None,
-               seed: int = 0) -> Path:
-    """Draws ``n`` samples from a trained run; writes a ``.png`` figure or a ``.pt`` tensor."""
+               seed: int = 0, threads: int | None = None) -> Path:
+    """Draws ``n`` samples from a trained run; writes a ``.png`` figure or a ``.pt`` tensor.
+
+    ``threads``: torch's CPU threads (default: the run's ``[train] threads``, else
+    PyTorch's default).
+    """
     if n < 1:
         raise ValueError(f"n: expected a positive number of samples, got {n}.")
     config, data, model, objective = load_run(run_dir)
+    set_threads(config, threads)
     torch.manual_seed(seed)
     model.eval()
     with torch.no_grad():

@@ -19,6 +19,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_torch_save",
+    "remove_stale_temporaries",
     "append_jsonl",
     "resolve_device",
     "check_tensor",
@@ -76,6 +77,24 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Removes the temporary files (``.NAME.XXXX.tmp``) that a killed atomic write left.
+
+    :func:`atomic_write_bytes` removes its temporary file when it fails, but not when the
+    process is killed mid-write; a run folder is cleaned this way when training starts.
+    Returns the removed files.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.glob(".*.tmp")):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:

@@ -1,0 +1,12 @@
+"""``python -m probgen``: the ``probgen`` command (see :mod:`probgen.cli`)."""
+
+from __future__ import annotations
+
+import sys
+
+from probgen.cli import main
+
+__all__: list[str] = []
+
+if __name__ == "__main__":
+    sys.exit(main())
