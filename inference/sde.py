@@ -39,10 +39,12 @@ import torchsde
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from probgen.cnf import ADAPTIVE_METHODS, ContinuousFlow
+from probgen.cnf import ContinuousFlow
 from probgen.inference.denoising import Times, check_label_dropout, denoise, split_batch
 from probgen.inference.registry import register_objective
+from probgen.inference.path_sampling import path_flow
 from probgen.inference.sampling import Run, Stepper, sample_loop
+from probgen.metrics.likelihood import dequantized_bits_per_dim
 from probgen.sde import SDE
 from probgen.utils import append_dims
 
@@ -601,16 +603,10 @@ def probability_flow_distribution(
         **flow_kwargs: passed to :class:`probgen.cnf.ContinuousFlow` (``method``, ``rtol``,
             ``atol``, ``step_size``, ``trace``, ``noise``, ``generator``, ...).
     """
-    field = sde.probability_flow(score, cond=cond)
-    base = sde.prior(tuple(event_shape), device=device, dtype=dtype) if prior is None else prior
-    t1 = 1.0 - _check_eps(eps)
-    if flow_kwargs.get("method", "dopri5") in ADAPTIVE_METHODS:
-        # torchdiffeq's adaptive solvers step past the end time and interpolate back; the
-        # marginals are undefined beyond the data (t > 1), so the last step must land on t1.
-        # (t1 as the state's dtype rounds it: the ODE's time grid is in that dtype.)
-        t1_rounded = float(torch.tensor(t1, dtype=dtype or torch.get_default_dtype()))
-        flow_kwargs["options"] = {"step_t": [t1_rounded]}
-    return ContinuousFlow(field, base, t1=t1, **flow_kwargs)
+    cond = dict(cond or {})
+    return path_flow(lambda x, t: score(x, t, **cond), "score", _check_sde(sde), event_shape,
+                     t_end=1.0 - _check_eps(eps), device=device, dtype=dtype, prior=prior,
+                     source=score if isinstance(score, nn.Module) else None, **flow_kwargs)
 
 
 def probability_flow_sample(
@@ -753,13 +749,9 @@ def probability_flow_bits_per_dim(
     Returns:
         Bits/dim per image, shape ``(n,)`` (averaged over ``repeats``).
     """
-    _positive_int(repeats, "repeats")
-    total = torch.zeros(x_int.shape[0], dtype=torch.float64)
-    for _ in range(repeats):
-        y, ladj = preprocess(x_int, generator=generator)
-        lp, _ = probability_flow_log_prob(sde, score, y, generator=generator, **kwargs)
-        total += preprocess.bits_per_dim(lp, ladj).detach().double().cpu()
-    return total / repeats
+    return dequantized_bits_per_dim(
+        lambda y: probability_flow_log_prob(sde, score, y, generator=generator, **kwargs)[0],
+        x_int, preprocess, repeats=repeats, generator=generator)
 
 
 @register_objective("sde_dsm", keys=("weighting", "eps", "importance", "label_dropout"),
