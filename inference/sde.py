@@ -41,12 +41,11 @@ from torch.distributions import Distribution
 
 from probgen.cnf import ContinuousFlow
 from probgen.inference.denoising import Times, check_label_dropout, denoise, split_batch
-from probgen.inference.registry import register_objective
 from probgen.inference.path_sampling import path_flow
+from probgen.inference.registry import register_objective
 from probgen.inference.sampling import Run, Stepper, sample_loop
 from probgen.metrics.likelihood import dequantized_bits_per_dim
 from probgen.sde import SDE
-from probgen.utils import append_dims
 
 __all__ = [
     "WEIGHTINGS",
@@ -263,15 +262,8 @@ def tweedie_denoise(sde: SDE, score: Score, x: Tensor, t: float,
     r"""Tweedie's formula :math:`E[x_1 \mid x_t] = (x_t + \sigma_t^2 \nabla\log p_t(x_t))
     / \alpha_t`, at probgen time ``t`` (one score evaluation)."""
     tb = torch.full(x.shape[:1], float(t), dtype=x.dtype, device=x.device)
-    alpha, sigma = sde.alpha_sigma(tb)
-    s = _call(score, x, tb, dict(cond or {}))
-    return (x + append_dims(sigma**2, x.dim()) * s) / append_dims(alpha, x.dim())
-
-
-def _prior_draw(sde: SDE, n: int, event_shape: Sequence[int], device: Any, dtype: Any,
-                generator: torch.Generator | None) -> Tensor:
-    z = torch.randn((n, *event_shape), device=device, dtype=dtype, generator=generator)
-    return sde.prior_std * z
+    return sde.convert(_call(score, x, tb, dict(cond or {})), x, tb, source="score",
+                       target="data")
 
 
 def _start(sde: SDE, n: int | None, event_shape: Sequence[int] | None, x_init: Tensor | None,
@@ -282,7 +274,24 @@ def _start(sde: SDE, n: int | None, event_shape: Sequence[int] | None, x_init: T
         return x_init
     if n is None or event_shape is None:
         raise ValueError("n, event_shape: give both (prior draws at t = 0) or x_init.")
-    return _prior_draw(sde, _positive_int(n, "n"), tuple(event_shape), device, dtype, generator)
+    z = torch.randn((_positive_int(n, "n"), *event_shape), device=device, dtype=dtype,
+                    generator=generator)
+    return sde.prior_std * z
+
+
+class _Denoised(Stepper):
+    """A stepper ending with Tweedie's denoising step (``denoise``) of ``score`` on ``sde``."""
+
+    sde: SDE
+    score: Score
+    denoise: bool
+    cond: dict[str, Any]
+
+    def end(self, x: Tensor, t: float) -> Tensor | None:  # noqa: D102
+        if not self.denoise:
+            return None
+        self.run.count()
+        return tweedie_denoise(self.sde, self.score, x, t, self.cond)
 
 
 class _ScoreStepper(Stepper):
@@ -364,7 +373,7 @@ class LangevinCorrector(_ScoreStepper):
         return x
 
 
-class PredictorCorrector(Stepper):
+class PredictorCorrector(_Denoised):
     """Creates predictor-corrector sampling: the corrector at ``t``, then the predictor to
     ``t_next`` (either may be ``None``), and Tweedie's denoising at the end (``denoise``)."""
 
@@ -387,14 +396,8 @@ class PredictorCorrector(Stepper):
             x = self.corrector.step(x, t, t_next)
         return x if self.predictor is None else self.predictor.step(x, t, t_next)
 
-    def end(self, x: Tensor, t: float) -> Tensor | None:  # noqa: D102
-        if not self.denoise:
-            return None
-        self.run.count()
-        return tweedie_denoise(self.sde, self.score, x, t, self.cond)
 
-
-class ReverseSDEStepper(Stepper):
+class ReverseSDEStepper(_Denoised):
     """Creates a torchsde step of the reverse SDE (:data:`SDE_METHODS`), one solver step per
     grid interval on one Brownian motion seeded from the run's generator, and Tweedie's
     denoising at the end (``denoise``)."""
@@ -429,12 +432,6 @@ class ReverseSDEStepper(Stepper):
                             method=self.method, dt=t_next - t)[-1]
         self.run.count(self.rev.nfe - before)
         return y.reshape(x.shape)
-
-    def end(self, x: Tensor, t: float) -> Tensor | None:  # noqa: D102
-        if not self.denoise:
-            return None
-        self.run.count()
-        return tweedie_denoise(self.sde, self.score, x, t, self.cond)
 
 
 #: The predictors of predictor-corrector sampling.

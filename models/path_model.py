@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from probgen.cnf import ContinuousFlow, SolveStats
-from probgen.inference.guidance import classifier_guided, guided
+from probgen.inference.guidance import classifier_guided, guided, sample_labels
 from probgen.inference.path_sampling import PATH_SAMPLERS, path_flow, sample_path
 from probgen.inference.sampling import SampleResult
 from probgen.inference.solvers import SOLVERS
@@ -126,19 +126,9 @@ class PathModel(nn.Module):
                 ) -> Tensor | None:
         """Class labels for ``n`` samples: an int, or a sequence/tensor cycled over them (an
         unconditional model takes labels only for a classifier)."""
-        if labels is None:
-            return None
-        if not self.num_classes and not classifier:
+        if labels is not None and not self.num_classes and not classifier:
             raise ValueError("labels: this model is unconditional (num_classes=None).")
-        if isinstance(labels, int) and not isinstance(labels, bool):
-            labels = [labels]
-        y = torch.as_tensor(labels).flatten()
-        if y.is_floating_point() or y.dtype == torch.bool:
-            raise ValueError(f"labels: expected integer classes, got dtype {y.dtype}.")
-        if y.numel() == 0 or y.min() < 0 or (self.num_classes and y.max() >= self.num_classes):
-            raise ValueError(f"labels: expected classes in 0..{(self.num_classes or 1) - 1}, "
-                             f"got {y.tolist()[:20]}.")
-        return y.long().repeat(math.ceil(n / y.numel()))[:n].to(device)
+        return sample_labels(labels, n, device, self.num_classes)
 
     def _call(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         """The network at ``x`` ``(batch, *event)``, times ``t`` ``(batch,)``."""
