@@ -248,22 +248,12 @@ class ContinuousScoreMatching(nn.Module):
                 f"importance={self.importance}")
 
 
-def _call(score: Score, x: Tensor, t: Tensor, cond: Mapping[str, Any]) -> Tensor:
-    s = score(x, t, **cond)
-    if not isinstance(s, Tensor) or s.shape != x.shape:
-        got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
-        raise ValueError(f"score: expected an output of the shape of x {tuple(x.shape)}, got "
-                         f"{got}.")
-    return s
-
-
 def tweedie_denoise(sde: SDE, score: Score, x: Tensor, t: float,
                     cond: Mapping[str, Any] | None = None) -> Tensor:
     r"""Tweedie's formula :math:`E[x_1 \mid x_t] = (x_t + \sigma_t^2 \nabla\log p_t(x_t))
     / \alpha_t`, at probgen time ``t`` (one score evaluation)."""
     tb = torch.full(x.shape[:1], float(t), dtype=x.dtype, device=x.device)
-    return sde.convert(_call(score, x, tb, dict(cond or {})), x, tb, source="score",
-                       target="data")
+    return sde.convert(score(x, tb, **dict(cond or {})), x, tb, source="score", target="data")
 
 
 def _start(sde: SDE, n: int | None, event_shape: Sequence[int] | None, x_init: Tensor | None,

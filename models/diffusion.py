@@ -249,10 +249,6 @@ class DiffusionModel(PathModel):
         return variational_bound(self, x, levels=levels, generator=generator)
 
 
-def _schedule(schedule: str, num_steps: int, betas: Sequence[float] | None) -> NoiseSchedule:
-    return make_schedule(schedule, num_steps, betas=betas)
-
-
 class DDPM(DiffusionModel):
     r"""Creates a DDPM for images: a time- and class-conditional :class:`probgen.nn.UNet`.
 
@@ -300,7 +296,7 @@ class DDPM(DiffusionModel):
                    num_res_blocks=num_res_blocks, attention_levels=attention_levels,
                    attention_heads=attention_heads, num_classes=num_classes,
                    out_channels=out, dropout=dropout, groups=groups)
-        super().__init__(net, _schedule(schedule, num_steps, betas), shape,
+        super().__init__(net, make_schedule(schedule, num_steps, betas=betas), shape,
                          parametrization=parametrization, variance=variance,
                          num_classes=num_classes, clip=1.0)
 
@@ -342,7 +338,7 @@ class VectorDDPM(DiffusionModel):
         net = ConditionalMLP(features, hidden_features, num_classes=num_classes,
                              out_features=out, embedding_dim=embedding_dim,
                              activation=activation)
-        super().__init__(net, _schedule(schedule, num_steps, betas), (features,),
+        super().__init__(net, make_schedule(schedule, num_steps, betas=betas), (features,),
                          parametrization=parametrization, variance=variance,
                          num_classes=num_classes, clip=clip)
 
