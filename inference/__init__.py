@@ -52,7 +52,7 @@ from probgen.inference.langevin import (
 )
 from probgen.inference.likelihood import MaximumLikelihood
 from probgen.inference.optim import LRSchedule
-from probgen.inference.path_sampling import PATH_SAMPLERS, ODEStepper, sample_path
+from probgen.inference.path_sampling import PATH_SAMPLERS, ODEStepper, path_flow, sample_path
 from probgen.inference.registry import OBJECTIVES, register_objective
 from probgen.inference.regularized import RegularizedMaximumLikelihood
 from probgen.inference.reverse_kl import ReverseKL
@@ -126,6 +126,7 @@ __all__ = [
     "PATH_SAMPLERS",
     "ODEStepper",
     "sample_path",
+    "path_flow",
     "STEPPERS",
     "PathStepper",
     "DDIM",

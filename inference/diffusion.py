@@ -59,7 +59,7 @@ from probgen.inference.denoising import (
     denoise,
     perturb,
 )
-from probgen.inference.guidance import classifier_free, classifier_guided
+from probgen.inference.guidance import classifier_guided, guided, sample_labels
 from probgen.inference.path_sampling import sample_path
 from probgen.inference.registry import register_objective
 from probgen.inference.sampling import Run, Stepper, sample_loop
@@ -164,20 +164,6 @@ def _convert(sched: NoiseSchedule, pred: Tensor, x: Tensor, step: Tensor, source
     return convert_prediction(pred, x, m, source=names[source], target=names[target])
 
 
-def _labels_like(labels: Any, n: int, device: torch.device) -> Tensor | None:
-    if labels is None:
-        return None
-    if isinstance(labels, int) and not isinstance(labels, bool):
-        return torch.full((n,), labels, dtype=torch.long, device=device)
-    labels = torch.as_tensor(labels, device=device)
-    if labels.is_floating_point() or labels.dim() != 1 or labels.numel() < 1:
-        raise ValueError(f"labels: expected an int or a 1-d sequence of ints, got "
-                         f"{labels.dtype} of shape {tuple(labels.shape)}.")
-    if labels.numel() != n:
-        labels = labels.repeat(math.ceil(n / labels.numel()))[:n]  # cycle through them
-    return labels.long()
-
-
 # ----------------------------------------------------------------------------- guidance
 def guided_epsilon(
     model: Any,
@@ -216,29 +202,21 @@ def guided_epsilon(
     Returns:
         :math:`\hat\epsilon` of the shape of ``x`` and the variance output (or ``None``).
     """
-    sched = model.schedule
-    w = 1.0 if guidance is None else float(guidance)
-    cfg = labels is not None and w != 1.0
-    if labels is not None and not getattr(model, "num_classes", None) and classifier is None:
+    sched, num_classes = model.schedule, getattr(model, "num_classes", None)
+    if labels is not None and not num_classes and classifier is None:
         raise ValueError("labels: the model is unconditional (num_classes=None) and no "
                          "classifier is given; pass classifier= for classifier guidance.")
-    model_labels = labels if getattr(model, "num_classes", None) else None
-    if guidance is not None and model_labels is None:
-        raise ValueError("guidance: classifier-free guidance needs a class-conditional model "
-                         "and labels.")
-    if cfg:
-        null = torch.full_like(model_labels, model.num_classes)
-        pred, v = model.output(torch.cat([x, x]), torch.cat([step, step]),
-                               torch.cat([model_labels, null]))
-        xx = torch.cat([x, x])
-        eps_both = _convert(sched, pred, xx, torch.cat([step, step]), model.parametrization,
-                            "eps")
-        eps_c, eps_u = eps_both.chunk(2)
-        eps = classifier_free(eps_c, eps_u, w)
-        v = None if v is None else v.chunk(2)[0]
-    else:
-        pred, v = model.output(x, step, model_labels)
-        eps = _convert(sched, pred, x, step, model.parametrization, "eps")
+    variance: list[Tensor | None] = []
+
+    def eps_of(x_: Tensor, step_: Tensor, labels: Tensor | None = None) -> Tensor:
+        pred, v = model.output(x_, step_, labels)
+        variance.append(v)
+        return _convert(sched, pred, x_, step_, model.parametrization, "eps")
+
+    eps = guided(eps_of, labels if num_classes else None, guidance, num_classes)(x, step)
+    v = variance[0]
+    if v is not None and v.shape[0] != x.shape[0]:  # a batched guided call: the conditional
+        v = v.chunk(2)[0]
     if classifier is not None and classifier_scale:
         if labels is None:
             raise ValueError("classifier: classifier guidance needs labels.")
@@ -428,7 +406,7 @@ def diffusion_sample(
                          f"{getattr(x, 'shape', type(x).__name__)}.")
     sched = model.schedule
     path = SchedulePath(sched)
-    guide = {"labels": _labels_like(labels, x.shape[0], x.device), "guidance": guidance,
+    guide = {"labels": sample_labels(labels, x.shape[0], x.device), "guidance": guidance,
              "classifier": classifier, "classifier_scale": classifier_scale}
     if sampler == "ode":
         if timesteps is not None or spacing is not None:
@@ -511,7 +489,7 @@ def ddim_invert(
     sched = model.schedule
     tau = _timesteps(sched, steps, spacing, timesteps)
     sub = sched.respace(tau)
-    guide = {"labels": _labels_like(labels, x0.shape[0], x0.device), "guidance": guidance,
+    guide = {"labels": sample_labels(labels, x0.shape[0], x0.device), "guidance": guidance,
              "classifier": None, "classifier_scale": 0.0}
     # The grid counts the levels: 0 is the data, k the k-th index of tau.
     times = torch.arange(tau.numel() + 1, dtype=torch.float64)

@@ -32,7 +32,9 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -40,7 +42,7 @@ from torch.nn import functional as F
 
 from probgen.processes import GaussianPath, check_path_prediction, check_time
 
-__all__ = ["classifier_free", "classifier_guided", "drop_labels", "guided"]
+__all__ = ["classifier_free", "classifier_guided", "drop_labels", "guided", "sample_labels"]
 
 
 def classifier_free(cond: Tensor, uncond: Tensor, weight: float) -> Tensor:
@@ -52,6 +54,29 @@ def classifier_free(cond: Tensor, uncond: Tensor, weight: float) -> Tensor:
         True
     """
     return uncond + float(weight) * (cond - uncond)
+
+
+def sample_labels(labels: Any, n: int, device: Any = None, num_classes: int | None = None
+                  ) -> Tensor | None:
+    """Class labels ``(n,)`` to sample: an int for all, or a sequence/tensor cycled over the
+    ``n`` samples (``None`` stays ``None``), checked to be classes in
+    ``0..num_classes-1`` (any non-negative class when ``num_classes`` is ``None``).
+
+    Example:
+        >>> sample_labels([0, 2], 5).tolist()
+        [0, 2, 0, 2, 0]
+    """
+    if labels is None:
+        return None
+    if isinstance(labels, int) and not isinstance(labels, bool):
+        labels = [labels]
+    y = torch.as_tensor(labels).flatten()
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise ValueError(f"labels: expected integer classes, got dtype {y.dtype}.")
+    if y.numel() == 0 or y.min() < 0 or (num_classes and y.max() >= num_classes):
+        raise ValueError(f"labels: expected classes in 0..{(num_classes or 1) - 1}, got "
+                         f"{y.tolist()[:20]}.")
+    return y.long().repeat(math.ceil(n / y.numel()))[:n].to(device)
 
 
 def drop_labels(labels: Tensor, probability: float, null_label: int,

@@ -17,6 +17,9 @@ samples with any of :data:`PATH_SAMPLERS`, through the one loop of
 
 ``steps`` means one thing for every sampler: the number of updates of the state on the
 grid (a solver's last denoising step to the data, where it takes one, counts as one).
+
+:func:`path_flow` turns the same prediction into a Distribution: the probability-flow ODE
+as a :class:`probgen.cnf.ContinuousFlow`, with exact log-likelihoods.
 """
 
 from __future__ import annotations
@@ -25,14 +28,22 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.distributions import Distribution
 
-from probgen.cnf import ADAPTIVE_METHODS, FIXED_METHODS, ODE_METHODS, SolveStats, odeint_field
+from probgen.cnf import (
+    ADAPTIVE_METHODS,
+    FIXED_METHODS,
+    ODE_METHODS,
+    ContinuousFlow,
+    SolveStats,
+    odeint_field,
+)
 from probgen.inference.sampling import SampleResult, Stepper, sample_loop
 from probgen.inference.solvers import DDIM, DEFAULT_GRIDS, SOLVERS, STEPPERS, time_grid
 from probgen.processes import GaussianPath, check_path_prediction
 
-__all__ = ["PATH_SAMPLERS", "ODEStepper", "sample_path"]
+__all__ = ["PATH_SAMPLERS", "ODEStepper", "sample_path", "path_flow"]
 
 #: The samplers of :func:`sample_path`: the fast solvers and the probability-flow ODE.
 PATH_SAMPLERS: tuple[str, ...] = (*SOLVERS, "ode")
@@ -181,3 +192,61 @@ def sample_path(
             stepper = STEPPERS[sampler](path, data, denoise=denoise)
     return sample_loop(stepper, x, grid, generator=generator, networks=networks,
                        record_every=record_every)
+
+
+class _Velocity(nn.Module):
+    """A prediction on a path as the probability-flow field ``field(x, t)`` (a module, so an
+    adjoint solve finds the parameters of ``source``)."""
+
+    def __init__(self, predict: Callable[[Tensor, Tensor], Tensor], prediction: str,
+                 path: GaussianPath, source: nn.Module | None) -> None:
+        super().__init__()
+        self.predict, self.prediction, self.path, self.source = predict, prediction, path, source
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:  # noqa: D102
+        return self.path.convert(self.predict(x, t), x, t, source=self.prediction,
+                                 target="velocity")
+
+
+def path_flow(
+    predict: Callable[[Tensor, Tensor], Tensor],
+    prediction: str,
+    path: GaussianPath,
+    event_shape: Any,
+    *,
+    t_end: float | None = None,
+    source: nn.Module | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    prior: Distribution | None = None,
+    **flow_kwargs: Any,
+) -> ContinuousFlow:
+    r"""A model of ``path`` as a Distribution: the probability-flow ODE :math:`\dot x = u_t(x)`
+    of its prediction (converted to the velocity on ``path``) from the prior at ``t = 0``
+    to ``t_end``, a :class:`probgen.cnf.ContinuousFlow` (``log_prob``, ``sample``,
+    ``last_solve``).
+
+    Args:
+        predict: ``predict(x, t)`` (guidance already applied), as :func:`sample_path`'s.
+        prediction: what ``predict`` returns, one of :data:`probgen.processes.PREDICTIONS`.
+        path: the model's Gaussian path.
+        event_shape: the shape of one example.
+        t_end: the flow's end (default the path's ``t_end``); where it lies before the
+            data an adaptive solver's last step lands on it (the field beyond it may be
+            undefined).
+        source: the module behind ``predict`` (its parameters for an adjoint solve).
+        device: where the prior lives; dtype: its dtype.
+        prior: the law at ``t = 0`` (default the path's prior).
+        **flow_kwargs: passed to :class:`probgen.cnf.ContinuousFlow` (``method``, ``rtol``,
+            ``atol``, ``step_size``, ``trace``, ``noise``, ``generator``, ...).
+    """
+    check_path_prediction(path, prediction)
+    t1 = path.t_end if t_end is None else float(t_end)
+    base = path.prior(tuple(event_shape), device=device, dtype=dtype) if prior is None else prior
+    if t1 < 1.0 and flow_kwargs.get("method", "dopri5") in ADAPTIVE_METHODS:
+        # torchdiffeq's adaptive solvers step past the end and interpolate back: land on t1
+        # as the state's dtype rounds it (the ODE's time grid is in that dtype).
+        flow_kwargs["options"] = {"step_t": [float(torch.tensor(
+            t1, dtype=dtype or torch.get_default_dtype()))]}
+    return ContinuousFlow(_Velocity(predict, prediction, path, source), base, t1=t1,
+                          **flow_kwargs)

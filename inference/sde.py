@@ -39,12 +39,13 @@ import torchsde
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from probgen.cnf import ADAPTIVE_METHODS, ContinuousFlow
+from probgen.cnf import ContinuousFlow
 from probgen.inference.denoising import Times, check_label_dropout, denoise, split_batch
+from probgen.inference.path_sampling import path_flow
 from probgen.inference.registry import register_objective
 from probgen.inference.sampling import Run, Stepper, sample_loop
+from probgen.metrics.likelihood import dequantized_bits_per_dim
 from probgen.sde import SDE
-from probgen.utils import append_dims
 
 __all__ = [
     "WEIGHTINGS",
@@ -247,29 +248,12 @@ class ContinuousScoreMatching(nn.Module):
                 f"importance={self.importance}")
 
 
-def _call(score: Score, x: Tensor, t: Tensor, cond: Mapping[str, Any]) -> Tensor:
-    s = score(x, t, **cond)
-    if not isinstance(s, Tensor) or s.shape != x.shape:
-        got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
-        raise ValueError(f"score: expected an output of the shape of x {tuple(x.shape)}, got "
-                         f"{got}.")
-    return s
-
-
 def tweedie_denoise(sde: SDE, score: Score, x: Tensor, t: float,
                     cond: Mapping[str, Any] | None = None) -> Tensor:
     r"""Tweedie's formula :math:`E[x_1 \mid x_t] = (x_t + \sigma_t^2 \nabla\log p_t(x_t))
     / \alpha_t`, at probgen time ``t`` (one score evaluation)."""
     tb = torch.full(x.shape[:1], float(t), dtype=x.dtype, device=x.device)
-    alpha, sigma = sde.alpha_sigma(tb)
-    s = _call(score, x, tb, dict(cond or {}))
-    return (x + append_dims(sigma**2, x.dim()) * s) / append_dims(alpha, x.dim())
-
-
-def _prior_draw(sde: SDE, n: int, event_shape: Sequence[int], device: Any, dtype: Any,
-                generator: torch.Generator | None) -> Tensor:
-    z = torch.randn((n, *event_shape), device=device, dtype=dtype, generator=generator)
-    return sde.prior_std * z
+    return sde.convert(score(x, tb, **dict(cond or {})), x, tb, source="score", target="data")
 
 
 def _start(sde: SDE, n: int | None, event_shape: Sequence[int] | None, x_init: Tensor | None,
@@ -280,7 +264,24 @@ def _start(sde: SDE, n: int | None, event_shape: Sequence[int] | None, x_init: T
         return x_init
     if n is None or event_shape is None:
         raise ValueError("n, event_shape: give both (prior draws at t = 0) or x_init.")
-    return _prior_draw(sde, _positive_int(n, "n"), tuple(event_shape), device, dtype, generator)
+    z = torch.randn((_positive_int(n, "n"), *event_shape), device=device, dtype=dtype,
+                    generator=generator)
+    return sde.prior_std * z
+
+
+class _Denoised(Stepper):
+    """A stepper ending with Tweedie's denoising step (``denoise``) of ``score`` on ``sde``."""
+
+    sde: SDE
+    score: Score
+    denoise: bool
+    cond: dict[str, Any]
+
+    def end(self, x: Tensor, t: float) -> Tensor | None:  # noqa: D102
+        if not self.denoise:
+            return None
+        self.run.count()
+        return tweedie_denoise(self.sde, self.score, x, t, self.cond)
 
 
 class _ScoreStepper(Stepper):
@@ -362,7 +363,7 @@ class LangevinCorrector(_ScoreStepper):
         return x
 
 
-class PredictorCorrector(Stepper):
+class PredictorCorrector(_Denoised):
     """Creates predictor-corrector sampling: the corrector at ``t``, then the predictor to
     ``t_next`` (either may be ``None``), and Tweedie's denoising at the end (``denoise``)."""
 
@@ -385,14 +386,8 @@ class PredictorCorrector(Stepper):
             x = self.corrector.step(x, t, t_next)
         return x if self.predictor is None else self.predictor.step(x, t, t_next)
 
-    def end(self, x: Tensor, t: float) -> Tensor | None:  # noqa: D102
-        if not self.denoise:
-            return None
-        self.run.count()
-        return tweedie_denoise(self.sde, self.score, x, t, self.cond)
 
-
-class ReverseSDEStepper(Stepper):
+class ReverseSDEStepper(_Denoised):
     """Creates a torchsde step of the reverse SDE (:data:`SDE_METHODS`), one solver step per
     grid interval on one Brownian motion seeded from the run's generator, and Tweedie's
     denoising at the end (``denoise``)."""
@@ -427,12 +422,6 @@ class ReverseSDEStepper(Stepper):
                             method=self.method, dt=t_next - t)[-1]
         self.run.count(self.rev.nfe - before)
         return y.reshape(x.shape)
-
-    def end(self, x: Tensor, t: float) -> Tensor | None:  # noqa: D102
-        if not self.denoise:
-            return None
-        self.run.count()
-        return tweedie_denoise(self.sde, self.score, x, t, self.cond)
 
 
 #: The predictors of predictor-corrector sampling.
@@ -601,16 +590,10 @@ def probability_flow_distribution(
         **flow_kwargs: passed to :class:`probgen.cnf.ContinuousFlow` (``method``, ``rtol``,
             ``atol``, ``step_size``, ``trace``, ``noise``, ``generator``, ...).
     """
-    field = sde.probability_flow(score, cond=cond)
-    base = sde.prior(tuple(event_shape), device=device, dtype=dtype) if prior is None else prior
-    t1 = 1.0 - _check_eps(eps)
-    if flow_kwargs.get("method", "dopri5") in ADAPTIVE_METHODS:
-        # torchdiffeq's adaptive solvers step past the end time and interpolate back; the
-        # marginals are undefined beyond the data (t > 1), so the last step must land on t1.
-        # (t1 as the state's dtype rounds it: the ODE's time grid is in that dtype.)
-        t1_rounded = float(torch.tensor(t1, dtype=dtype or torch.get_default_dtype()))
-        flow_kwargs["options"] = {"step_t": [t1_rounded]}
-    return ContinuousFlow(field, base, t1=t1, **flow_kwargs)
+    cond = dict(cond or {})
+    return path_flow(lambda x, t: score(x, t, **cond), "score", _check_sde(sde), event_shape,
+                     t_end=1.0 - _check_eps(eps), device=device, dtype=dtype, prior=prior,
+                     source=score if isinstance(score, nn.Module) else None, **flow_kwargs)
 
 
 def probability_flow_sample(
@@ -753,13 +736,9 @@ def probability_flow_bits_per_dim(
     Returns:
         Bits/dim per image, shape ``(n,)`` (averaged over ``repeats``).
     """
-    _positive_int(repeats, "repeats")
-    total = torch.zeros(x_int.shape[0], dtype=torch.float64)
-    for _ in range(repeats):
-        y, ladj = preprocess(x_int, generator=generator)
-        lp, _ = probability_flow_log_prob(sde, score, y, generator=generator, **kwargs)
-        total += preprocess.bits_per_dim(lp, ladj).detach().double().cpu()
-    return total / repeats
+    return dequantized_bits_per_dim(
+        lambda y: probability_flow_log_prob(sde, score, y, generator=generator, **kwargs)[0],
+        x_int, preprocess, repeats=repeats, generator=generator)
 
 
 @register_objective("sde_dsm", keys=("weighting", "eps", "importance", "label_dropout"),

@@ -52,6 +52,7 @@ from probgen.models.gan import (
 from probgen.models.gmm import GaussianMixtureModel, flower_mixture
 from probgen.models.image_transformer import ImageTransformer
 from probgen.models.made import MADE
+from probgen.models.path_model import PathModel
 from probgen.models.pixelcnn import GatedPixelCNN, PixelCNN
 from probgen.models.score import SCORE_MODELS, ConvScoreNet, ScoreMLP
 from probgen.models.sde import (
@@ -172,6 +173,7 @@ __all__ = [
     "SDE_MODELS",
     "SDE_SAMPLERS",
     "ScoreSDE",
+    "PathModel",
     "VectorScoreSDE",
     "ImageScoreSDE",
     "NoiseLevelScore",

@@ -17,15 +17,12 @@ encoder is the fixed forward process, the decoder the learned reverse process, a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution
 
-from probgen.cnf import ContinuousFlow
 from probgen.diffusion import (
     PARAMETRIZATION_PREDICTIONS,
     PARAMETRIZATIONS,
@@ -40,9 +37,9 @@ from probgen.inference.diffusion import (
     DiffusionResult,
     ddim_invert,
     diffusion_sample,
-    guided_epsilon,
     variational_bound,
 )
+from probgen.models.path_model import PathModel
 from probgen.nn import ConditionalMLP, UNet
 from probgen.processes import convert_prediction
 from probgen.utils import append_dims
@@ -50,8 +47,16 @@ from probgen.utils import append_dims
 __all__ = ["DiffusionModel", "DDPM", "VectorDDPM", "DIFFUSION_MODELS"]
 
 
-class DiffusionModel(nn.Module):
+class DiffusionModel(PathModel):
     r"""Creates a Gaussian diffusion model from a network and a noise schedule.
+
+    Sampling, guidance and likelihoods are :class:`probgen.models.PathModel`'s on the
+    schedule's path (:attr:`path`), the samplers those of
+    :func:`probgen.inference.diffusion.diffusion_sample` (``"ancestral"``, the default;
+    ``"ddim"``; the probability-flow solvers; ``"ode"``) with its options as keywords of
+    :meth:`~PathModel.sample`: ``steps`` (default T), ``eta``, ``spacing``, ``clip``
+    (default the model's), ``method``, ``rtol``, ``atol``. :meth:`forward` is the noise
+    prediction in probgen time, :meth:`output` the network's at steps.
 
     Args:
         network: ``net(x, t, labels=None) -> (batch, C', ...)``; its output is the
@@ -67,9 +72,11 @@ class DiffusionModel(nn.Module):
             on [-1, 1]; ``None`` for unbounded data).
     """
 
+    prediction = "eps"
     #: The names :meth:`sample` accepts as ``sampler`` (run files are checked against them
     #: before training).
     samplers: tuple[str, ...] = DIFFUSION_SAMPLERS
+    default_sampler = "ancestral"
 
     def __init__(
         self,
@@ -82,7 +89,7 @@ class DiffusionModel(nn.Module):
         num_classes: int | None = None,
         clip: float | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(network, event_shape, num_classes=num_classes)
         if parametrization not in PARAMETRIZATIONS[:3]:
             raise ValueError(f"parametrization: expected one of {list(PARAMETRIZATIONS[:3])}, "
                              f"got {parametrization!r}.")
@@ -91,12 +98,10 @@ class DiffusionModel(nn.Module):
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule: expected a NoiseSchedule, got "
                             f"{type(schedule).__name__}.")
-        self.network, self.schedule = network, schedule
-        self.event_shape = tuple(int(s) for s in event_shape)
+        self.schedule = schedule
         self.parametrization, self.variance = parametrization, variance
-        self.num_classes = int(num_classes) if num_classes else None
+        self.predicts = PARAMETRIZATION_PREDICTIONS[parametrization]
         self.clip = None if clip is None else float(clip)
-        self.last_nfe: int | None = None  # network calls of the last sampler run
 
     @property
     def num_steps(self) -> int:
@@ -108,11 +113,26 @@ class DiffusionModel(nn.Module):
         r""":math:`\bar\alpha_s` for ``step = 0..T-1`` (float64)."""
         return self.schedule.alphas_cumprod
 
-    def _check_x(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor) or tuple(x.shape[1:]) != self.event_shape:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x: expected shape (batch, "
-                             f"{', '.join(map(str, self.event_shape))}), got {got}.")
+    @property
+    def path(self) -> SchedulePath:
+        """The schedule's Gaussian path in probgen time (a SchedulePath)."""
+        return SchedulePath(self.schedule)
+
+    def _split(self, x: Tensor, out: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The network output as (prediction, variance output or ``None``)."""
+        if self.variance == "learned_range":
+            if out.shape[1] != 2 * x.shape[1]:
+                raise ValueError(f"network: with learned variances the output needs "
+                                 f"{2 * x.shape[1]} channels, got {out.shape[1]}.")
+            pred, v = out.chunk(2, dim=1)
+            return pred, v
+        if out.shape != x.shape:
+            raise ValueError(f"network: expected an output of shape {tuple(x.shape)}, got "
+                             f"{tuple(out.shape)}.")
+        return out, None
+
+    def _output(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self._split(x, self._call(x, t, labels))[0]
 
     def output(self, x: Tensor, step: Tensor, labels: Tensor | None = None
                ) -> tuple[Tensor, Tensor | None]:
@@ -129,21 +149,8 @@ class DiffusionModel(nn.Module):
         if not isinstance(step, Tensor) or step.shape != x.shape[:1]:
             got = tuple(step.shape) if isinstance(step, Tensor) else type(step).__name__
             raise ValueError(f"step: expected shape ({x.shape[0]},), got {got}.")
-        kwargs = {"labels": labels} if self.num_classes else {}
-        if labels is not None and not self.num_classes:
-            raise ValueError("labels: this diffusion model is unconditional.")
         t = self.schedule.time_of_step(step.to(device=x.device, dtype=x.dtype))
-        out = self.network(x, t, **kwargs)
-        if self.variance == "learned_range":
-            if out.shape[1] != 2 * x.shape[1]:
-                raise ValueError(f"network: with learned variances the output needs "
-                                 f"{2 * x.shape[1]} channels, got {out.shape[1]}.")
-            pred, v = out.chunk(2, dim=1)
-            return pred, v
-        if out.shape != x.shape:
-            raise ValueError(f"network: expected an output of shape {tuple(x.shape)}, got "
-                             f"{tuple(out.shape)}.")
-        return out, None
+        return self._split(x, self._call(x, t, labels))
 
     def eps(self, x: Tensor, step: Tensor, labels: Tensor | None = None) -> Tensor:
         r"""The noise prediction :math:`\epsilon_\theta(x_s, s)` at integer or fractional
@@ -157,108 +164,34 @@ class DiffusionModel(nn.Module):
 
     def _predict(self, x: Tensor, step: Tensor, labels: Tensor | None, target: str) -> Tensor:
         pred, _ = self.output(x, step, labels)
-        source = PARAMETRIZATION_PREDICTIONS[self.parametrization]
-        if source == target:
+        if self.predicts == target:
             return pred
         ab = self.schedule.alphas_cumprod_at(step).to(x.device, x.dtype)
         m = self.schedule.coefficients(append_dims(ab.reshape(-1), x.dim()))
-        return convert_prediction(pred, x, m, source=source, target=target)
-
-    @property
-    def path(self) -> SchedulePath:
-        """The schedule's Gaussian path in probgen time (a SchedulePath)."""
-        return SchedulePath(self.schedule)
+        return convert_prediction(pred, x, m, source=self.predicts, target=target)
 
     def velocity(self, x: Tensor, t: Tensor, labels: Tensor | None = None,
                  guidance: float | None = None) -> Tensor:
         r"""The probability-flow velocity at ``x`` ``(batch, *event)`` and probgen times ``t``
         ``(batch,)``: the (guided) noise prediction converted on :attr:`path`."""
-        step = self.schedule.step_of_time(t.to(torch.float64))
-        eps, _ = guided_epsilon(self, x, step, labels=labels, guidance=guidance)
-        return self.path.convert(eps, x, t, source="eps", target="velocity")
-
-    def distribution(
-        self,
-        *,
-        labels: Tensor | None = None,
-        guidance: float | None = None,
-        trace: str | None = None,
-        noise: str = "rademacher",
-        method: str = "dopri5",
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
-        step_size: float | None = None,
-        generator: torch.Generator | None = None,
-        prior: Distribution | None = None,
-    ) -> ContinuousFlow:
-        r"""The model as a Distribution through its probability-flow ODE: a
-        :class:`probgen.cnf.ContinuousFlow` of :meth:`velocity` from :math:`N(0, I)` at
-        ``t = 0`` (the last step) to ``t = 1`` (step 0, noise level
-        :math:`\sqrt{1-\bar\alpha_0}`), with exact log-likelihoods (Song et al., 2021).
-
-        Args:
-            labels: classes ``(batch,)`` of the points evaluated or drawn (a conditional
-                model); guidance: a classifier-free guidance weight.
-            trace: ``"exact"`` or ``"hutchinson"`` (default: exact for vectors, Hutchinson
-                for images).
-            noise, method, rtol, atol, step_size, generator: see
-                :class:`~probgen.cnf.ContinuousFlow`.
-            prior: the law at ``t = 0`` (default :math:`N(0, I)`, which the last step
-                approximates: its mean is :math:`\sqrt{\bar\alpha_{T-1}}` times the data's).
-        """
-        device, dtype = self._device_dtype()
-        if trace is None:
-            trace = "exact" if len(self.event_shape) == 1 else "hutchinson"
-
-        def field(x: Tensor, t: Tensor) -> Tensor:
-            return self.velocity(x, t, labels, guidance)
-
-        base = self.path.prior(self.event_shape, device=device, dtype=dtype) if prior is None \
-            else prior
-        return ContinuousFlow(field, base, method=method, rtol=rtol, atol=atol, trace=trace,
-                              noise=noise, step_size=step_size, generator=generator)
-
-    def log_prob(self, x: Tensor, labels: Tensor | None = None, **kwargs: Any) -> Tensor:
-        """Exact log-density of ``x`` ``(batch, *event)`` at step 0's noise level through the
-        probability-flow ODE, shape ``(batch,)``; keyword arguments go to
-        :meth:`distribution`."""
-        self._check_x(x)
-        was_training = self.training
-        self.eval()
-        try:
-            flow = self.distribution(labels=labels, **kwargs)
-            out = flow.log_prob(x)
-        finally:
-            self.train(was_training)
-        self.last_solve = flow.last_solve
-        return out
+        return self.path.convert(self.guided(labels, guidance)(x, t), x, t, source="eps",
+                                 target="velocity")
 
     def ve_score(self) -> VEScore:
         """This model as a noise-conditional score ``score(y, sigma)`` for the Langevin
         samplers of :mod:`probgen.inference.langevin` (see :class:`probgen.diffusion.VEScore`)."""
         return VEScore(self.eps, self.schedule)
 
-    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
-        for p in self.parameters():
-            return p.device, p.dtype
-        return self.schedule.betas.device, torch.get_default_dtype()
-
     def run(self, n: int, *, generator: torch.Generator | None = None,
             noise: Tensor | None = None, record_every: int | None = None,
             **kwargs: Any) -> DiffusionResult:
-        """Draws ``n`` samples and returns the sampler's full result (see :meth:`sample`)."""
-        if noise is None:
-            device, dtype = self._device_dtype()
-            noise = torch.randn(n, *self.event_shape, device=device, dtype=dtype,
-                                generator=generator)
+        """Draws ``n`` samples and returns the sampler's full result
+        (:func:`probgen.inference.diffusion.diffusion_sample`'s keywords)."""
+        noise = self.prior_sample(n, generator) if noise is None else noise
         kwargs.setdefault("clip", self.clip)
-        was_training = self.training
-        self.eval()
-        try:
+        with self._evaluation():
             out = diffusion_sample(self, noise, generator=generator,
                                    record_every=record_every, **kwargs)
-        finally:
-            self.train(was_training)
         self.last_nfe = out.nfe
         return out
 
@@ -270,49 +203,32 @@ class DiffusionModel(nn.Module):
         steps: int | None = None,
         eta: float = 0.0,
         spacing: str | None = None,
+        method: str | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        clip: float | None = None,
         labels: Any = None,
         guidance: float | None = None,
         classifier: nn.Module | None = None,
         classifier_scale: float = 0.0,
-        clip: float | None = None,
-        method: str = "dopri5",
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        r"""Draws samples of shape ``(*shape, *event_shape)``.
+        """:meth:`PathModel.sample <probgen.models.PathModel.sample>` with the samplers of
+        :func:`~probgen.inference.diffusion.diffusion_sample` (``steps``: default T; the
+        strided samplers' ``spacing`` also ``"leading"``, ``"trailing"``, ``"quadratic"``)
+        and ``clip`` (clamp predicted clean data; default the model's)."""
+        return super().sample(
+            shape, sampler=sampler, steps=steps, eta=eta, spacing=spacing, method=method,
+            rtol=rtol, atol=atol, labels=labels, guidance=guidance, classifier=classifier,
+            classifier_scale=classifier_scale, generator=generator,
+            clip=self.clip if clip is None else clip)
 
-        Args:
-            shape: sample shape.
-            sampler: ``"ancestral"`` (DDPM; strided when ``steps < T``), ``"ddim"``,
-                the probability-flow ODE solvers ``"dpm++2m"``, ``"dpm++3m"``, ``"unipc"``
-                and ``"edm_heun"``, or ``"ode"``, the probability-flow ODE by torchdiffeq
-                (:data:`probgen.inference.DIFFUSION_SAMPLERS`; see
-                :func:`probgen.inference.diffusion.diffusion_sample`).
-            steps: number of steps (``None``: T; ``"ode"``: 20 for a fixed-step method,
-                none for an adaptive one).
-            eta: DDIM's noise in [0, 1] (0: deterministic).
-            spacing: how strided samplers pick their steps (``"linspace"``,
-                ``"leading"``, ``"trailing"``, ``"quadratic"``; the ODE solvers also
-                ``"logsnr"`` and ``"karras"``; ``None``: each sampler's default; see
-                :func:`probgen.diffusion.spaced_timesteps`).
-            labels: class(es) to sample: an int, or a sequence cycled over the samples.
-            guidance: classifier-free guidance weight :math:`w` (0: unconditional,
-                1: conditional, the default with labels; > 1 guided).
-            classifier: a noise-conditional classifier ``classifier(x, t) -> logits``;
-                classifier_scale: its guidance scale.
-            clip: clamp predicted clean data (default: the model's ``clip``).
-            method: ``"ode"``'s torchdiffeq method (:data:`probgen.cnf.ODE_METHODS`);
-                rtol, atol: its tolerances when adaptive.
-            generator: for the start noise and the sampler's noise.
-        """
-        n = math.prod(shape)
-        ode = {"method": method, "rtol": rtol, "atol": atol} if sampler == "ode" else {}
-        out = self.run(n, generator=generator, sampler=sampler, steps=steps, eta=eta,
-                       spacing=spacing, labels=labels, guidance=guidance,
-                       classifier=classifier, classifier_scale=classifier_scale,
-                       clip=self.clip if clip is None else clip, **ode)
-        return out.samples.reshape(*shape, *self.event_shape)
+    def _sample(self, sampler: str, x0: Tensor, labels: Tensor | None,
+                guidance: float | None, classifier: Any, classifier_scale: float, *,
+                generator: torch.Generator | None, **options: Any) -> DiffusionResult:
+        return self.run(x0.shape[0], noise=x0, generator=generator, sampler=sampler,
+                        labels=labels, guidance=guidance, classifier=classifier,
+                        classifier_scale=classifier_scale, **options)
 
     def encode(self, x: Tensor, *, steps: int | None = None, labels: Any = None,
                guidance: float | None = None) -> Tensor:
@@ -333,10 +249,6 @@ class DiffusionModel(nn.Module):
         """The full variational bound of each example (nats and bits per dimension); see
         :func:`probgen.inference.diffusion.variational_bound`."""
         return variational_bound(self, x, levels=levels, generator=generator)
-
-
-def _schedule(schedule: str, num_steps: int, betas: Sequence[float] | None) -> NoiseSchedule:
-    return make_schedule(schedule, num_steps, betas=betas)
 
 
 class DDPM(DiffusionModel):
@@ -386,7 +298,7 @@ class DDPM(DiffusionModel):
                    num_res_blocks=num_res_blocks, attention_levels=attention_levels,
                    attention_heads=attention_heads, num_classes=num_classes,
                    out_channels=out, dropout=dropout, groups=groups)
-        super().__init__(net, _schedule(schedule, num_steps, betas), shape,
+        super().__init__(net, make_schedule(schedule, num_steps, betas=betas), shape,
                          parametrization=parametrization, variance=variance,
                          num_classes=num_classes, clip=1.0)
 
@@ -428,7 +340,7 @@ class VectorDDPM(DiffusionModel):
         net = ConditionalMLP(features, hidden_features, num_classes=num_classes,
                              out_features=out, embedding_dim=embedding_dim,
                              activation=activation)
-        super().__init__(net, _schedule(schedule, num_steps, betas), (features,),
+        super().__init__(net, make_schedule(schedule, num_steps, betas=betas), (features,),
                          parametrization=parametrization, variance=variance,
                          num_classes=num_classes, clip=clip)
 

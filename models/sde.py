@@ -20,23 +20,15 @@ are discretizations of the VP and VE SDEs, so their networks serve as those SDEs
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution
 
-from probgen.cnf import SolveStats
-from probgen.inference.guidance import classifier_guided, guided
-from probgen.inference.path_sampling import PATH_SAMPLERS, sample_path
-from probgen.inference.sde import (
-    predictor_corrector_sample,
-    probability_flow_bits_per_dim,
-    probability_flow_distribution,
-    reverse_sde_sample,
-)
+from probgen.inference.path_sampling import PATH_SAMPLERS
+from probgen.inference.sde import predictor_corrector_sample, reverse_sde_sample
+from probgen.models.path_model import PathModel
 from probgen.nn import ConditionalMLP, UNet
 from probgen.sde import SDE, SDES, get_sde
 from probgen.utils import append_dims
@@ -56,29 +48,24 @@ SDE_SAMPLERS: tuple[str, ...] = ("pc", "sde", *PATH_SAMPLERS)
 PARAMETRIZATIONS: tuple[str, ...] = ("eps", "score")
 
 
-def _labels(labels: Any, n: int, num_classes: int | None, device: torch.device
-            ) -> Tensor | None:
-    """Class labels for ``n`` samples: an int, or a sequence cycled over the samples."""
-    if labels is None:
-        return None
-    if not num_classes:
-        raise ValueError("labels: this model is unconditional (num_classes=None).")
-    if isinstance(labels, int) and not isinstance(labels, bool):
-        labels = [labels]
-    y = torch.as_tensor(labels, dtype=torch.long).flatten()
-    if y.numel() == 0 or y.min() < 0 or y.max() >= num_classes:
-        raise ValueError(f"labels: expected classes in 0..{num_classes - 1}, got "
-                         f"{y.tolist()}.")
-    return y.repeat(math.ceil(n / y.numel()))[:n].to(device)
-
-
-class ScoreSDE(nn.Module):
+class ScoreSDE(PathModel):
     r"""Creates a score-based generative model: a network and an SDE.
 
     The score is :math:`s(x, t) = -\text{net}(x, t)/\sigma_t` (``parametrization="eps"``:
     the network predicts the noise, the standard and best-conditioned choice, equal to
     NCSN++'s output divided by :math:`\sigma`) or :math:`\text{net}(x, t)`
-    (``"score"``). Time is probgen's (``t = 0`` noise, ``t = 1`` data).
+    (``"score"``). Time is probgen's (``t = 0`` noise, ``t = 1`` data). Sampling,
+    guidance and likelihoods are :class:`probgen.models.PathModel`'s; the samplers are
+    ``"pc"`` (predictor-corrector, the default), ``"sde"`` (the reverse SDE by torchsde)
+    and those of :func:`probgen.inference.sample_path` (``"ode"``, ``"ddim"``,
+    ``"dpm++2m"``, ...), with the options (keywords of :meth:`~PathModel.sample`):
+
+    - ``steps``: 500 for ``"pc"`` and ``"sde"``, 20 for the solvers;
+    - ``method``: ``"sde"``'s torchsde method (default ``"euler"``, see
+      :data:`probgen.inference.SDE_METHODS`), ``"ode"``'s torchdiffeq one;
+    - ``snr``, ``corrector_steps``, ``predictor``: ``"pc"``'s
+      (:func:`probgen.inference.predictor_corrector_sample`);
+    - ``denoise``: finish with a Tweedie denoising step (default ``True``).
 
     Args:
         network: ``net(x, t, labels=None)`` returning the shape of ``x``.
@@ -90,15 +77,13 @@ class ScoreSDE(nn.Module):
             ``num_classes`` for classifier-free guidance); ``None``: unconditional.
         sample_eps: samplers stop at ``t = 1 - sample_eps`` (1e-3 in Song et al.).
         likelihood_eps: likelihoods are of ``t = 1 - likelihood_eps`` (1e-5).
-
-    Attributes:
-        last_nfe: score evaluations of the last :meth:`sample` call.
-        last_solve: the :class:`probgen.cnf.SolveStats` of the last ODE solve.
     """
 
+    prediction = "score"
     #: The names :meth:`sample` accepts as ``sampler`` (run files are checked against them
     #: before training).
     samplers: tuple[str, ...] = SDE_SAMPLERS
+    default_sampler = "pc"
 
     def __init__(
         self,
@@ -111,7 +96,7 @@ class ScoreSDE(nn.Module):
         sample_eps: float = 1e-3,
         likelihood_eps: float = 1e-5,
     ) -> None:
-        super().__init__()
+        super().__init__(network, event_shape, num_classes=num_classes)
         if not isinstance(sde, SDE):
             raise TypeError(f"sde: expected a probgen.sde.SDE, got {type(sde).__name__}.")
         if parametrization not in PARAMETRIZATIONS:
@@ -120,44 +105,27 @@ class ScoreSDE(nn.Module):
         for name, value in (("sample_eps", sample_eps), ("likelihood_eps", likelihood_eps)):
             if not 0 < value < 1:
                 raise ValueError(f"{name}: expected a float in (0, 1), got {value!r}.")
-        self.network, self.sde = network, sde
-        self.event_shape = tuple(int(e) for e in event_shape)
-        self.parametrization = parametrization
-        self.num_classes = int(num_classes) if num_classes else None
+        self.sde = sde
+        self.parametrization = self.predicts = parametrization
         self.sample_eps, self.likelihood_eps = float(sample_eps), float(likelihood_eps)
-        self.last_nfe: int | None = None
-        self.last_solve: SolveStats | None = None
 
-    def _check_x(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor) or tuple(x.shape[1:]) != self.event_shape:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x: expected shape (batch, "
-                             f"{', '.join(map(str, self.event_shape))}), got {got}.")
+    @property
+    def path(self) -> SDE:
+        """The SDE, the model's Gaussian path."""
+        return self.sde
 
-    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
-        """The score at ``x`` ``(batch, *event)``, probgen times ``t`` ``(batch,)``."""
-        self._check_x(x)
-        if labels is not None and not self.num_classes:
-            raise ValueError("labels: this model is unconditional (num_classes=None).")
-        kwargs = {"labels": labels} if self.num_classes else {}
-        out = self.network(x, t, **kwargs)
-        if out.shape != x.shape:
-            raise ValueError(f"network: expected an output of shape {tuple(x.shape)}, got "
-                             f"{tuple(out.shape)}.")
-        return self.sde.convert(out, x, t, source=self.parametrization, target="score")
+    @property
+    def t_sample(self) -> float:  # noqa: D102
+        return 1.0 - self.sample_eps
+
+    @property
+    def t_likelihood(self) -> float:  # noqa: D102
+        return 1.0 - self.likelihood_eps
 
     def guided_score(self, labels: Tensor | None, guidance: float | None
                      ) -> Callable[..., Tensor]:
-        r"""The score the samplers use: conditional on ``labels``, and with classifier-free
-        guidance :math:`s(x, t \mid \varnothing) + w\,(s(x, t \mid y) - s(x, t \mid
-        \varnothing))` at weight ``guidance`` :math:`w` (1, the default: the conditional
-        score; the convention of every family, :mod:`probgen.inference.guidance`)."""
-        return guided(self, labels, guidance, self.num_classes)
-
-    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
-        for p in self.parameters():
-            return p.device, p.dtype
-        return torch.device("cpu"), torch.get_default_dtype()
+        """The score the samplers use (:meth:`~probgen.models.PathModel.guided`)."""
+        return self.guided(labels, guidance)
 
     def sample(
         self,
@@ -165,140 +133,48 @@ class ScoreSDE(nn.Module):
         *,
         sampler: str = "pc",
         steps: int | None = None,
-        method: str | None = None,
         eta: float = 0.0,
+        spacing: str | None = None,
+        method: str | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
         snr: float = 0.16,
         corrector_steps: int = 1,
         predictor: str = "reverse_diffusion",
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
         denoise: bool = True,
-        spacing: str | None = None,
         labels: Any = None,
         guidance: float | None = None,
         classifier: nn.Module | None = None,
         classifier_scale: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        r"""Draws samples of shape ``(*shape, *event_shape)`` from the prior at ``t = 0``.
+        """:meth:`PathModel.sample <probgen.models.PathModel.sample>` with the options of
+        the class docstring (``method``: ``"sde"``'s torchsde one, default ``"euler"``)."""
+        return super().sample(
+            shape, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
+            method=method or ("euler" if sampler == "sde" else None), rtol=rtol, atol=atol,
+            labels=labels, guidance=guidance, classifier=classifier,
+            classifier_scale=classifier_scale, generator=generator, snr=snr,
+            corrector_steps=corrector_steps, predictor=predictor, denoise=denoise)
 
-        Args:
-            shape: sample shape.
-            sampler: ``"pc"`` (predictor-corrector), ``"sde"`` (reverse SDE by torchsde),
-                ``"ode"`` (probability flow by torchdiffeq), or the fast solvers on the
-                score's data prediction ``"ddim"`` (any ``eta``), ``"dpm++2m"``,
-                ``"dpm++3m"``, ``"unipc"``, ``"edm_heun"``
-                (:func:`probgen.inference.sample_path`).
-            steps: the number of steps (predictor steps of ``"pc"``, solver steps of the
-                others; ignored by an adaptive ``"ode"`` method, which picks its own).
-                Default: 500 for ``"pc"`` and ``"sde"``, 20 for the solvers and fixed-step
-                ODE methods.
-            method: ``"sde"``: a torchsde method (default ``"euler"``, see
-                :data:`probgen.inference.SDE_METHODS`); ``"ode"``: a torchdiffeq method
-                (default adaptive ``"dopri5"``, :data:`probgen.cnf.ODE_METHODS`).
-            eta: ``"ddim"``'s noise in [0, 1].
-            snr: the corrector's signal-to-noise ratio (``"pc"``).
-            corrector_steps: Langevin steps per predictor step (``"pc"``).
-            predictor: ``"reverse_diffusion"``, ``"euler_maruyama"`` or ``"none"``.
-            rtol: tolerances of an adaptive ``"ode"`` method; atol: likewise.
-            denoise: finish with a Tweedie denoising step (one of the ``steps`` for the
-                solvers and ``"ode"``).
-            spacing: the solvers' time grid (:func:`probgen.inference.solvers.time_grid`;
-                default each solver's).
-            labels: class(es) to sample: an int, or a sequence cycled over the samples.
-            guidance: classifier-free guidance weight :math:`w` (with ``labels``; 1: the
-                conditional model, see :mod:`probgen.inference.guidance`).
-            classifier: a noise-conditional classifier ``classifier(x, t) -> logits``
-                (probgen time); classifier_scale: its guidance scale
-                (:func:`probgen.inference.classifier_guided`).
-            generator: seeds the prior draw and the sampler's noise.
-        """
-        if sampler not in SDE_SAMPLERS:
-            raise ValueError(f"sampler: expected one of {list(SDE_SAMPLERS)}, got "
-                             f"{sampler!r}.")
-        n = math.prod(shape)
-        device, dtype = self._device_dtype()
-        y = _labels(labels, n, self.num_classes, device)
-        score = self.guided_score(y, guidance)
-        if classifier is not None and classifier_scale:
-            if y is None:
-                raise ValueError("classifier: classifier guidance needs labels.")
-            score = classifier_guided(score, self.sde, classifier, y, classifier_scale,
-                                      prediction="score")
-        common = dict(eps=self.sample_eps, denoise=denoise, generator=generator,
-                      device=device, dtype=dtype)
-        was_training = self.training
-        self.eval()
-        try:
+    def _sample(self, sampler: str, x0: Tensor, labels: Tensor | None,
+                guidance: float | None, classifier: Any, classifier_scale: float, *,
+                steps: int | None, method: str, generator: torch.Generator | None,
+                denoise: bool = True, snr: float = 0.16, corrector_steps: int = 1,
+                predictor: str = "reverse_diffusion", **options: Any) -> Any:
+        if sampler not in ("pc", "sde"):
+            return super()._sample(sampler, x0, labels, guidance, classifier, classifier_scale,
+                                   steps=steps, method=method, generator=generator,
+                                   denoise=denoise, **options)
+        score = self.guided(labels, guidance, classifier, classifier_scale)
+        common = dict(x_init=x0, steps=steps or 500, eps=self.sample_eps, denoise=denoise,
+                      generator=generator)
+        with self._evaluation():
             if sampler == "pc":
-                out = predictor_corrector_sample(
-                    self.sde, score, n, self.event_shape, steps=steps or 500, snr=snr,
-                    corrector_steps=corrector_steps, predictor=predictor, **common)
-            elif sampler == "sde":
-                out = reverse_sde_sample(self.sde, score, n, self.event_shape,
-                                         steps=steps or 500, method=method or "euler",
-                                         **common)
-            else:
-                x0 = self.sde.prior_std * torch.randn(n, *self.event_shape, device=device,
-                                                      dtype=dtype, generator=generator)
-                with torch.no_grad():
-                    out = sample_path(score, "score", self.sde, x0, sampler=sampler,
-                                      steps=steps, eta=eta, spacing=spacing,
-                                      method=method or "dopri5", rtol=rtol, atol=atol,
-                                      t_end=1.0 - self.sample_eps, denoise=denoise,
-                                      generator=generator)
-        finally:
-            self.train(was_training)
-        self.last_nfe = out.nfe
-        return out.samples.reshape(*shape, *self.event_shape)
-
-    def distribution(
-        self,
-        *,
-        trace: str = "exact",
-        noise: str = "rademacher",
-        method: str = "dopri5",
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
-        step_size: float | None = None,
-        labels: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Distribution:
-        """The model as a Distribution: the probability-flow ODE from the prior to
-        ``t = 1 - likelihood_eps`` (a :class:`probgen.cnf.ContinuousFlow`; ``labels`` fix
-        a class per example for a conditional model)."""
-        device, dtype = self._device_dtype()
-        cond = {} if labels is None else {"labels": labels}
-        return probability_flow_distribution(
-            self.sde, self, self.event_shape, eps=self.likelihood_eps, cond=cond,
-            device=device, dtype=dtype, trace=trace, noise=noise, method=method, rtol=rtol,
-            atol=atol, step_size=step_size, generator=generator)
-
-    def log_prob(self, x: Tensor, **kwargs: Any) -> Tensor:
-        """Log-density of ``x`` ``(batch, *event)`` by the probability-flow ODE, ``(batch,)``.
-
-        Keyword arguments go to :meth:`distribution` (exact trace by default; pass
-        ``trace="hutchinson"`` for images).
-        """
-        self._check_x(x)
-        flow = self.distribution(**kwargs)
-        out = flow.log_prob(x)
-        self.last_solve = flow.last_solve
-        return out
-
-    def bits_per_dim(self, x_int: Tensor, preprocess: Any, *, repeats: int = 1,
-                     generator: torch.Generator | None = None, **kwargs: Any) -> Tensor:
-        """Bits/dim of integer images (uniform dequantization, Hutchinson trace by default),
-        see :func:`probgen.inference.probability_flow_bits_per_dim`."""
-        kwargs.setdefault("trace", "hutchinson")
-        was_training = self.training
-        self.eval()
-        try:
-            return probability_flow_bits_per_dim(self.sde, self, x_int, preprocess,
-                                                 repeats=repeats, generator=generator,
-                                                 eps=self.likelihood_eps, **kwargs)
-        finally:
-            self.train(was_training)
+                return predictor_corrector_sample(
+                    self.sde, score, snr=snr, corrector_steps=corrector_steps,
+                    predictor=predictor, **common)
+            return reverse_sde_sample(self.sde, score, method=method, **common)
 
     def extra_repr(self) -> str:  # noqa: D102
         return (f"event_shape={self.event_shape}, parametrization={self.parametrization!r}, "

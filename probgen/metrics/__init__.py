@@ -42,7 +42,7 @@ from probgen.metrics.kernel import (
     mmd2,
     polynomial_kernel,
 )
-from probgen.metrics.likelihood import bits_per_dim, nats_to_bits, nll
+from probgen.metrics.likelihood import bits_per_dim, dequantized_bits_per_dim, nats_to_bits, nll
 from probgen.metrics.manifold import (
     DensityCoverage,
     PrecisionRecall,
@@ -63,6 +63,7 @@ from probgen.metrics.transport import wasserstein2
 
 __all__ = [
     "bits_per_dim",
+    "dequantized_bits_per_dim",
     "nats_to_bits",
     "nll",
     "density_grid",
