@@ -126,3 +126,45 @@ def test_autoregressive_distribution_is_an_observed_site_and_expands_by_torch_ru
         assert plain.sample((2,)).shape == (2, 3, 4) and plain.log_prob(x[:1]).shape == (3,)
     with pytest.raises(ValueError, match="batch_shape: expected a shape that"):
         d.expand((3,))
+
+
+def _pyro_transform_flow():
+    from pyro.distributions.transforms import BatchNorm, Permute, affine_coupling
+
+    from probgen.flows import NormalizingFlow
+    from probgen.transforms import LULinear
+
+    transforms = [affine_coupling(2, hidden_dims=[8]), BatchNorm(2), Permute(torch.tensor([1, 0])),
+                  LULinear(2), affine_coupling(2, hidden_dims=[8])]
+    return NormalizingFlow(transforms, (2,)).double(), transforms
+
+
+def test_a_flow_with_pyros_batchnorm_and_permute_is_pyros_transformed_distribution():
+    flow, transforms = _pyro_transform_flow()
+    base = dist.Normal(torch.zeros(2, dtype=torch.float64),
+                       torch.ones(2, dtype=torch.float64)).to_event(1)
+    x = 2.0 * torch.randn(64, 2, dtype=torch.float64) + 1.0
+    for training in (True, False):  # batch statistics, then BatchNorm's moving averages
+        flow.train(training)
+        reference = dist.TransformedDistribution(base, transforms).log_prob(x)
+        assert torch.allclose(flow.log_prob(x), reference)
+    # drawn base -> data, the log-density of a draw is its log_prob (ladj without batch dims)
+    with torch.no_grad():
+        draws, log_q = flow.rsample_and_log_prob((5,))
+        assert torch.allclose(log_q, flow.log_prob(draws))
+    # Permute's tensor is a buffer: saved, restored and moved with the flow
+    state = flow.state_dict()
+    assert any(k.endswith("permutation") for k in state)
+    twin, _ = _pyro_transform_flow()
+    twin.load_state_dict(state)
+    twin.eval()
+    assert torch.allclose(twin.log_prob(x), flow.log_prob(x))
+    assert flow.float().transforms[2].transform.permutation.dtype == torch.long
+
+
+def test_the_fused_log_prob_of_probgens_transforms_equals_pyros_transformed_distribution():
+    from probgen.models import NSF, RealNVP
+
+    x = torch.randn(32, 2, dtype=torch.float64)
+    for flow in (RealNVP(2, 4, [16]).double(), NSF(2, 2, [16]).double()):
+        assert torch.allclose(flow.log_prob(x), flow.distribution().log_prob(x))
