@@ -2,7 +2,8 @@ r"""The ELBO objective: Pyro's ELBO estimators inside the one trainer, with beta
 annealing and free bits; IWAE and Renyi (VR) bounds.
 
 :class:`ELBO` wraps any latent-variable model (an ``nn.Module`` with ``model(x)`` and
-``guide(x)``, DESIGN.md's protocol) and returns, per batch, the negative bound as ``loss``
+``guide(x)``, DESIGN.md's protocol, or a user's plain Pyro model and guide functions with
+``pyro.param`` sites) and returns, per batch, the negative bound as ``loss``
 (nats per example) with ``elbo`` (the estimator's bound), ``nll`` (its negative: an upper
 bound on the negative log-likelihood) and ``bits_per_dim`` (``nll / (D ln 2)``), ``recon``
 (:math:`E_q \log p(x \mid z)`, Monte Carlo), ``kl`` (:math:`KL(q(z \mid x) \| p(z))`,
@@ -156,9 +157,26 @@ def _latent_kl_terms(model_trace: Any, guide_trace: Any) -> tuple[Tensor, Tensor
 class ELBO(nn.Module):
     r"""Creates the evidence-lower-bound objective of a Pyro model/guide pair.
 
+    Two ways to name the Pyro program:
+
+    - ``ELBO(module)``: an ``nn.Module`` with ``model(x)`` and ``guide(x)`` methods (e.g.
+      :class:`probgen.models.VAE`); its parameters are what is trained, and model and guide
+      run in a private parameter-store scope (``pyro.get_param_store().scope()``), so
+      their ``pyro.module`` / ``pyro.param`` registrations leave Pyro's global store as it
+      was.
+    - ``ELBO(model_fn, guide_fn)``: plain Pyro functions whose parameters are ``pyro.param``
+      sites in Pyro's global parameter store, as :class:`pyro.infer.SVI` trains them.
+      :meth:`setup` (which :func:`probgen.inference.fit` calls with the first batch)
+      traces the parameter sites once and makes each store entry an ``nn.Parameter`` of
+      this objective, so the trainer's optimizer, EMA and checkpoints see them and
+      ``pyro.param(name)`` reads the trained values. The parameters are those of the first
+      trace: a site that first appears later is not trained.
+
     Args:
-        model: an ``nn.Module`` with ``model(x)`` and ``guide(x)`` (e.g.
-            :class:`probgen.models.VAE`); its parameters are what is trained.
+        model: an ``nn.Module`` with ``model(x)`` and ``guide(x)``, or (with ``guide``) a
+            Pyro model function ``model(x, **cond)``.
+        guide: the guide function ``guide(x, **cond)`` of a model function; None when
+            ``model`` is a module.
         estimator: ``"trace"``, ``"meanfield"`` or ``"renyi"`` (see the module docstring).
         num_particles: samples per example (IWAE's ``k`` for ``"renyi"``).
         alpha: the Renyi order (``"renyi"`` only; 0 = IWAE; must not be 1).
@@ -189,7 +207,8 @@ class ELBO(nn.Module):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | Callable[..., Any],
+        guide: Callable[..., Any] | None = None,
         *,
         estimator: str = "meanfield",
         num_particles: int = 1,
@@ -203,11 +222,17 @@ class ELBO(nn.Module):
         preprocess: Callable[[Tensor], Any] | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(model, nn.Module) or not all(
+        if guide is not None:
+            if not callable(model) or not callable(guide):
+                raise TypeError("model, guide: expected two Pyro functions model(x) and "
+                                f"guide(x), got {type(model).__name__} and "
+                                f"{type(guide).__name__}.")
+        elif not isinstance(model, nn.Module) or not all(
             callable(getattr(model, f, None)) for f in ("model", "guide")
         ):
             raise TypeError("model: expected an nn.Module with model(x) and guide(x) methods "
-                            f"(a Pyro latent-variable model), got {type(model).__name__}.")
+                            "(a Pyro latent-variable model), or two functions "
+                            f"ELBO(model_fn, guide_fn); got {type(model).__name__}.")
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator: expected one of {list(ESTIMATORS)}, got "
                              f"{estimator!r}.")
@@ -231,7 +256,16 @@ class ELBO(nn.Module):
         if free_bits > 0 and estimator != "meanfield":
             raise ValueError("free_bits: needs estimator='meanfield' (closed-form KL per "
                              f"dimension), got estimator={estimator!r}.")
-        self.model = model
+        if guide is None:
+            self.model: nn.Module | None = model
+            self._model_fn, self._guide_fn = model.model, model.guide
+        else:
+            self.model = None
+            self._model_fn, self._guide_fn = model, guide
+        # plain functions: their pyro.param sites, made parameters of this objective by setup
+        self.store_parameters = nn.ParameterList()
+        self._store_names: list[str] = []
+        self._store_constraints: list[Any] = []
         self.estimator_name, self.num_particles = estimator, num_particles
         self.alpha, self.beta = float(alpha), float(beta)
         self.anneal_steps, self.free_bits = anneal_steps, float(free_bits)
@@ -248,13 +282,53 @@ class ELBO(nn.Module):
         else:
             self.estimator = DifferentiableRenyiELBO(alpha=alpha, **common)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        params = inspect.signature(model.model).parameters
+        params = inspect.signature(self._model_fn).parameters
         self._takes_y = "y" in params
+
+    def setup(self, batch: Any) -> None:
+        """Finds the ``pyro.param`` sites of plain model/guide functions by tracing one loss
+        on ``batch`` (as :class:`pyro.infer.SVI` does) and makes each one's unconstrained
+        tensor an ``nn.Parameter`` of this objective, put back into Pyro's global store under
+        its name (so both see one tensor). Does nothing for a module (its parameters are
+        known) or when already set up. :func:`probgen.inference.fit` calls it before building
+        the optimizer.
+
+        Raises:
+            ValueError: the functions have no ``pyro.param`` site.
+        """
+        if self.model is not None or self._store_names:
+            return
+        x, cond = self._split(batch)
+        if self.preprocess is not None:
+            result = self.preprocess(x)
+            x = result[0] if isinstance(result, tuple) else result
+        with torch.no_grad(), pyro.poutine.trace(param_only=True) as capture:
+            self.estimator.differentiable_loss(self._model_fn, self._guide_fn, x, **cond)
+        found = {name: site["value"].unconstrained()
+                 for name, site in capture.trace.nodes.items()}
+        if not found:
+            raise ValueError("model, guide: expected pyro.param sites to train, found none.")
+        constraints = pyro.get_param_store().get_state()["constraints"]
+        for name, value in found.items():
+            self.store_parameters.append(nn.Parameter(value.detach()))
+            self._store_names.append(name)
+            self._store_constraints.append(constraints[name])
+        self._publish()
+
+    def _publish(self) -> None:
+        """Puts this objective's parameters into Pyro's global store under their names."""
+        if self._store_names:
+            pyro.get_param_store().set_state({
+                "params": dict(zip(self._store_names, self.store_parameters, strict=True)),
+                "constraints": dict(zip(self._store_names, self._store_constraints,
+                                        strict=True)),
+            })
 
     def _training_pass(self) -> bool:
         """A training pass: training mode (objective and model) with gradients enabled.
         Anything else (``eval()``, ``torch.no_grad()``) is an evaluation."""
-        return self.training and self.model.training and torch.is_grad_enabled()
+        module_training = self.model is None or self.model.training
+        return self.training and module_training and torch.is_grad_enabled()
 
     def kl_weight(self) -> float:
         """The KL weight of the current step: ``beta * min(1, step / anneal_steps)`` on a
@@ -275,6 +349,13 @@ class ELBO(nn.Module):
 
     def forward(self, batch: Any) -> dict[str, Tensor]:
         """Computes the outputs for ``batch``; a training pass advances the KL schedule."""
+        if self.model is None:
+            self._publish()
+            return self._outputs(batch)
+        with pyro.get_param_store().scope():
+            return self._outputs(batch)
+
+    def _outputs(self, batch: Any) -> dict[str, Tensor]:
         x, cond = self._split(batch)
         ladj: Tensor | float = 0.0
         discrete = 0.0
@@ -288,8 +369,8 @@ class ELBO(nn.Module):
             self.step += 1
         weight = self.kl_weight()
         n = x.shape[0]
-        model_tracer = pyro.poutine.trace(self.model.model)
-        guide_tracer = pyro.poutine.trace(self.model.guide)
+        model_tracer = pyro.poutine.trace(self._model_fn)
+        guide_tracer = pyro.poutine.trace(self._guide_fn)
         model_fn, guide_fn = model_tracer, guide_tracer
         if weight != 1.0:
             model_fn, guide_fn = LatentScale(weight)(model_tracer), LatentScale(weight)(
@@ -321,7 +402,7 @@ class ELBO(nn.Module):
         extra: dict[str, Tensor] = {}
         if not training and self.eval_samples:
             ll = importance_log_likelihood(
-                self.model.model, self.model.guide, x, **cond,
+                self._model_fn, self._guide_fn, x, **cond,
                 num_samples=self.eval_samples, chunk_size=min(100, self.eval_samples),
                 max_plate_nesting=self.max_plate_nesting).mean()
             extra["log_likelihood"] = ll + ladj_mean - discrete

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pyro
 import torch
 from pyro.infer import TraceEnum_ELBO
 from torch import Tensor, nn
@@ -131,10 +132,14 @@ class VariationalEM(nn.Module):
         return {"e": guide, "m": rest}
 
     def _loss(self, x: Tensor) -> Tensor:
-        if not torch.is_grad_enabled():  # evaluation: Pyro refuses a non-differentiable loss
-            value = self.elbo.loss(self.model.model, self.model.guide, x)
-            return torch.tensor(value / x.shape[0], dtype=x.dtype, device=x.device)
-        return self.elbo.differentiable_loss(self.model.model, self.model.guide, x) / x.shape[0]
+        # a private parameter-store scope: the model's pyro.param / pyro.module
+        # registrations leave Pyro's global store as it was (the trainer owns the parameters)
+        with pyro.get_param_store().scope():
+            if not torch.is_grad_enabled():  # evaluation: Pyro refuses a non-differentiable loss
+                value = self.elbo.loss(self.model.model, self.model.guide, x)
+                return torch.tensor(value / x.shape[0], dtype=x.dtype, device=x.device)
+            return self.elbo.differentiable_loss(self.model.model, self.model.guide,
+                                                 x) / x.shape[0]
 
     def _outputs(self, x: Tensor, loss: Tensor) -> dict[str, Tensor]:
         out = {"loss": loss, "elbo": -loss.detach()}

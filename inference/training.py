@@ -166,6 +166,10 @@ def fit(
     ``DistributedDataParallel``; ``batch_size`` is per process and every process takes its
     slice of one global batch, so 2 processes x B equal 1 process x 2B. Only rank 0 writes.
 
+    An objective whose parameters exist only after its first call (e.g.
+    :class:`probgen.inference.ELBO` of plain Pyro functions with ``pyro.param`` sites)
+    defines ``setup(batch)``; it is called once with a batch before the optimizer is built.
+
     Objectives that own their update order (GAN critic/generator, EM) define
     ``parameter_groups() -> {name: params}`` (one optimizer each, same settings) and
     ``training_step(batch, step, update) -> dict``, calling ``update(name, loss)`` for each
@@ -242,6 +246,12 @@ def fit(
         callbacks = [callbacks]
     if eval_data is not None:
         eval_length(eval_data)
+    setup = getattr(objective, "setup", None)
+    if callable(setup):
+        # parameters created by the objective's first call (pyro.param sites of plain Pyro
+        # functions): one batch drawn as the first training batch will be, from a copy of
+        # the data generator, so the training stream is unchanged
+        setup(BatchSource(data, batch_size, torch.Generator().manual_seed(seed)).next())
     groups = _trainable(objective)
     ctx = setup_distributed(device)
     ok = False

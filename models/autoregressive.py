@@ -5,10 +5,11 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pyro.distributions import Bernoulli, Categorical
+from pyro.distributions import Bernoulli, Categorical, TorchDistribution
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
@@ -200,7 +201,7 @@ class AutoregressiveModel(nn.Module, abc.ABC):
         return self.log_prob(x, context)
 
     def distribution(self, context: Tensor | None = None) -> AutoregressiveDistribution:
-        """The model as a :class:`torch.distributions.Distribution` (given ``context``)."""
+        """The model as a Pyro distribution (given ``context``)."""
         return AutoregressiveDistribution(self, context)
 
     # ------------------------------------------------------------------ sampling
@@ -338,26 +339,56 @@ class AutoregressiveModel(nn.Module, abc.ABC):
                 f"classes={self.classes}")
 
 
-class AutoregressiveDistribution(Distribution):
-    """Creates the :class:`torch.distributions.Distribution` view of an autoregressive model.
+class AutoregressiveDistribution(TorchDistribution):
+    """Creates the Pyro distribution view of an autoregressive model.
 
-    ``log_prob`` and ``sample`` call the model; the batch shape is the context's.
+    ``log_prob`` and ``sample`` call the model; the batch shape is the context's, or the one
+    ``expand`` gives (torch's rules), so it is the distribution of an observed or a latent
+    ``pyro.sample`` site inside ``pyro.plate`` (``Predictive``, every poutine handler).
 
     Args:
         model: the :class:`AutoregressiveModel`.
         context: class labels or one-hot vectors (conditional models), or None.
+        batch_shape: the batch shape (default: the context's leading shape, or ``()``);
+            a context is expanded to it.
+
+    Example:
+        >>> from probgen.models import MADE
+        >>> d = MADE((4,), hidden_features=[8]).distribution().expand([3])
+        >>> d.batch_shape, d.sample((2,)).shape, d.log_prob(torch.zeros(4)).shape
+        (torch.Size([3]), torch.Size([2, 3, 4]), torch.Size([3]))
     """
 
     arg_constraints: dict = {}
     has_rsample = False
 
-    def __init__(self, model: AutoregressiveModel, context: Tensor | None = None) -> None:
+    def __init__(self, model: AutoregressiveModel, context: Tensor | None = None,
+                 batch_shape: Sequence[int] | None = None) -> None:
         self.model = model
-        self.context = context
         batch = torch.Size()
         if context is not None:
             batch = context.shape[:-1] if context.is_floating_point() else context.shape
+        if batch_shape is not None:
+            target = torch.Size(batch_shape)
+            try:
+                ok = torch.broadcast_shapes(batch, target) == target
+            except RuntimeError:
+                ok = False
+            if not ok:
+                raise ValueError(f"batch_shape: expected a shape that {tuple(batch)} expands "
+                                 f"to (torch's rules), got {tuple(target)}.")
+            if context is not None:
+                tail = context.shape[-1:] if context.is_floating_point() else torch.Size()
+                context = context.expand(*target, *tail)
+            batch = target
+        self.context = context
         super().__init__(batch, model.event_shape, validate_args=False)
+
+    def expand(self, batch_shape: Sequence[int], _instance: Any = None
+               ) -> AutoregressiveDistribution:
+        """The same model with batch shape ``batch_shape`` (torch's rules; the context is
+        expanded)."""
+        return AutoregressiveDistribution(self.model, self.context, batch_shape)
 
     @property
     def support(self) -> constraints.Constraint:
@@ -368,16 +399,23 @@ class AutoregressiveDistribution(Distribution):
             constraints.integer_interval(0, self.model.categories - 1), len(self.event_shape))
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """The model's log-likelihood in nats, shape ``(*batch,)``."""
+        """The model's log-likelihood in nats of ``value`` ``(*sample, *batch, *event)``
+        (broadcast against the batch shape), shape ``(*sample, *batch)``."""
+        event = len(self.event_shape)
+        leading = value.shape[: value.dim() - event]
+        batch = torch.broadcast_shapes(leading, self.batch_shape)
+        if batch != leading:
+            value = value.expand(*batch, *self.event_shape)
         context = self.context
         if context is not None:
-            batch = value.shape[: value.dim() - len(self.event_shape)]
             tail = context.shape[-1:] if context.is_floating_point() else torch.Size()
             context = context.expand(*batch, *tail)
         return self.model.log_prob(value, context)
 
     def sample(self, sample_shape: torch.Size | Sequence[int] = ()) -> Tensor:
         """Samples of shape ``(*sample_shape, *batch, *event)``."""
+        if self.context is None:
+            return self.model.sample(tuple(sample_shape) + tuple(self.batch_shape))
         return self.model.sample(tuple(sample_shape), self.context)
 
 

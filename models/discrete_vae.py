@@ -197,15 +197,36 @@ class GumbelSoftmaxVAE(PyroModule):
         return self.likelihood(self.decoder(z.flatten(-2)))
 
     # ------------------------------------------------------------------- Pyro program
-    def model(self, x: Tensor) -> None:
-        """The generative model: ``z ~ p(z)``, ``x ~ p(x | z)``, observed at ``x``."""
-        x = self._check(x)
-        with pyro.plate("data", x.shape[0], dim=-1):
-            z = pyro.sample("z", self.prior_distribution().expand([x.shape[0]]))
-            pyro.sample("x", self.decoder_distribution(z), obs=x)
+    def model(self, x: Tensor | None = None, n: int = 1) -> Tensor:
+        """The generative model: ``z ~ p(z)``, ``x ~ p(x | z)`` in ``pyro.plate("data")``;
+        the decoder is registered with ``pyro.module`` (plain ``pyro.infer.SVI`` trains it).
 
-    def guide(self, x: Tensor) -> None:
-        """The amortized posterior ``z ~ q(z | x)`` at the current temperature."""
+        Args:
+            x: observed data ``(N, *shape)``; ``None`` generates ``n`` examples (so
+                ``pyro.infer.Predictive(vae.model, num_samples=S)()`` draws from the model,
+                relaxed latents at the current temperature, or one-hot ones with
+                ``kl="categorical"``).
+            n: examples to generate when ``x`` is None.
+
+        Returns:
+            ``x`` (observed), or the generated draw ``(n, *shape)``.
+        """
+        if x is not None:
+            x = self._check(x)
+            n = x.shape[0]
+        elif isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n: expected a positive int, got {n!r}.")
+        pyro.module("decoder", self.decoder)
+        pyro.module("likelihood", self.likelihood)
+        with pyro.plate("data", n, dim=-1):
+            z = pyro.sample("z", self.prior_distribution().expand([n]))
+            return pyro.sample("x", self.decoder_distribution(z.to(self.temperature.dtype)),
+                               obs=x)
+
+    def guide(self, x: Tensor, n: int = 1) -> None:
+        """The amortized posterior ``z ~ q(z | x)`` at the current temperature (``n`` is the
+        model's, unused here); the encoder is registered with ``pyro.module``."""
+        pyro.module("encoder", self.encoder)
         q = self.posterior(x)
         with pyro.plate("data", x.shape[0], dim=-1):
             pyro.sample("z", q)

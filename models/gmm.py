@@ -257,17 +257,38 @@ class GaussianMixtureModel(PyroModule):
         return history
 
     # --------------------------------------------------------------- Pyro program
-    def model(self, x: Tensor) -> None:
-        """``c ~ Cat(pi)``, ``x ~ N(mu_c, Sigma_c)`` observed, in a plate over the batch."""
-        x = self._check(x)
-        tril, loc = self.scale_tril(), self.loc
-        with pyro.plate("data", x.shape[0], dim=-1):
-            c = pyro.sample("c", dist.Categorical(logits=self.logits, validate_args=False))
-            pyro.sample("x", dist.MultivariateNormal(loc[c], scale_tril=tril[c],
-                                                     validate_args=False), obs=x)
+    def model(self, x: Tensor | None = None, n: int = 1) -> Tensor:
+        """``c ~ Cat(pi)``, ``x ~ N(mu_c, Sigma_c)`` in a plate over the batch; the mixture's
+        trainable tensors are ``pyro.param`` sites (plain ``pyro.infer.SVI`` with
+        ``TraceEnum_ELBO`` trains them).
 
-    def guide(self, x: Tensor) -> None:
-        """Amortized ``q(c | x) = Cat(softmax(encoder(x)))``, enumerated in parallel."""
+        Args:
+            x: observed points ``(N, D)``; ``None`` generates ``n`` points (so
+                ``pyro.infer.Predictive(gmm.model, num_samples=S)()`` draws from the mixture).
+            n: points to generate when ``x`` is None.
+
+        Returns:
+            ``x`` (observed), or the generated points ``(n, D)``.
+        """
+        if x is not None:
+            x = self._check(x)
+            n = x.shape[0]
+        elif isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n: expected a positive int, got {n!r}.")
+        for name in ("logits", "loc", "log_diag", "lower"):
+            value = getattr(self, name)
+            if value.requires_grad:
+                pyro.param(name, value)
+        tril, loc = self.scale_tril(), self.loc
+        with pyro.plate("data", n, dim=-1):
+            c = pyro.sample("c", dist.Categorical(logits=self.logits, validate_args=False))
+            return pyro.sample("x", dist.MultivariateNormal(loc[c], scale_tril=tril[c],
+                                                            validate_args=False), obs=x)
+
+    def guide(self, x: Tensor, n: int = 1) -> None:
+        """Amortized ``q(c | x) = Cat(softmax(encoder(x)))``, enumerated in parallel (``n``
+        is the model's, unused here); the encoder is registered with ``pyro.module``."""
+        pyro.module("encoder", self.encoder)
         logits = self.encoder(self._check(x))
         with pyro.plate("data", x.shape[0], dim=-1):
             pyro.sample("c", dist.Categorical(logits=logits, validate_args=False),

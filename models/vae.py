@@ -24,8 +24,12 @@ Stable API (other latent-variable models build on it; the building blocks live i
   ``traverse``, ``encode``, ``decode``, ``posterior``, ``prior_distribution`` and
   ``log_likelihood`` (importance sampling, :mod:`probgen.latent`).
 
-The networks are plain ``nn.Module``\ s inside the ``PyroModule``, so no parameter goes
-through Pyro's global parameter store: the trainer optimizes ``vae.parameters()``.
+``model`` and ``guide`` register their networks with ``pyro.module``, the standard Pyro way,
+so plain ``pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam(...), Trace_ELBO())`` trains
+every parameter, and ``model(None, n=...)`` generates (``pyro.infer.Predictive`` works).
+:class:`probgen.inference.ELBO` runs them in a private parameter-store scope, so training
+with ``fit`` leaves Pyro's global parameter store untouched (the trainer optimizes
+``vae.parameters()``).
 """
 
 from __future__ import annotations
@@ -213,16 +217,40 @@ class VAE(PyroModule):
         return self.likelihood(self.decoder(z))
 
     # ------------------------------------------------------------------- Pyro program
-    def model(self, x: Tensor) -> None:
-        """The generative model: ``z ~ p(z)``, ``x ~ p(x | z)``, observed at ``x``."""
-        x = self._check(x)
-        prior = self.prior_distribution()
-        with pyro.plate("data", x.shape[0], dim=-1):
-            z = pyro.sample("z", prior)
-            pyro.sample("x", self.decoder_distribution(z), obs=x)
+    def _register(self, *names: str) -> None:
+        """Registers the named networks with Pyro (``pyro.module``), so that plain
+        ``pyro.infer.SVI`` finds and trains their parameters."""
+        for name in names:
+            module = getattr(self, name)
+            if module is not None:
+                pyro.module(name, module)
 
-    def guide(self, x: Tensor) -> None:
-        """The amortized posterior ``z ~ q(z | x)``."""
+    def model(self, x: Tensor | None = None, n: int = 1) -> Tensor:
+        """The generative model: ``z ~ p(z)``, ``x ~ p(x | z)`` in ``pyro.plate("data")``.
+
+        Args:
+            x: observed data ``(N, *shape)``; ``None`` generates ``n`` examples (so
+                ``pyro.infer.Predictive(vae.model, num_samples=S)()`` draws from the model).
+            n: examples to generate when ``x`` is None.
+
+        Returns:
+            ``x`` (observed), or the generated draw ``(n, *shape)``.
+        """
+        if x is not None:
+            x = self._check(x)
+            n = x.shape[0]
+        else:
+            _positive(n=n)
+        self._register("decoder", "likelihood", "prior",
+                       *(("encoder",) if self.prior_kind == "vamp" else ()))
+        prior = self.prior_distribution()
+        with pyro.plate("data", n, dim=-1):
+            z = pyro.sample("z", prior)
+            return pyro.sample("x", self.decoder_distribution(z), obs=x)
+
+    def guide(self, x: Tensor, n: int = 1) -> None:
+        """The amortized posterior ``z ~ q(z | x)`` (``n`` is the model's, unused here)."""
+        self._register("encoder", "flow")
         q = self.posterior(x)
         with pyro.plate("data", x.shape[0], dim=-1):
             pyro.sample("z", q)
@@ -297,10 +325,12 @@ class VAE(PyroModule):
                        generator: torch.Generator | None = None) -> Tensor:
         """Importance-sampled :math:`\\log p(x)` per example (nats), ``(N,)``, the particles
         drawn from ``generator`` when given; see
-        :func:`probgen.latent.importance_log_likelihood`."""
-        return importance_log_likelihood(self.model, self.guide, self._check(x),
-                                         num_samples=num_samples, chunk_size=chunk_size,
-                                         generator=generator)
+        :func:`probgen.latent.importance_log_likelihood` (run in a private parameter-store
+        scope: Pyro's global store is left as it was)."""
+        with pyro.get_param_store().scope():
+            return importance_log_likelihood(self.model, self.guide, self._check(x),
+                                             num_samples=num_samples, chunk_size=chunk_size,
+                                             generator=generator)
 
     def extra_repr(self) -> str:  # noqa: D102
         return (f"shape={self.shape}, latent_features={self.latent_features}, "

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pyro.distributions import TorchDistribution
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 from torchdiffeq import odeint, odeint_adjoint
@@ -197,9 +198,13 @@ def odeint_field(
                   options=dict(options) if options else None)
 
 
-class ContinuousFlow(Distribution):
+class ContinuousFlow(TorchDistribution):
     r"""Creates the distribution of :math:`x_1` where :math:`\dot x_t = v(x_t, t)` and
     :math:`x_{t_0}` follows ``base``.
+
+    A Pyro distribution (``TorchDistribution``): the distribution of an observed or a latent
+    ``pyro.sample`` site (plain execution, ``Predictive``, every poutine handler, NUTS),
+    with torch's batch-shape rules for ``expand``.
 
     ``sample`` draws from ``base`` and solves the ODE from ``t0`` to ``t1`` (base -> data);
     ``log_prob`` solves the augmented ODE :math:`[x, \ell]`, :math:`\dot\ell =
@@ -386,10 +391,13 @@ class ContinuousFlow(Distribution):
         event = tuple(self.event_shape)
         x = check_tensor(x, "x", event_shape=event)
         leading = x.shape[: x.dim() - len(event)]
+        # torch's rule: points broadcast against the batch shape (and the context's)
+        full = torch.broadcast_shapes(leading, self.batch_shape)
         if self.context is not None:
-            leading = torch.broadcast_shapes(leading, self.context.shape[:-1])
-            x = x.expand(*leading, *event)
-        return x, leading
+            full = torch.broadcast_shapes(full, self.context.shape[:-1])
+        if full != leading:
+            x = x.expand(*full, *event)
+        return x, full
 
     # ------------------------------------------------------------------------- API
     def log_prob(self, value: Tensor) -> Tensor:

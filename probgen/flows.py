@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import pyro.distributions as dist
 import torch
@@ -19,8 +20,61 @@ __all__ = ["NormalizingFlow"]
 _LOG_2PI = math.log(2 * math.pi)
 
 
+class _TransformHolder(nn.Module):
+    """Holds a torch ``Transform`` that is not an ``nn.Module`` (e.g. Pyro's ``Permute``) in
+    a flow's module list: its tensors are buffers (saved in ``state_dict``) and follow
+    ``.to(device)`` / ``.double()``."""
+
+    def __init__(self, transform: Transform) -> None:
+        super().__init__()
+        self.transform = transform
+        for name, value in vars(transform).items():
+            if isinstance(value, Tensor):
+                self.register_buffer(name, value)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> _TransformHolder:
+        super()._apply(fn, recurse)
+        state = vars(self.transform)
+        for name, value in list(state.items()):
+            if name in self._buffers:
+                state[name] = self._buffers[name]
+            elif isinstance(value, Tensor):  # a lazily computed tensor (e.g. an inverse)
+                state[name] = fn(value)
+        return self
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        # a lazily computed tensor (e.g. Permute's inverse) belongs to the old values
+        state = vars(self.transform)
+        for name in [n for n, v in state.items() if isinstance(v, Tensor)
+                     and n not in self._buffers]:
+            del state[name]
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return repr(self.transform)
+
+
+def _as_module(t: nn.Module | Transform) -> nn.Module:
+    if isinstance(t, nn.Module):
+        return t
+    if isinstance(t, Transform):
+        return _TransformHolder(t)
+    raise TypeError(f"transforms: expected torch Transforms or Pyro TransformModules, got "
+                    f"{type(t).__name__}.")
+
+
+def _unwrap(t: nn.Module) -> Any:
+    return t.transform if isinstance(t, _TransformHolder) else t
+
+
 def _is_conditional(t: nn.Module) -> bool:
     return isinstance(t, ConditionalTransformModule) or bool(getattr(t, "context", 0))
+
+
+def _sum_rightmost(value: Tensor, dims: int) -> Tensor:
+    """Sums the ``dims`` rightmost dimensions (as many as ``value`` has)."""
+    k = min(dims, value.dim())
+    return value.sum(tuple(range(-k, 0))) if k > 0 else value
 
 
 def _reduce(ladj: Tensor, batch_dims: int) -> Tensor:
@@ -31,8 +85,10 @@ def _reduce(ladj: Tensor, batch_dims: int) -> Tensor:
 class NormalizingFlow(nn.Module):
     r"""Creates a normalizing flow: transforms applied to a standard-normal base.
 
-    ``transforms`` are Pyro ``TransformModule``\ s (or conditional modules), listed in the
-    base -> data direction, so :math:`x = T_K \circ \dots \circ T_1(z)` with
+    ``transforms`` are Pyro ``TransformModule``\ s (or conditional modules) or plain torch
+    ``Transform``\ s such as Pyro's ``Permute`` (held so that their tensors move with the
+    module and are saved in ``state_dict``), listed in the base -> data direction, so
+    :math:`x = T_K \circ \dots \circ T_1(z)` with
     :math:`z \sim \mathcal N(0, I)` and
     :math:`\log q(x) = \log \mathcal N(z) - \sum_k \log|\det J_{T_k}|`.
     The base's loc and scale are buffers, so ``.to(device)`` / ``.double()`` move everything.
@@ -58,7 +114,7 @@ class NormalizingFlow(nn.Module):
         context: int = 0,
     ) -> None:
         super().__init__()
-        self.transforms = nn.ModuleList(transforms)
+        self.transforms = nn.ModuleList([_as_module(t) for t in transforms])
         self._event_shape = torch.Size(event_shape)
         base = torch.Size(base_shape if base_shape is not None else event_shape)
         self.register_buffer("base_loc", torch.zeros(base))
@@ -92,7 +148,8 @@ class NormalizingFlow(nn.Module):
         if cached is None or cached[0] is not self.transforms or cached[1] != len(self.transforms):
             # The module tree is walked once (not on every call), and again only when the
             # transform list is replaced or changes length.
-            found = [m for m in self.modules() if isinstance(m, Transform) and m._cache_size]
+            found = [_unwrap(m) for m in self.modules()]
+            found = [m for m in found if isinstance(m, Transform) and m._cache_size]
             cached = (self.transforms, len(self.transforms), found)
             self.__dict__["_cached_transforms"] = cached
         for m in cached[2]:
@@ -100,7 +157,8 @@ class NormalizingFlow(nn.Module):
 
     def _transforms(self, context: Tensor | None) -> list[Transform]:
         self._reset_caches()
-        return [t.condition(context) if _is_conditional(t) else t for t in self.transforms]
+        return [t.condition(context) if _is_conditional(t) else _unwrap(t)
+                for t in self.transforms]
 
     def _base(self) -> dist.Distribution:
         normal = dist.Normal(self.base_loc, self.base_scale, validate_args=False)
@@ -126,7 +184,11 @@ class NormalizingFlow(nn.Module):
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Log-density of ``x``, shape ``(*batch, *event_shape)`` -> ``(*batch,)``.
 
-        One pass in the normalising direction (data -> base), for MAF, couplings, etc.
+        Pyro's ``TransformedDistribution.log_prob`` (one pass in the normalising direction,
+        data -> base), so any Pyro or torch transform composes (e.g. Pyro's ``BatchNorm``,
+        whose log|det J| has no batch dimensions, or ``Permute``). When every transform is
+        one of probgen's (which give ``x`` and log|det J| in one call), a fused loop computes
+        the same numbers with less bookkeeping.
 
         Raises:
             TypeError: ``x`` is not a floating tensor.
@@ -134,11 +196,15 @@ class NormalizingFlow(nn.Module):
         """
         x = check_tensor(x, "x", event_shape=tuple(self._event_shape))
         context = self._check_context(context)
+        transforms = self._transforms(context)
+        if not all(isinstance(t, _CachedLadjMixin) for t in transforms):
+            return dist.TransformedDistribution(self._base(), transforms,
+                                                validate_args=False).log_prob(x)
         batch = x.dim() - len(self._event_shape)
         total = x.new_zeros(x.shape[:batch])
         y = x
-        for t in reversed(self._transforms(context)):
-            y, ladj = _inverse_and_ladj(t, y)
+        for t in reversed(transforms):
+            y, ladj = t._bwd(y)
             total = total - _reduce(ladj, batch)
         return total + self._base_log_prob(y)
 
@@ -166,10 +232,12 @@ class NormalizingFlow(nn.Module):
         with drawing_from(generator):
             z = self._base().rsample(shape)
         total = self._base_log_prob(z)
-        batch = len(shape)
+        event_dim = self.base_loc.dim()
         for t in self._transforms(context):
             z, ladj = _forward_and_ladj(t, z)
-            total = total - _reduce(ladj, batch)
+            # as TransformedDistribution does: sum the event dimensions t leaves in ladj
+            total = total - _sum_rightmost(ladj, event_dim - t.domain.event_dim)
+            event_dim += t.codomain.event_dim - t.domain.event_dim
         return z, total
 
     def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None, *,
@@ -199,15 +267,6 @@ class NormalizingFlow(nn.Module):
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"event_shape={tuple(self._event_shape)}, context={self.context}"
-
-
-def _inverse_and_ladj(t: Transform, y: Tensor) -> tuple[Tensor, Tensor]:
-    """``(t^{-1}(y), log|det J_t|)``; probgen's transforms give both in one call, skipping
-    Pyro's per-call cache bookkeeping (a measurable share of a small flow's step)."""
-    if isinstance(t, _CachedLadjMixin):
-        return t._bwd(y)
-    x = t.inv(y)
-    return x, t.log_abs_det_jacobian(x, y)
 
 
 def _forward_and_ladj(t: Transform, x: Tensor) -> tuple[Tensor, Tensor]:
