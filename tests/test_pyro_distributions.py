@@ -207,3 +207,32 @@ def test_nuts_with_a_flow_prior_reproduces_the_grid_posterior():
     # Monte Carlo tolerance: a few standard errors of a few hundred correlated draws (a
     # 3000-draw chain agrees with the grid to 0.03)
     assert torch.allclose(torch.cov(z.T), cov, atol=0.15)
+
+
+@pytest.mark.parametrize("make", ["ddpm", "sde", "fm"])
+def test_dynamical_models_are_latent_sites_through_their_probability_flow(make):
+    """DDPM (through its probability-flow ODE), a score SDE and flow matching: the
+    distribution of each is a Pyro site whose trace density is the model's own log_prob plus
+    the likelihood's, and Predictive draws from it."""
+    from probgen.models import VectorDDPM, VectorFlowMatching, VectorScoreSDE
+
+    torch.manual_seed(0)
+    model = {"ddpm": lambda: VectorDDPM(2, num_steps=20, hidden_features=[16]),
+             "sde": lambda: VectorScoreSDE(2, hidden_features=[16]),
+             "fm": lambda: VectorFlowMatching(2, hidden_features=[16])}[make]().double()
+    prior = model.distribution(rtol=1e-5, atol=1e-5)
+    assert isinstance(prior, dist.TorchDistribution)
+    y = torch.tensor([0.3, -0.2], dtype=torch.float64)
+
+    def program():
+        z = pyro.sample("z", prior)
+        pyro.sample("y", dist.Normal(z, 0.5).to_event(1), obs=y)
+        return z
+
+    trace = poutine.trace(program).get_trace()
+    z = trace.nodes["z"]["value"]
+    own = model.log_prob(z.unsqueeze(0), rtol=1e-5, atol=1e-5)[0]
+    likelihood = dist.Normal(z, 0.5).to_event(1).log_prob(y)
+    assert torch.allclose(trace.log_prob_sum(), own + likelihood, atol=1e-3)
+    draws = Predictive(program, num_samples=3)()["z"]
+    assert draws.shape == (3, 2) and torch.isfinite(draws).all()
