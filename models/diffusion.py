@@ -264,8 +264,9 @@ class DDPM(DiffusionModel):
         parametrization: ``"eps"``, ``"x0"`` or ``"v"``.
         variance: ``"fixed_large"``, ``"fixed_small"`` or ``"learned_range"``.
         num_classes: for class-conditional models (classifier-free guidance).
-        base_channels, channel_mults, num_res_blocks, attention_levels, attention_heads,
-            dropout, groups: the U-Net's (see :class:`probgen.nn.UNet`).
+        base_channels, channel_mults, num_res_blocks: the U-Net's widths and depth;
+            attention_levels, attention_heads, dropout, groups: its attention, dropout
+            and GroupNorm (see :class:`probgen.nn.UNet`).
 
     Example:
         >>> model = DDPM((1, 8, 8), num_steps=10, base_channels=8)

@@ -186,8 +186,9 @@ class ImageFlowMatching(FlowMatching):
         path, sigma_min, beta_min, beta_max, sigma_max, eps: the path, as
             :class:`VectorFlowMatching`.
         num_classes: for class-conditional fields.
-        base_channels, channel_mults, num_res_blocks, attention_levels, attention_heads,
-            dropout, groups: the U-Net's (see :class:`probgen.nn.UNet`).
+        base_channels, channel_mults, num_res_blocks: the U-Net's widths and depth;
+            attention_levels, attention_heads, dropout, groups: its attention, dropout
+            and GroupNorm (see :class:`probgen.nn.UNet`).
         rtol: default tolerances of adaptive solvers; atol: likewise.
     """
 

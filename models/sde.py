@@ -248,8 +248,9 @@ class ImageScoreSDE(ScoreSDE):
         sigma_min: VE :math:`\sigma_\min`; sigma_max: :math:`\sigma_\max`.
         parametrization: ``"eps"`` or ``"score"``.
         num_classes: for class-conditional models.
-        base_channels, channel_mults, num_res_blocks, attention_levels, attention_heads,
-            dropout, groups: the U-Net's (see :class:`probgen.nn.UNet`).
+        base_channels, channel_mults, num_res_blocks: the U-Net's widths and depth;
+            attention_levels, attention_heads, dropout, groups: its attention, dropout
+            and GroupNorm (see :class:`probgen.nn.UNet`).
         sample_eps: samplers stop at ``1 - sample_eps``; likelihood_eps: likelihoods at
             ``1 - likelihood_eps``.
     """

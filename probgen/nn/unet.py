@@ -224,8 +224,8 @@ class UNetClassifier(nn.Module):
     Args:
         shape: the image shape ``(C, H, W)``.
         num_classes: number of classes K.
-        base_channels, channel_mults, num_res_blocks, attention_levels, attention_heads,
-            dropout, groups, time_scale: as in :class:`UNet`.
+        base_channels, channel_mults, num_res_blocks: as in :class:`UNet`;
+            attention_levels, attention_heads, dropout, groups, time_scale: likewise.
 
     Shapes:
         ``x``: ``(batch, C, H, W)``; ``t``: ``(batch,)`` or a scalar; output ``(batch, K)``.
