@@ -326,3 +326,19 @@ def test_image_run_sample_grid_is_readable(monkeypatch, tmp_path):
         _check_readable(name, fig)
     grid = figures["samples.png"]
     assert grid.axes[0].images and min(grid.get_size_inches()) >= 5.0
+
+
+def test_progress_modes():
+    import io
+
+    from probgen.progress import Progress
+
+    assert Progress(True, io.StringIO()).mode == "plain"  # not a terminal
+    assert Progress(False).mode == "off"
+    silent = io.StringIO()
+    with Progress("off", silent).stage("evaluate") as stage:
+        stage.update(3)
+    assert silent.getvalue() == ""
+    with pytest.raises(ValueError, match=r"progress: expected one of \['auto', 'bar', 'plain', "
+                                         r"'off'\] or a bool, got 'loud'"):
+        Progress("loud")
