@@ -671,7 +671,8 @@ def fit_run(
     run = _run_folder(config, out_dir, default_name)
     dev = check_device(device if device is not None
                        else config["train"].get("device", "cpu"))
-    reporter = Progress(progress)
+    # Under torchrun only rank 0 reports (as only it draws the training bar).
+    reporter = Progress(progress if int(os.environ.get("RANK", "0")) == 0 else False)
     set_threads(config)
     torch.manual_seed(seed)
     data = build_data(config, seed=seed)
