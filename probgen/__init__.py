@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
-__all__ = ["__version__", "models", "inference"]
+__all__ = ["__version__", "models", "inference", "load"]
 
 __version__ = "0.1.0"
+
+
+def load(run_dir: str | os.PathLike, *, device: str = "cpu") -> Any:
+    """Loads a trained run from its folder: a named tuple ``(model, config, history)``.
+
+    The model gets the checkpoint's weights (the EMA weights where the run kept an EMA, as
+    evaluation uses) without loading the data set; see :func:`probgen.experiment.load`.
+
+    Example:
+        >>> model, config, history = probgen.load("runs/moons")  # doctest: +SKIP
+        >>> model.log_prob(torch.zeros(1, 2))  # doctest: +SKIP
+    """
+    from probgen import experiment
+
+    return experiment.load(run_dir, device=device)
 
 
 def __getattr__(name: str) -> Any:

@@ -22,6 +22,20 @@ def _threads(parser: argparse.ArgumentParser) -> None:
              "one per physical core, or OMP_NUM_THREADS)")
 
 
+def _device(parser: argparse.ArgumentParser, default: str | None) -> None:
+    where = "the run's [train] device, else cpu" if default is None else default
+    parser.add_argument(
+        "--device", default=default, metavar="DEVICE",
+        help=f"where the model runs: cpu, cuda or cuda:N (default: {where}); an error when "
+             "the device is not available")
+
+
+def _quiet(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--quiet", action="store_true",
+        help=f"no progress ({what}; on a terminal a bar, in a pipe one line per stage)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Builds the argument parser of the ``probgen`` command."""
     parser = argparse.ArgumentParser(
@@ -46,15 +60,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--resume", action="store_true",
                      help="continue from the run folder's checkpoint (an error if it has none)")
-    fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    _quiet(fit, "training, evaluation, sampling, figures")
     _threads(fit)
+    _device(fit, None)
 
-    sample = sub.add_parser("sample", help="draw samples from a trained run")
+    sample = sub.add_parser(
+        "sample", help="draw samples from a trained run, in pixel space",
+        description="Draws samples and writes them in the data's own space (the data "
+                    "preprocessing undone): png, an image grid (images) or a scatter (2-D "
+                    "points); pt (torch.save of one tensor) or npz (numpy.savez, array "
+                    "'samples'): images as uint8 (N, C, H, W) with the data set's pixel "
+                    "values (0..255 for MNIST, 0..16 for the 8x8 digits), points as float32 "
+                    "(N, D).")
     sample.add_argument("run", help="run folder written by `probgen fit`")
     sample.add_argument("--n", type=int, default=64, help="number of samples")
-    sample.add_argument("--out", default=None, help="output file (.png figure or .pt tensor)")
+    sample.add_argument("--format", default=None, choices=("png", "pt", "npz"),
+                        help="what to write (default: the suffix of --out, else png)")
+    sample.add_argument("--out", default=None,
+                        help="output file (default: RUN/samples_<n>.<format>)")
     sample.add_argument("--seed", type=int, default=0)
+    _quiet(sample, "sampling, writing")
     _threads(sample)
+    _device(sample, "cpu")
 
     ev = sub.add_parser("eval", help="evaluate a trained run on its held-out data")
     ev.add_argument("run", help="run folder written by `probgen fit`")
@@ -64,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "feature space, e.g. 'FID (probgen MNIST classifier)')")
     ev.add_argument("--num-samples", type=int, default=None,
                     help="samples per set for --metrics (default: held-out size, <= 10000)")
+    _quiet(ev, "evaluation, sample metrics")
     _threads(ev)
+    _device(ev, "cpu")
 
     sub.add_parser("list", help="list the built-in presets, grouped by model family")
     return parser
@@ -111,17 +140,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress=not args.quiet,
                 default_name=args.config,
                 interruptible=True,
+                device=args.device,
             )
             print(json.dumps(result, indent=2, sort_keys=True))
             return 0
         if args.command == "sample":
             path = experiment.sample_run(args.run, n=args.n, out=args.out, seed=args.seed,
-                                         threads=args.threads)
+                                         threads=args.threads, format=args.format,
+                                         device=args.device, progress=not args.quiet)
             print(path)
             return 0
         if args.command == "eval":
             result = experiment.eval_run(args.run, args.metrics, num_samples=args.num_samples,
-                                         threads=args.threads)
+                                         threads=args.threads, device=args.device,
+                                         progress=not args.quiet)
             print(json.dumps(result, indent=2, sort_keys=True))
             return 0
     except (ConfigError, FileNotFoundError, ValueError, TypeError) as e:

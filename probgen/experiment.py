@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import json
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -22,11 +24,13 @@ from probgen.config import (
     did_you_mean,
     dump_toml,
 )
-from probgen.utils import atomic_torch_save, atomic_write_text
+from probgen.progress import Progress
+from probgen.utils import atomic_torch_save, atomic_write_bytes, atomic_write_text
 
 __all__ = ["DataBundle", "build_data", "build_model", "build_objective", "build_sampler",
            "fit_run", "load_run", "eval_run", "sample_run", "set_threads", "FAMILIES",
-           "presets_by_family"]
+           "presets_by_family", "describe_data", "load", "LoadedRun", "check_device",
+           "SAMPLE_FORMATS"]
 
 # Score matching (no density: figures and sample metrics come from a Langevin sampler, see
 # build_sampler): each name with the [objective] keys it accepts.
@@ -152,16 +156,26 @@ def _image_preprocess(
 
 class _DiscretePixels:
     """The preprocess of discrete data: pixels go to the model as they are (no ladj, no
-    dequantization); ``to_unit`` scales them to [0, 1] for figures."""
+    dequantization); ``to_unit`` scales them to [0, 1] for figures and ``to_discrete``
+    rounds them to integer pixels, both in image shape when ``shape`` is known."""
 
-    def __init__(self, values: int) -> None:
+    def __init__(self, values: int, shape: tuple[int, ...] | None = None) -> None:
         self.values = values
+        self.shape = shape
 
     def __call__(self, x: Tensor) -> Tensor:
         return x
 
+    def _unflatten(self, y: Tensor) -> Tensor:
+        if y.dim() == 2 and self.shape is not None and len(self.shape) > 1:
+            return y.reshape(y.shape[0], *self.shape)
+        return y
+
     def to_unit(self, y: Tensor) -> Tensor:
-        return y / (self.values - 1)
+        return self._unflatten(y) / (self.values - 1)
+
+    def to_discrete(self, y: Tensor) -> Tensor:
+        return self._unflatten(y).round().clamp(0, self.values - 1).long()
 
 
 class _DynamicBinarized:
@@ -186,15 +200,15 @@ def _discrete_data(name: str, kind: str, train: Tensor, test: Tensor, levels: in
     train, test = train.reshape(-1, *event), test.reshape(-1, *event)
     if kind == "discrete":
         return DataBundle(name, "image", train.float(), test.float(), event,
-                          _DiscretePixels(levels))
+                          _DiscretePixels(levels, shape))
     threshold = (levels - 1) / 2  # MNIST: x >= 127.5, i.e. the usual threshold 128
     if kind == "binarize":
         return DataBundle(name, "image", pdata.binarize(train, threshold),
-                          pdata.binarize(test, threshold), event, _DiscretePixels(2))
+                          pdata.binarize(test, threshold), event, _DiscretePixels(2, shape))
     fixed = torch.Generator().manual_seed(0)  # one test binarization for every run
     held_out = pdata.dynamic_binarize(test.float() / (levels - 1), generator=fixed)
     return DataBundle(name, "image", _DynamicBinarized(train, levels), held_out, event,
-                      _DiscretePixels(2))
+                      _DiscretePixels(2, shape))
 
 
 def _with_labels(bundle: DataBundle, train_y: Tensor, test_y: Tensor) -> DataBundle:
@@ -278,6 +292,45 @@ def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
     allowed = sorted([*pdata.TOY_NAMES, "two_modes", "digits", "mnist"])
     raise ConfigError(f"[data] name {name!r} is unknown; allowed: {allowed}."
                       + did_you_mean(name, allowed))
+
+
+#: The image data sets: image shape, pixel levels and number of classes, known without
+#: loading them (so a trained run can be rebuilt from its folder alone).
+_IMAGE_SETS: dict[str, tuple[tuple[int, ...], int, int]] = {
+    "digits": ((1, 8, 8), 17, 10),
+    "mnist": ((1, 28, 28), 256, 10),
+}
+
+
+def describe_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
+    """What a run's model and objective need to know of its data, without loading it.
+
+    For image data (``digits``, ``mnist``) the bundle has ``train = eval = None`` and the
+    event shape, preprocess and number of classes that :func:`build_data` would give; toy
+    and target densities are generated (no file is read), so their full bundle is returned.
+
+    Raises:
+        ConfigError: a bad ``[data]`` table (as :func:`build_data`).
+    """
+    table = config.get("data", {})
+    name = table.get("name")
+    if _objective_name(config) == "reverse_kl" or name not in _IMAGE_SETS:
+        return build_data(config, seed=seed)
+    shape, levels, classes = _IMAGE_SETS[name]
+    if "eval_size" in table:
+        raise ConfigError("[data] eval_size applies to toy data only (images use the test split).")
+    kind = table.get("preprocess", "logit")
+    if kind not in _PREPROCESS:
+        raise ConfigError(f"[data] preprocess must be one of {list(_PREPROCESS)}, got {kind!r}."
+                          + did_you_mean(kind, _PREPROCESS))
+    flatten = bool(table.get("flatten", False))
+    event = (math.prod(shape),) if flatten else shape
+    if kind in _DISCRETE:
+        pre: Any = _DiscretePixels(levels if kind == "discrete" else 2, shape)
+    else:
+        pre = _image_preprocess(levels, kind, float(table.get("alpha", 0.05)), flatten, shape)
+    num_classes = classes if table.get("labels", False) else None
+    return DataBundle(name, "image", None, None, event, pre, num_classes)
 
 
 def build_model(config: dict[str, Any], data: DataBundle) -> nn.Module:
@@ -436,8 +489,15 @@ def _check_resumable(run: Path, objective: nn.Module, config: dict[str, Any]) ->
                           "EMA to continue; remove ema_decay or start a new run.")
 
 
-def _evaluate(objective: nn.Module, model: nn.Module, data: DataBundle, config: dict) -> dict:
-    """Held-out metrics: NLL (nats) and bits/dim for images; KL for reverse-KL runs."""
+def _evaluate(objective: nn.Module, model: nn.Module, data: DataBundle, config: dict,
+              device: torch.device | None = None, progress: Progress | None = None) -> dict:
+    """Held-out metrics: NLL (nats) and bits/dim for images; KL for reverse-KL runs.
+
+    Batches are moved to ``device`` (CPU by default); ``progress`` reports the stage."""
+    from probgen.inference.batches import to_device
+
+    device = torch.device("cpu") if device is None else device
+    progress = Progress("off") if progress is None else progress
     table = config.get("eval", {})
     out: dict[str, float] = {}
     # The objective too: objectives that count training passes (annealing schedules) or
@@ -449,22 +509,26 @@ def _evaluate(objective: nn.Module, model: nn.Module, data: DataBundle, config: 
         if data.kind == "none":
             # KL(q || p~) = E_q[log q - log p~] = KL(q || p) - log Z, over num_samples draws.
             n, total = int(table.get("num_samples", 20000)), 0.0
-            for start in range(0, n, batch_size):
-                m = min(batch_size, n - start)
-                total += float(objective(m)["kl"]) * m
+            with progress.stage("evaluate", n, "samples") as stage:
+                for start in range(0, n, batch_size):
+                    m = min(batch_size, n - start)
+                    total += float(objective(m)["kl"]) * m
+                    stage.update(m)
             out["test/kl_unnormalized"] = total / n
             return out
         held_out = _held_out(data, config)
         sums: dict[str, float] = {}
         count = 0
         total = _length(held_out)
-        for start in range(0, total, batch_size):
-            batch = _rows(held_out, start, start + batch_size)
-            m = _length(batch)
-            stats = objective(batch)
-            for key, value in stats.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * m
-            count += m
+        with progress.stage("evaluate", total, "examples") as stage:
+            for start in range(0, total, batch_size):
+                batch = _rows(held_out, start, start + batch_size)
+                m = _length(batch)
+                stats = objective(to_device(batch, device))
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0.0) + float(value) * m
+                count += m
+                stage.update(m)
         out = {f"test/{k}": v / count for k, v in sums.items() if k != "loss"}
     return out
 
@@ -489,36 +553,85 @@ def _held_out(data: DataBundle, config: dict) -> Any:
     return _rows(data.eval, 0, int(table["num_samples"]))
 
 
-def _write_figures(model: nn.Module, data: DataBundle, config: dict, run: Path,
-                   samples: Tensor | None = None) -> list[str]:
+def _figure_count(model: Any, data: DataBundle, run: Path) -> int:
+    two_d = data.kind != "image" and callable(getattr(model, "log_prob", None))
+    return 1 + int(two_d) + int((run / "metrics.jsonl").exists())
+
+
+def _write_figures(model: Any, data: DataBundle, config: dict, run: Path,
+                   samples: Tensor | None = None, progress: Progress | None = None,
+                   device: torch.device | None = None) -> list[str]:
+    """Writes the run folder's figures: ``samples.png``, ``density.png`` (2-D data with a
+    density) and ``curves.png`` (grouped by quantity); returns their names."""
     from probgen import plots
 
+    progress = Progress("off") if progress is None else progress
+    device = torch.device("cpu") if device is None else device
     written = []
     n = int(config.get("sample", {}).get("n", 2000 if data.kind != "image" else 64))
     if samples is None:
         with torch.no_grad():
             samples = model.sample((n,))
-    if data.kind == "image":
-        images = data.preprocess.to_unit(samples).clamp(0, 1)
-        fig = plots.plot_image_grid(images, nrow=int(math.sqrt(n)) or 1)
+    samples = samples.detach().cpu()
+    model_name = config.get("model", {}).get("name", "model")
+    with progress.stage("figures", _figure_count(model, data, run), "figures") as stage:
+        if data.kind == "image":
+            fig = _sample_grid(samples, data, f"{n} samples of {model_name} ({data.name})")
+        else:
+            bound = float(config.get("eval", {}).get("bound", 4.0))
+            fig = plots.plot_samples(samples, title=f"{n} samples of {model_name} "
+                                                    f"({data.name})")
         plots.save_figure(fig, run / "samples.png")
         written.append("samples.png")
-    else:
-        bound = float(config.get("eval", {}).get("bound", 4.0))
-        resolution = int(config.get("eval", {}).get("resolution", 200))
-        fig = plots.plot_samples(samples, title=f"{n} samples")
-        plots.save_figure(fig, run / "samples.png")
-        written.append("samples.png")
-        if callable(getattr(model, "log_prob", None)):  # score models have no density
-            with torch.no_grad():
-                fig = plots.plot_density_2d(model.log_prob, (-bound, bound), resolution)
+        stage.update()
+        if data.kind != "image" and callable(getattr(model, "log_prob", None)):
+            resolution = int(config.get("eval", {}).get("resolution", 200))
+
+            def log_prob(x: Tensor) -> Tensor:
+                return model.log_prob(x.to(device)).cpu()
+
+            with torch.no_grad():  # score models have no density
+                fig = plots.plot_density_2d(log_prob, (-bound, bound), resolution,
+                                            title=f"density of {model_name} ({data.name})")
             plots.save_figure(fig, run / "density.png")
             written.append("density.png")
-    if (run / "metrics.jsonl").exists():
-        fig = plots.plot_training_curves(run / "metrics.jsonl")
-        plots.save_figure(fig, run / "curves.png")
-        written.append("curves.png")
+            stage.update()
+        if (run / "metrics.jsonl").exists():
+            fig = plots.plot_training_curves(run / "metrics.jsonl", group=True)
+            plots.save_figure(fig, run / "curves.png")
+            written.append("curves.png")
+            stage.update()
     return written
+
+
+def _sample_grid(samples: Tensor, data: DataBundle, title: str) -> Any:
+    """An image grid of model-space samples in pixel space, rows and columns numbered."""
+    from probgen import plots
+
+    pixels = to_pixels(samples, data)
+    levels = _pixel_levels(data)
+    n = pixels.shape[0]
+    return plots.plot_image_grid(pixels.double() / (levels - 1), nrow=max(1, math.isqrt(n)),
+                                 title=title, indexed=True, colorbar=pixels.shape[1] == 1)
+
+
+def _pixel_levels(data: DataBundle) -> int:
+    pre = data.preprocess
+    return int(getattr(pre, "levels", None) or getattr(pre, "values", 256))
+
+
+def to_pixels(samples: Tensor, data: DataBundle) -> Tensor:
+    """Model-space samples in the data's own space: the data preprocessing undone.
+
+    Images: ``uint8`` integer pixels of shape ``(N, C, H, W)`` (unflattened), values
+    ``0..levels-1`` as the data set stores them (0..255 for MNIST, 0..16 for the 8x8
+    digits, 0..1 for binarized data). Other data (2-D toys): the points as they are,
+    ``float32`` of shape ``(N, D)``.
+    """
+    samples = samples.detach().cpu()
+    if data.kind != "image":
+        return samples.float()
+    return data.preprocess.to_discrete(samples.float()).to(torch.uint8)
 
 
 def fit_run(
@@ -526,9 +639,10 @@ def fit_run(
     *,
     out_dir: str | Path | None = None,
     resume: bool = False,
-    progress: bool = True,
+    progress: bool | str = True,
     default_name: str = "run",
     interruptible: bool = False,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Trains the run that ``config`` declares and writes its run folder.
 
@@ -540,16 +654,25 @@ def fit_run(
     ``[eval]`` included) is checked and the model is built; with ``resume``, before the
     folder's checkpoint is found to fit the model. ``interruptible``: SIGINT and SIGTERM
     stop training after a step with a checkpoint (see :func:`probgen.inference.fit`).
+    ``progress``: a mode of :class:`probgen.progress.Progress` (``True``: a bar on a
+    terminal, one plain line per stage in a pipe; ``False``: silent). ``device``: where
+    the model is trained, evaluated and sampled (default: the run's ``[train] device``,
+    else ``"cpu"``; see :func:`check_device`).
 
     Raises:
         ConfigError: a bad key, value or combination (the message names it).
         FileNotFoundError: ``resume`` and the folder holds no checkpoint.
-        ValueError: ``resume`` and the checkpoint is unreadable or of another model.
+        ValueError: ``resume`` and the checkpoint is unreadable or of another model, or the
+            device is not available.
         probgen.inference.TrainingInterrupted: ``interruptible`` and a signal came.
     """
     _validate(config)
     seed = int(config.get("run", {}).get("seed", 0))
     run = _run_folder(config, out_dir, default_name)
+    dev = check_device(device if device is not None
+                       else config["train"].get("device", "cpu"))
+    # Under torchrun only rank 0 reports (as only it draws the training bar).
+    reporter = Progress(progress if int(os.environ.get("RANK", "0")) == 0 else False)
     set_threads(config)
     torch.manual_seed(seed)
     data = build_data(config, seed=seed)
@@ -563,24 +686,26 @@ def fit_run(
         atomic_write_text(run / "config.toml", dump_toml(config))
     train = dict(config["train"])
     batch_size = train.pop("batch_size")
-    for key in _RUNNER_TRAIN_KEYS:
+    for key in (*_RUNNER_TRAIN_KEYS, "device"):
         train.pop(key, None)
     start = time.perf_counter()
     _inference().fit(
         objective, data.train, batch_size=batch_size, out_dir=run, resume=resume,
-        progress=progress, config=config, seed=seed, interruptible=interruptible,
-        eval_data=_held_out(data, config) if "eval_every" in train else None, **train,
+        progress=reporter.bars, config=config, seed=seed, interruptible=interruptible,
+        eval_data=_held_out(data, config) if "eval_every" in train else None, device=str(dev),
+        callbacks=[reporter.fit_callback(int(train["steps"]))], **train,
     )
     seconds = time.perf_counter() - start
     if int(os.environ.get("RANK", "0")) != 0:
         # Under torchrun only rank 0 evaluates and writes; the others are done after fit.
         return {"train_seconds": seconds, "run": str(run), "files": []}
-    result = {"train_seconds": seconds, **_evaluate(objective, model, data, config)}
-    sampler, samples = build_sampler(config, model, objective, data), None
+    result = {"train_seconds": seconds,
+              **_evaluate(objective, model, data, config, dev, reporter)}
+    sampler = build_sampler(config, model, objective, data)
+    stats, samples = _sample_stats(sampler, data, config, reporter, no_grad=sampler is model)
     if sampler is not model:
-        stats, samples = _sample_stats(sampler, data, config)
         result.update(stats)
-    files = _write_figures(sampler, data, config, run, samples)
+    files = _write_figures(sampler, data, config, run, samples, reporter, dev)
     atomic_write_text(run / "eval.json", json.dumps(result, indent=2, sort_keys=True))
     return {**result, "run": str(run), "files": sorted(["config.toml", "checkpoint.pt",
                                                          "metrics.jsonl", "eval.json", *files])}
@@ -633,91 +758,256 @@ def _check_sampler_name(table: dict[str, Any], choices: tuple[str, ...] | None) 
                           + did_you_mean(name, choices))
 
 
-def _sample_stats(sampler: Any, data: DataBundle, config: dict) -> tuple[dict[str, float],
-                                                                          Tensor]:
+def _sample_stats(sampler: Any, data: DataBundle, config: dict,
+                  progress: Progress | None = None, *, no_grad: bool = False
+                  ) -> tuple[dict[str, float], Tensor]:
     """Sampling time of ``[sample] n`` draws; for mixture data, the share of each mode.
-    Returns the statistics and the samples (the run folder's figure shows them)."""
+    Returns the statistics and the samples (on the CPU; the run folder's figure shows them).
+    ``no_grad``: draw under ``torch.no_grad()`` (a model's own ``sample``; a score sampler
+    may need gradients)."""
     n = int(config.get("sample", {}).get("n", 2000 if data.kind != "image" else 64))
-    start = time.perf_counter()
-    samples = sampler.sample((n,))
-    out = {"sample/seconds": time.perf_counter() - start}
+    progress = Progress("off") if progress is None else progress
+    grad = torch.no_grad() if no_grad else contextlib.nullcontext()
+    with progress.stage("sample", n, "samples") as stage, grad:
+        start = time.perf_counter()
+        samples = sampler.sample((n,))
+        out = {"sample/seconds": time.perf_counter() - start}
+        samples = samples.detach().cpu()
+        stage.update(n)
     if callable(getattr(data.train, "assign", None)):  # a GaussianMixture
         counts = torch.bincount(data.train.assign(samples), minlength=len(data.train.weights))
         out.update({f"sample/mode_weight_{k}": float(c) / n for k, c in enumerate(counts)})
     return out, samples
 
 
-def load_run(run_dir: str | Path) -> tuple[dict, DataBundle, nn.Module, nn.Module]:
-    """Rebuilds a run's configuration, data, model and objective from its folder."""
+def load_run(run_dir: str | Path, *, with_data: bool = True, device: str = "cpu"
+             ) -> tuple[dict, DataBundle, nn.Module, nn.Module]:
+    """Rebuilds a run's configuration, data, model and objective from its folder.
+
+    The objective holds the trained weights: the EMA weights where the run kept an EMA (as
+    evaluation uses them), else the last ones. ``with_data=False`` does not load image data
+    sets (see :func:`describe_data`); ``device``: where the model and objective are moved
+    (see :func:`check_device`).
+
+    Raises:
+        FileNotFoundError: the folder, its ``config.toml`` or its ``checkpoint.pt`` is missing.
+        ValueError: an unreadable or foreign checkpoint, or one of another model.
+    """
     from probgen.config import load_config
 
     run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run} is not a complete run folder: the folder does not "
+                                "exist.")
     for needed in ("config.toml", "checkpoint.pt"):
         if not (run / needed).is_file():
-            raise FileNotFoundError(f"{run} is not a complete run folder: {needed} is missing.")
+            raise FileNotFoundError(f"{run} is not a complete run folder: {needed} is missing "
+                                    f"({str(run / needed)!r}).")
+    dev = check_device(device)
     config = load_config(run / "config.toml")
     seed = int(config.get("run", {}).get("seed", 0))
-    data = build_data(config, seed=seed)
+    data = build_data(config, seed=seed) if with_data else describe_data(config, seed=seed)
     model = build_model(config, data)
     objective = build_objective(config, model, data)
     state = _inference().load_checkpoint(run / "checkpoint.pt")
     _inference().load_objective_state(objective, state, run / "checkpoint.pt")
     if state.get("ema") is not None:
-        _inference().EMA.copy_state_to(state["ema"], objective)
+        with torch.no_grad():
+            _inference().EMA.copy_state_to(state["ema"], objective)
+    objective.to(dev)
+    objective.eval()
+    model.eval()
     return config, data, model, objective
 
 
+class LoadedRun(NamedTuple):
+    """A trained run loaded by :func:`load`.
+
+    Attributes:
+        model: the trained model (EMA weights where the run kept them), in eval mode.
+        config: the run's full configuration (its ``config.toml``).
+        history: the training and evaluation records of ``metrics.jsonl``
+            (:class:`probgen.inference.History`).
+    """
+
+    model: nn.Module
+    config: dict[str, Any]
+    history: Any
+
+
+def load(run_dir: str | Path, *, device: str = "cpu") -> LoadedRun:
+    """Loads a trained run from its folder: ``(model, config, history)``.
+
+    The model is rebuilt from ``config.toml`` and given the checkpoint's weights (the EMA
+    weights where the run kept an EMA, as evaluation uses); image data sets are not loaded.
+
+    Args:
+        run_dir: a run folder written by ``probgen fit`` (or :func:`fit_run`).
+        device: where to put the model (``"cpu"``, ``"cuda"``, ``"cuda:N"``).
+
+    Returns:
+        LoadedRun: a named tuple ``(model, config, history)``.
+
+    Raises:
+        FileNotFoundError: the folder or one of its files (``config.toml``,
+            ``checkpoint.pt``, ``metrics.jsonl``) is missing; the message names it.
+        ValueError: an unreadable or foreign checkpoint, or an unavailable device.
+    """
+    run = Path(run_dir)
+    config, _, model, _ = load_run(run, with_data=False, device=device)
+    metrics = run / "metrics.jsonl"
+    if not metrics.is_file():
+        raise FileNotFoundError(f"{run} is not a complete run folder: metrics.jsonl is missing "
+                                f"({str(metrics)!r}).")
+    inference = _inference()
+    step = int(inference.load_checkpoint(run / "checkpoint.pt")["step"])
+    records = inference.history.read_records(metrics, upto=step)
+    return LoadedRun(model, config, inference.History(records))
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """The :class:`torch.device` named by ``device``, checked to be usable here.
+
+    Accepts ``"cpu"``, ``"cuda"`` and ``"cuda:N"`` (``"auto"``: CUDA when available).
+
+    Raises:
+        ValueError: a string torch does not know, a device type other than CPU or CUDA, or a
+            CUDA device this machine does not have; the message says what is available.
+    """
+    from probgen.utils import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {str(device)!r}.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device: {str(device)!r} was asked for but this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s) (cuda:0.."
+                         f"cuda:{torch.cuda.device_count() - 1}).")
+    return dev
+
+
+class _OnCPU:
+    """A sampler whose samples come back on the CPU (held-out data and features live there)."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+
+    def sample(self, shape: tuple[int, ...] = (), generator: torch.Generator | None = None
+               ) -> Tensor:
+        if generator is None:
+            return self.sampler.sample(shape).cpu()
+        return self.sampler.sample(shape, generator=generator).cpu()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sampler, name)
+
+
 def eval_run(run_dir: str | Path, metrics: str | None = None, *,
-             num_samples: int | None = None, threads: int | None = None) -> dict[str, float]:
+             num_samples: int | None = None, threads: int | None = None,
+             device: str = "cpu", progress: bool | str = False) -> dict[str, float]:
     """Evaluates a trained run on its held-out data and rewrites its ``eval.json``.
 
     ``metrics`` (e.g. ``"fid,kid,pr"``, see ``probgen.metrics.SAMPLE_METRICS``) adds sample
     metrics of ``num_samples`` model samples against the held-out data
     (``probgen.metrics.run_sample_metrics``). ``threads``: torch's CPU threads (default:
-    the run's ``[train] threads``, else PyTorch's default).
+    the run's ``[train] threads``, else PyTorch's default). ``device``: where the model
+    runs (see :func:`check_device`). ``progress``: see :class:`probgen.progress.Progress`.
     """
-    config, data, model, objective = load_run(run_dir)
+    dev = check_device(device)
+    config, data, model, objective = load_run(run_dir, device=str(dev))
     set_threads(config, threads)
+    reporter = Progress(progress)
     seed = int(config.get("run", {}).get("seed", 0))
     torch.manual_seed(seed)
-    result = _evaluate(objective, model, data, config)
+    result = _evaluate(objective, model, data, config, dev, reporter)
     if metrics:
         from probgen.metrics import run_sample_metrics
 
-        with torch.no_grad():
-            result.update(run_sample_metrics(build_sampler(config, model, objective, data), data,
-                                             metrics, num_samples=num_samples, seed=seed))
+        sampler = _OnCPU(build_sampler(config, model, objective, data))
+        with torch.no_grad(), reporter.stage("sample metrics", None, "metrics") as stage:
+            result.update(run_sample_metrics(sampler, data, metrics, num_samples=num_samples,
+                                             seed=seed))
+            stage.update(len(metrics.split(",")))
     atomic_write_text(Path(run_dir) / "eval.json", json.dumps(result, indent=2, sort_keys=True))
     return result
 
 
+#: ``probgen sample --format``: what each writes (see :func:`sample_run`).
+SAMPLE_FORMATS = ("png", "pt", "npz")
+
+
 def sample_run(run_dir: str | Path, *, n: int = 64, out: str | Path | None = None,
-               seed: int = 0, threads: int | None = None) -> Path:
-    """Draws ``n`` samples from a trained run; writes a ``.png`` figure or a ``.pt`` tensor.
+               seed: int = 0, threads: int | None = None, format: str | None = None,
+               device: str = "cpu", progress: bool | str = False) -> Path:
+    """Draws ``n`` samples from a trained run and writes them in pixel space, atomically.
 
-    ``threads``: torch's CPU threads (default: the run's ``[train] threads``, else
-    PyTorch's default).
+    Samples are mapped back through the data preprocessing (:func:`to_pixels`):
+
+    - ``png``: images as a grid (rows and columns numbered, a colorbar for grayscale);
+      2-D points as a scatter;
+    - ``pt``: one tensor, :func:`torch.save`, loadable with ``weights_only=True``;
+    - ``npz``: :func:`numpy.savez` with one array ``samples``.
+
+    The arrays are images as ``uint8`` of shape ``(n, C, H, W)`` with the data set's
+    integer pixel values (0..255 for MNIST, 0..16 for the 8x8 digits, 0..1 binarized),
+    and other data as ``float32`` of shape ``(n, D)``. Image data sets are not loaded.
+
+    Args:
+        run_dir: the run folder.
+        n: the number of samples.
+        out: the file to write (default ``<run_dir>/samples_<n>.<format>``).
+        seed: seeds torch's global RNG before sampling.
+        threads: torch's CPU threads (default: the run's ``[train] threads``, else
+            PyTorch's default).
+        format: one of :data:`SAMPLE_FORMATS`; by default the suffix of ``out``, else png.
+        device: where the model samples (see :func:`check_device`).
+        progress: see :class:`probgen.progress.Progress`.
+
+    Returns:
+        Path: the written file.
+
+    Raises:
+        ValueError: ``n < 1``, an unknown format, or an ``out`` suffix that contradicts it.
     """
-    if n < 1:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n: expected a positive number of samples, got {n}.")
-    config, data, model, objective = load_run(run_dir)
+    suffix = Path(out).suffix.lstrip(".").lower() if out is not None else ""
+    if format is None:
+        format = suffix if suffix in SAMPLE_FORMATS else "png"
+        if out is not None and suffix not in SAMPLE_FORMATS:
+            raise ValueError(f"out: expected a path ending in one of "
+                             f"{['.' + f for f in SAMPLE_FORMATS]}, got {str(out)!r}.")
+    if format not in SAMPLE_FORMATS:
+        raise ValueError(f"format: expected one of {list(SAMPLE_FORMATS)}, got {format!r}."
+                         + did_you_mean(format, SAMPLE_FORMATS))
+    if out is not None and suffix != format:
+        raise ValueError(f"out: {str(out)!r} does not end in .{format} (--format {format}).")
+    dev = check_device(device)
+    config, data, model, objective = load_run(run_dir, with_data=False, device=str(dev))
     set_threads(config, threads)
+    reporter = Progress(progress)
     torch.manual_seed(seed)
-    model.eval()
-    with torch.no_grad():
-        samples = build_sampler(config, model, objective, data).sample((n,))
-    path = Path(out) if out is not None else Path(run_dir) / f"samples_{n}.png"
-    if path.suffix == ".pt":
-        atomic_torch_save(samples, path)
-        return path
-    if path.suffix != ".png":
-        raise ValueError(f"out: expected a .png or .pt path, got {str(path)!r}.")
-    from probgen import plots
+    sampler = build_sampler(config, model, objective, data)
+    _, samples = _sample_stats(sampler, data, {**config, "sample": {"n": n}}, reporter,
+                               no_grad=sampler is model)
+    pixels = to_pixels(samples, data)
+    path = Path(out) if out is not None else Path(run_dir) / f"samples_{n}.{format}"
+    with reporter.stage("write", 1, "files") as stage:
+        if format == "pt":
+            atomic_torch_save(pixels, path)
+        elif format == "npz":
+            import numpy as np
 
-    if data.kind == "image":
-        images = data.preprocess.to_unit(samples).clamp(0, 1)
-        fig = plots.plot_image_grid(images, nrow=max(1, int(math.sqrt(n))))
-    else:
-        fig = plots.plot_samples(samples, title=f"{n} samples")
-    plots.save_figure(fig, path)
+            buffer = io.BytesIO()
+            np.savez(buffer, samples=pixels.numpy())
+            atomic_write_bytes(path, buffer.getvalue())
+        else:
+            from probgen import plots
+
+            name = config.get("model", {}).get("name", "model")
+            title = f"{n} samples of {name} ({data.name})"
+            fig = (_sample_grid(samples, data, title) if data.kind == "image"
+                   else plots.plot_samples(pixels, title=title))
+            plots.save_figure(fig, path)
+        stage.update()
     return path

@@ -66,7 +66,13 @@ def _figure_and_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Fig
 
 
 def plot_samples(
-    x: Tensor, ax: Axes | None = None, title: str | None = None, *, bounds: Bounds | None = None
+    x: Tensor,
+    ax: Axes | None = None,
+    title: str | None = None,
+    *,
+    bounds: Bounds | None = None,
+    xlabel: str = "$x_1$",
+    ylabel: str = "$x_2$",
 ) -> Figure:
     """Scatters 2-D points (1-D points, shape ``(N, 1)``, as a density histogram).
 
@@ -75,6 +81,8 @@ def plot_samples(
         ax: draw into these axes (their figure is returned) instead of a new figure.
         title: the axes' title.
         bounds: fix the axes' limits (see :func:`probgen.metrics.parse_bounds`).
+        xlabel: the x axis' label (1-D points: ``"x"`` unless given).
+        ylabel: the y axis' label (1-D points: ``"density"``).
 
     Returns:
         Figure: the figure holding the plot.
@@ -95,6 +103,8 @@ def plot_samples(
     if points.shape[1] == 1:
         fig, ax = _figure_and_axes(ax, (5.0, 3.0))
         ax.hist(points[:, 0], bins=100, density=True, alpha=0.7)
+        ax.set_xlabel("x" if xlabel == "$x_1$" else xlabel)
+        ax.set_ylabel("density")
         if bounds is not None:
             ax.set_xlim(*parse_bounds(bounds)[0])
         if title is not None:
@@ -104,6 +114,8 @@ def plot_samples(
     size = 4.0 if points.shape[0] <= 2000 else 1.0
     ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.6, linewidths=0)
     ax.set_aspect("equal")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     if bounds is not None:
         (x0, x1), (y0, y1) = parse_bounds(bounds)
         ax.set_xlim(x0, x1)
@@ -120,6 +132,9 @@ def plot_density_2d(
     ax: Axes | None = None,
     *,
     title: str | None = None,
+    colorbar: bool = True,
+    xlabel: str = "$x_1$",
+    ylabel: str = "$x_2$",
 ) -> Figure:
     """Shows the density ``exp(log_prob)`` of a 2-D model as an image over a box.
 
@@ -129,6 +144,9 @@ def plot_density_2d(
         resolution: grid cells per axis.
         ax: draw into these axes instead of a new figure.
         title: the axes' title.
+        colorbar: add a colorbar labelled ``"density"`` beside the axes.
+        xlabel: the x axis' label.
+        ylabel: the y axis' label.
 
     Returns:
         Figure: the figure holding the plot.
@@ -141,8 +159,12 @@ def plot_density_2d(
     _, _, logp = density_grid(log_prob, bounds, resolution)
     density = torch.exp(logp).nan_to_num(0.0).numpy()
     fig, ax = _figure_and_axes(ax, (4.0, 4.0))
-    ax.imshow(density, origin="lower", extent=(x0, x1, y0, y1), cmap="viridis",
-              interpolation="nearest", aspect="equal")
+    image = ax.imshow(density, origin="lower", extent=(x0, x1, y0, y1), cmap="viridis",
+                      interpolation="nearest", aspect="equal")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if colorbar:
+        fig.colorbar(image, ax=ax, label="density", fraction=0.046, pad=0.04)
     if title is not None:
         ax.set_title(title)
     return fig
@@ -172,9 +194,18 @@ def _as_images(images: Tensor) -> Tensor:
 
 
 def plot_image_grid(
-    images: Tensor, nrow: int = 8, ax: Axes | None = None, *, title: str | None = None
+    images: Tensor,
+    nrow: int = 8,
+    ax: Axes | None = None,
+    *,
+    title: str | None = None,
+    indexed: bool = False,
+    colorbar: bool = False,
 ) -> Figure:
     """Tiles images into one grid, ``nrow`` images per row, separated by a 1-pixel border.
+
+    A new figure gives each image about ``H / 24`` inches (at least 0.75, at most 1.2), so
+    a grid of 28x28 images is drawn at about 5x its pixel size at 120 dpi.
 
     Args:
         images: shape ``(N, C, H, W)`` with ``C`` in {1, 3} and values in [0, 1] (clamped);
@@ -183,6 +214,9 @@ def plot_image_grid(
         nrow: images per row (the last row may be partly empty).
         ax: draw into these axes instead of a new figure.
         title: the axes' title.
+        indexed: number the rows and columns (ticks at the image centres, axes labelled
+            ``"column"`` and ``"row"``) instead of hiding the axes.
+        colorbar: grayscale images only: a colorbar of the pixel intensity.
 
     Returns:
         Figure: the figure holding the grid.
@@ -204,12 +238,29 @@ def plot_image_grid(
         r, k = divmod(i, cols)
         top, left = 1 + r * (h + 1), 1 + k * (w + 1)
         grid[:, top : top + h, left : left + w] = x[i]
-    fig, ax = _figure_and_axes(ax, (max(2.0, 0.6 * cols), max(2.0, 0.6 * rows)))
+    cell = min(1.2, max(0.75, h / 24))
+    fig, ax = _figure_and_axes(ax, (max(2.5, cell * cols + (1.0 if colorbar else 0.0)),
+                                    max(2.5, cell * rows + (0.4 if title else 0.0))))
     if c == 1:
-        ax.imshow(grid[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        shown = ax.imshow(grid[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0,
+                          interpolation="nearest")
+        if colorbar:
+            fig.colorbar(shown, ax=ax, label="pixel intensity (0 black, 1 white)",
+                         fraction=0.046, pad=0.04)
     else:
         ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-    ax.set_axis_off()
+    if indexed:
+        ax.set_xticks([1 + k * (w + 1) + (w - 1) / 2 for k in range(cols)],
+                      [str(k + 1) for k in range(cols)])
+        ax.set_yticks([1 + r * (h + 1) + (h - 1) / 2 for r in range(rows)],
+                      [str(r + 1) for r in range(rows)])
+        ax.tick_params(length=0, labelsize=7)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_xlabel("column")
+        ax.set_ylabel("row")
+    else:
+        ax.set_axis_off()
     if title is not None:
         ax.set_title(title)
     return fig
@@ -245,8 +296,10 @@ def _is_number(v: object) -> bool:
 def plot_training_curves(
     history_or_jsonl_path: str | os.PathLike | Sequence[Mapping[str, Any]],
     keys: Sequence[str] | None = None,
+    *,
+    group: bool = False,
 ) -> Figure:
-    """Plots logged metrics against the step, one panel per metric.
+    """Plots logged metrics against the step, one panel per metric (or per quantity).
 
     Args:
         history_or_jsonl_path: a list of records (dicts with a ``"step"`` key, as
@@ -255,6 +308,10 @@ def plot_training_curves(
             evaluation records); each panel uses the records that have its key.
         keys: the metrics to plot; by default every numeric key but ``"step"``
             (``"loss"`` first, then alphabetically).
+        group: one panel per quantity instead of per key: ``loss``, ``eval/loss`` and
+            ``test/loss`` are drawn in one panel as lines labelled ``train``, ``eval`` and
+            ``test``; the learning rate ``lr`` gets the last panel and the wall-clock
+            ``time`` is left out (what run folders' ``curves.png`` shows).
 
     Returns:
         Figure: the figure, up to 3 panels per row.
@@ -287,6 +344,8 @@ def plot_training_curves(
         missing = [k for k in keys if k not in available]
         if missing:
             raise ValueError(f"keys: {missing} not found in the records; available: {available}.")
+    if group:
+        return _plot_grouped_curves(records, keys)
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
     fig = _new_figure(figsize=(4.0 * cols, 3.0 * rows), layout="constrained")
@@ -297,6 +356,49 @@ def plot_training_curves(
         ax.plot([p[0] for p in pairs], [p[1] for p in pairs], marker=marker)
         ax.set_title(key)
         ax.set_xlabel("step")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    return fig
+
+
+#: Prefixes of logged keys and the series each names in a grouped panel.
+_SERIES = (("eval/", "eval"), ("test/", "test"), ("train/", "train"))
+
+
+def _quantity(key: str) -> tuple[str, str]:
+    """``(quantity, series)`` of a logged key: ``"eval/nll"`` -> ``("nll", "eval")``."""
+    for prefix, series in _SERIES:
+        if key.startswith(prefix):
+            return key[len(prefix):], series
+    return key, "train"
+
+
+def _plot_grouped_curves(records: list[dict], keys: Sequence[str]) -> Figure:
+    """One panel per quantity, its train/eval/test series as labelled lines."""
+    panels: dict[str, list[str]] = {}
+    for key in keys:
+        if key == "time":
+            continue
+        panels.setdefault(_quantity(key)[0], []).append(key)
+    order = sorted(panels, key=lambda q: (q == "lr", q != "loss", q))
+    if not order:
+        raise ValueError("history_or_jsonl_path: nothing to plot but the wall-clock 'time'.")
+    cols = min(3, len(order))
+    rows = math.ceil(len(order) / cols)
+    fig = _new_figure(figsize=(4.0 * cols, 3.0 * rows), layout="constrained")
+    for i, quantity in enumerate(order):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        rank = {"train": 0, "eval": 1, "test": 2}
+        for key in sorted(panels[quantity], key=lambda k: rank[_quantity(k)[1]]):
+            pairs = [(r["step"], r[key]) for r in records if _is_number(r.get(key))]
+            marker = "o" if len(pairs) < 50 else ""
+            ax.plot([p[0] for p in pairs], [p[1] for p in pairs], marker=marker,
+                    markersize=3, label=_quantity(key)[1])
+        name = "learning rate" if quantity == "lr" else quantity
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_ylabel(name)
+        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     return fig
 

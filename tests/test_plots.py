@@ -93,3 +93,28 @@ def test_figures_render_themselves_as_png_in_notebooks():
 
     png = plot_samples(torch.randn(10, 2))._repr_png_()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_curves_grouped_by_quantity():
+    history = [{"step": s, "time": 0.1 * s, "loss": 1 / (s + 1), "nll": 2.0, "lr": 1e-3}
+               for s in range(0, 100, 5)]
+    history += [{"step": 50, "time": 5.0, "eval/loss": 0.9, "eval/nll": 1.9},
+                {"step": 100, "test/nll": 1.8}]
+    fig = plots.plot_training_curves(history, group=True)
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "nll", "learning rate"]
+    labels = {ax.get_title(): [line.get_label() for line in ax.get_lines()] for ax in fig.axes}
+    assert labels == {"loss": ["train", "eval"], "nll": ["train", "eval", "test"],
+                      "learning rate": ["train"]}
+    assert all(ax.get_xlabel() == "step" and ax.get_ylabel() for ax in fig.axes)
+    with pytest.raises(ValueError, match="nothing to plot but the wall-clock 'time'"):
+        plots.plot_training_curves([{"step": 1, "time": 0.5}], group=True)
+
+
+def test_density_has_a_colorbar_and_labels():
+    gauss = MultivariateNormal(torch.zeros(2), torch.eye(2))
+    fig = plots.plot_density_2d(gauss.log_prob, 3.0, 20, title="d")
+    image = fig.axes[0].images[0]
+    assert image.colorbar is not None and image.colorbar.ax.get_ylabel() == "density"
+    assert fig.axes[0].get_xlabel() and fig.axes[0].get_ylabel()
+    bare = plots.plot_density_2d(gauss.log_prob, 3.0, 20, colorbar=False)
+    assert len(bare.axes) == 1
