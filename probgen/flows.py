@@ -23,6 +23,18 @@ def _is_conditional(t: nn.Module) -> bool:
     return isinstance(t, ConditionalTransformModule) or bool(getattr(t, "context", 0))
 
 
+def _submodules(module: nn.Module) -> list[nn.Module]:
+    """``module`` and every module under it, depth first. Unlike ``nn.Module.modules()`` it
+    keeps no set, so torch.compile traces it (transforms' hashes are opaque to it); a shared
+    submodule may appear twice."""
+    found, stack = [], [module]
+    while stack:
+        m = stack.pop()
+        found.append(m)
+        stack.extend(child for child in m._modules.values() if child is not None)
+    return found
+
+
 def _reduce(ladj: Tensor, batch_dims: int) -> Tensor:
     """Sums a log|det J| over any event dimensions it still has."""
     return ladj.flatten(start_dim=batch_dims).sum(-1) if ladj.dim() > batch_dims else ladj
@@ -92,7 +104,7 @@ class NormalizingFlow(nn.Module):
         if cached is None or cached[0] is not self.transforms or cached[1] != len(self.transforms):
             # The module tree is walked once (not on every call), and again only when the
             # transform list is replaced or changes length.
-            found = [m for m in self.modules() if isinstance(m, Transform) and m._cache_size]
+            found = [m for m in _submodules(self) if isinstance(m, Transform) and m._cache_size]
             cached = (self.transforms, len(self.transforms), found)
             self.__dict__["_cached_transforms"] = cached
         for m in cached[2]:

@@ -304,3 +304,17 @@ def test_pinning_only_for_cpu_tensors_bound_for_cuda():
     batch = (x, {"y": x})
     moved = to_device(batch, torch.device("cpu"))
     assert moved[0] is x and moved[1]["y"] is x  # no copy on CPU
+
+
+@pytest.mark.parametrize("name", ["RealNVP", "MAF"])
+def test_flow_likelihood_compiles_to_one_graph(name):
+    """No graph break in a flow's maximum-likelihood forward (a break splits the compiled
+    code and loses the fusion across it): data checks are skipped while tracing and the
+    transforms' cache reset walks the modules without hashing them."""
+    from probgen import models
+
+    objective = MaximumLikelihood(getattr(models, name)(2, transforms=2, hidden_features=[8]))
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(objective)(MOONS[:16])
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert explained.graph_count == 1
