@@ -318,3 +318,42 @@ def test_flow_likelihood_compiles_to_one_graph(name):
     explained = torch._dynamo.explain(objective)(MOONS[:16])
     assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
     assert explained.graph_count == 1
+
+
+class TwoPlayers(nn.Module):
+    """Two players, each with its own optimizer (a GAN-shaped toy) and a linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(1, 1)
+        self.b = nn.Linear(1, 1)
+        self.dtypes: list[torch.dtype] = []
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"first": list(self.a.parameters()), "second": list(self.b.parameters())}
+
+    def training_step(self, x, step, update):
+        out_a = self.a(x)
+        self.dtypes.append(out_a.dtype)
+        loss_a = (out_a - 2 * x).pow(2).mean()
+        update("first", loss_a)
+        loss_b = (self.b(x) - self.a(x).detach()).pow(2).mean()
+        update("second", loss_b)
+        return {"loss": loss_a.detach() + loss_b.detach()}
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_multi_player_objectives_train_in_mixed_precision(precision):
+    """A training_step runs under autocast; with fp16 each player's update is scaled and
+    skipped on its own (keys suffixed by the player's name)."""
+    objective = TwoPlayers()
+    history = fit(objective, torch.randn(64, 1), steps=300, batch_size=16, lr=0.05,
+                  log_every=50, progress=False, precision=precision)
+    expected = torch.bfloat16 if precision == "bf16" else torch.float16
+    assert set(objective.dtypes) == {expected}
+    assert objective.a.weight.item() == pytest.approx(2.0, abs=0.05)
+    assert objective.b.weight.item() == pytest.approx(2.0, abs=0.1)
+    if precision == "fp16":
+        first = history.records[0]
+        assert {"skipped/first", "skipped/second", "grad_scale/first"} <= set(first)
+        assert history.final["skipped/first"] == 0.0
