@@ -128,9 +128,9 @@ def check_compile(compile: Any) -> str | None:
     elif isinstance(compile, str) and compile in backends:
         backend = compile
     else:
-        raise ValueError(f"compile: expected True, False or a torch.compile backend "
-                         f"({', '.join(repr(b) for b in sorted(backends)[:8])}, ...), got "
-                         f"{compile!r}.")
+        raise ValueError("compile: expected True, False or a torch.compile backend name (one "
+                         "of torch._dynamo.list_backends(exclude_tags=()), e.g. 'inductor', "
+                         f"'aot_eager', 'cudagraphs'), got {compile!r}.")
     if not torch._dynamo.is_dynamo_supported():
         raise RuntimeError("compile: torch.compile is not supported in this Python or on this "
                            "platform (torch._dynamo.is_dynamo_supported() is False); train "
