@@ -86,7 +86,9 @@ def load_checkpoint(
 
     Keys: ``format`` (int), ``step`` (optimizer steps done), ``objective`` (state dict),
     ``optimizers`` (``{name: state dict}``, ``"main"`` on the default path), ``scheduler``,
-    ``ema`` (``None`` or :meth:`EMA.state_dict`), ``rng`` (``torch``, ``cuda``, ``data``),
+    ``ema`` (``None`` or :meth:`EMA.state_dict`), ``precision`` (``"fp32"``, ``"bf16"`` or
+    ``"fp16"``), ``scaler`` (the fp16 gradient scaler's state, else ``None``), ``rng``
+    (``torch``, ``cuda``, ``data``),
     ``config``, ``world_size``, ``elapsed`` (seconds of training so far).
 
     Args:

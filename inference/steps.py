@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
+from probgen.inference.accel import MAX_SKIPPED_STEPS, Precision
 from probgen.inference.batches import to_device
 from probgen.inference.distributed import DistributedContext
 from probgen.inference.ema import EMA
@@ -93,6 +94,11 @@ class Updater:
         custom: the objective steps itself (``training_step``): each ``loss`` passed to
             :meth:`__call__` is checked, and gradients are averaged over processes by hand
             (``DistributedDataParallel``'s hooks only run on the default path).
+        precision: the step's arithmetic; with its gradient scaler (``fp16``) the loss is
+            scaled before backward and the gradients unscaled before clipping, and a step
+            whose gradients overflowed is skipped (logged as ``skipped``, with the scale as
+            ``grad_scale``), not an error, unless :data:`MAX_SKIPPED_STEPS` steps in a row
+            are skipped.
     """
 
     def __init__(
@@ -101,11 +107,15 @@ class Updater:
         ctx: DistributedContext,
         grad_clip: float | None,
         custom: bool,
+        precision: Precision | None = None,
     ) -> None:
         self.optimizers = optimizers
         self.ctx = ctx
         self.grad_clip = grad_clip
         self.custom = custom
+        self.precision = precision
+        self.scaler = precision.scaler if precision is not None else None
+        self.skipped_in_a_row = 0
         self.step = 0
         # Whether this step measures (and checks) the gradient norm. Always with clipping;
         # otherwise the trainer asks for it on the steps it logs or checkpoints, so a
@@ -128,10 +138,14 @@ class Updater:
             if bad is not None:
                 raise NonFiniteLossError(self.step, bad[0], bad[1])
         params = self._params(name)
-        self.optimizers[name].zero_grad(set_to_none=True)
-        loss.backward(retain_graph=retain_graph)
+        optimizer, scaler = self.optimizers[name], self.scaler
+        optimizer.zero_grad(set_to_none=True)
+        with self.precision.full() if self.precision is not None else contextlib.nullcontext():
+            (loss if scaler is None else scaler.scale(loss)).backward(retain_graph=retain_graph)
         if self.custom:
             self.ctx.average_gradients(params)
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip and measure the true gradient
         grads = [p for p in params if p.grad is not None]
         norm = None
         if self.grad_clip is not None:
@@ -140,10 +154,30 @@ class Updater:
             norm = torch.nn.utils.get_total_norm([p.grad for p in grads])
         if norm is not None:
             bad = first_non_finite(norm.detach().double().reshape(1), [key])
-            if bad is not None:
+            if bad is not None and scaler is None:
                 raise NonFiniteLossError(self.step, bad[0], bad[1])
-            self.grad_norms[key] = norm.detach()
-        self.optimizers[name].step()
+            if bad is None:
+                self.grad_norms[key] = norm.detach()
+        if scaler is None:
+            optimizer.step()
+            return
+        self._scaled_step(name, optimizer, scaler, key)
+
+    def _scaled_step(
+        self, name: str, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+        key: str,
+    ) -> None:
+        """The scaler's step: skipped (scale halved) when the gradients overflowed."""
+        scale = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        skipped = scaler.get_scale() < scale
+        suffix = "" if len(self.optimizers) == 1 else f"/{name}"
+        self.grad_norms["skipped" + suffix] = torch.tensor(float(skipped))
+        self.grad_norms["grad_scale" + suffix] = torch.tensor(scale)
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped else 0
+        if self.skipped_in_a_row >= MAX_SKIPPED_STEPS:
+            raise NonFiniteLossError(self.step, key, float("nan"))
 
 
 def eval_length(data: Any) -> int:

@@ -17,6 +17,16 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm  # plain text bar: no ipywidgets needed in notebooks
 
+from probgen.inference.accel import (
+    Precision,
+    check_channels_last,
+    check_compile,
+    check_precision,
+    compile_failure,
+    compile_module,
+    to_channels_last,
+    uncompiled,
+)
 from probgen.inference.batches import BatchSource, to_device
 from probgen.inference.checkpoint import (
     CHECKPOINT_NAME,
@@ -150,6 +160,10 @@ def fit(
     config: dict | None = None,
     callbacks: Callback | Sequence[Callback] | None = None,
     interruptible: bool = False,
+    precision: str = "fp32",
+    compile: bool | str = False,
+    channels_last: bool = False,
+    num_workers: int = 0,
 ) -> History:
     """Trains ``objective`` on ``data`` for ``steps`` optimizer steps.
 
@@ -175,6 +189,19 @@ def fit(
     ``training_step(batch, step, update) -> dict``, calling ``update(name, loss)`` for each
     update; ``update`` does zero_grad, the non-finite check, backward, gradient averaging
     across processes, clipping and the optimizer step.
+
+    Accelerators: ``precision="bf16"`` or ``"fp16"`` runs the objective's forward (the
+    whole ``training_step`` of a multi-player objective) under ``torch.autocast`` on the
+    model's device, weights and optimizer staying float32; ``fp16`` adds a gradient scaler
+    whose overflowed steps are skipped, not errors (:class:`probgen.inference.accel.Precision`
+    says what each does, on CPU and CUDA). A non-finite *output* still stops training at its
+    step, naming the term. Evaluation runs in float32. ``compile=True`` trains through
+    ``torch.compile(objective)`` (mode ``"default"``); evaluation, the EMA and checkpoints use
+    the uncompiled module, so a checkpoint's keys have no ``_orig_mod.`` prefix and compiled
+    and eager runs resume each other. Compiled code rounds differently (fused kernels) and
+    draws random numbers inside the objective with its own generator, so a compiled run
+    matches the eager one to rounding for deterministic objectives and in distribution
+    otherwise; exact resume holds within either mode.
 
     Args:
         objective: an ``nn.Module``; ``objective(batch)`` returns ``{"loss": scalar, ...}``.
@@ -207,6 +234,19 @@ def fit(
         interruptible: on SIGINT or SIGTERM (main thread only), finish the current step,
             write its checkpoint (with ``out_dir``, whatever ``checkpoint_every``) and raise
             :class:`TrainingInterrupted`; ``resume=True`` then continues from that step.
+        precision: ``"fp32"`` (default; bit-exact resume), ``"bf16"`` or ``"fp16"``
+            (autocast; ``fp16`` with a gradient scaler, whose state is checkpointed). On
+            CPU use ``bf16``: ``fp16`` works there but is emulated (several times slower).
+        compile: ``True`` for ``torch.compile``'s default backend (inductor), or a backend
+            name (``"aot_eager"``: trace only, a quick check); the first step pays the
+            compilation. Not for objectives with ``training_step``.
+        channels_last: convert the objective's 4-D weights and every 4-D floating batch
+            tensor to the channels-last memory format (faster convolutions on GPUs with
+            tensor cores and on CPU with oneDNN); warns when the objective has no 4-D
+            weight.
+        num_workers: load ``Dataset`` data in this many ``DataLoader`` worker processes
+            (same batches as 0 workers, exact resume kept); batches bound for a CUDA
+            model are pinned and copied asynchronously whatever the data form.
 
     Returns:
         The :class:`History` of records (floats).
@@ -246,6 +286,21 @@ def fit(
         callbacks = [callbacks]
     if eval_data is not None:
         eval_length(eval_data)
+    check_precision(precision)
+    backend = check_compile(compile)
+    if not isinstance(channels_last, bool):
+        raise ValueError(f"channels_last: expected True or False, got {channels_last!r}.")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers: expected an int >= 0, got {num_workers!r}.")
+    precompiled = objective if uncompiled(objective) is not objective else None
+    objective = uncompiled(objective)
+    if (backend is not None or precompiled is not None) and hasattr(objective, "training_step"):
+        raise ValueError("compile: the objective defines training_step (it steps its own "
+                         "players), which torch.compile cannot trace through the optimizer "
+                         "steps; train it with compile=False (its networks may be compiled "
+                         "inside it).")
+    if channels_last:
+        check_channels_last(objective)
     setup = getattr(objective, "setup", None)
     if callable(setup):
         # parameters created by the objective's first call (pyro.param sites of plain Pyro
@@ -254,7 +309,7 @@ def fit(
         setup(BatchSource(data, batch_size, torch.Generator().manual_seed(seed)).next())
     groups = _trainable(objective)
     ctx = setup_distributed(device)
-    ok = False
+    ok, run = False, None
     try:
         run = _Run(
             objective, ctx, groups,
@@ -264,9 +319,12 @@ def fit(
             schedule=LRSchedule(lr_schedule, steps, warmup_steps),
             ema_decay=ema_decay, grad_clip=grad_clip, config=to_plain(config),
             out_dir=Path(out_dir) if out_dir is not None else None, seed=seed,
+            precision=precision, backend=backend, precompiled=precompiled,
+            channels_last=channels_last,
         )
         run.source = BatchSource(data, batch_size, run.generator, rank=ctx.rank,
-                                 world_size=ctx.world_size)
+                                 world_size=ctx.world_size, num_workers=num_workers,
+                                 pin_memory=ctx.device.type == "cuda")
         run.restore(resume)
         with _stop_on_signals(run) if interruptible else contextlib.nullcontext():
             try:
@@ -282,6 +340,8 @@ def fit(
         ok = True
         return history
     finally:
+        if run is not None and run.source is not None:
+            run.source.close()
         teardown_distributed(ctx, barrier=ok)
 
 
@@ -301,15 +361,25 @@ class _Run:
         config: Any,
         out_dir: Path | None,
         seed: int,
+        precision: str = "fp32",
+        backend: str | None = None,
+        precompiled: nn.Module | None = None,
+        channels_last: bool = False,
     ) -> None:
         self.ctx, self.seed, self.out, self.config = ctx, seed, out_dir, config
         self.objective = objective.to(ctx.device)
+        if channels_last:
+            self.objective.to(memory_format=torch.channels_last)
+        self.channels_last, self.backend, self.precompiled = channels_last, backend, precompiled
         self.custom = hasattr(objective, "training_step")
         self.optimizers, self.schedule = optimizers, schedule
         self.ema = EMA(self.objective, ema_decay) if ema_decay is not None else None
         self.generator = torch.Generator().manual_seed(seed)
         self.source: BatchSource | None = None
-        self.updater = Updater(optimizers, ctx, grad_clip, custom=self.custom)
+        first = next(iter(groups.values()))[0]
+        self.precision = Precision(precision, first.device)
+        self.updater = Updater(optimizers, ctx, grad_clip, custom=self.custom,
+                               precision=self.precision)
         self.history = History()
         self.start, self.elapsed, self.last_ckpt = 0, 0.0, None
         self.signal: int | None = None  # set by _stop_on_signals
@@ -334,6 +404,7 @@ class _Run:
                     raise ValueError("resume: ema_decay is set but the checkpoint has no EMA.")
                 self.ema.load_state_dict(state["ema"])
             self.source.load_state_dict(state["rng"]["data"])
+            self.precision.load_state_dict(state.get("scaler"))
             ranks = state["rng"].get("ranks")
             same = ranks is not None and len(ranks) == self.ctx.world_size
             set_rng_state(ranks[self.ctx.rank] if same else state["rng"], self.ctx.device)
@@ -366,6 +437,8 @@ class _Run:
                 "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
                 "scheduler": self.schedule.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
+                "precision": self.precision.name,
+                "scaler": self.precision.state_dict(),
                 "rng": rng,
                 "config": self.config,
                 "world_size": self.ctx.world_size,
@@ -393,13 +466,16 @@ class _Run:
     def train_step(self, module: nn.Module, step: int) -> dict[str, Tensor]:
         """One update; returns the process-averaged outputs (and grad norms), detached."""
         batch = to_device(self.source.next(), self.ctx.device)
+        if self.channels_last:
+            batch = to_channels_last(batch)
         self.updater.step, self.updater.grad_norms = step, {}
         try:
-            if self.custom:
-                outputs = check_outputs(self.objective.training_step(batch, step, self.updater),
-                                        step)
-            else:
-                outputs = check_outputs(module(batch), step)
+            with self.precision.autocast():
+                if self.custom:
+                    out = self.objective.training_step(batch, step, self.updater)
+                else:
+                    out = module(batch)
+            outputs = check_outputs(out, step)
             keys = list(outputs)
             values = torch.stack([v.detach().double() for v in outputs.values()])
             values = self.ctx.all_reduce_mean(values)
@@ -431,6 +507,10 @@ class _Run:
         if self.ctx.enabled and not self.custom:
             ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
             module = DistributedDataParallel(self.objective, device_ids=ids)
+        if self.precompiled is not None and not self.ctx.enabled:
+            module = self.precompiled
+        elif self.backend is not None:
+            module = compile_module(module, self.backend)
         sums: dict[str, Tensor] = {}
         counts: dict[str, int] = {}
         bar = tqdm(total=steps, initial=self.start, desc="fit", dynamic_ncols=True,
@@ -445,7 +525,15 @@ class _Run:
                     or bool(checkpoint_every and step % checkpoint_every == 0)
                     or bool(eval_every and step % eval_every == 0)
                 )
-                for key, value in self.train_step(module, step).items():
+                try:
+                    outputs = self.train_step(module, step)
+                except Exception as e:
+                    failed = compile_failure(e, self.backend) if (
+                        self.backend is not None and s == self.start) else None
+                    if failed is None:
+                        raise
+                    raise failed from e
+                for key, value in outputs.items():
                     sums[key] = sums.get(key, 0.0) + value.double()
                     counts[key] = counts.get(key, 0) + 1
                 bar.update(1)

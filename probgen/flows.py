@@ -77,6 +77,18 @@ def _sum_rightmost(value: Tensor, dims: int) -> Tensor:
     return value.sum(tuple(range(-k, 0))) if k > 0 else value
 
 
+def _submodules(module: nn.Module) -> list[nn.Module]:
+    """``module`` and every module under it, depth first. Unlike ``nn.Module.modules()`` it
+    keeps no set, so torch.compile traces it (transforms' hashes are opaque to it); a shared
+    submodule may appear twice."""
+    found, stack = [], [module]
+    while stack:
+        m = stack.pop()
+        found.append(m)
+        stack.extend(child for child in m._modules.values() if child is not None)
+    return found
+
+
 def _reduce(ladj: Tensor, batch_dims: int) -> Tensor:
     """Sums a log|det J| over any event dimensions it still has."""
     return ladj.flatten(start_dim=batch_dims).sum(-1) if ladj.dim() > batch_dims else ladj
@@ -148,7 +160,7 @@ class NormalizingFlow(nn.Module):
         if cached is None or cached[0] is not self.transforms or cached[1] != len(self.transforms):
             # The module tree is walked once (not on every call), and again only when the
             # transform list is replaced or changes length.
-            found = [_unwrap(m) for m in self.modules()]
+            found = [_unwrap(m) for m in _submodules(self)]
             found = [m for m in found if isinstance(m, Transform) and m._cache_size]
             cached = (self.transforms, len(self.transforms), found)
             self.__dict__["_cached_transforms"] = cached

@@ -157,7 +157,9 @@ def check_tensor(
         name: the argument's name, quoted in errors.
         event_shape: if given, the trailing dimensions ``x`` must have.
         floating: require a floating dtype.
-        finite: require no NaN or Inf entries.
+        finite: require no NaN or Inf entries (not checked while ``torch.compile`` traces
+            the caller: a check that reads values splits the compiled graph, and the
+            trainer checks every step's outputs for NaN and Inf anyway).
 
     Returns:
         ``x`` unchanged.
@@ -177,7 +179,8 @@ def check_tensor(
                 f"{name}: expected shape (..., {', '.join(map(str, event_shape))}), "
                 f"got {tuple(x.shape)}."
             )
-    if finite and x.is_floating_point() and not all_finite(x):
+    if (finite and x.is_floating_point() and not torch.compiler.is_compiling()
+            and not all_finite(x)):
         raise ValueError(f"{name}: contains NaN or Inf values.")
     return x
 
