@@ -29,8 +29,8 @@ same way (``--no-diffusers`` skips it).
 
 Timing: a warm-up ``fit`` (compilation included for ``compile=True``), then two runs of
 ``fit`` of ``warmup`` and ``warmup + steps`` steps with the device synchronized around each:
-images/s = batch x steps / (the difference of their times), so fit's set-up cancels. On a
-GPU the whole run takes under 8 minutes with the defaults;
+images/s = batch x steps / (the difference of their times), so fit's set-up cancels. The
+defaults are sized for under 8 minutes on one GPU (not yet measured: no GPU has run it);
 the table is written to ``benchmarks/RESULTS.md`` only with ``--write`` and only when it
 ran on CUDA (the project never needs a GPU; CPU runs print the table and note it).
 """
