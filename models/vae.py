@@ -275,6 +275,13 @@ class VAE(PyroModule):
         with pyro.plate("data", x.shape[0], dim=-1):
             pyro.sample("z", q)
 
+    def guide_parameters(self) -> list[nn.Parameter]:
+        """The amortized posterior's parameters, encoder and posterior flow (what
+        :class:`probgen.inference.VariationalEM`'s E-step updates; with a VampPrior the
+        encoder also shapes the prior)."""
+        params = list(self.encoder.parameters())
+        return params + (list(self.flow.parameters()) if self.flow is not None else [])
+
     # -------------------------------------------------------------------------- uses
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
