@@ -28,6 +28,7 @@ from probgen.inference.diffusion import (
     ddim_invert,
     diffusion_sample,
     guided_epsilon,
+    reverse_moments,
     variational_bound,
 )
 from probgen.inference.elbo import ELBO, DifferentiableRenyiELBO, LatentScale
@@ -142,6 +143,7 @@ __all__ = [
     "diffusion_sample",
     "ddim_invert",
     "variational_bound",
+    "reverse_moments",
     "guided_epsilon",
     "DIFFUSION_LOSSES",
     "DIFFUSION_SAMPLERS",

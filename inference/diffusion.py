@@ -78,6 +78,7 @@ __all__ = [
     "diffusion_sample",
     "ddim_invert",
     "variational_bound",
+    "reverse_moments",
     "guided_epsilon",
 ]
 
@@ -530,14 +531,48 @@ def _data(batch: Any, levels: int | None) -> tuple[Tensor, Tensor | None]:
     return (x if x.is_floating_point() else x.float()), labels
 
 
+def _reverse(model: Any, x_t: Tensor, step: Tensor, pred: Tensor, v: Tensor | None
+             ) -> tuple[Tensor, Tensor]:
+    """Mean and log-variance of the reverse step from the network's output (no clipping)."""
+    sched = model.schedule
+    x0_hat = sched.convert(pred, x_t, step, model.parametrization, "x0")
+    mean, _, _ = sched.q_posterior(x0_hat, x_t, step)
+    return mean, _model_log_variance(sched, model.variance, v, step, x_t)
+
+
+def reverse_moments(model: Any, x_t: Tensor, step: Tensor,
+                    labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    r"""Mean and log-variance of the learned reverse step :math:`p_\theta(x_{s-1} \mid x_s)`.
+
+    The mean is the forward posterior's :math:`\tilde\mu_s(\hat x_0, x_s)` at the network's
+    clean-data prediction (unclipped, as in the bound), the variance the model's choice
+    (:data:`VARIANCES`). At step 0 they are the decoder's :math:`p_\theta(x_0 \mid x_0^{(0)})`
+    on the data scale (Gaussian density for vectors, discretized for integer pixels). The
+    terms of :func:`variational_bound` and the model of DDPM's Pyro program use these.
+
+    Args:
+        model: a diffusion model (see the module docstring).
+        x_t: states ``(batch, *event)``.
+        step: integer indices ``(batch,)`` in ``0..T-1``.
+        labels: classes ``(batch,)`` of a class-conditional model (``None``: unconditional).
+
+    Returns:
+        ``(mean, log_variance)``, each of ``x_t``'s shape.
+    """
+    _check_model(model)
+    if not isinstance(step, Tensor) or step.is_floating_point():
+        raise TypeError(f"step: expected integer indices as a tensor, got "
+                        f"{getattr(step, 'dtype', type(step).__name__)}.")
+    pred, v = model.output(x_t, step, labels)
+    return _reverse(model, x_t, step, pred, v)
+
+
 def _term(model: Any, x0: Tensor, x_t: Tensor, step: Tensor, pred: Tensor, v: Tensor | None,
           levels: int | None) -> Tensor:
     """Per-example term of the bound at ``step`` (nats): the KL for step > 0, the decoder's
     negative log-likelihood for step 0."""
     sched = model.schedule
-    x0_hat = sched.convert(pred, x_t, step, model.parametrization, "x0")
-    mean, _, _ = sched.q_posterior(x0_hat, x_t, step)
-    logvar = _model_log_variance(sched, model.variance, v, step, x_t)
+    mean, logvar = _reverse(model, x_t, step, pred, v)
     true_mean, _, true_logvar = sched.q_posterior(x0, x_t, step)
     kl = _flat_sum(normal_kl(true_mean, true_logvar.expand_as(x0), mean, logvar))
     if levels is not None:

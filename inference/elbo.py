@@ -12,7 +12,10 @@ closed form when torch knows it, else Monte Carlo) and ``kl_weight``.
 - ``estimator="trace"``: :class:`pyro.infer.Trace_ELBO`; ``"meanfield"``:
   :class:`pyro.infer.TraceMeanField_ELBO` (closed-form KL where available);
   ``"renyi"``: :class:`pyro.infer.RenyiELBO` with ``alpha`` (0 is the IWAE bound with
-  ``num_particles`` samples; ``alpha < 1`` the VR bounds).
+  ``num_particles`` samples; ``alpha < 1`` the VR bounds); ``"enum"``:
+  :class:`pyro.infer.TraceEnum_ELBO`, exact over the guide's enumerated discrete sites
+  (``infer={"enumerate": "parallel"}``; e.g. a mixture's component). Its ``kl`` is the
+  closed-form KL of the latent sites and ``recon`` the bound plus it (one latent layer).
 - ``beta`` and KL annealing scale the latent sites of model and guide by
   ``pyro.poutine.scale`` (so the KL term, and only it, is weighted
   :math:`\beta \min(1, t / T)` at step ``t`` of ``anneal_steps`` ``T``); the step counter
@@ -44,7 +47,7 @@ from typing import Any
 
 import pyro
 import torch
-from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from pyro.poutine.scale_messenger import ScaleMessenger
 from pyro.poutine.util import site_is_subsample
@@ -57,7 +60,7 @@ from probgen.metrics.likelihood import bits_per_dim
 
 __all__ = ["ELBO", "DifferentiableRenyiELBO", "LatentScale", "ESTIMATORS"]
 
-ESTIMATORS = ("trace", "meanfield", "renyi")
+ESTIMATORS = ("trace", "meanfield", "renyi", "enum")
 
 
 class LatentScale(ScaleMessenger):
@@ -177,7 +180,8 @@ class ELBO(nn.Module):
             Pyro model function ``model(x, **cond)``.
         guide: the guide function ``guide(x, **cond)`` of a model function; None when
             ``model`` is a module.
-        estimator: ``"trace"``, ``"meanfield"`` or ``"renyi"`` (see the module docstring).
+        estimator: ``"trace"``, ``"meanfield"``, ``"renyi"`` or ``"enum"`` (see the module
+            docstring).
         num_particles: samples per example (IWAE's ``k`` for ``"renyi"``).
         alpha: the Renyi order (``"renyi"`` only; 0 = IWAE; must not be 1).
         beta: weight of the KL term (beta-VAE).
@@ -279,6 +283,8 @@ class ELBO(nn.Module):
             self.estimator: Any = Trace_ELBO(**common)
         elif estimator == "meanfield":
             self.estimator = TraceMeanField_ELBO(**common)
+        elif estimator == "enum":
+            self.estimator = TraceEnum_ELBO(**common)
         else:
             self.estimator = DifferentiableRenyiELBO(alpha=alpha, **common)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
@@ -375,7 +381,11 @@ class ELBO(nn.Module):
         if weight != 1.0:
             model_fn, guide_fn = LatentScale(weight)(model_tracer), LatentScale(weight)(
                 guide_tracer)
-        loss = self.estimator.differentiable_loss(model_fn, guide_fn, x, **cond)
+        if self.estimator_name == "enum" and not torch.is_grad_enabled():
+            # TraceEnum_ELBO refuses a loss it cannot differentiate; its value is the same
+            loss = x.new_tensor(self.estimator.loss(model_fn, guide_fn, x, **cond))
+        else:
+            loss = self.estimator.differentiable_loss(model_fn, guide_fn, x, **cond)
         with torch.no_grad():
             mt, gt = model_tracer.trace, guide_tracer.trace
             recon = sum((s["fn"].log_prob(s["value"]).sum() for s in mt.nodes.values()
@@ -385,7 +395,15 @@ class ELBO(nn.Module):
         with torch.set_grad_enabled(need_grad and torch.is_grad_enabled()):
             kl, kl_dims = _latent_kl_terms(mt, gt)
         kl = kl.to(x.device)
-        particles = recon.new_tensor(float(self._particles_in(mt, n)))
+        if self.estimator_name == "enum":
+            # traced values are enumerated, so the likelihood's trace sums every component;
+            # the weighted bound is recon - weight * kl exactly, with kl in closed form
+            vectorized = self.estimator.vectorize_particles
+            particles = recon.new_tensor(float(self.num_particles if vectorized else 1))
+            recon = (-loss.detach() / n + weight * kl.detach() / (n * particles)) * (
+                n * particles)
+        else:
+            particles = recon.new_tensor(float(self._particles_in(mt, n)))
         if need_grad:
             if kl_dims is None:
                 raise ValueError("free_bits: needs diagonal Gaussian posterior and prior "

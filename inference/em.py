@@ -13,10 +13,12 @@ update order (``parameter_groups`` / ``training_step``):
   its parameters (``guide_parameters()``; the rest are the model's). With
   ``schedule="alternating"`` each training step takes ``e_steps`` gradient steps on the
   guide (E-step) then ``m_steps`` on the model (M-step), each on the ELBO; with
-  ``"joint"`` one step updates both. The ELBO is Pyro's ``TraceEnum_ELBO``, exact when the
-  guide's discrete sites are enumerated (``infer={"enumerate": "parallel"}``). When the
-  model has ``log_prob``, the exact log-likelihood and the gap ``log p(x) - ELBO >= 0`` are
-  reported too.
+  ``"joint"`` one step updates both. The bound is the one ELBO layer's,
+  :class:`probgen.inference.ELBO`: by default Pyro's ``TraceEnum_ELBO``, exact when the
+  guide's discrete sites are enumerated (``infer={"enumerate": "parallel"}``), and any of
+  its estimators, ``beta`` and IWAE / Renyi bounds (``estimator="renyi"``, ``alpha``,
+  ``num_particles``) alike. When the model has ``log_prob``, the exact log-likelihood and
+  the gap ``log p(x) - ELBO >= 0`` are reported too.
 """
 
 from __future__ import annotations
@@ -24,11 +26,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import pyro
 import torch
-from pyro.infer import TraceEnum_ELBO
 from torch import Tensor, nn
 
+from probgen.inference.elbo import ELBO
 from probgen.inference.registry import register_objective
 
 __all__ = ["ExactEM", "VariationalEM", "SCHEDULES"]
@@ -94,9 +95,11 @@ class ExactEM(nn.Module):
 class VariationalEM(nn.Module):
     r"""Creates variational EM over a Pyro model/guide pair with an amortized posterior.
 
-    Outputs (means per example): ``loss`` (= ``-elbo``), ``elbo`` and, when the model has an
-    exact ``log_prob``, ``log_likelihood``, ``nll`` and ``gap``
-    (:math:`KL(q \| p(c \mid x)) \ge 0`).
+    Outputs (means per example): ``loss`` (the negative weighted bound of
+    :class:`probgen.inference.ELBO`), ``elbo`` (the plain bound), ``recon``, ``kl`` and, when
+    the model has an exact ``log_prob``, ``log_likelihood``, ``nll`` and ``gap``
+    (:math:`\log p(x) - \text{ELBO} \ge 0`; for ``beta = 1`` and the enumerated ELBO it is
+    :math:`KL(q \| p(c \mid x))`).
 
     Args:
         model: an ``nn.Module`` with ``model(x)``, ``guide(x)`` and ``guide_parameters()``.
@@ -104,10 +107,16 @@ class VariationalEM(nn.Module):
             ``"joint"`` (one step on both).
         e_steps, m_steps: gradient steps of each phase per training step (alternating).
         max_plate_nesting: plates nested in model and guide (1: the batch plate).
+        estimator: the ELBO's estimator (``"enum"``, ``"trace"``, ``"meanfield"`` or
+            ``"renyi"``; see :class:`probgen.inference.ELBO`).
+        num_particles: samples per example (IWAE's ``k`` for ``"renyi"``).
+        alpha: the Renyi order (``"renyi"`` only; 0 = IWAE).
+        beta: weight of the KL term.
     """
 
     def __init__(self, model: nn.Module, *, schedule: str = "alternating", e_steps: int = 1,
-                 m_steps: int = 1, max_plate_nesting: int = 1) -> None:
+                 m_steps: int = 1, max_plate_nesting: int = 1, estimator: str = "enum",
+                 num_particles: int = 1, alpha: float = 0.0, beta: float = 1.0) -> None:
         super().__init__()
         if not isinstance(model, nn.Module) or not all(
                 callable(getattr(model, f, None)) for f in ("model", "guide", "guide_parameters")):
@@ -120,7 +129,8 @@ class VariationalEM(nn.Module):
                 raise ValueError(f"{name}: expected a positive int, got {value!r}.")
         self.model, self.schedule = model, schedule
         self.e_steps, self.m_steps = e_steps, m_steps
-        self.elbo = TraceEnum_ELBO(max_plate_nesting=max_plate_nesting)
+        self.elbo = ELBO(model, estimator=estimator, num_particles=num_particles, alpha=alpha,
+                         beta=beta, max_plate_nesting=max_plate_nesting)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """``{"e": guide, "m": model}`` (alternating) or ``{"joint": all}``."""
@@ -131,18 +141,14 @@ class VariationalEM(nn.Module):
             return {"joint": guide + rest}
         return {"e": guide, "m": rest}
 
-    def _loss(self, x: Tensor) -> Tensor:
-        # a private parameter-store scope: the model's pyro.param / pyro.module
-        # registrations leave Pyro's global store as it was (the trainer owns the parameters)
-        with pyro.get_param_store().scope():
-            if not torch.is_grad_enabled():  # evaluation: Pyro refuses a non-differentiable loss
-                value = self.elbo.loss(self.model.model, self.model.guide, x)
-                return torch.tensor(value / x.shape[0], dtype=x.dtype, device=x.device)
-            return self.elbo.differentiable_loss(self.model.model, self.model.guide,
-                                                 x) / x.shape[0]
+    def _loss(self, x: Tensor) -> dict[str, Tensor]:
+        """The ELBO objective's outputs (it runs model and guide in a private
+        parameter-store scope and evaluates without gradients when they are off)."""
+        return self.elbo(x)
 
-    def _outputs(self, x: Tensor, loss: Tensor) -> dict[str, Tensor]:
-        out = {"loss": loss, "elbo": -loss.detach()}
+    def _outputs(self, x: Tensor, bound: dict[str, Tensor]) -> dict[str, Tensor]:
+        out = {"loss": bound["loss"], "elbo": bound["elbo"].detach(),
+               "recon": bound["recon"], "kl": bound["kl"]}
         if callable(getattr(self.model, "log_prob", None)):
             with torch.no_grad():
                 ll = self.model.log_prob(x).mean()
@@ -158,15 +164,16 @@ class VariationalEM(nn.Module):
         """E-steps then M-steps (alternating), or one joint step; returns the outputs
         measured before the step's updates."""
         x = _x(batch)
-        loss = self._loss(x)
-        out = self._outputs(x, loss.detach())
+        bound = self._loss(x)
+        loss = bound["loss"]
+        out = self._outputs(x, {**bound, "loss": loss.detach()})
         if self.schedule == "joint":
             update("joint", loss)
             return out
         for i in range(self.e_steps):
-            update("e", loss if i == 0 else self._loss(x))
+            update("e", loss if i == 0 else self._loss(x)["loss"])
         for _ in range(self.m_steps):
-            update("m", self._loss(x))
+            update("m", self._loss(x)["loss"])
         return out
 
 
@@ -176,8 +183,9 @@ def _build_em(model: nn.Module, data: Any, **table: Any) -> nn.Module:
     return ExactEM(model)
 
 
-@register_objective("vem", keys=("schedule", "e_steps", "m_steps"))
+@register_objective("vem", keys=("schedule", "e_steps", "m_steps", "estimator",
+                                  "num_particles", "alpha", "beta"))
 def _build_vem(model: nn.Module, data: Any, **table: Any) -> nn.Module:
-    """Variational EM with an amortized posterior (Pyro TraceEnum_ELBO), alternating or
-    joint."""
+    """Variational EM with an amortized posterior on the ELBO objective (enumerated
+    TraceEnum_ELBO by default; beta, IWAE), alternating or joint."""
     return VariationalEM(model, **table)

@@ -15,7 +15,13 @@ from probgen.models.cnf import (
     ContinuousFlowModel,
     TimeMLPField,
 )
-from probgen.models.diffusion import DDPM, DIFFUSION_MODELS, DiffusionModel, VectorDDPM
+from probgen.models.diffusion import (
+    DDPM,
+    DIFFUSION_MODELS,
+    DiffusionModel,
+    DiffusionVAE,
+    VectorDDPM,
+)
 from probgen.models.discrete_vae import DISCRETE_LATENT_MODELS, GumbelSoftmaxVAE
 from probgen.models.examples import EXAMPLES
 from probgen.models.flow_matching import (
@@ -102,6 +108,7 @@ __all__ = [
     "EXAMPLES",
     "DIFFUSION_MODELS",
     "DiffusionModel",
+    "DiffusionVAE",
     "DDPM",
     "VectorDDPM",
     "LATENT_MODELS",

@@ -10,9 +10,17 @@ of x and t, called in probgen time: the step's time on the schedule's path,
 :class:`probgen.nn.UNet` for images, :class:`VectorDDPM` on the course's
 :class:`probgen.nn.ConditionalMLP` for vectors (2-D toys).
 
-Seen as a hierarchical VAE (the lectures' view), the latents are :math:`x_{0..T-1}`, the
-encoder is the fixed forward process, the decoder the learned reverse process, and
-:meth:`~DiffusionModel.variational_bound` its ELBO, an upper bound on the NLL.
+**Diffusion as a hierarchical VAE** (the lectures' view) is literal here:
+:meth:`~DiffusionModel.hvae_model` and :meth:`~DiffusionModel.hvae_guide` are a Pyro model
+and guide (wrapped as one latent-variable model by :class:`DiffusionVAE`). In Ho et al.'s
+notation the data is :math:`x_0` and the latents are :math:`x_1, \dots, x_T` (the state at
+schedule ``step = s`` is :math:`x_{s+1}`); the model is the learned reverse process
+:math:`p(x_T) \prod_{t \ge 2} p_\theta(x_{t-1} \mid x_t)\, p_\theta(x_0 \mid x_1)`, the
+guide the fixed forward process in its posterior factorization
+:math:`q(x_T \mid x_0) \prod_{t \ge 2} q(x_{t-1} \mid x_t, x_0)`. Pyro's
+``TraceMeanField_ELBO`` on them (closed-form Gaussian KLs at every level) estimates exactly
+the bound that :meth:`~DiffusionModel.variational_bound` computes in closed form, and
+``pyro.infer.SVI`` on them trains the network by that bound.
 """
 
 from __future__ import annotations
@@ -20,16 +28,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import pyro
+import pyro.distributions as dist
 import torch
+from pyro.nn import PyroModule
 from torch import Tensor, nn
 
 from probgen.diffusion import (
     PARAMETRIZATION_PREDICTIONS,
     PARAMETRIZATIONS,
+    DiscretizedGaussian,
     NoiseSchedule,
     SchedulePath,
     VEScore,
     make_schedule,
+    to_signed,
 )
 from probgen.inference.diffusion import (
     DIFFUSION_SAMPLERS,
@@ -37,6 +50,7 @@ from probgen.inference.diffusion import (
     DiffusionResult,
     ddim_invert,
     diffusion_sample,
+    reverse_moments,
     variational_bound,
 )
 from probgen.models.path_model import PathModel
@@ -44,7 +58,7 @@ from probgen.nn import ConditionalMLP, UNet
 from probgen.processes import convert_prediction
 from probgen.utils import append_dims
 
-__all__ = ["DiffusionModel", "DDPM", "VectorDDPM", "DIFFUSION_MODELS"]
+__all__ = ["DiffusionModel", "DiffusionVAE", "DDPM", "VectorDDPM", "DIFFUSION_MODELS"]
 
 
 class DiffusionModel(PathModel):
@@ -249,6 +263,122 @@ class DiffusionModel(PathModel):
         """The full variational bound of each example (nats and bits per dimension); see
         :func:`probgen.inference.diffusion.variational_bound`."""
         return variational_bound(self, x, levels=levels, generator=generator)
+
+    # ------------------------------------------------------- the hierarchical VAE (Pyro)
+    def _hvae_data(self, x: Tensor, levels: int | None) -> Tensor:
+        """The observed batch on the model's scale (integer pixels mapped to [-1, 1])."""
+        self._check_x(x)
+        if levels is None:
+            return x if x.is_floating_point() else x.to(self._device_dtype()[1])
+        return to_signed(x, levels).to(self._device_dtype()[1])
+
+    def hvae_model(self, x: Tensor | None = None, n: int = 1, labels: Tensor | None = None,
+                   levels: int | None = None) -> Tensor:
+        r"""DDPM's reverse process as a Pyro model (see the module docstring).
+
+        Sites, all in ``pyro.plate("data", N, dim=-1)``: ``"x_T"`` ... ``"x_1"`` (latents,
+        ``x_{s+1}`` the state at ``step = s``), :math:`x_T \sim N(0, I)`,
+        :math:`x_{t-1} \sim N(\mu_\theta(x_t), e^{v_\theta})`
+        (:func:`probgen.inference.diffusion.reverse_moments`), and the observed ``"x_0"``:
+        the Gaussian density decoder, or with ``levels`` the discretized Gaussian over
+        integer pixels (:class:`probgen.diffusion.DiscretizedGaussian`), as in
+        :meth:`variational_bound`. The network is registered with ``pyro.module``.
+
+        Args:
+            x: data ``(N, *event)`` (integer pixels ``0..levels-1`` with ``levels``);
+                ``None`` generates ``n`` examples (``pyro.infer.Predictive`` works).
+            n: examples to generate when ``x`` is None.
+            labels: classes ``(N,)`` of a class-conditional model (``None``: unconditional).
+            levels: pixel levels of integer data (``None``: continuous vectors).
+
+        Returns:
+            ``x`` (observed) or the generated ``x_0`` ``(n, *event)``.
+        """
+        if x is not None:
+            self._check_x(x)
+            n = x.shape[0]
+        elif isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n: expected a positive int, got {n!r}.")
+        pyro.module("diffusion", self)
+        device, dtype = self._device_dtype()
+        k, T = len(self.event_shape), self.num_steps
+        shape = (n, *self.event_shape)
+
+        def step(s: int) -> Tensor:
+            return torch.full((n,), s, dtype=torch.long, device=device)
+
+        with pyro.plate("data", n, dim=-1):
+            z = pyro.sample(f"x_{T}", dist.Normal(torch.zeros(shape, device=device, dtype=dtype),
+                                                  1.0).to_event(k))
+            for s in range(T - 1, 0, -1):
+                mean, logvar = reverse_moments(self, z, step(s), labels)
+                z = pyro.sample(f"x_{s}", dist.Normal(mean, (0.5 * logvar).exp()).to_event(k))
+            mean, logvar = reverse_moments(self, z, step(0), labels)
+            scale = (0.5 * logvar).exp()
+            decoder = (dist.Normal(mean, scale) if levels is None
+                       else DiscretizedGaussian(mean, scale, levels))
+            return pyro.sample("x_0", decoder.to_event(k), obs=x)
+
+    def hvae_guide(self, x: Tensor, n: int = 1, labels: Tensor | None = None,
+                   levels: int | None = None) -> None:
+        r"""DDPM's forward process as the Pyro guide of :meth:`hvae_model`:
+        :math:`x_T \sim q(x_T \mid x_0)`, then :math:`x_{t-1} \sim q(x_{t-1} \mid x_t, x_0)`
+        (:meth:`probgen.diffusion.NoiseSchedule.q_posterior`), down to ``"x_1"``. It has no
+        parameters (``n`` and ``labels`` are the model's, unused here)."""
+        x0 = self._hvae_data(x, levels)
+        k, T, sched = len(self.event_shape), self.num_steps, self.schedule
+        with pyro.plate("data", x0.shape[0], dim=-1):
+            mean, var = sched.q_mean_variance(x0, T - 1)
+            z = pyro.sample(f"x_{T}", dist.Normal(mean, var.sqrt().expand_as(mean)).to_event(k))
+            for s in range(T - 1, 0, -1):
+                mean, _, logvar = sched.q_posterior(x0, z, s)
+                z = pyro.sample(f"x_{s}", dist.Normal(mean, (0.5 * logvar).exp().expand_as(
+                    mean)).to_event(k))
+
+    def as_vae(self, levels: int | None = None) -> DiffusionVAE:
+        """This model as a latent-variable model with ``model``/``guide`` (see
+        :class:`DiffusionVAE`)."""
+        return DiffusionVAE(self, levels=levels)
+
+
+class DiffusionVAE(PyroModule):
+    r"""Creates the hierarchical-VAE view of a diffusion model: its Pyro ``model``/``guide``.
+
+    ``model(x=None, n=1, y=None)`` is :meth:`DiffusionModel.hvae_model` and ``guide(x)``
+    :meth:`DiffusionModel.hvae_guide` with this object's ``levels`` (``y``: class labels),
+    so :class:`probgen.inference.ELBO` (``estimator="meanfield"``: closed-form KLs, the
+    closed-form bound in expectation), :func:`probgen.inference.fit`, plain
+    ``pyro.infer.SVI`` and ``Predictive`` all take it as they take a VAE. The diffusion
+    model is a submodule: training this trains its network.
+
+    Args:
+        diffusion: a :class:`DiffusionModel`.
+        levels: pixel levels of integer data (``None``: continuous vectors).
+
+    Example:
+        >>> vae = VectorDDPM(2, num_steps=5, hidden_features=[8], embedding_dim=8).as_vae()
+        >>> from pyro.infer import Predictive
+        >>> Predictive(vae.model, num_samples=3)(None, 4)["x_0"].shape
+        torch.Size([3, 4, 2])
+    """
+
+    def __init__(self, diffusion: DiffusionModel, levels: int | None = None) -> None:
+        super().__init__()
+        if not isinstance(diffusion, DiffusionModel):
+            raise TypeError(f"diffusion: expected a DiffusionModel, got "
+                            f"{type(diffusion).__name__}.")
+        if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int)
+                                   or levels < 2):
+            raise ValueError(f"levels: expected an int >= 2 or None, got {levels!r}.")
+        self.diffusion, self.levels = diffusion, levels
+
+    def model(self, x: Tensor | None = None, n: int = 1, y: Tensor | None = None) -> Tensor:
+        """The reverse process (:meth:`DiffusionModel.hvae_model`)."""
+        return self.diffusion.hvae_model(x, n, labels=y, levels=self.levels)
+
+    def guide(self, x: Tensor, n: int = 1, y: Tensor | None = None) -> None:
+        """The forward process (:meth:`DiffusionModel.hvae_guide`)."""
+        self.diffusion.hvae_guide(x, n, labels=y, levels=self.levels)
 
 
 class DDPM(DiffusionModel):

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from pyro.nn import PyroModule
 from torch import Tensor, nn
+from torch.distributions import Transform
 
 from probgen.latent import importance_log_likelihood
 from probgen.models.flows import IAF, MAF, PlanarFlow, RealNVP
@@ -112,10 +113,18 @@ class VAE(PyroModule):
             ``"categorical"``.
         scale: the Gaussian likelihood's scale (float, ``"learned"`` or ``"decoder"``).
         levels: values per entry of the categorical likelihood (256 for 8-bit pixels).
-        prior: ``"normal"``, ``"vamp"``, ``"maf"`` or ``"realnvp"``.
+        prior: ``"normal"``, ``"vamp"``, ``"maf"`` or ``"realnvp"``, or an object: any
+            density model (an ``nn.Module`` whose ``distribution()`` is a Pyro distribution:
+            a :class:`~probgen.models.NormalizingFlow`, a continuous flow, an autoregressive
+            or a flow-matching model; a submodule, so its parameters train with the VAE) or
+            a Pyro distribution object (fixed), with event shape ``(latent_features,)``.
         prior_components: VampPrior pseudo-inputs.
         prior_transforms, prior_hidden: layers and hidden sizes of a flow prior.
-        posterior: ``"gaussian"``, ``"iaf"`` or ``"planar"``.
+        posterior: ``"gaussian"``, ``"iaf"`` or ``"planar"``, or an object that pushes
+            the encoder's diagonal Gaussian forward: a normalizing flow (an ``nn.Module``
+            whose ``distribution()`` is a Pyro ``TransformedDistribution``, unconditional)
+            or a Pyro ``Transform``/``TransformModule`` (or a list of them) on
+            ``(latent_features,)``.
         posterior_transforms, posterior_hidden: layers and hidden sizes of a flow posterior.
         context_features: size of the encoder features that condition an IAF posterior.
 
@@ -140,11 +149,11 @@ class VAE(PyroModule):
         likelihood: str = "bernoulli",
         scale: float | str = "decoder",
         levels: int = 256,
-        prior: str = "normal",
+        prior: str | nn.Module | dist.Distribution = "normal",
         prior_components: int = 500,
         prior_transforms: int = 4,
         prior_hidden: Sequence[int] = (256, 256),
-        posterior: str = "gaussian",
+        posterior: str | nn.Module | Transform | Sequence[Transform] = "gaussian",
         posterior_transforms: int = 4,
         posterior_hidden: Sequence[int] = (256, 256),
         context_features: int = 64,
@@ -152,13 +161,12 @@ class VAE(PyroModule):
         super().__init__()
         self.shape = _shape(shape)
         _positive(latent_features=latent_features)
-        if prior not in _PRIORS:
-            raise ValueError(f"prior: expected one of {list(_PRIORS)}, got {prior!r}.")
-        if posterior not in _POSTERIORS:
-            raise ValueError(f"posterior: expected one of {list(_POSTERIORS)}, got "
-                             f"{posterior!r}.")
         self.latent_features = d = latent_features
-        self.prior_kind, self.posterior_kind = prior, posterior
+        prior_object = _prior_object(prior, d)
+        posterior_object = _posterior_object(posterior, d)
+        self.prior_kind = prior if prior_object is None else type(prior).__name__
+        self.posterior_kind = (posterior if posterior_object is None
+                               else type(posterior).__name__)
         self.context_features = context_features if posterior == "iaf" else 0
         hidden = [int(h) for h in hidden_features]
         self.likelihood = make_likelihood(likelihood, self.shape, scale=scale, levels=levels)
@@ -167,15 +175,19 @@ class VAE(PyroModule):
         self.decoder = make_decoder(decoder, d, self.shape, self.likelihood.params,
                                     hidden_features=hidden[::-1], channels=channels,
                                     blocks=blocks)
-        if prior == "normal":
-            self.prior: nn.Module = StandardNormalPrior(d)
+        if prior_object is not None:
+            self.prior: nn.Module | dist.Distribution = prior_object
+        elif prior == "normal":
+            self.prior = StandardNormalPrior(d)
         elif prior == "vamp":
             self.prior = VampPrior(self.shape, prior_components)
         else:
             cls = MAF if prior == "maf" else RealNVP
             self.prior = cls(d, prior_transforms, list(prior_hidden))
         self.flow: nn.Module | None = None
-        if posterior == "iaf":
+        if posterior_object is not None:
+            self.flow = posterior_object
+        elif posterior == "iaf":
             self.flow = IAF(d, posterior_transforms, list(posterior_hidden),
                             context=self.context_features)
         elif posterior == "planar":
@@ -203,14 +215,21 @@ class VAE(PyroModule):
         base = dist.Normal(loc, scale, validate_args=False).to_event(1)
         if self.flow is None:
             return base
-        transforms = self.flow.distribution(context).transforms
-        return dist.TransformedDistribution(base, transforms, validate_args=False)
+        return dist.TransformedDistribution(base, self._posterior_transforms(context),
+                                            validate_args=False)
+
+    def _posterior_transforms(self, context: Tensor | None) -> list[Transform]:
+        if isinstance(self.flow, _TransformList):
+            return self.flow.transforms
+        return list(self.flow.distribution(context).transforms)
 
     def prior_distribution(self) -> dist.Distribution:
         """:math:`p(z)`, event shape ``(latent_features,)``."""
-        if self.prior_kind == "vamp":
+        if isinstance(self.prior, VampPrior):
             return self.prior.distribution(lambda u: self._encode(u)[:2])
-        return self.prior.distribution()
+        if isinstance(self.prior, nn.Module):
+            return self.prior.distribution()
+        return self.prior
 
     def decoder_distribution(self, z: Tensor) -> dist.Distribution:
         """:math:`p(x \\mid z)` for latents ``(*batch, latent_features)``."""
@@ -241,8 +260,9 @@ class VAE(PyroModule):
             n = x.shape[0]
         else:
             _positive(n=n)
-        self._register("decoder", "likelihood", "prior",
-                       *(("encoder",) if self.prior_kind == "vamp" else ()))
+        self._register("decoder", "likelihood",
+                       *(("prior",) if isinstance(self.prior, nn.Module) else ()),
+                       *(("encoder",) if isinstance(self.prior, VampPrior) else ()))
         prior = self.prior_distribution()
         with pyro.plate("data", n, dim=-1):
             z = pyro.sample("z", prior)
@@ -255,6 +275,13 @@ class VAE(PyroModule):
         with pyro.plate("data", x.shape[0], dim=-1):
             pyro.sample("z", q)
 
+    def guide_parameters(self) -> list[nn.Parameter]:
+        """The amortized posterior's parameters, encoder and posterior flow (what
+        :class:`probgen.inference.VariationalEM`'s E-step updates; with a VampPrior the
+        encoder also shapes the prior)."""
+        params = list(self.encoder.parameters())
+        return params + (list(self.flow.parameters()) if self.flow is not None else [])
+
     # -------------------------------------------------------------------------- uses
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
@@ -262,7 +289,7 @@ class VAE(PyroModule):
         ``(N, latent_features)``."""
         loc, _, context = self._encode(self._check(x))
         if self.flow is not None:
-            for t in self.flow.distribution(context).transforms:
+            for t in self._posterior_transforms(context):
                 loc = t(loc)
         return loc
 
@@ -335,6 +362,68 @@ class VAE(PyroModule):
     def extra_repr(self) -> str:  # noqa: D102
         return (f"shape={self.shape}, latent_features={self.latent_features}, "
                 f"prior={self.prior_kind!r}, posterior={self.posterior_kind!r}")
+
+
+class _TransformList(nn.Module):
+    """Pyro transforms given as a VAE posterior, in order; the trainable ones
+    (``TransformModule`` objects) are submodules, so they train with the VAE."""
+
+    def __init__(self, transforms: Sequence[Transform]) -> None:
+        super().__init__()
+        self.trainable = nn.ModuleList([t for t in transforms if isinstance(t, nn.Module)])
+        self.transforms = list(transforms)
+
+
+def _prior_object(prior: object, d: int) -> nn.Module | dist.Distribution | None:
+    """The prior object (``None`` for a name), checked: a density model or a Pyro
+    distribution with event shape ``(d,)``."""
+    if isinstance(prior, str):
+        if prior not in _PRIORS:
+            raise ValueError(f"prior: expected one of {list(_PRIORS)} or a density model / "
+                             f"Pyro distribution object, got {prior!r}.")
+        return None
+    if isinstance(prior, nn.Module):
+        if not callable(getattr(prior, "distribution", None)):
+            raise TypeError(f"prior: expected a density model with distribution(), got "
+                            f"{type(prior).__name__} without it.")
+        if isinstance(prior, VampPrior):
+            return prior
+        distribution = prior.distribution()
+    elif isinstance(prior, dist.torch_distribution.TorchDistributionMixin):
+        distribution = prior
+    else:
+        raise TypeError(f"prior: expected a name, a density model (nn.Module with "
+                        f"distribution()) or a Pyro distribution, got {type(prior).__name__}.")
+    if tuple(distribution.event_shape) != (d,) or tuple(distribution.batch_shape) != ():
+        raise ValueError(f"prior: expected event shape ({d},) and batch shape () (the "
+                         f"latent), got event {tuple(distribution.event_shape)} and batch "
+                         f"{tuple(distribution.batch_shape)}.")
+    return prior
+
+
+def _posterior_object(posterior: object, d: int) -> nn.Module | None:
+    """The posterior flow object (``None`` for a name), checked."""
+    if isinstance(posterior, str):
+        if posterior not in _POSTERIORS:
+            raise ValueError(f"posterior: expected one of {list(_POSTERIORS)} or a flow / "
+                             f"Pyro transforms, got {posterior!r}.")
+        return None
+    if isinstance(posterior, Transform):
+        posterior = [posterior]
+    if isinstance(posterior, (list, tuple)) and all(isinstance(t, Transform)
+                                                    for t in posterior):
+        return _TransformList(posterior)
+    if isinstance(posterior, nn.Module) and callable(getattr(posterior, "distribution", None)):
+        flow = posterior.distribution()
+        if not isinstance(flow, dist.TransformedDistribution):
+            raise TypeError(f"posterior: expected a normalizing flow whose distribution() is "
+                            f"a TransformedDistribution, got {type(flow).__name__}.")
+        if tuple(flow.event_shape) != (d,):
+            raise ValueError(f"posterior: expected a flow on ({d},), got event shape "
+                             f"{tuple(flow.event_shape)}.")
+        return posterior
+    raise TypeError(f"posterior: expected a name, a normalizing flow or Pyro transforms, got "
+                    f"{type(posterior).__name__}.")
 
 
 #: The latent-variable family's name -> class table (joined into ``probgen.models.MODELS``).

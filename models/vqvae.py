@@ -1,5 +1,7 @@
 r"""VQ-VAE: nearest-code quantization (gradient or EMA codebook), convolutional encoder and
-decoder, and a PixelCNN prior over the code maps (the second stage) for sampling."""
+decoder, a PixelCNN prior over the code maps (the second stage) for sampling, and the model
+as a Pyro program (``model``/``guide``: a deterministic ``Delta`` posterior on the nearest
+codes)."""
 
 from __future__ import annotations
 
@@ -7,20 +9,26 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import pyro
+import pyro.distributions as pdist
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from pyro.distributions import Bernoulli, Independent, Normal
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Distribution, Independent, Normal
+from torch.distributions import Distribution
 
 from probgen.inference.vq import straight_through
 from probgen.models.pixelcnn import GatedPixelCNN, PixelCNN
 from probgen.nn import ConvResidualBlock
 
-__all__ = ["QuantizerOutput", "VectorQuantizer", "VQVAE", "VQ_MODELS"]
+__all__ = ["QuantizerOutput", "VectorQuantizer", "VQVAE", "VQ_MODELS", "CODE_PRIORS"]
 
 _LIKELIHOODS = ("bernoulli", "gaussian")
 _PRIORS = ("gated_pixelcnn", "pixelcnn")
+#: Code priors of the Pyro program: uniform over the K codes (the first stage's), or the
+#: learned autoregressive prior (the second stage's).
+CODE_PRIORS = ("uniform", "learned")
 
 
 @dataclass
@@ -355,6 +363,66 @@ class VQVAE(nn.Module):
     def forward(self, x: Tensor) -> QuantizerOutput:
         """Quantizes the code of ``x`` (see :class:`VectorQuantizer`)."""
         return self.quantizer(self.encode(x))
+
+    # ------------------------------------------------------------------- Pyro program
+    def _code_prior(self, code_prior: str, n: int) -> pdist.Distribution:
+        """The prior over one code map: uniform, event ``(h, w)``, or the learned prior,
+        event ``(1, h, w)``."""
+        if code_prior == "uniform":
+            logits = self.quantizer.codebook.new_zeros(*self.code_shape,
+                                                       self.quantizer.num_codes)
+            return pdist.Categorical(logits=logits).to_event(2)
+        if code_prior == "learned":
+            return self.prior.distribution()
+        raise ValueError(f"code_prior: expected one of {list(CODE_PRIORS)}, got "
+                         f"{code_prior!r}.")
+
+    def model(self, x: Tensor | None = None, n: int = 1, code_prior: str = "uniform"
+              ) -> Tensor:
+        r"""The generative model as a Pyro program: a code map ``"codes"`` from the code
+        prior, then ``"x"`` from the decoder, in ``pyro.plate("data", N, dim=-1)``.
+
+        ``code_prior="uniform"`` is the first stage's prior (each position uniform over
+        the ``K`` codes, :math:`\log p(\text{codes}) = -hw\log K`), ``"learned"`` the
+        autoregressive :attr:`prior` over ``(1, h, w)`` maps. The decoder (and the learned
+        prior) are registered with ``pyro.module``.
+
+        Args:
+            x: images ``(N, C, H, W)``; ``None`` generates ``n`` (``Predictive`` works).
+            n: images to generate when ``x`` is None.
+            code_prior: ``"uniform"`` or ``"learned"``.
+
+        Returns:
+            ``x`` (observed) or the generated images ``(n, C, H, W)``.
+        """
+        if x is not None:
+            x = self._check_x(x)
+            n = x.shape[0]
+        else:
+            _positive_int("n", n)
+        pyro.module("decoder", self.decoder)
+        pyro.module("quantizer", self.quantizer)
+        if code_prior == "learned":
+            pyro.module("prior", self.prior)
+        with pyro.plate("data", n, dim=-1):
+            codes = pyro.sample("codes", self._code_prior(code_prior, n))
+            return pyro.sample("x", self.decode_indices(codes.long()), obs=x)
+
+    def guide(self, x: Tensor, n: int = 1, code_prior: str = "uniform") -> None:
+        r"""The posterior as a Pyro program: the point mass (``Delta``) on the nearest codes
+        of the encoder's output, :math:`q(\text{codes} \mid x) = \delta_{k(z_e(x))}`, so
+        its log-density is 0 and the ELBO is :math:`\log p(x \mid z_q) +
+        \log p(\text{codes})`. The codebook is not updated and no gradient reaches the
+        encoder through the Delta: the autoencoder trains with
+        :class:`probgen.inference.VectorQuantizedLoss` (straight-through gradients), and
+        this program evaluates, generates and composes with Pyro."""
+        pyro.module("encoder", self.encoder)
+        indices = self.encode_indices(x)
+        if code_prior == "learned":
+            indices = indices[:, None]
+        with pyro.plate("data", x.shape[0], dim=-1):
+            pyro.sample("codes", pdist.Delta(indices.to(self.quantizer.codebook.dtype),
+                                             event_dim=indices.dim() - 1))
 
     @torch.no_grad()
     def sample(self, shape: Sequence[int] | int = (), *, mean: bool = True,

@@ -33,7 +33,8 @@ through :meth:`probgen.processes.GaussianPath.convert` on :class:`SchedulePath`.
 
 Also here, because the variational bound of every diffusion objective needs them: the KL
 divergence of two diagonal Gaussians and the discretized Gaussian log-likelihood of
-integer data mapped to [-1, 1] (Ho et al., 2020, eq. 13). torch and Pyro have neither in
+integer data mapped to [-1, 1] (Ho et al., 2020, eq. 13), also as the Pyro distribution
+:class:`DiscretizedGaussian` (the decoder of DDPM's Pyro program). torch and Pyro have neither in
 this form (Pyro's distributions have no discretized Gaussian; torch's ``kl_divergence``
 needs distribution objects and does not broadcast a scalar variance cheaply).
 """
@@ -45,6 +46,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor, nn
 
 from probgen.paths import CosinePath
@@ -62,6 +64,7 @@ __all__ = [
     "normal_kl",
     "discretized_gaussian_log_likelihood",
     "to_signed",
+    "DiscretizedGaussian",
     "gaussian_epsilon",
     "VEScore",
 ]
@@ -599,6 +602,76 @@ def to_signed(x: Tensor, levels: int) -> Tensor:
                          f"[{float(x.min()):g}, {float(x.max()):g}] (non-integers: "
                          f"{not torch.equal(x, x.round())}).")
     return 2.0 * x / (levels - 1) - 1.0
+
+
+class DiscretizedGaussian(TorchDistribution):
+    r"""Creates the discretized Gaussian over integer pixels ``0..levels-1`` (Ho et al.,
+    2020, eq. 13), a Pyro distribution.
+
+    Pixel :math:`k` sits at :math:`2k/(L-1) - 1` on the [-1, 1] grid and owns the bin of
+    half-width :math:`1/(L-1)` around it, the end bins reaching :math:`\pm\infty`; its
+    probability is the mass of :math:`N(\mu, \sigma^2)` in the bin
+    (:func:`discretized_gaussian_log_likelihood`). Elementwise: batch shape is the
+    parameters' shape, event shape ``()`` (use ``.to_event`` for images). A draw is a
+    Gaussian draw snapped to its bin, so it is exact.
+
+    Args:
+        loc: :math:`\mu` on the [-1, 1] scale.
+        scale: :math:`\sigma > 0` (broadcasting with ``loc``).
+        levels: :math:`L`, the number of pixel levels.
+
+    Example:
+        >>> d = DiscretizedGaussian(torch.zeros(3), torch.ones(3), levels=4)
+        >>> d.log_prob(torch.arange(4.0)[:, None]).exp().sum(0).round(decimals=6)
+        tensor([1., 1., 1.])
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    has_rsample = False
+
+    def __init__(self, loc: Tensor, scale: Tensor | float, levels: int,
+                 validate_args: bool | None = None) -> None:
+        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+            raise ValueError(f"levels: expected an int >= 2, got {levels!r}.")
+        loc = torch.as_tensor(loc)
+        scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
+        self.loc, self.scale = torch.broadcast_tensors(loc, scale)
+        self.levels = levels
+        super().__init__(self.loc.shape, validate_args=validate_args)
+
+    @constraints.dependent_property(is_discrete=True, event_dim=0)
+    def support(self) -> constraints.Constraint:  # noqa: D102
+        return constraints.integer_interval(0, self.levels - 1)
+
+    def expand(self, batch_shape, _instance=None):  # noqa: ANN001, ANN201 - torch's signature
+        """The same distribution with its parameters expanded to ``batch_shape``."""
+        shape = torch.Size(batch_shape)
+        return DiscretizedGaussian(self.loc.expand(shape), self.scale.expand(shape),
+                                   self.levels, validate_args=False)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """Log-probability of integer pixels ``value`` (any shape broadcasting with the
+        batch shape)."""
+        if self._validate_args:
+            self._validate_sample(value)
+        signed = 2.0 * value / (self.levels - 1) - 1.0
+        return discretized_gaussian_log_likelihood(signed, self.loc, self.scale.log(),
+                                                   self.levels)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008
+        """Integer pixels (as floats) ``(*sample_shape, *batch_shape)``."""
+        shape = self._extended_shape(torch.Size(sample_shape))
+        with torch.no_grad():
+            y = self.loc.expand(shape) + self.scale.expand(shape) * torch.randn(
+                shape, dtype=self.loc.dtype, device=self.loc.device)
+            k = torch.round((y + 1.0) * (self.levels - 1) / 2.0)
+            return k.clamp(0, self.levels - 1)
+
+    @property
+    def mean(self) -> Tensor:  # noqa: D102
+        k = torch.arange(self.levels, dtype=self.loc.dtype, device=self.loc.device)
+        probs = self.log_prob(k.reshape(-1, *([1] * self.loc.dim()))).exp()
+        return (probs * k.reshape(-1, *([1] * self.loc.dim()))).sum(0)
 
 
 def gaussian_epsilon(schedule: NoiseSchedule, mean: Tensor, cov: Tensor

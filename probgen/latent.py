@@ -1,5 +1,6 @@
-r"""Latent-variable helpers: Gaussian KL and NLL, KL per dimension, active units, and
-importance-sampled log-likelihoods of any Pyro model/guide pair.
+r"""Latent-variable helpers: Gaussian KL and NLL, KL per dimension, active units, ELBO surgery
+(index-code mutual information and marginal KL), and importance-sampled log-likelihoods of
+any Pyro model/guide pair.
 
 **Parametrization of the Gaussian helpers.** :func:`gaussian_kl` and :func:`gaussian_nll`
 take a mean and a *log standard deviation* (the course's convention): ``N(2, e^3)`` is the
@@ -45,6 +46,7 @@ __all__ = [
     "log_importance_weights",
     "importance_log_likelihood",
     "evidence_lower_bound",
+    "elbo_surgery",
 ]
 
 
@@ -276,3 +278,79 @@ def evidence_lower_bound(
                                 max_plate_nesting=max_plate_nesting, generator=generator,
                                 **kwargs)
     return lw.mean(0)
+
+
+@torch.no_grad()
+def elbo_surgery(
+    posterior: Distribution,
+    prior: Distribution,
+    num_samples: int = 10,
+    *,
+    chunk_size: int = 256,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    r"""ELBO surgery: splits the average KL term into index-code mutual information and the
+    aggregate posterior's KL to the prior (Hoffman & Johnson, 2016).
+
+    With the data's index :math:`n` uniform on ``1..N``, :math:`q(n, z) = q(z \mid x_n)/N`
+    and the aggregate posterior :math:`q(z) = \frac1N \sum_n q(z \mid x_n)`,
+
+    .. math:: \frac1N \sum_n KL(q(z \mid x_n) \| p(z))
+        = \underbrace{E_{q(n, z)}\Big[\log \frac{q(z \mid x_n)}{q(z)}\Big]}_{I_q(n; z)}
+        + \underbrace{E_{q(z)}\Big[\log \frac{q(z)}{p(z)}\Big]}_{KL(q(z) \| p(z))}.
+
+    Both terms are estimated with ``num_samples`` draws :math:`z \sim q(z \mid x_n)` per
+    example; :math:`\log q(z)` is the exact log-mean over all ``N`` posteriors (``N``
+    log-densities per draw, evaluated ``chunk_size`` draws at a time), so the only error is
+    the Monte Carlo average. :math:`0 \le I_q \le \log N`.
+
+    Args:
+        posterior: :math:`q(z \mid x_n)` for the ``N`` examples, batch shape ``(N,)``
+            (e.g. ``vae.posterior(x)`` of a trained VAE).
+        prior: :math:`p(z)` on the same event shape (e.g. ``vae.prior_distribution()``).
+        num_samples: draws per example.
+        chunk_size: draws whose ``N`` posterior densities are evaluated in one pass.
+        generator: the draws come from it (``None``: the global RNG).
+
+    Returns:
+        Scalars (nats): ``kl`` (the average KL: closed form where torch knows it, else the
+        estimate), ``mutual_information``, ``marginal_kl`` and ``kl_estimate``
+        (their sum, the Monte Carlo average KL).
+
+    References:
+        ELBO surgery: yet another way to carve up the variational evidence lower bound
+        (Hoffman & Johnson, 2016), NIPS Workshop on Advances in Approximate Bayesian
+        Inference.
+    """
+    if len(posterior.batch_shape) != 1:
+        raise ValueError(f"posterior: expected batch shape (N,), got "
+                         f"{tuple(posterior.batch_shape)}.")
+    if tuple(prior.event_shape) != tuple(posterior.event_shape):
+        raise ValueError(f"prior: expected event shape {tuple(posterior.event_shape)} (the "
+                         f"posterior's), got {tuple(prior.event_shape)}.")
+    for name, value in {"num_samples": num_samples, "chunk_size": chunk_size}.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}.")
+    n = posterior.batch_shape[0]
+    event = posterior.event_shape
+    with drawing_from(generator):
+        z = posterior.sample((num_samples,))                    # (S, N, *event)
+    log_q_own = posterior.log_prob(z).double()                 # (S, N)
+    log_p = prior.log_prob(z).double()                         # (S, N)
+    flat = z.reshape(-1, *event)
+    pieces = []
+    for start in range(0, flat.shape[0], chunk_size):
+        chunk = flat[start:start + chunk_size]                 # (c, *event)
+        dens = posterior.log_prob(chunk.unsqueeze(1)).double()  # (c, N): every posterior
+        pieces.append(torch.logsumexp(dens, -1) - math.log(n))
+    log_q_marginal = torch.cat(pieces).reshape(num_samples, n)
+    mi = (log_q_own - log_q_marginal).mean()
+    marginal = (log_q_marginal - log_p).mean()
+    estimate = (log_q_own - log_p).mean()
+    try:
+        kl = kl_divergence(posterior, prior).double().mean()
+    except NotImplementedError:
+        kl = estimate
+    dtype = z.dtype if z.is_floating_point() else torch.get_default_dtype()
+    return {"kl": kl.to(dtype), "mutual_information": mi.to(dtype),
+            "marginal_kl": marginal.to(dtype), "kl_estimate": estimate.to(dtype)}
