@@ -42,6 +42,12 @@ from probgen.inference.flow_matching import (
     straightness,
 )
 from probgen.inference.guidance import classifier_free, classifier_guided, drop_labels, guided
+from probgen.inference.inverse import (
+    GUIDANCE_METHODS,
+    measurement_guided,
+    measurement_model,
+    posterior_sample,
+)
 from probgen.inference.langevin import (
     SAMPLERS,
     LangevinResult,
@@ -169,6 +175,10 @@ __all__ = [
     "classifier_free",
     "classifier_guided",
     "drop_labels",
+    "GUIDANCE_METHODS",
+    "measurement_guided",
+    "posterior_sample",
+    "measurement_model",
     "reflow_pairs",
     "straightness",
     "ExactEM",
