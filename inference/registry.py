@@ -6,9 +6,9 @@ Each family's inference module registers a builder at import time::
     def _build(model, data, **table):
         return ELBO(model, preprocess=data.preprocess, **table)
 
-``probgen.experiment.build_objective`` then builds ``[objective] name = "elbo"`` from a run
+``probgen.run.experiment.build_objective`` then builds ``[objective] name = "elbo"`` from a run
 file, rejecting keys outside ``keys`` with a message that lists them. ``data`` is the run's
-:class:`probgen.experiment.DataBundle` (``kind``, ``event_shape``, ``preprocess``,
+:class:`probgen.run.experiment.DataBundle` (``kind``, ``event_shape``, ``preprocess``,
 ``num_classes``, ...). The built-in names (``ml``, ``regularized_ml``, ``reverse_kl`` and the
 score-matching ones) are handled by the experiment module itself and cannot be re-registered.
 """
@@ -23,7 +23,7 @@ from torch import nn
 
 __all__ = ["ObjectiveSpec", "OBJECTIVES", "register_objective", "RESERVED_OBJECTIVES"]
 
-#: Names that probgen.experiment builds itself.
+#: Names that probgen.run.experiment builds itself.
 RESERVED_OBJECTIVES = ("ml", "regularized_ml", "reverse_kl", "ism", "ssm", "dsm", "ncsn")
 
 

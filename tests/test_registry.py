@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from probgen.config import ConfigError
-from probgen.experiment import build_data, build_model, build_objective, fit_run
 from probgen.inference import registry
 from probgen.models import MODELS
+from probgen.run.config import ConfigError
+from probgen.run.experiment import build_data, build_model, build_objective, fit_run
 
 
 class _ClassMeans(nn.Module):
@@ -77,7 +77,7 @@ def test_registered_objective_trains_to_class_means(registered, tmp_path):
     x, y = data.train
     x, _ = data.preprocess(x, dequantize=False)
     # The squared error's minimizer is each class's mean of the training images.
-    from probgen.experiment import load_run
+    from probgen.run.experiment import load_run
 
     _, _, trained, _ = load_run(tmp_path)
     target = torch.stack([x[y == k].mean(0) for k in range(10)])

@@ -97,7 +97,7 @@ def did_you_mean(name: object, choices: Iterable[str]) -> str:
 
 
 def _preset_dir() -> Any:
-    return resources.files("probgen.presets")
+    return resources.files("probgen.run.presets")
 
 
 def list_presets() -> dict[str, str]:

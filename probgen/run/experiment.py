@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import json
 import math
@@ -16,7 +15,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from probgen.config import (
+import probgen.inference as inference
+import probgen.models as zoo
+from probgen.inference.langevin import SAMPLERS as LANGEVIN_SAMPLERS
+from probgen.run.config import (
     SECTIONS,
     ConfigError,
     check_call_kwargs,
@@ -24,7 +26,7 @@ from probgen.config import (
     did_you_mean,
     dump_toml,
 )
-from probgen.progress import Progress
+from probgen.run.progress import Progress
 from probgen.utils import atomic_torch_save, atomic_write_bytes, atomic_write_text
 
 __all__ = ["DataBundle", "build_data", "build_model", "build_objective", "build_sampler",
@@ -92,9 +94,9 @@ def presets_by_family() -> dict[str, dict[str, str]]:
     A preset's family is that of the zoo module of its ``[model] name`` (:data:`FAMILIES`);
     families come in the course's order, presets by name.
     """
-    from probgen.config import list_presets, load_config
+    from probgen.run.config import list_presets, load_config
 
-    registry = _models().MODELS
+    registry = zoo.MODELS
     groups: dict[str, dict[str, str]] = {}
     for name, description in list_presets().items():
         model = load_config(name).get("model", {}).get("name")
@@ -103,15 +105,6 @@ def presets_by_family() -> dict[str, dict[str, str]]:
     order = list(dict.fromkeys(FAMILIES.values()))
     return {f: groups[f] for f in sorted(
         groups, key=lambda f: (order.index(f) if f in order else len(order), f))}
-
-
-def _models() -> Any:
-    # Imported lazily: the core must not import the model zoo at import time.
-    return importlib.import_module("probgen.models")
-
-
-def _inference() -> Any:
-    return importlib.import_module("probgen.inference")
 
 
 @dataclass
@@ -224,7 +217,7 @@ def _with_labels(bundle: DataBundle, train_y: Tensor, test_y: Tensor) -> DataBun
 
 
 def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
-    """Builds the data named by the ``[data]`` table (see ``probgen.config.SECTIONS``)."""
+    """Builds the data named by the ``[data]`` table (see ``probgen.run.config.SECTIONS``)."""
     from probgen import data as pdata
 
     objective = config.get("objective", {}).get("name", "ml")
@@ -338,7 +331,6 @@ def build_model(config: dict[str, Any], data: DataBundle) -> nn.Module:
 
     ``features`` (vectors) or ``shape`` (images) is filled in from the data when absent.
     """
-    zoo = _models()
     table = dict(config.get("model", {}))
     registry = zoo.MODELS
     name = table.pop("name", None)
@@ -373,7 +365,6 @@ def build_objective(config: dict[str, Any], model: nn.Module, data: DataBundle) 
     Built-in names are handled here; a family's own objectives come from
     ``probgen.inference.registry.OBJECTIVES`` (their builders check their keys).
     """
-    inference = _inference()
     table = dict(config.get("objective", {}))
     name = table.pop("name", "ml")
     registered = inference.registry.OBJECTIVES
@@ -445,7 +436,7 @@ def _validate(config: dict[str, Any]) -> None:
     check_keys(runner, _RUNNER_TRAIN_KEYS, "train")
     if "threads" in runner and runner["threads"] < 1:
         raise ConfigError(f"[train] threads must be a positive int, got {runner['threads']}.")
-    check_call_kwargs(_inference().fit, train, "train", exclude=_FIT_RESERVED)
+    check_call_kwargs(inference.fit, train, "train", exclude=_FIT_RESERVED)
     for key in ("steps", "batch_size"):
         if key not in train:
             raise ConfigError(f"[train] {key} is required.")
@@ -476,7 +467,6 @@ def _run_folder(config: dict[str, Any], out_dir: str | Path | None, default_name
 
 def _check_resumable(run: Path, objective: nn.Module, config: dict[str, Any]) -> None:
     """Checks that ``run`` holds a checkpoint this configuration can continue."""
-    inference = _inference()
     path = run / "checkpoint.pt"
     if not path.is_file():
         raise FileNotFoundError(
@@ -654,7 +644,7 @@ def fit_run(
     ``[eval]`` included) is checked and the model is built; with ``resume``, before the
     folder's checkpoint is found to fit the model. ``interruptible``: SIGINT and SIGTERM
     stop training after a step with a checkpoint (see :func:`probgen.inference.fit`).
-    ``progress``: a mode of :class:`probgen.progress.Progress` (``True``: a bar on a
+    ``progress``: a mode of :class:`probgen.run.progress.Progress` (``True``: a bar on a
     terminal, one plain line per stage in a pipe; ``False``: silent). ``device``: where
     the model is trained, evaluated and sampled (default: the run's ``[train] device``,
     else ``"cpu"``; see :func:`check_device`).
@@ -689,7 +679,7 @@ def fit_run(
     for key in (*_RUNNER_TRAIN_KEYS, "device"):
         train.pop(key, None)
     start = time.perf_counter()
-    _inference().fit(
+    inference.fit(
         objective, data.train, batch_size=batch_size, out_dir=run, resume=resume,
         progress=reporter.bars, config=config, seed=seed, interruptible=interruptible,
         eval_data=_held_out(data, config) if "eval_every" in train else None, device=str(dev),
@@ -740,12 +730,12 @@ def build_sampler(config: dict, model: nn.Module, objective: nn.Module, data: Da
         _check_sampler_name(kwargs, getattr(model, "samplers", None))
         return _ConfiguredSampler(model, kwargs)
     table = {k: v for k, v in config.get("sample", {}).items() if k != "n"}
-    _check_sampler_name(table, importlib.import_module("probgen.inference.langevin").SAMPLERS)
+    _check_sampler_name(table, LANGEVIN_SAMPLERS)
     sigmas = getattr(objective, "sigmas", None)
     defaults = {"sampler": "annealed" if sigmas is not None else "langevin", "sigmas": sigmas,
                 "sigma": getattr(objective, "sigma", None)}
     try:
-        return _inference().ScoreSampler(model, data.event_shape, **{**defaults, **table})
+        return inference.ScoreSampler(model, data.event_shape, **{**defaults, **table})
     except ValueError as e:
         raise ConfigError(f"[sample] {e}") from None
 
@@ -793,7 +783,7 @@ def load_run(run_dir: str | Path, *, with_data: bool = True, device: str = "cpu"
         FileNotFoundError: the folder, its ``config.toml`` or its ``checkpoint.pt`` is missing.
         ValueError: an unreadable or foreign checkpoint, or one of another model.
     """
-    from probgen.config import load_config
+    from probgen.run.config import load_config
 
     run = Path(run_dir)
     if not run.is_dir():
@@ -809,11 +799,11 @@ def load_run(run_dir: str | Path, *, with_data: bool = True, device: str = "cpu"
     data = build_data(config, seed=seed) if with_data else describe_data(config, seed=seed)
     model = build_model(config, data)
     objective = build_objective(config, model, data)
-    state = _inference().load_checkpoint(run / "checkpoint.pt")
-    _inference().load_objective_state(objective, state, run / "checkpoint.pt")
+    state = inference.load_checkpoint(run / "checkpoint.pt")
+    inference.load_objective_state(objective, state, run / "checkpoint.pt")
     if state.get("ema") is not None:
         with torch.no_grad():
-            _inference().EMA.copy_state_to(state["ema"], objective)
+            inference.EMA.copy_state_to(state["ema"], objective)
     objective.to(dev)
     objective.eval()
     model.eval()
@@ -859,7 +849,6 @@ def load(run_dir: str | Path, *, device: str = "cpu") -> LoadedRun:
     if not metrics.is_file():
         raise FileNotFoundError(f"{run} is not a complete run folder: metrics.jsonl is missing "
                                 f"({str(metrics)!r}).")
-    inference = _inference()
     step = int(inference.load_checkpoint(run / "checkpoint.pt")["step"])
     records = inference.history.read_records(metrics, upto=step)
     return LoadedRun(model, config, inference.History(records))
@@ -911,7 +900,7 @@ def eval_run(run_dir: str | Path, metrics: str | None = None, *,
     metrics of ``num_samples`` model samples against the held-out data
     (``probgen.metrics.run_sample_metrics``). ``threads``: torch's CPU threads (default:
     the run's ``[train] threads``, else PyTorch's default). ``device``: where the model
-    runs (see :func:`check_device`). ``progress``: see :class:`probgen.progress.Progress`.
+    runs (see :func:`check_device`). ``progress``: see :class:`probgen.run.progress.Progress`.
     """
     dev = check_device(device)
     config, data, model, objective = load_run(run_dir, device=str(dev))
@@ -961,7 +950,7 @@ def sample_run(run_dir: str | Path, *, n: int = 64, out: str | Path | None = Non
             PyTorch's default).
         format: one of :data:`SAMPLE_FORMATS`; by default the suffix of ``out``, else png.
         device: where the model samples (see :func:`check_device`).
-        progress: see :class:`probgen.progress.Progress`.
+        progress: see :class:`probgen.run.progress.Progress`.
 
     Returns:
         Path: the written file.
