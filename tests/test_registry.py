@@ -108,5 +108,16 @@ def test_sample_table_is_checked_against_the_model(registered, tmp_path):
 
 
 def test_builtin_names_cannot_be_registered():
-    with pytest.raises(ValueError, match="built-in"):
-        registry.register_objective("ml")
+    with pytest.raises(ValueError, match="'ml' is a built-in objective name"):
+        @registry.register_objective("ml")
+        def _other_ml(model, data):
+            return model
+
+
+def test_one_table_holds_every_objective():
+    """The built-in objectives are registry entries like the families' (one builder table)."""
+    for name in ("ml", "regularized_ml", "reverse_kl", "ism", "ssm", "dsm", "ncsn", "elbo",
+                 "ddpm", "cfm", "sde_dsm", "gan", "vqvae"):
+        assert name in registry.OBJECTIVES, name
+    assert registry.OBJECTIVES["dsm"].langevin and not registry.OBJECTIVES["ddpm"].langevin
+    assert not registry.OBJECTIVES["reverse_kl"].needs_data

@@ -45,10 +45,10 @@ SECTIONS: dict[str, tuple[dict[str, type | tuple[type, ...]] | None, str]] = {
     "model": (None, "model: 'name' plus the constructor's keyword arguments"),
     "objective": (
         None,
-        "objective: 'ml' (forward KL), 'regularized_ml' (with RNODE's 'kinetic' and "
-        "'jacobian' weights), 'reverse_kl' to an energy 'target', score matching: "
-        "'ism', 'ssm', 'dsm' (one 'sigma'), 'ncsn' (a ladder 'sigma_max'..'sigma_min'), or a "
-        "family's registered objective (probgen.inference.registry.OBJECTIVES)",
+        "objective: a name of probgen.inference.registry.OBJECTIVES, e.g. 'ml' (forward KL), "
+        "'regularized_ml' (with RNODE's 'kinetic' and 'jacobian' weights), 'reverse_kl' to "
+        "an energy 'target', score matching: 'ism', 'ssm', 'dsm' (one 'sigma'), 'ncsn' (a "
+        "ladder 'sigma_max'..'sigma_min'), or a family's objective ('elbo', 'ddpm', 'cfm', ...)",
     ),
     "train": (None, "keyword arguments of probgen.inference.fit, and 'threads' (torch's CPU "
                     "threads; default PyTorch's)"),

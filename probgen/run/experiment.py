@@ -34,23 +34,6 @@ __all__ = ["DataBundle", "build_data", "build_model", "build_objective", "build_
            "presets_by_family", "describe_data", "load", "LoadedRun", "check_device",
            "SAMPLE_FORMATS"]
 
-# Score matching (no density: figures and sample metrics come from a Langevin sampler, see
-# build_sampler): each name with the [objective] keys it accepts.
-_SCORE_OBJECTIVES = {
-    "ism": ("divergence", "noise", "sigma"),
-    "ssm": ("num_projections", "noise", "sigma"),
-    "dsm": ("sigma",),
-    "ncsn": ("sigma_max", "sigma_min", "num_sigmas"),
-}
-_OBJECTIVES = ("ml", "regularized_ml", "reverse_kl", *_SCORE_OBJECTIVES)
-# Keys the built-in objectives accept ([objective] tables of registered objectives are checked
-# against their own keys, see probgen.inference.registry).
-_BUILTIN_OBJECTIVE_KEYS = {
-    "name": str, "target": str, "num_samples": int, "kinetic": (int, float),
-    "jacobian": (int, float), "sigma": (int, float), "sigma_max": (int, float),
-    "sigma_min": (int, float), "num_sigmas": int, "divergence": str, "noise": str,
-    "num_projections": int,
-}
 # [sample] keys of score runs (a Langevin sampler); other runs pass [sample] to model.sample.
 _SCORE_SAMPLE_KEYS = {"n": int, "sampler": str, "steps": int, "eta": (int, float),
                       "eps": (int, float), "init_std": (int, float), "denoise": bool}
@@ -220,12 +203,12 @@ def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
     """Builds the data named by the ``[data]`` table (see ``probgen.run.config.SECTIONS``)."""
     from probgen import data as pdata
 
-    objective = config.get("objective", {}).get("name", "ml")
+    objective = _objective_name(config)
     table = dict(config.get("data", {}))
-    if objective == "reverse_kl":
+    if not _needs_data(config):
         if table:
             raise ConfigError(
-                "[data] must be empty with objective 'reverse_kl': it needs no data."
+                f"[data] must be empty with objective {objective!r}: it needs no data."
             )
         return DataBundle("none", "none", None, None, (2,))
     if "name" not in table:
@@ -307,7 +290,7 @@ def describe_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
     """
     table = config.get("data", {})
     name = table.get("name")
-    if _objective_name(config) == "reverse_kl" or name not in _IMAGE_SETS:
+    if not _needs_data(config) or name not in _IMAGE_SETS:
         return build_data(config, seed=seed)
     shape, levels, classes = _IMAGE_SETS[name]
     if "eval_size" in table:
@@ -362,64 +345,52 @@ def build_model(config: dict[str, Any], data: DataBundle) -> nn.Module:
 def build_objective(config: dict[str, Any], model: nn.Module, data: DataBundle) -> nn.Module:
     """Builds the ``[objective]`` (``ml`` by default) around ``model``.
 
-    Built-in names are handled here; a family's own objectives come from
-    ``probgen.inference.registry.OBJECTIVES`` (their builders check their keys).
+    Every name, built-in or a family's, comes from the one table
+    ``probgen.inference.registry.OBJECTIVES`` (each builder checks its keys).
     """
     table = dict(config.get("objective", {}))
     name = table.pop("name", "ml")
-    registered = inference.registry.OBJECTIVES
-    if name in registered:
-        try:
-            return inference.registry.build_registered(name, model, data, table)
-        except (TypeError, ValueError) as e:
-            if isinstance(e, ConfigError):
-                raise
-            raise ConfigError(f"[objective] {name}: {e}") from None
-    if name not in _OBJECTIVES:
-        allowed = sorted([*_OBJECTIVES, *registered])
-        raise ConfigError(f"[objective] name must be one of {allowed}, got {name!r}."
-                          + did_you_mean(name, allowed))
-    if name in _SCORE_OBJECTIVES:
-        extra = set(table) - set(_SCORE_OBJECTIVES[name])
-        if extra:
-            raise ConfigError(f"[objective] keys {sorted(extra)} do not apply to {name!r} "
-                              f"(allowed: {', '.join(_SCORE_OBJECTIVES[name])}).")
-        cls = {"ism": inference.ImplicitScoreMatching, "ssm": inference.SlicedScoreMatching,
-               "dsm": inference.DenoisingScoreMatching,
-               "ncsn": inference.NoiseConditionalScoreMatching}[name]
-        return cls(model, preprocess=data.preprocess, **table)
-    if name == "ml":
-        if table:
-            raise ConfigError(f"[objective] keys {sorted(table)} do not apply to 'ml'.")
-        return inference.MaximumLikelihood(model, preprocess=data.preprocess)
-    if name == "regularized_ml":  # RNODE: NLL + kinetic and Jacobian penalties
-        extra = set(table) - {"kinetic", "jacobian"}
-        if extra:
-            raise ConfigError(f"[objective] keys {sorted(extra)} do not apply to "
-                              "'regularized_ml' (allowed: jacobian, kinetic).")
-        return inference.RegularizedMaximumLikelihood(model, preprocess=data.preprocess,
-                                                      **table)
-    from probgen.energies import ENERGIES
-
-    if "target" not in table:
-        raise ConfigError(f"[objective] target is required for 'reverse_kl'; allowed: "
-                          f"{sorted(ENERGIES)}.")
-    if isinstance(table["target"], str) and table["target"].lower() not in ENERGIES:
-        raise ConfigError(f"[objective] target {table['target']!r} is unknown; allowed: "
-                          f"{sorted(ENERGIES)}." + did_you_mean(table["target"], ENERGIES))
-    return inference.ReverseKL(model, table["target"], num_samples=table.get("num_samples", 256))
+    _objective_spec(config)  # an unknown name: the error lists the registered ones
+    try:
+        return inference.registry.build_registered(name, model, data, table)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"[objective] {name}: {e}") from None
 
 
 def _objective_name(config: dict[str, Any]) -> str:
     return config.get("objective", {}).get("name", "ml")
 
 
+def _needs_data(config: dict[str, Any]) -> bool:
+    """Whether the run's objective trains on data (an unknown name is reported later)."""
+    spec = inference.registry.OBJECTIVES.get(_objective_name(config))
+    return spec is None or spec.needs_data
+
+
+def _objective_spec(config: dict[str, Any]) -> inference.registry.ObjectiveSpec:
+    """The registry entry of ``[objective] name`` (``ml`` by default).
+
+    Raises:
+        ConfigError: a name that is not registered (the message lists the registered ones).
+    """
+    name = _objective_name(config)
+    registered = inference.registry.OBJECTIVES
+    if name not in registered:
+        raise ConfigError(f"[objective] name must be one of {sorted(registered)}, got "
+                          f"{name!r}." + did_you_mean(name, registered))
+    return registered[name]
+
+
 def _validate(config: dict[str, Any]) -> None:
     for section, table in config.items():
         schema = SECTIONS[section][0]
-        if section == "objective" and _objective_name(config) in _OBJECTIVES:
-            schema = _BUILTIN_OBJECTIVE_KEYS
-        if section == "sample" and _objective_name(config) in _SCORE_OBJECTIVES:
+        if section == "objective":
+            spec = _objective_spec(config)
+            typed = {k: t for k, t in spec.types.items() if t is not None}
+            check_keys({k: v for k, v in table.items() if k in typed}, typed, section)
+        if section == "sample" and _objective_spec(config).langevin:
             schema = _SCORE_SAMPLE_KEYS
         if schema is not None:
             check_keys(table, schema, section)
@@ -722,7 +693,7 @@ def build_sampler(config: dict, model: nn.Module, objective: nn.Module, data: Da
     table's keys other than ``n``), or for score runs a Langevin sampler of its network set
     by the ``[sample]`` table (annealed over the objective's ladder by default). Either way
     the result has ``sample(shape, generator=None)``."""
-    if _objective_name(config) not in _SCORE_OBJECTIVES:
+    if not _objective_spec(config).langevin:
         kwargs = {k: v for k, v in config.get("sample", {}).items() if k != "n"}
         if not kwargs:
             return model
