@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from probgen.energies import ENERGIES, get_energy
 from probgen.inference.registry import register_objective
+from probgen.utils import did_you_mean
 
 __all__ = ["ReverseKL"]
 
@@ -116,5 +117,8 @@ def _build(model: nn.Module, data: Any, **table: Any) -> nn.Module:
     if "target" not in table:
         raise ValueError(f"target is required for 'reverse_kl'; expected one of "
                          f"{sorted(ENERGIES)}.")
-    get_energy(table["target"])  # an unknown name: the error lists the known ones
+    target = table["target"]
+    if isinstance(target, str) and target.lower() not in ENERGIES:
+        raise ValueError(f"target: unknown energy {target!r}; expected one of "
+                         f"{sorted(ENERGIES)}." + did_you_mean(target, ENERGIES))
     return ReverseKL(model, table["target"], num_samples=table.get("num_samples", 256))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import difflib
 import inspect
 import tomllib
 import typing
@@ -11,6 +10,8 @@ from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from probgen.utils import did_you_mean
 
 __all__ = [
     "ConfigError",
@@ -67,33 +68,6 @@ SECTIONS: dict[str, tuple[dict[str, type | tuple[type, ...]] | None, str]] = {
 
 class ConfigError(ValueError):
     """A run configuration names an unknown key, has a wrong type or an impossible choice."""
-
-
-def did_you_mean(name: object, choices: Iterable[str]) -> str:
-    """The hint appended to an "unknown name" error: ``" Did you mean 'x'?"`` or ``""``.
-
-    Used wherever a run file, an override or a command-line argument names something
-    unknown (a preset, section, key, model, objective, data set or sampler).
-
-    Example:
-        >>> did_you_mean("realnvp-moon", ["realnvp-moons", "maf-8gaussians"])
-        " Did you mean 'realnvp-moons'?"
-        >>> did_you_mean("zzz", ["realnvp-moons"])
-        ''
-    """
-    if not isinstance(name, str):
-        return ""
-    choices = [str(c) for c in choices]
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
-    if not close:  # case slips: 'realnvp' for 'RealNVP'
-        lowered = {c.lower(): c for c in choices}
-        close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.6)
-        close = [lowered[c] for c in close]
-    if not close:
-        return ""
-    quoted = [repr(c) for c in close]
-    names = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
-    return f" Did you mean {names}?"
 
 
 def _preset_dir() -> Any:

@@ -17,7 +17,9 @@ from torch import Tensor, nn
 
 import probgen.inference as inference
 import probgen.models as zoo
+from probgen.inference.distributed import DistributedContext
 from probgen.inference.langevin import SAMPLERS as LANGEVIN_SAMPLERS
+from probgen.inference.steps import eval_length, evaluate
 from probgen.run.config import (
     SECTIONS,
     ConfigError,
@@ -451,51 +453,33 @@ def _check_resumable(run: Path, objective: nn.Module, config: dict[str, Any]) ->
 
 
 def _evaluate(objective: nn.Module, model: nn.Module, data: DataBundle, config: dict,
-              device: torch.device | None = None, progress: Progress | None = None) -> dict:
-    """Held-out metrics: NLL (nats) and bits/dim for images; KL for reverse-KL runs.
-
-    Batches are moved to ``device`` (CPU by default); ``progress`` reports the stage."""
-    from probgen.inference.batches import to_device
-
+              device: torch.device | None = None, progress: Progress | None = None,
+              seed: int = 0) -> dict:
+    """Held-out metrics through the trainer's evaluation (:func:`probgen.inference.steps.
+    evaluate`, the one evaluation loop): NLL (nats) and bits/dim for images, every other
+    output of the objective, and for objectives without data (reverse KL) the KL over
+    ``[eval] num_samples`` draws. Leaves the objective and the model in eval mode (for
+    sampling after it). Batches go to ``device`` (CPU by default); ``progress`` reports the
+    stage."""
     device = torch.device("cpu") if device is None else device
     progress = Progress("off") if progress is None else progress
     table = config.get("eval", {})
-    out: dict[str, float] = {}
-    # The objective too: objectives that count training passes (annealing schedules) or
-    # use dropout must see evaluation as evaluation.
+    batch_size = int(table.get("batch_size", 2000))
+    # KL(q || p~) = E_q[log q - log p~] = KL(q || p) - log Z, over num_samples draws.
+    held_out = (int(table.get("num_samples", 20000)) if data.kind == "none"
+                else _held_out(data, config))
+    unit = "samples" if data.kind == "none" else "examples"
+    with progress.stage("evaluate", eval_length(held_out), unit) as stage:
+        means = evaluate(objective, held_out, batch_size=batch_size,
+                         ctx=DistributedContext(device=device), ema=None, seed=seed,
+                         callback=stage.update)
+    # Objectives that count training passes (annealing schedules) or use dropout must see
+    # what follows (sampling, figures) as evaluation too.
     objective.eval()
     model.eval()
-    with torch.no_grad():
-        batch_size = int(table.get("batch_size", 2000))
-        if data.kind == "none":
-            # KL(q || p~) = E_q[log q - log p~] = KL(q || p) - log Z, over num_samples draws.
-            n, total = int(table.get("num_samples", 20000)), 0.0
-            with progress.stage("evaluate", n, "samples") as stage:
-                for start in range(0, n, batch_size):
-                    m = min(batch_size, n - start)
-                    total += float(objective(m)["kl"]) * m
-                    stage.update(m)
-            out["test/kl_unnormalized"] = total / n
-            return out
-        held_out = _held_out(data, config)
-        sums: dict[str, float] = {}
-        count = 0
-        total = _length(held_out)
-        with progress.stage("evaluate", total, "examples") as stage:
-            for start in range(0, total, batch_size):
-                batch = _rows(held_out, start, start + batch_size)
-                m = _length(batch)
-                stats = objective(to_device(batch, device))
-                for key, value in stats.items():
-                    sums[key] = sums.get(key, 0.0) + float(value) * m
-                count += m
-                stage.update(m)
-        out = {f"test/{k}": v / count for k, v in sums.items() if k != "loss"}
-    return out
-
-
-def _length(batch: Any) -> int:
-    return int(batch[0].shape[0]) if isinstance(batch, tuple) else int(batch.shape[0])
+    if data.kind == "none":
+        return {"test/kl_unnormalized": means["eval/kl"]}
+    return {f"test/{k[len('eval/'):]}": v for k, v in means.items() if k != "eval/loss"}
 
 
 def _rows(batch: Any, start: int, stop: int) -> Any:
@@ -660,8 +644,11 @@ def fit_run(
     if int(os.environ.get("RANK", "0")) != 0:
         # Under torchrun only rank 0 evaluates and writes; the others are done after fit.
         return {"train_seconds": seconds, "run": str(run), "files": []}
+    # Evaluation, samples and figures use the weights a loaded run has: the EMA weights
+    # where the run keeps an EMA (the trainer evaluates with them too), else the last ones.
+    _use_ema_weights(objective, run / "checkpoint.pt")
     result = {"train_seconds": seconds,
-              **_evaluate(objective, model, data, config, dev, reporter)}
+              **_evaluate(objective, model, data, config, dev, reporter, seed)}
     sampler = build_sampler(config, model, objective, data)
     stats, samples = _sample_stats(sampler, data, config, reporter, no_grad=sampler is model)
     if sampler is not model:
@@ -741,6 +728,16 @@ def _sample_stats(sampler: Any, data: DataBundle, config: dict,
     return out, samples
 
 
+def _use_ema_weights(objective: nn.Module, checkpoint: Path | dict[str, Any]) -> None:
+    """Gives ``objective`` the EMA weights of a checkpoint (a path or its loaded state), when
+    the run keeps an EMA; otherwise leaves its weights alone."""
+    state = (inference.load_checkpoint(checkpoint) if isinstance(checkpoint, Path)
+             else checkpoint)
+    if state.get("ema") is not None:
+        with torch.no_grad():
+            inference.EMA.copy_state_to(state["ema"], objective)
+
+
 def load_run(run_dir: str | Path, *, with_data: bool = True, device: str = "cpu"
              ) -> tuple[dict, DataBundle, nn.Module, nn.Module]:
     """Rebuilds a run's configuration, data, model and objective from its folder.
@@ -772,9 +769,7 @@ def load_run(run_dir: str | Path, *, with_data: bool = True, device: str = "cpu"
     objective = build_objective(config, model, data)
     state = inference.load_checkpoint(run / "checkpoint.pt")
     inference.load_objective_state(objective, state, run / "checkpoint.pt")
-    if state.get("ema") is not None:
-        with torch.no_grad():
-            inference.EMA.copy_state_to(state["ema"], objective)
+    _use_ema_weights(objective, state)
     objective.to(dev)
     objective.eval()
     model.eval()
@@ -879,7 +874,7 @@ def eval_run(run_dir: str | Path, metrics: str | None = None, *,
     reporter = Progress(progress)
     seed = int(config.get("run", {}).get("seed", 0))
     torch.manual_seed(seed)
-    result = _evaluate(objective, model, data, config, dev, reporter)
+    result = _evaluate(objective, model, data, config, dev, reporter, seed)
     if metrics:
         from probgen.metrics import run_sample_metrics
 
