@@ -4,11 +4,19 @@ combinations rejected before training."""
 from __future__ import annotations
 
 import json
+import math
+import re
+import tomllib
 
 import pytest
+import torch
 
-from probgen.run.config import load_config
-from probgen.run.experiment import eval_run, fit_run
+import probgen
+from probgen.models import MODELS
+from probgen.run.cli import main
+from probgen.run.compose import nested_form
+from probgen.run.config import ConfigError, dump_toml, list_presets, load_config
+from probgen.run.experiment import build_model, describe_data, eval_run, fit_run
 
 _QUICK = ["train.log_every=10", "data.eval_size=400", "sample.n=16", "eval.resolution=10"]
 
@@ -31,3 +39,146 @@ def test_reverse_kl_is_evaluated_by_the_trainer_loop(tmp_path):
                                     "eval.resolution=10", "train.log_every=1"])
     result = fit_run(config, out_dir=tmp_path / "run", progress=False)
     assert set(k for k in result if k.startswith("test/")) == {"test/kl_unnormalized"}
+
+
+# --- nested [model.*] tables -------------------------------------------------------------
+
+def _built(config):
+    data = describe_data(config)
+    return build_model(config, data)
+
+
+def _signature(model):
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", list(list_presets()))
+def test_every_preset_parses_into_the_nested_form_and_builds(name):
+    """Each preset builds; grouped into nested tables it builds the same model (same
+    parameters and buffers), and its TOML round-trips through dump_toml."""
+    config = load_config(name)
+    cls = MODELS[config["model"]["name"]]
+    flat = {k: v for k, v in config["model"].items() if k != "name"}
+    nested = {**config, "model": {"name": config["model"]["name"], **nested_form(cls, flat)}}
+    assert tomllib.loads(dump_toml(nested)) == nested
+    torch.manual_seed(0)
+    first = _built(config)
+    torch.manual_seed(0)
+    second = _built(nested)
+    assert _signature(first) == _signature(second)
+    for (k, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_presets_with_a_unet_declare_it_as_a_nested_network():
+    for name in ("ddpm-mnist", "ddpm-digits", "fm-mnist", "sde-vp-mnist"):
+        model = load_config(name)["model"]
+        assert model["network"]["name"] == "unet", name
+        assert not {"base_channels", "channel_mults", "dropout"} & set(model), name
+
+
+_DIGITS_DDPM = """
+[data]
+name = "digits"
+preprocess = "signed"
+
+[model]
+name = "DDPM"
+num_steps = 50
+
+[model.network]
+name = "dit"
+patch = 2
+hidden = 32
+depth = 2
+heads = 4
+
+[objective]
+name = "ddpm"
+
+[train]
+steps = 20
+batch_size = 16
+
+[sample]
+n = 4
+sampler = "ddim"
+steps = 3
+
+[eval]
+num_samples = 32
+"""
+
+
+def test_fit_a_dit_ddpm_declared_in_toml(tmp_path, capsys):
+    run_file = tmp_path / "dit.toml"
+    run_file.write_text(_DIGITS_DDPM)
+    out = tmp_path / "run"
+    assert main(["fit", str(run_file), "--out", str(out), "--set", "train.steps=2",
+                 "--quiet", "--threads", "1"]) == 0
+    model, config, _ = probgen.load(out)
+    assert type(model.network).__name__ == "DiT" and config["model"]["network"]["depth"] == 2
+    assert math.isfinite(json.loads((out / "eval.json").read_text())["test/bits_per_dim"])
+    assert main(["sample", str(out), "--n", "2", "--format", "pt"]) == 0
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.network.chanels=8", r"\[model.network\] unknown key 'chanels' for UNet.*"
+                                r"Did you mean .*'base_channels'"),
+    ("model.network.name=\"dti\"", r"\[model.network\] name must be one of.*Did you mean 'dit'"),
+    ("model.network.dropout=\"high\"", r"\[model.network\] dropout must be int or float"),
+    ("model.base_channels=16", r"\[model\] \['base_channels'\] and \[model.network\] both"),
+    ("model.prior.name=\"maf\"", r"\[model.prior\] does not apply to DDPM"),
+])
+def test_bad_nested_keys_fail_before_training_and_leave_the_folder(tmp_path, capsys, override,
+                                                                  message):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.toml").write_text("kept")
+    code = main(["fit", "ddpm-digits", "--out", str(out), "--quiet", "--set", override])
+    assert code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert [p.name for p in out.iterdir()] == ["config.toml"]
+    assert (out / "config.toml").read_text() == "kept"
+
+
+def test_vae_composed_from_nested_tables_equals_the_flat_one():
+    base = load_config("vae-flows-digits")
+    nested = {**base, "model": {
+        "name": "VAE", "latent_features": 8, "context_features": 32,
+        "encoder": {"name": "mlp", "hidden_features": [256, 256]},
+        "likelihood": {"name": "bernoulli"},
+        "prior": {"name": "maf", "transforms": 4, "hidden": [64, 64]},
+        "posterior": {"name": "iaf", "transforms": 2, "hidden": [64, 64]}}}
+    torch.manual_seed(0)
+    flat_model = _built(base)
+    torch.manual_seed(0)
+    nested_model = _built(nested)
+    assert _signature(flat_model) == _signature(nested_model)
+    with pytest.raises(ConfigError, match=r"\[model.prior\] unknown key 'transfroms' for VAE.*"
+                                          r"Did you mean 'transforms'"):
+        _built({**nested, "model": {**nested["model"], "prior": {"name": "maf",
+                                                                  "transfroms": 2}}})
+    with pytest.raises(ConfigError, match=r"\[model.prior\] transforms must be int"):
+        _built({**nested, "model": {**nested["model"], "prior": {"name": "maf",
+                                                                  "transforms": "4"}}})
+    with pytest.raises(ConfigError,
+                       match=r"\[model\] prior_hidden and \[model.prior\] hidden both set"):
+        _built({**nested, "model": {**nested["model"], "prior_hidden": [8]}})
+
+
+def test_flow_matching_path_as_a_table():
+    base = load_config("fm-moons")
+
+    def with_model(**model):
+        flat = {k: v for k, v in base["model"].items() if k not in ("path", "sigma_min")}
+        return {**base, "model": {**flat, **model}}
+
+    nested = _built(with_model(path={"name": "vp", "beta_max": 10.0}))
+    flat = _built(with_model(path="vp", beta_max=10.0))
+    assert type(nested.path) is type(flat.path)
+    assert type(nested.path) is not type(_built(with_model(path="ot")).path)
+    with pytest.raises(ConfigError, match=r"\[model.path\] unknown key 'sigma_mn'.*sigma_min"):
+        _built(with_model(path={"name": "ot", "sigma_mn": 0.1}))
+    with pytest.raises(ConfigError, match=r"model.path is a value, not a table"):
+        load_config("fm-moons", ['model.path.name="vp"'])

@@ -85,7 +85,8 @@ def list_presets() -> dict[str, str]:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parses one ``--set section.key=value`` override; the value is read as TOML.
+    """Parses one ``--set section.key=value`` override (``model.network.depth=4`` for a nested
+    table); the value is read as TOML.
 
     Values that are not valid TOML (``name=moons``) are taken as strings.
 
@@ -99,8 +100,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set: expected 'section.key=value', got {text!r}.")
     key, value = text.split("=", 1)
     path = key.strip().split(".")
-    if len(path) != 2 or not all(path):
-        raise ConfigError(f"--set: expected a key of the form 'section.key', got {key!r}.")
+    if len(path) < 2 or not all(path):
+        raise ConfigError(f"--set: expected a key of the form 'section.key' (or "
+                          f"'model.table.key' for a nested table), got {key!r}.")
     try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -112,13 +114,19 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[st
     """Returns a copy of ``config`` with every ``section.key=value`` override applied."""
     config = copy.deepcopy(config)
     for text in overrides:
-        (section, key), value = parse_override(text)
+        (section, *keys), value = parse_override(text)
         if section not in SECTIONS:
             raise ConfigError(
                 f"--set {text!r}: unknown section {section!r}; allowed: {sorted(SECTIONS)}."
                 + did_you_mean(section, SECTIONS)
             )
-        config.setdefault(section, {})[key] = value
+        table = config.setdefault(section, {})
+        for i, key in enumerate(keys[:-1]):
+            table = table.setdefault(key, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"--set {text!r}: {'.'.join([section, *keys[:i + 1]])} is "
+                                  f"a value, not a table.")
+        table[keys[-1]] = value
     return config
 
 
@@ -233,6 +241,7 @@ def check_call_kwargs(
     section: str,
     *,
     exclude: Iterable[str] = (),
+    labels: Mapping[str, str] | None = None,
 ) -> None:
     """Checks config ``kwargs`` against ``fn``'s signature: known names, TOML-compatible types.
 
@@ -241,6 +250,8 @@ def check_call_kwargs(
         kwargs: the table (without its ``name`` key).
         section: the table's name, quoted in errors.
         exclude: parameters a config may not set (filled in by the runner).
+        labels: the name a key has in the run file, where it differs from the parameter's
+            (a nested table's ``transforms`` for ``prior_transforms``).
 
     Raises:
         ConfigError: an unknown key (listing the allowed ones) or a value of the wrong type.
@@ -272,8 +283,9 @@ def check_call_kwargs(
                 if isinstance(default, (list, tuple)):
                     expected = (list,)
         if expected is not None and not _matches(value, expected):
+            shown = (labels or {}).get(key, key)
             raise ConfigError(
-                f"[{section}] {key} must be {_type_name(expected)}, "
+                f"[{section}] {shown} must be {_type_name(expected)}, "
                 f"got {type(value).__name__} {value!r}."
             )
 
@@ -291,7 +303,7 @@ def _toml_value(value: Any) -> str:
 
 
 def dump_toml(config: Mapping[str, Mapping[str, Any]]) -> str:
-    """Writes a two-level configuration (tables of scalars and lists) as TOML text.
+    """Writes a configuration (tables of scalars, lists and nested tables) as TOML text.
 
     Example:
         >>> print(dump_toml({"train": {"steps": 10, "lr": 0.001}}))
@@ -301,11 +313,17 @@ def dump_toml(config: Mapping[str, Mapping[str, Any]]) -> str:
         <BLANKLINE>
     """
     lines: list[str] = []
-    for section, table in config.items():
-        lines.append(f"[{section}]")
-        for key, value in table.items():
-            if value is None:
-                continue
-            lines.append(f"{key} = {_toml_value(value)}")
+
+    def table(name: str, values: Mapping[str, Any]) -> None:
+        lines.append(f"[{name}]")
+        for key, value in values.items():
+            if value is not None and not isinstance(value, Mapping):
+                lines.append(f"{key} = {_toml_value(value)}")
         lines.append("")
+        for key, value in values.items():
+            if isinstance(value, Mapping):
+                table(f"{name}.{key}", value)
+
+    for section, values in config.items():
+        table(section, values)
     return "\n".join(lines)

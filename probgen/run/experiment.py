@@ -20,6 +20,7 @@ import probgen.models as zoo
 from probgen.inference.distributed import DistributedContext
 from probgen.inference.langevin import SAMPLERS as LANGEVIN_SAMPLERS
 from probgen.inference.steps import eval_length, evaluate
+from probgen.run.compose import compose_model_kwargs
 from probgen.run.config import (
     SECTIONS,
     ConfigError,
@@ -314,7 +315,9 @@ def describe_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
 def build_model(config: dict[str, Any], data: DataBundle) -> nn.Module:
     """Builds the model named by ``[model] name`` with the table's other keys as arguments.
 
-    ``features`` (vectors) or ``shape`` (images) is filled in from the data when absent.
+    Nested tables (``[model.network]``, ``[model.prior]``, ``[model.path]``, ...) are
+    mapped onto the constructor (:mod:`probgen.run.compose`); ``features`` (vectors) or
+    ``shape`` (images) is filled in from the data when absent.
     """
     table = dict(config.get("model", {}))
     registry = zoo.MODELS
@@ -323,25 +326,7 @@ def build_model(config: dict[str, Any], data: DataBundle) -> nn.Module:
         raise ConfigError(f"[model] name {name!r} is unknown; allowed: {sorted(registry)}."
                           + did_you_mean(name, registry))
     cls = registry[name]
-    check_call_kwargs(cls, table, "model")
-    import inspect
-
-    params = inspect.signature(cls).parameters
-    if "features" in params and "features" not in table:
-        if len(data.event_shape) != 1:
-            raise ConfigError(
-                f"[model] {name} models vectors but the data has event shape "
-                f"{data.event_shape}; set [data] flatten = true.")
-        table["features"] = data.event_shape[0]
-    if "shape" in params and "shape" not in table:
-        if len(data.event_shape) != 3:
-            raise ConfigError(
-                f"[model] {name} models images (C, H, W) but the data has event shape "
-                f"{data.event_shape}; remove [data] flatten or pick a vector flow.")
-        table["shape"] = list(data.event_shape)
-    if "num_classes" in params and "num_classes" not in table and data.num_classes is not None:
-        table["num_classes"] = data.num_classes
-    return cls(**table)
+    return cls(**compose_model_kwargs(cls, table, data))
 
 
 def build_objective(config: dict[str, Any], model: nn.Module, data: DataBundle) -> nn.Module:
