@@ -13,9 +13,10 @@ import torch
 
 import probgen
 from probgen.models import MODELS
+from probgen.run.checks import check_combination, clip_warmup
 from probgen.run.cli import main
 from probgen.run.compose import nested_form
-from probgen.run.config import ConfigError, dump_toml, list_presets, load_config
+from probgen.run.config import ConfigError, apply_overrides, dump_toml, list_presets, load_config
 from probgen.run.experiment import build_model, describe_data, eval_run, fit_run
 
 _QUICK = ["train.log_every=10", "data.eval_size=400", "sample.n=16", "eval.resolution=10"]
@@ -182,3 +183,56 @@ def test_flow_matching_path_as_a_table():
         _built(with_model(path={"name": "ot", "sigma_mn": 0.1}))
     with pytest.raises(ConfigError, match=r"model.path is a value, not a table"):
         load_config("fm-moons", ['model.path.name="vp"'])
+
+
+# --- silently wrong combinations -----------------------------------------------------------
+
+@pytest.mark.parametrize("preset,overrides,message", [
+    ("ffjord-digits", ['data.preprocess="binarize"'],
+     r"preprocess = 'binarize' gives discrete pixels, but \[model\] FFJORD is a continuous"),
+    ("fm-digits", ['data.preprocess="dynamic_binarize"'],
+     r"\[model\] ImageFlowMatching is a continuous density"),
+    ("sde-vp-digits", ['data.preprocess="discrete"'], r"\[model\] ImageScoreSDE is a continuous"),
+    ("realnvp-digits", ['data.preprocess="binarize"'], r"\[model\] RealNVP is a continuous"),
+    ("vae-digits", ['data.preprocess="logit"'],
+     r"\[model\] likelihood \(BernoulliLikelihood\) does not fit the data \(preprocess = "
+     r"'logit'\).*\['binarize', 'dynamic_binarize'\]"),
+    ("vae-digits", ['data.preprocess="binarize"', 'model.likelihood="categorical"'],
+     r"CategoricalLikelihood\) does not fit.*\['discrete'\]"),
+    ("vae-digits", ['data.preprocess="binarize"', 'model.likelihood="gaussian"'],
+     r"GaussianLikelihood\) does not fit"),
+])
+def test_silently_wrong_combinations_are_rejected_before_training(tmp_path, capsys, preset,
+                                                                  overrides, message):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.toml").write_text("kept")
+    config = load_config(preset)
+    config["data"].pop("alpha", None)  # logit preprocessing's, rejected with other kinds
+    config = apply_overrides(config, overrides)
+    with pytest.raises(ConfigError, match=message):
+        fit_run(config, out_dir=out, progress=False)
+    assert [p.name for p in out.iterdir()] == ["config.toml"]
+    assert (out / "config.toml").read_text() == "kept"
+
+
+def test_matching_likelihoods_and_discrete_models_are_accepted():
+    for preset in ("vae-digits", "vae-categorical-digits", "made-digits", "pixelcnn-digits",
+                   "realnvp-digits", "ffjord-digits", "fm-digits"):
+        config = load_config(preset)
+        check_combination(config, _built(config))
+
+
+def test_a_warmup_longer_than_the_run_is_clipped_to_a_tenth(tmp_path, capsys):
+    """The MNIST presets warm up for 500 steps; a 20-step run uses 2 and says so, and the
+    run folder records the value in effect."""
+    assert load_config("ddpm-mnist")["train"]["warmup_steps"] == 500
+    run_file = tmp_path / "dit.toml"
+    run_file.write_text(_DIGITS_DDPM)
+    out = tmp_path / "run"
+    assert main(["fit", str(run_file), "--out", str(out), "--quiet", "--threads", "1",
+                 "--set", "train.steps=20", "--set", "train.warmup_steps=500"]) == 0
+    assert "using warmup_steps = 2 (a tenth of the run)" in capsys.readouterr().err
+    assert load_config(out / "config.toml")["train"]["warmup_steps"] == 2
+    kept = clip_warmup({"train": {"steps": 1000, "warmup_steps": 500}})
+    assert kept["train"]["warmup_steps"] == 500

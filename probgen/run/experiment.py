@@ -20,6 +20,7 @@ import probgen.models as zoo
 from probgen.inference.distributed import DistributedContext
 from probgen.inference.langevin import SAMPLERS as LANGEVIN_SAMPLERS
 from probgen.inference.steps import eval_length, evaluate
+from probgen.run.checks import check_combination, clip_warmup
 from probgen.run.compose import compose_model_kwargs
 from probgen.run.config import (
     SECTIONS,
@@ -597,6 +598,7 @@ def fit_run(
         probgen.inference.TrainingInterrupted: ``interruptible`` and a signal came.
     """
     _validate(config)
+    config = clip_warmup(config)
     seed = int(config.get("run", {}).get("seed", 0))
     run = _run_folder(config, out_dir, default_name)
     dev = check_device(device if device is not None
@@ -607,6 +609,7 @@ def fit_run(
     torch.manual_seed(seed)
     data = build_data(config, seed=seed)
     model = build_model(config, data)
+    check_combination(config, model)
     objective = build_objective(config, model, data)
     build_sampler(config, model, objective, data)  # checks [sample] before training, not after
     if resume:
