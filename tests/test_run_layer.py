@@ -71,6 +71,18 @@ def test_every_preset_parses_into_the_nested_form_and_builds(name):
         assert torch.equal(a, b), k
 
 
+def test_flat_unet_keys_join_a_unet_network_table(tmp_path):
+    """Older habits keep working: `--set model.base_channels=8` on a preset whose U-Net is
+    a [model.network] table sets that table's base_channels; on a DiT it is an error."""
+    config = load_config("ddpm-digits", ["model.base_channels=8"])
+    assert _built(config).network.stem.out_channels == 8
+    dit = tomllib.loads(_DIGITS_DDPM)
+    dit["model"]["base_channels"] = 8
+    with pytest.raises(ConfigError, match=r"\['base_channels'\] are U-Net arguments but "
+                                          r"\[model.network\] name = 'dit'"):
+        _built(dit)
+
+
 def test_presets_with_a_unet_declare_it_as_a_nested_network():
     for name in ("ddpm-mnist", "ddpm-digits", "fm-mnist", "sde-vp-mnist"):
         model = load_config(name)["model"]
@@ -128,7 +140,7 @@ def test_fit_a_dit_ddpm_declared_in_toml(tmp_path, capsys):
                                 r"Did you mean .*'base_channels'"),
     ("model.network.name=\"dti\"", r"\[model.network\] name must be one of.*Did you mean 'dit'"),
     ("model.network.dropout=\"high\"", r"\[model.network\] dropout must be int or float"),
-    ("model.base_channels=16", r"\[model\] \['base_channels'\] and \[model.network\] both"),
+    ("model.channel_mults=[1]", r"\[model\] \['channel_mults'\] and \[model.network\] both"),
     ("model.prior.name=\"maf\"", r"\[model.prior\] does not apply to DDPM"),
 ])
 def test_bad_nested_keys_fail_before_training_and_leave_the_folder(tmp_path, capsys, override,

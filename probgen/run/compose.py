@@ -88,10 +88,17 @@ def _network(cls: type, sub: Mapping[str, Any], flat: dict[str, Any], data: Any)
     if name not in NETWORKS:
         raise ConfigError(f"[model.network] name must be one of {sorted(NETWORKS)}, got "
                           f"{name!r}." + did_you_mean(name, NETWORKS))
-    unet = sorted(k for k in UNET_DEFAULTS if k in flat)
-    if unet:
-        raise ConfigError(f"[model] {unet} and [model.network] both describe the network; "
-                          "move them into [model.network].")
+    # Flat U-Net keys (older run files, `--set model.base_channels=8` on a preset) join a
+    # U-Net network table; a key set both ways, or U-Net keys for another network, is an error.
+    unet = {k: flat.pop(k) for k in list(flat) if k in UNET_DEFAULTS}
+    if unet and name != "unet":
+        raise ConfigError(f"[model] {sorted(unet)} are U-Net arguments but [model.network] "
+                          f"name = {name!r}; set that network's keys in [model.network].")
+    both = sorted(set(unet) & set(sub))
+    if both:
+        raise ConfigError(f"[model] {both} and [model.network] both set the network's "
+                          f"{both}; keep one.")
+    sub.update(unet)
     net_cls = NETWORKS[name]
     check_call_kwargs(net_cls, sub, "model.network", exclude=_NETWORK_FILLED)
     shape = tuple(flat.get("shape", data.event_shape))
