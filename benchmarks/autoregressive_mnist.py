@@ -7,7 +7,7 @@ wall-clock time (the step count is calibrated, cosine schedule), then measure th
 in nats per image on the 10000 test images, the time to sample 16 images, and, for the
 transformer, the speed-up of key/value-cached over uncached sampling at 784 pixels (with a
 check that both give the same images for one generator). The data come from
-``probgen.experiment.build_data``, exactly what the CLI presets train on.
+``probgen.run.experiment.build_data``, exactly what the CLI presets train on.
 
 Results accumulate in ``autoregressive_mnist.json`` (keyed by binarization and model, so
 runs of single models merge) and are rendered to the ``autoregressive_mnist`` section of
@@ -121,8 +121,8 @@ def timed_sample(model: nn.Module, n: int, seed: int, **kwargs) -> tuple[torch.T
 
 def run_one(name: str, binarization: str, args: argparse.Namespace) -> dict:
     from probgen import models
-    from probgen.experiment import build_data
     from probgen.inference import MaximumLikelihood, fit
+    from probgen.run.experiment import build_data
 
     config = {"data": {"name": "mnist", "root": str(args.data),
                        "preprocess": BINARIZATIONS[binarization]}}

@@ -212,7 +212,7 @@ def train_vae(args: argparse.Namespace) -> dict:
     ``--vae-minutes``, as that benchmark trains it (Adam lr 1e-3, batch 128)."""
     from vae_mnist import build
 
-    from probgen.experiment import build_data
+    from probgen.run.experiment import build_data
 
     data = build_data({"data": {"name": "mnist", "root": args.root,
                                 "preprocess": "dynamic_binarize"}}, seed=0)

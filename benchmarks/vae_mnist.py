@@ -374,7 +374,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     set_threads(args.threads)
-    from probgen.experiment import build_data
+    from probgen.run.experiment import build_data
 
     mnist_split(args.data, "test", "vae_mnist")  # exits when the files are missing
     data = build_data({"data": {"name": "mnist", "root": str(args.data),

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from probgen.inference.registry import register_objective
 from probgen.metrics.likelihood import bits_per_dim
 
 __all__ = ["MaximumLikelihood"]
@@ -130,3 +131,9 @@ class MaximumLikelihood(nn.Module):
         return (f"num_dims={self.num_dims}, levels={self.levels}, "
                 f"ladj_offset={self.ladj_offset:g}, use_context={self.use_context}")
 
+
+@register_objective("ml", keys={},
+                    summary="maximum likelihood (forward KL) of any model with log_prob")
+def _build_ml(model: nn.Module, data: Any) -> nn.Module:
+    """Maximum likelihood (forward KL) of a density model, through the data preprocessing."""
+    return MaximumLikelihood(model, preprocess=data.preprocess)

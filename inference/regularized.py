@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from probgen.inference.likelihood import MaximumLikelihood
+from probgen.inference.registry import register_objective
 
 __all__ = ["RegularizedMaximumLikelihood"]
 
@@ -93,3 +94,10 @@ class RegularizedMaximumLikelihood(MaximumLikelihood):
         if hasattr(self.model, "nfe"):
             out["nfe"] = float(self.model.nfe)
         return out
+
+
+@register_objective("regularized_ml", keys={"kinetic": (int, float), "jacobian": (int, float)},
+                    summary="maximum likelihood plus RNODE's kinetic and Jacobian penalties")
+def _build(model: nn.Module, data: Any, **table: Any) -> nn.Module:
+    """Maximum likelihood plus RNODE's kinetic and Jacobian penalties (continuous flows)."""
+    return RegularizedMaximumLikelihood(model, preprocess=data.preprocess, **table)

@@ -7,7 +7,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from probgen.energies import get_energy
+from probgen.energies import ENERGIES, get_energy
+from probgen.inference.registry import register_objective
+from probgen.utils import did_you_mean
 
 __all__ = ["ReverseKL"]
 
@@ -106,3 +108,17 @@ class ReverseKL(nn.Module):
         """The settings, for ``repr``."""
         name = getattr(self.target, "__name__", type(self.target).__name__)
         return f"target={name}, num_samples={self.num_samples}"
+
+
+@register_objective("reverse_kl", keys={"target": str, "num_samples": int}, needs_data=False,
+                    summary="reverse KL to a built-in energy 'target' (no data)")
+def _build(model: nn.Module, data: Any, **table: Any) -> nn.Module:
+    """Reverse KL from the model to a built-in energy ``target`` (no data)."""
+    if "target" not in table:
+        raise ValueError(f"target is required for 'reverse_kl'; expected one of "
+                         f"{sorted(ENERGIES)}.")
+    target = table["target"]
+    if isinstance(target, str) and target.lower() not in ENERGIES:
+        raise ValueError(f"target: unknown energy {target!r}; expected one of "
+                         f"{sorted(ENERGIES)}." + did_you_mean(target, ENERGIES))
+    return ReverseKL(model, table["target"], num_samples=table.get("num_samples", 256))

@@ -26,6 +26,7 @@ from probgen.divergence import (
     hutchinson_noise,
 )
 from probgen.inference.denoising import DiscreteTimes, NoiseLevelPath, denoise, split_batch
+from probgen.inference.registry import register_objective
 from probgen.score import geometric_sigmas
 
 __all__ = [
@@ -318,3 +319,27 @@ class NoiseConditionalScoreMatching(nn.Module):
         """The settings, for ``repr``."""
         s = self.sigmas
         return f"num_sigmas={s.numel()}, sigma_max={float(s[0]):g}, sigma_min={float(s[-1]):g}"
+
+
+def _score_builder(name: str, cls: type[nn.Module], keys: dict[str, Any], summary: str) -> None:
+    """Registers ``cls(model, preprocess=..., **table)`` as the score objective ``name``."""
+
+    def build(model: nn.Module, data: Any, **table: Any) -> nn.Module:
+        return cls(model, preprocess=data.preprocess, **table)
+
+    build.__qualname__ = f"_build_{name}"
+    build.__doc__ = summary
+    register_objective(name, keys=keys, summary=summary, langevin=True)(build)
+
+
+_score_builder("ism", ImplicitScoreMatching,
+               {"divergence": str, "noise": str, "sigma": (int, float)},
+               "implicit score matching (Hyvarinen), exact or Hutchinson divergence")
+_score_builder("ssm", SlicedScoreMatching,
+               {"num_projections": int, "noise": str, "sigma": (int, float)},
+               "sliced score matching (random projections)")
+_score_builder("dsm", DenoisingScoreMatching, {"sigma": (int, float)},
+               "denoising score matching at one noise level 'sigma'")
+_score_builder("ncsn", NoiseConditionalScoreMatching,
+               {"sigma_max": (int, float), "sigma_min": (int, float), "num_sigmas": int},
+               "NCSN: denoising score matching over a geometric ladder of noise levels")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -183,9 +183,15 @@ class Updater:
 def eval_length(data: Any) -> int:
     """The number of examples of held-out ``data``.
 
+    A positive int stands for that many samples of an objective that draws its own (reverse
+    KL: each batch is the number of samples to draw).
+
     Raises:
-        TypeError: ``data`` is not a Tensor, a tuple of Tensors or a map-style Dataset.
+        TypeError: ``data`` is not a Tensor, a tuple of Tensors, a map-style Dataset or a
+            positive int.
     """
+    if isinstance(data, int) and not isinstance(data, bool) and data > 0:
+        return data
     if isinstance(data, Tensor) and data.dim() > 0:
         return data.shape[0]
     if isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):
@@ -193,8 +199,8 @@ def eval_length(data: Any) -> int:
     if isinstance(data, Dataset) and hasattr(data, "__len__"):
         return len(data)
     raise TypeError(
-        "eval_data: expected a Tensor, a tuple of Tensors or a map-style Dataset, got "
-        f"{type(data).__name__}."
+        "eval_data: expected a Tensor, a tuple of Tensors, a map-style Dataset or a positive "
+        f"int (samples drawn by the objective), got {type(data).__name__}."
     )
 
 
@@ -203,7 +209,9 @@ def _eval_batches(data: Any, batch_size: int, ctx: DistributedContext) -> Iterab
     starts = list(range(0, n, batch_size))[ctx.rank :: ctx.world_size]
     for start in starts:
         stop = min(start + batch_size, n)
-        if isinstance(data, Tensor):
+        if isinstance(data, int):  # the objective draws this many samples itself
+            yield stop - start, stop - start
+        elif isinstance(data, Tensor):
             yield data[start:stop], stop - start
         elif isinstance(data, (tuple, list)):
             yield tuple(t[start:stop] for t in data), stop - start
@@ -219,13 +227,15 @@ def evaluate(
     ctx: DistributedContext,
     ema: EMA | None,
     seed: int,
+    callback: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """Mean of every objective output over ``data`` (weighted by batch size).
 
     Runs under ``torch.no_grad()``, in eval mode, with the EMA weights when given, and with
     the global RNG forked and seeded, so evaluation never changes the training stream (exact
     resume holds whether or not evaluation ran) and repeats the same noise each time.
-    Processes split the batches and all-reduce the sums.
+    Processes split the batches and all-reduce the sums. ``callback(n)`` is called after
+    each batch with its number of examples (progress reporting).
     """
     was_training = objective.training
     devices = [ctx.device] if ctx.device.type == "cuda" else []
@@ -242,6 +252,8 @@ def evaluate(
                     for key, value in out.items():
                         sums[key] = sums.get(key, 0.0) + value.double() * n
                     count += n
+                    if callback is not None:
+                        callback(n)
         finally:
             objective.train(was_training)
     if ctx.enabled:

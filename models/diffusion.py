@@ -53,8 +53,8 @@ from probgen.inference.diffusion import (
     reverse_moments,
     variational_bound,
 )
-from probgen.models.path_model import PathModel
-from probgen.nn import ConditionalMLP, UNet
+from probgen.models.path_model import PathModel, image_network
+from probgen.nn import ConditionalMLP
 from probgen.processes import convert_prediction
 from probgen.utils import append_dims
 
@@ -397,6 +397,8 @@ class DDPM(DiffusionModel):
         base_channels, channel_mults, num_res_blocks: the U-Net's widths and depth;
             attention_levels, attention_heads, dropout, groups: its attention, dropout
             and GroupNorm (see :class:`probgen.nn.UNet`).
+        network: a network ``net(x, t, labels=None)`` used instead of the U-Net (e.g.
+            :class:`probgen.nn.DiT`); the U-Net arguments then keep their defaults.
 
     Example:
         >>> model = DDPM((1, 8, 8), num_steps=10, base_channels=8)
@@ -420,15 +422,16 @@ class DDPM(DiffusionModel):
         attention_heads: int = 1,
         dropout: float = 0.0,
         groups: int = 8,
+        network: nn.Module | None = None,
     ) -> None:
         shape = tuple(int(s) for s in shape)
         if len(shape) != 3:
             raise ValueError(f"shape: expected (C, H, W), got {shape}.")
         out = 2 * shape[0] if variance == "learned_range" else shape[0]
-        net = UNet(shape, base_channels=base_channels, channel_mults=channel_mults,
-                   num_res_blocks=num_res_blocks, attention_levels=attention_levels,
-                   attention_heads=attention_heads, num_classes=num_classes,
-                   out_channels=out, dropout=dropout, groups=groups)
+        net = image_network(network, shape, num_classes=num_classes, out_channels=out,
+                            base_channels=base_channels, channel_mults=channel_mults,
+                            num_res_blocks=num_res_blocks, attention_levels=attention_levels,
+                            attention_heads=attention_heads, dropout=dropout, groups=groups)
         super().__init__(net, make_schedule(schedule, num_steps, betas=betas), shape,
                          parametrization=parametrization, variance=variance,
                          num_classes=num_classes, clip=1.0)

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from probgen.cnf import FIXED_METHODS, SolveStats
 from probgen.inference.flow_matching import ode_sample, reflow_pairs
-from probgen.models.path_model import PathModel
-from probgen.nn import ConditionalMLP, UNet
+from probgen.models.path_model import PathModel, image_network
+from probgen.nn import ConditionalMLP
 from probgen.paths import PATHS, AffinePath, get_path
 
 __all__ = ["FlowMatching", "VectorFlowMatching", "ImageFlowMatching", "FM_MODELS"]
@@ -189,6 +189,8 @@ class ImageFlowMatching(FlowMatching):
         base_channels, channel_mults, num_res_blocks: the U-Net's widths and depth;
             attention_levels, attention_heads, dropout, groups: its attention, dropout
             and GroupNorm (see :class:`probgen.nn.UNet`).
+        network: a network ``net(x, t, labels=None)`` used instead of the U-Net (e.g.
+            :class:`probgen.nn.DiT`); the U-Net arguments then keep their defaults.
         rtol: default tolerances of adaptive solvers; atol: likewise.
     """
 
@@ -209,16 +211,17 @@ class ImageFlowMatching(FlowMatching):
         attention_heads: int = 1,
         dropout: float = 0.0,
         groups: int = 8,
+        network: nn.Module | None = None,
         rtol: float = 1e-5,
         atol: float = 1e-5,
     ) -> None:
         shape = tuple(int(s) for s in shape)
         if len(shape) != 3:
             raise ValueError(f"shape: expected (C, H, W), got {shape}.")
-        net = UNet(shape, base_channels=base_channels, channel_mults=channel_mults,
-                   num_res_blocks=num_res_blocks, attention_levels=attention_levels,
-                   attention_heads=attention_heads, num_classes=num_classes,
-                   dropout=dropout, groups=groups)
+        net = image_network(network, shape, num_classes=num_classes,
+                            base_channels=base_channels, channel_mults=channel_mults,
+                            num_res_blocks=num_res_blocks, attention_levels=attention_levels,
+                            attention_heads=attention_heads, dropout=dropout, groups=groups)
         super().__init__(net, _build_path(path, sigma_min, beta_min, beta_max, sigma_max, eps),
                          shape, num_classes=num_classes, rtol=rtol, atol=atol)
 

@@ -36,9 +36,39 @@ from probgen.inference.path_sampling import PATH_SAMPLERS, path_flow, sample_pat
 from probgen.inference.sampling import SampleResult
 from probgen.inference.solvers import SOLVERS
 from probgen.metrics.likelihood import dequantized_bits_per_dim
+from probgen.nn import UNet
 from probgen.processes import GaussianPath
 
-__all__ = ["PathModel"]
+__all__ = ["PathModel", "image_network"]
+
+#: The U-Net arguments of the image models and their defaults (probgen.nn.UNet's).
+UNET_DEFAULTS: dict[str, Any] = {"base_channels": 32, "channel_mults": (1, 2, 2),
+                                 "num_res_blocks": 1, "attention_levels": (),
+                                 "attention_heads": 1, "dropout": 0.0, "groups": 8}
+
+
+def image_network(network: nn.Module | None, shape: tuple[int, ...], *,
+                  num_classes: int | None, out_channels: int | None = None,
+                  **unet: Any) -> nn.Module:
+    """The network of an image model: ``network`` when given, else a :class:`probgen.nn.UNet`
+    of the ``unet`` arguments (:data:`UNET_DEFAULTS`).
+
+    Raises:
+        TypeError: ``network`` is not an ``nn.Module``.
+        ValueError: ``network`` is given together with a U-Net argument away from its
+            default (it would be ignored).
+    """
+    if network is None:
+        return UNet(shape, num_classes=num_classes, out_channels=out_channels, **unet)
+    if not isinstance(network, nn.Module):
+        raise TypeError(f"network: expected an nn.Module net(x, t, labels=None), got "
+                        f"{type(network).__name__}.")
+    changed = sorted(k for k, v in unet.items()
+                     if (tuple(v) if isinstance(v, (list, tuple)) else v) != UNET_DEFAULTS[k])
+    if changed:
+        raise ValueError(f"network: a network is given, so the U-Net arguments {changed} "
+                         "would be ignored; leave them at their defaults.")
+    return network
 
 
 class PathModel(nn.Module):

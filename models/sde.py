@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 from probgen.inference.path_sampling import PATH_SAMPLERS
 from probgen.inference.sde import predictor_corrector_sample, reverse_sde_sample
-from probgen.models.path_model import PathModel
-from probgen.nn import ConditionalMLP, UNet
+from probgen.models.path_model import PathModel, image_network
+from probgen.nn import ConditionalMLP
 from probgen.sde import SDE, SDES, get_sde
 from probgen.utils import append_dims
 
@@ -251,6 +251,8 @@ class ImageScoreSDE(ScoreSDE):
         base_channels, channel_mults, num_res_blocks: the U-Net's widths and depth;
             attention_levels, attention_heads, dropout, groups: its attention, dropout
             and GroupNorm (see :class:`probgen.nn.UNet`).
+        network: a network ``net(x, t, labels=None)`` used instead of the U-Net (e.g.
+            :class:`probgen.nn.DiT`); the U-Net arguments then keep their defaults.
         sample_eps: samplers stop at ``1 - sample_eps``; likelihood_eps: likelihoods at
             ``1 - likelihood_eps``.
     """
@@ -272,16 +274,17 @@ class ImageScoreSDE(ScoreSDE):
         attention_heads: int = 1,
         dropout: float = 0.0,
         groups: int = 8,
+        network: nn.Module | None = None,
         sample_eps: float = 1e-3,
         likelihood_eps: float = 1e-5,
     ) -> None:
         shape = tuple(int(s) for s in shape)
         if len(shape) != 3:
             raise ValueError(f"shape: expected (C, H, W), got {shape}.")
-        net = UNet(shape, base_channels=base_channels, channel_mults=channel_mults,
-                   num_res_blocks=num_res_blocks, attention_levels=attention_levels,
-                   attention_heads=attention_heads, num_classes=num_classes,
-                   dropout=dropout, groups=groups)
+        net = image_network(network, shape, num_classes=num_classes,
+                            base_channels=base_channels, channel_mults=channel_mults,
+                            num_res_blocks=num_res_blocks, attention_levels=attention_levels,
+                            attention_heads=attention_heads, dropout=dropout, groups=groups)
         super().__init__(net, _sde(sde, beta_min, beta_max, sigma_min, sigma_max), shape,
                          parametrization=parametrization, num_classes=num_classes,
                          sample_eps=sample_eps, likelihood_eps=likelihood_eps)

@@ -1,10 +1,10 @@
-"""``python -m probgen``: the ``probgen`` command (see :mod:`probgen.cli`)."""
+"""``python -m probgen``: the ``probgen`` command (see :mod:`probgen.run.cli`)."""
 
 from __future__ import annotations
 
 import sys
 
-from probgen.cli import main
+from probgen.run.cli import main
 
 __all__: list[str] = []
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "resolve_device",
     "check_tensor",
     "drawing_from",
+    "did_you_mean",
 ]
 
 
@@ -228,3 +230,30 @@ def drawing_from(generator: torch.Generator | None) -> Iterator[None]:
             yield
         finally:
             generator.set_state(get())
+
+
+def did_you_mean(name: object, choices: Iterable[str]) -> str:
+    """The hint appended to an "unknown name" error: ``" Did you mean 'x'?"`` or ``""``.
+
+    Used wherever a run file, an override or a command-line argument names something
+    unknown (a preset, section, key, model, objective, data set or sampler).
+
+    Example:
+        >>> did_you_mean("realnvp-moon", ["realnvp-moons", "maf-8gaussians"])
+        " Did you mean 'realnvp-moons'?"
+        >>> did_you_mean("zzz", ["realnvp-moons"])
+        ''
+    """
+    if not isinstance(name, str):
+        return ""
+    choices = [str(c) for c in choices]
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+    if not close:  # case slips: 'realnvp' for 'RealNVP'
+        lowered = {c.lower(): c for c in choices}
+        close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.6)
+        close = [lowered[c] for c in close]
+    if not close:
+        return ""
+    quoted = [repr(c) for c in close]
+    names = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+    return f" Did you mean {names}?"

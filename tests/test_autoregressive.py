@@ -352,9 +352,9 @@ def test_row_cropped_sampling_changes_no_number(name):
 
 
 def test_run_data_binarizations():
-    from probgen.config import ConfigError
     from probgen.data import load_digits
-    from probgen.experiment import build_data
+    from probgen.run.config import ConfigError
+    from probgen.run.experiment import build_data
 
     raw, _ = load_digits("test")
     static = build_data({"data": {"name": "digits", "preprocess": "binarize"}})

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from probgen.cli import main
-from probgen.config import list_presets, load_config
 from probgen.inference import load_checkpoint
+from probgen.run.config import list_presets, load_config
 
 SCORE_OBJECTIVES = ("ism", "ssm", "dsm", "ncsn")
 RUN_FILES = {"config.toml", "checkpoint.pt", "metrics.jsonl", "eval.json", "samples.png",
@@ -134,7 +134,7 @@ _SDE_KEYS = {"sde_dsm": "test/dsm"}
 @pytest.mark.slow
 @pytest.mark.parametrize("name", _CHEAP)
 def test_every_preset_runs(tmp_path, name):
-    from probgen.config import load_config
+    from probgen.run.config import load_config
 
     config = load_config(name)
     overrides = ["train.steps=2", "train.log_every=1", "sample.n=16", "eval.resolution=10"]

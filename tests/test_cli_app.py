@@ -14,10 +14,11 @@ import pytest
 import torch
 
 import probgen
-from probgen import experiment, plots
+from probgen import plots
 from probgen.cli import main
-from probgen.config import list_presets, load_config
 from probgen.inference import load_checkpoint
+from probgen.run import experiment
+from probgen.run.config import list_presets, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["data.eval_size=200", "eval.resolution=10", "sample.n=16"]
@@ -331,7 +332,7 @@ def test_image_run_sample_grid_is_readable(monkeypatch, tmp_path):
 def test_progress_modes():
     import io
 
-    from probgen.progress import Progress
+    from probgen.run.progress import Progress
 
     assert Progress(True, io.StringIO()).mode == "plain"  # not a terminal
     assert Progress(False).mode == "off"

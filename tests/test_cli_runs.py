@@ -103,7 +103,8 @@ def test_resume_without_a_checkpoint_says_where_it_looked(tmp_path, capsys, monk
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "half"
     folder.mkdir()
-    (folder / "config.toml").write_text((ROOT / "probgen/presets/realnvp-moons.toml").read_text())
+    preset = ROOT / "probgen/run/presets/realnvp-moons.toml"
+    (folder / "config.toml").write_text(preset.read_text())
     assert main(["fit", str(folder / "config.toml"), "--resume", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert str(folder / "checkpoint.pt") in err, err

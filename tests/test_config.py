@@ -6,7 +6,7 @@ import tomllib
 
 import pytest
 
-from probgen.config import (
+from probgen.run.config import (
     ConfigError,
     apply_overrides,
     check_call_kwargs,

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from probgen.config import ConfigError, load_config
-from probgen.experiment import build_data, build_model, build_objective, fit_run, load_run
+from probgen.run.config import ConfigError, load_config
+from probgen.run.experiment import build_data, build_model, build_objective, fit_run, load_run
 
 
 def test_conditional_digits_run_with_truncation_and_labels(tmp_path):

@@ -88,8 +88,8 @@ class _Replay(torch.nn.Module):
 @pytest.mark.mnist
 def test_run_metrics_on_mnist_use_the_classifier_features(mnist_root):
     from probgen.data import ImagePreprocess, load_mnist
-    from probgen.experiment import DataBundle
     from probgen.metrics import run_sample_metrics
+    from probgen.run.experiment import DataBundle
 
     test, _ = load_mnist(mnist_root, "test")
     train, _ = load_mnist(mnist_root, "train")

@@ -28,10 +28,10 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-from probgen.experiment import build_data, build_model, build_objective, build_sampler
 from probgen.inference import fit
 from probgen.inference.batches import BatchSource
 from probgen.models import EXAMPLES, MODELS
+from probgen.run.experiment import build_data, build_model, build_objective, build_sampler
 from probgen.utils import atomic_torch_save
 
 NAMES = sorted(MODELS)

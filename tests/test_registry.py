@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from probgen.config import ConfigError
-from probgen.experiment import build_data, build_model, build_objective, fit_run
 from probgen.inference import registry
 from probgen.models import MODELS
+from probgen.run.config import ConfigError
+from probgen.run.experiment import build_data, build_model, build_objective, fit_run
 
 
 class _ClassMeans(nn.Module):
@@ -77,7 +77,7 @@ def test_registered_objective_trains_to_class_means(registered, tmp_path):
     x, y = data.train
     x, _ = data.preprocess(x, dequantize=False)
     # The squared error's minimizer is each class's mean of the training images.
-    from probgen.experiment import load_run
+    from probgen.run.experiment import load_run
 
     _, _, trained, _ = load_run(tmp_path)
     target = torch.stack([x[y == k].mean(0) for k in range(10)])
@@ -108,5 +108,16 @@ def test_sample_table_is_checked_against_the_model(registered, tmp_path):
 
 
 def test_builtin_names_cannot_be_registered():
-    with pytest.raises(ValueError, match="built-in"):
-        registry.register_objective("ml")
+    with pytest.raises(ValueError, match="'ml' is a built-in objective name"):
+        @registry.register_objective("ml")
+        def _other_ml(model, data):
+            return model
+
+
+def test_one_table_holds_every_objective():
+    """The built-in objectives are registry entries like the families' (one builder table)."""
+    for name in ("ml", "regularized_ml", "reverse_kl", "ism", "ssm", "dsm", "ncsn", "elbo",
+                 "ddpm", "cfm", "sde_dsm", "gan", "vqvae"):
+        assert name in registry.OBJECTIVES, name
+    assert registry.OBJECTIVES["dsm"].langevin and not registry.OBJECTIVES["ddpm"].langevin
+    assert not registry.OBJECTIVES["reverse_kl"].needs_data

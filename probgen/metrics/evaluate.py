@@ -155,7 +155,7 @@ def run_sample_metrics(
 
     Args:
         model: has ``sample(shape)`` returning model-space samples.
-        data: a :class:`probgen.experiment.DataBundle` (``kind``, ``name``, ``eval``,
+        data: a :class:`probgen.run.experiment.DataBundle` (``kind``, ``name``, ``eval``,
             ``preprocess``).
         metrics: names from :data:`SAMPLE_METRICS`, e.g. ``"fid,kid,pr"``.
         num_samples: samples of each set (default: the held-out size, at most 10 000).

@@ -182,7 +182,7 @@ CELLS: list[tuple[str, str]] = [
       forward vs reverse KL, planar flows on the Rezende-Mohamed energies, a gallery of six
       flows with a held-out NLL table, and bits per dimension on 8x8 digit images.
     - `probgen list` shows every preset (`probgen fit <preset>` runs it); a TOML run file
-      declares your own (see `probgen/presets/*.toml`).
+      declares your own (see `probgen/run/presets/*.toml`).
     - [`README.md`](README.md) in this folder says which tutorial shows which part of the API.
     """),
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import json
 import math
@@ -16,7 +15,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from probgen.config import (
+import probgen.inference as inference
+import probgen.models as zoo
+from probgen.inference.distributed import DistributedContext
+from probgen.inference.langevin import SAMPLERS as LANGEVIN_SAMPLERS
+from probgen.inference.steps import eval_length, evaluate
+from probgen.run.checks import check_combination, clip_warmup
+from probgen.run.compose import compose_model_kwargs
+from probgen.run.config import (
     SECTIONS,
     ConfigError,
     check_call_kwargs,
@@ -24,7 +30,7 @@ from probgen.config import (
     did_you_mean,
     dump_toml,
 )
-from probgen.progress import Progress
+from probgen.run.progress import Progress
 from probgen.utils import atomic_torch_save, atomic_write_bytes, atomic_write_text
 
 __all__ = ["DataBundle", "build_data", "build_model", "build_objective", "build_sampler",
@@ -32,23 +38,6 @@ __all__ = ["DataBundle", "build_data", "build_model", "build_objective", "build_
            "presets_by_family", "describe_data", "load", "LoadedRun", "check_device",
            "SAMPLE_FORMATS"]
 
-# Score matching (no density: figures and sample metrics come from a Langevin sampler, see
-# build_sampler): each name with the [objective] keys it accepts.
-_SCORE_OBJECTIVES = {
-    "ism": ("divergence", "noise", "sigma"),
-    "ssm": ("num_projections", "noise", "sigma"),
-    "dsm": ("sigma",),
-    "ncsn": ("sigma_max", "sigma_min", "num_sigmas"),
-}
-_OBJECTIVES = ("ml", "regularized_ml", "reverse_kl", *_SCORE_OBJECTIVES)
-# Keys the built-in objectives accept ([objective] tables of registered objectives are checked
-# against their own keys, see probgen.inference.registry).
-_BUILTIN_OBJECTIVE_KEYS = {
-    "name": str, "target": str, "num_samples": int, "kinetic": (int, float),
-    "jacobian": (int, float), "sigma": (int, float), "sigma_max": (int, float),
-    "sigma_min": (int, float), "num_sigmas": int, "divergence": str, "noise": str,
-    "num_projections": int,
-}
 # [sample] keys of score runs (a Langevin sampler); other runs pass [sample] to model.sample.
 _SCORE_SAMPLE_KEYS = {"n": int, "sampler": str, "steps": int, "eta": (int, float),
                       "eps": (int, float), "init_std": (int, float), "denoise": bool}
@@ -92,9 +81,9 @@ def presets_by_family() -> dict[str, dict[str, str]]:
     A preset's family is that of the zoo module of its ``[model] name`` (:data:`FAMILIES`);
     families come in the course's order, presets by name.
     """
-    from probgen.config import list_presets, load_config
+    from probgen.run.config import list_presets, load_config
 
-    registry = _models().MODELS
+    registry = zoo.MODELS
     groups: dict[str, dict[str, str]] = {}
     for name, description in list_presets().items():
         model = load_config(name).get("model", {}).get("name")
@@ -103,15 +92,6 @@ def presets_by_family() -> dict[str, dict[str, str]]:
     order = list(dict.fromkeys(FAMILIES.values()))
     return {f: groups[f] for f in sorted(
         groups, key=lambda f: (order.index(f) if f in order else len(order), f))}
-
-
-def _models() -> Any:
-    # Imported lazily: the core must not import the model zoo at import time.
-    return importlib.import_module("probgen.models")
-
-
-def _inference() -> Any:
-    return importlib.import_module("probgen.inference")
 
 
 @dataclass
@@ -224,15 +204,15 @@ def _with_labels(bundle: DataBundle, train_y: Tensor, test_y: Tensor) -> DataBun
 
 
 def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
-    """Builds the data named by the ``[data]`` table (see ``probgen.config.SECTIONS``)."""
+    """Builds the data named by the ``[data]`` table (see ``probgen.run.config.SECTIONS``)."""
     from probgen import data as pdata
 
-    objective = config.get("objective", {}).get("name", "ml")
+    objective = _objective_name(config)
     table = dict(config.get("data", {}))
-    if objective == "reverse_kl":
+    if not _needs_data(config):
         if table:
             raise ConfigError(
-                "[data] must be empty with objective 'reverse_kl': it needs no data."
+                f"[data] must be empty with objective {objective!r}: it needs no data."
             )
         return DataBundle("none", "none", None, None, (2,))
     if "name" not in table:
@@ -314,7 +294,7 @@ def describe_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
     """
     table = config.get("data", {})
     name = table.get("name")
-    if _objective_name(config) == "reverse_kl" or name not in _IMAGE_SETS:
+    if not _needs_data(config) or name not in _IMAGE_SETS:
         return build_data(config, seed=seed)
     shape, levels, classes = _IMAGE_SETS[name]
     if "eval_size" in table:
@@ -336,9 +316,10 @@ def describe_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
 def build_model(config: dict[str, Any], data: DataBundle) -> nn.Module:
     """Builds the model named by ``[model] name`` with the table's other keys as arguments.
 
-    ``features`` (vectors) or ``shape`` (images) is filled in from the data when absent.
+    Nested tables (``[model.network]``, ``[model.prior]``, ``[model.path]``, ...) are
+    mapped onto the constructor (:mod:`probgen.run.compose`); ``features`` (vectors) or
+    ``shape`` (images) is filled in from the data when absent.
     """
-    zoo = _models()
     table = dict(config.get("model", {}))
     registry = zoo.MODELS
     name = table.pop("name", None)
@@ -346,89 +327,58 @@ def build_model(config: dict[str, Any], data: DataBundle) -> nn.Module:
         raise ConfigError(f"[model] name {name!r} is unknown; allowed: {sorted(registry)}."
                           + did_you_mean(name, registry))
     cls = registry[name]
-    check_call_kwargs(cls, table, "model")
-    import inspect
-
-    params = inspect.signature(cls).parameters
-    if "features" in params and "features" not in table:
-        if len(data.event_shape) != 1:
-            raise ConfigError(
-                f"[model] {name} models vectors but the data has event shape "
-                f"{data.event_shape}; set [data] flatten = true.")
-        table["features"] = data.event_shape[0]
-    if "shape" in params and "shape" not in table:
-        if len(data.event_shape) != 3:
-            raise ConfigError(
-                f"[model] {name} models images (C, H, W) but the data has event shape "
-                f"{data.event_shape}; remove [data] flatten or pick a vector flow.")
-        table["shape"] = list(data.event_shape)
-    if "num_classes" in params and "num_classes" not in table and data.num_classes is not None:
-        table["num_classes"] = data.num_classes
-    return cls(**table)
+    return cls(**compose_model_kwargs(cls, table, data))
 
 
 def build_objective(config: dict[str, Any], model: nn.Module, data: DataBundle) -> nn.Module:
     """Builds the ``[objective]`` (``ml`` by default) around ``model``.
 
-    Built-in names are handled here; a family's own objectives come from
-    ``probgen.inference.registry.OBJECTIVES`` (their builders check their keys).
+    Every name, built-in or a family's, comes from the one table
+    ``probgen.inference.registry.OBJECTIVES`` (each builder checks its keys).
     """
-    inference = _inference()
     table = dict(config.get("objective", {}))
     name = table.pop("name", "ml")
-    registered = inference.registry.OBJECTIVES
-    if name in registered:
-        try:
-            return inference.registry.build_registered(name, model, data, table)
-        except (TypeError, ValueError) as e:
-            if isinstance(e, ConfigError):
-                raise
-            raise ConfigError(f"[objective] {name}: {e}") from None
-    if name not in _OBJECTIVES:
-        allowed = sorted([*_OBJECTIVES, *registered])
-        raise ConfigError(f"[objective] name must be one of {allowed}, got {name!r}."
-                          + did_you_mean(name, allowed))
-    if name in _SCORE_OBJECTIVES:
-        extra = set(table) - set(_SCORE_OBJECTIVES[name])
-        if extra:
-            raise ConfigError(f"[objective] keys {sorted(extra)} do not apply to {name!r} "
-                              f"(allowed: {', '.join(_SCORE_OBJECTIVES[name])}).")
-        cls = {"ism": inference.ImplicitScoreMatching, "ssm": inference.SlicedScoreMatching,
-               "dsm": inference.DenoisingScoreMatching,
-               "ncsn": inference.NoiseConditionalScoreMatching}[name]
-        return cls(model, preprocess=data.preprocess, **table)
-    if name == "ml":
-        if table:
-            raise ConfigError(f"[objective] keys {sorted(table)} do not apply to 'ml'.")
-        return inference.MaximumLikelihood(model, preprocess=data.preprocess)
-    if name == "regularized_ml":  # RNODE: NLL + kinetic and Jacobian penalties
-        extra = set(table) - {"kinetic", "jacobian"}
-        if extra:
-            raise ConfigError(f"[objective] keys {sorted(extra)} do not apply to "
-                              "'regularized_ml' (allowed: jacobian, kinetic).")
-        return inference.RegularizedMaximumLikelihood(model, preprocess=data.preprocess,
-                                                      **table)
-    from probgen.energies import ENERGIES
-
-    if "target" not in table:
-        raise ConfigError(f"[objective] target is required for 'reverse_kl'; allowed: "
-                          f"{sorted(ENERGIES)}.")
-    if isinstance(table["target"], str) and table["target"].lower() not in ENERGIES:
-        raise ConfigError(f"[objective] target {table['target']!r} is unknown; allowed: "
-                          f"{sorted(ENERGIES)}." + did_you_mean(table["target"], ENERGIES))
-    return inference.ReverseKL(model, table["target"], num_samples=table.get("num_samples", 256))
+    _objective_spec(config)  # an unknown name: the error lists the registered ones
+    try:
+        return inference.registry.build_registered(name, model, data, table)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"[objective] {name}: {e}") from None
 
 
 def _objective_name(config: dict[str, Any]) -> str:
     return config.get("objective", {}).get("name", "ml")
 
 
+def _needs_data(config: dict[str, Any]) -> bool:
+    """Whether the run's objective trains on data (an unknown name is reported later)."""
+    spec = inference.registry.OBJECTIVES.get(_objective_name(config))
+    return spec is None or spec.needs_data
+
+
+def _objective_spec(config: dict[str, Any]) -> inference.registry.ObjectiveSpec:
+    """The registry entry of ``[objective] name`` (``ml`` by default).
+
+    Raises:
+        ConfigError: a name that is not registered (the message lists the registered ones).
+    """
+    name = _objective_name(config)
+    registered = inference.registry.OBJECTIVES
+    if name not in registered:
+        raise ConfigError(f"[objective] name must be one of {sorted(registered)}, got "
+                          f"{name!r}." + did_you_mean(name, registered))
+    return registered[name]
+
+
 def _validate(config: dict[str, Any]) -> None:
     for section, table in config.items():
         schema = SECTIONS[section][0]
-        if section == "objective" and _objective_name(config) in _OBJECTIVES:
-            schema = _BUILTIN_OBJECTIVE_KEYS
-        if section == "sample" and _objective_name(config) in _SCORE_OBJECTIVES:
+        if section == "objective":
+            spec = _objective_spec(config)
+            typed = {k: t for k, t in spec.types.items() if t is not None}
+            check_keys({k: v for k, v in table.items() if k in typed}, typed, section)
+        if section == "sample" and _objective_spec(config).langevin:
             schema = _SCORE_SAMPLE_KEYS
         if schema is not None:
             check_keys(table, schema, section)
@@ -445,7 +395,7 @@ def _validate(config: dict[str, Any]) -> None:
     check_keys(runner, _RUNNER_TRAIN_KEYS, "train")
     if "threads" in runner and runner["threads"] < 1:
         raise ConfigError(f"[train] threads must be a positive int, got {runner['threads']}.")
-    check_call_kwargs(_inference().fit, train, "train", exclude=_FIT_RESERVED)
+    check_call_kwargs(inference.fit, train, "train", exclude=_FIT_RESERVED)
     for key in ("steps", "batch_size"):
         if key not in train:
             raise ConfigError(f"[train] {key} is required.")
@@ -476,7 +426,6 @@ def _run_folder(config: dict[str, Any], out_dir: str | Path | None, default_name
 
 def _check_resumable(run: Path, objective: nn.Module, config: dict[str, Any]) -> None:
     """Checks that ``run`` holds a checkpoint this configuration can continue."""
-    inference = _inference()
     path = run / "checkpoint.pt"
     if not path.is_file():
         raise FileNotFoundError(
@@ -490,51 +439,33 @@ def _check_resumable(run: Path, objective: nn.Module, config: dict[str, Any]) ->
 
 
 def _evaluate(objective: nn.Module, model: nn.Module, data: DataBundle, config: dict,
-              device: torch.device | None = None, progress: Progress | None = None) -> dict:
-    """Held-out metrics: NLL (nats) and bits/dim for images; KL for reverse-KL runs.
-
-    Batches are moved to ``device`` (CPU by default); ``progress`` reports the stage."""
-    from probgen.inference.batches import to_device
-
+              device: torch.device | None = None, progress: Progress | None = None,
+              seed: int = 0) -> dict:
+    """Held-out metrics through the trainer's evaluation (:func:`probgen.inference.steps.
+    evaluate`, the one evaluation loop): NLL (nats) and bits/dim for images, every other
+    output of the objective, and for objectives without data (reverse KL) the KL over
+    ``[eval] num_samples`` draws. Leaves the objective and the model in eval mode (for
+    sampling after it). Batches go to ``device`` (CPU by default); ``progress`` reports the
+    stage."""
     device = torch.device("cpu") if device is None else device
     progress = Progress("off") if progress is None else progress
     table = config.get("eval", {})
-    out: dict[str, float] = {}
-    # The objective too: objectives that count training passes (annealing schedules) or
-    # use dropout must see evaluation as evaluation.
+    batch_size = int(table.get("batch_size", 2000))
+    # KL(q || p~) = E_q[log q - log p~] = KL(q || p) - log Z, over num_samples draws.
+    held_out = (int(table.get("num_samples", 20000)) if data.kind == "none"
+                else _held_out(data, config))
+    unit = "samples" if data.kind == "none" else "examples"
+    with progress.stage("evaluate", eval_length(held_out), unit) as stage:
+        means = evaluate(objective, held_out, batch_size=batch_size,
+                         ctx=DistributedContext(device=device), ema=None, seed=seed,
+                         callback=stage.update)
+    # Objectives that count training passes (annealing schedules) or use dropout must see
+    # what follows (sampling, figures) as evaluation too.
     objective.eval()
     model.eval()
-    with torch.no_grad():
-        batch_size = int(table.get("batch_size", 2000))
-        if data.kind == "none":
-            # KL(q || p~) = E_q[log q - log p~] = KL(q || p) - log Z, over num_samples draws.
-            n, total = int(table.get("num_samples", 20000)), 0.0
-            with progress.stage("evaluate", n, "samples") as stage:
-                for start in range(0, n, batch_size):
-                    m = min(batch_size, n - start)
-                    total += float(objective(m)["kl"]) * m
-                    stage.update(m)
-            out["test/kl_unnormalized"] = total / n
-            return out
-        held_out = _held_out(data, config)
-        sums: dict[str, float] = {}
-        count = 0
-        total = _length(held_out)
-        with progress.stage("evaluate", total, "examples") as stage:
-            for start in range(0, total, batch_size):
-                batch = _rows(held_out, start, start + batch_size)
-                m = _length(batch)
-                stats = objective(to_device(batch, device))
-                for key, value in stats.items():
-                    sums[key] = sums.get(key, 0.0) + float(value) * m
-                count += m
-                stage.update(m)
-        out = {f"test/{k}": v / count for k, v in sums.items() if k != "loss"}
-    return out
-
-
-def _length(batch: Any) -> int:
-    return int(batch[0].shape[0]) if isinstance(batch, tuple) else int(batch.shape[0])
+    if data.kind == "none":
+        return {"test/kl_unnormalized": means["eval/kl"]}
+    return {f"test/{k[len('eval/'):]}": v for k, v in means.items() if k != "eval/loss"}
 
 
 def _rows(batch: Any, start: int, stop: int) -> Any:
@@ -654,7 +585,7 @@ def fit_run(
     ``[eval]`` included) is checked and the model is built; with ``resume``, before the
     folder's checkpoint is found to fit the model. ``interruptible``: SIGINT and SIGTERM
     stop training after a step with a checkpoint (see :func:`probgen.inference.fit`).
-    ``progress``: a mode of :class:`probgen.progress.Progress` (``True``: a bar on a
+    ``progress``: a mode of :class:`probgen.run.progress.Progress` (``True``: a bar on a
     terminal, one plain line per stage in a pipe; ``False``: silent). ``device``: where
     the model is trained, evaluated and sampled (default: the run's ``[train] device``,
     else ``"cpu"``; see :func:`check_device`).
@@ -667,6 +598,7 @@ def fit_run(
         probgen.inference.TrainingInterrupted: ``interruptible`` and a signal came.
     """
     _validate(config)
+    config = clip_warmup(config)
     seed = int(config.get("run", {}).get("seed", 0))
     run = _run_folder(config, out_dir, default_name)
     dev = check_device(device if device is not None
@@ -677,6 +609,7 @@ def fit_run(
     torch.manual_seed(seed)
     data = build_data(config, seed=seed)
     model = build_model(config, data)
+    check_combination(config, model)
     objective = build_objective(config, model, data)
     build_sampler(config, model, objective, data)  # checks [sample] before training, not after
     if resume:
@@ -689,7 +622,7 @@ def fit_run(
     for key in (*_RUNNER_TRAIN_KEYS, "device"):
         train.pop(key, None)
     start = time.perf_counter()
-    _inference().fit(
+    inference.fit(
         objective, data.train, batch_size=batch_size, out_dir=run, resume=resume,
         progress=reporter.bars, config=config, seed=seed, interruptible=interruptible,
         eval_data=_held_out(data, config) if "eval_every" in train else None, device=str(dev),
@@ -699,8 +632,11 @@ def fit_run(
     if int(os.environ.get("RANK", "0")) != 0:
         # Under torchrun only rank 0 evaluates and writes; the others are done after fit.
         return {"train_seconds": seconds, "run": str(run), "files": []}
+    # Evaluation, samples and figures use the weights a loaded run has: the EMA weights
+    # where the run keeps an EMA (the trainer evaluates with them too), else the last ones.
+    _use_ema_weights(objective, run / "checkpoint.pt")
     result = {"train_seconds": seconds,
-              **_evaluate(objective, model, data, config, dev, reporter)}
+              **_evaluate(objective, model, data, config, dev, reporter, seed)}
     sampler = build_sampler(config, model, objective, data)
     stats, samples = _sample_stats(sampler, data, config, reporter, no_grad=sampler is model)
     if sampler is not model:
@@ -732,7 +668,7 @@ def build_sampler(config: dict, model: nn.Module, objective: nn.Module, data: Da
     table's keys other than ``n``), or for score runs a Langevin sampler of its network set
     by the ``[sample]`` table (annealed over the objective's ladder by default). Either way
     the result has ``sample(shape, generator=None)``."""
-    if _objective_name(config) not in _SCORE_OBJECTIVES:
+    if not _objective_spec(config).langevin:
         kwargs = {k: v for k, v in config.get("sample", {}).items() if k != "n"}
         if not kwargs:
             return model
@@ -740,12 +676,12 @@ def build_sampler(config: dict, model: nn.Module, objective: nn.Module, data: Da
         _check_sampler_name(kwargs, getattr(model, "samplers", None))
         return _ConfiguredSampler(model, kwargs)
     table = {k: v for k, v in config.get("sample", {}).items() if k != "n"}
-    _check_sampler_name(table, importlib.import_module("probgen.inference.langevin").SAMPLERS)
+    _check_sampler_name(table, LANGEVIN_SAMPLERS)
     sigmas = getattr(objective, "sigmas", None)
     defaults = {"sampler": "annealed" if sigmas is not None else "langevin", "sigmas": sigmas,
                 "sigma": getattr(objective, "sigma", None)}
     try:
-        return _inference().ScoreSampler(model, data.event_shape, **{**defaults, **table})
+        return inference.ScoreSampler(model, data.event_shape, **{**defaults, **table})
     except ValueError as e:
         raise ConfigError(f"[sample] {e}") from None
 
@@ -780,6 +716,16 @@ def _sample_stats(sampler: Any, data: DataBundle, config: dict,
     return out, samples
 
 
+def _use_ema_weights(objective: nn.Module, checkpoint: Path | dict[str, Any]) -> None:
+    """Gives ``objective`` the EMA weights of a checkpoint (a path or its loaded state), when
+    the run keeps an EMA; otherwise leaves its weights alone."""
+    state = (inference.load_checkpoint(checkpoint) if isinstance(checkpoint, Path)
+             else checkpoint)
+    if state.get("ema") is not None:
+        with torch.no_grad():
+            inference.EMA.copy_state_to(state["ema"], objective)
+
+
 def load_run(run_dir: str | Path, *, with_data: bool = True, device: str = "cpu"
              ) -> tuple[dict, DataBundle, nn.Module, nn.Module]:
     """Rebuilds a run's configuration, data, model and objective from its folder.
@@ -793,7 +739,7 @@ def load_run(run_dir: str | Path, *, with_data: bool = True, device: str = "cpu"
         FileNotFoundError: the folder, its ``config.toml`` or its ``checkpoint.pt`` is missing.
         ValueError: an unreadable or foreign checkpoint, or one of another model.
     """
-    from probgen.config import load_config
+    from probgen.run.config import load_config
 
     run = Path(run_dir)
     if not run.is_dir():
@@ -809,11 +755,9 @@ def load_run(run_dir: str | Path, *, with_data: bool = True, device: str = "cpu"
     data = build_data(config, seed=seed) if with_data else describe_data(config, seed=seed)
     model = build_model(config, data)
     objective = build_objective(config, model, data)
-    state = _inference().load_checkpoint(run / "checkpoint.pt")
-    _inference().load_objective_state(objective, state, run / "checkpoint.pt")
-    if state.get("ema") is not None:
-        with torch.no_grad():
-            _inference().EMA.copy_state_to(state["ema"], objective)
+    state = inference.load_checkpoint(run / "checkpoint.pt")
+    inference.load_objective_state(objective, state, run / "checkpoint.pt")
+    _use_ema_weights(objective, state)
     objective.to(dev)
     objective.eval()
     model.eval()
@@ -859,7 +803,6 @@ def load(run_dir: str | Path, *, device: str = "cpu") -> LoadedRun:
     if not metrics.is_file():
         raise FileNotFoundError(f"{run} is not a complete run folder: metrics.jsonl is missing "
                                 f"({str(metrics)!r}).")
-    inference = _inference()
     step = int(inference.load_checkpoint(run / "checkpoint.pt")["step"])
     records = inference.history.read_records(metrics, upto=step)
     return LoadedRun(model, config, inference.History(records))
@@ -911,7 +854,7 @@ def eval_run(run_dir: str | Path, metrics: str | None = None, *,
     metrics of ``num_samples`` model samples against the held-out data
     (``probgen.metrics.run_sample_metrics``). ``threads``: torch's CPU threads (default:
     the run's ``[train] threads``, else PyTorch's default). ``device``: where the model
-    runs (see :func:`check_device`). ``progress``: see :class:`probgen.progress.Progress`.
+    runs (see :func:`check_device`). ``progress``: see :class:`probgen.run.progress.Progress`.
     """
     dev = check_device(device)
     config, data, model, objective = load_run(run_dir, device=str(dev))
@@ -919,7 +862,7 @@ def eval_run(run_dir: str | Path, metrics: str | None = None, *,
     reporter = Progress(progress)
     seed = int(config.get("run", {}).get("seed", 0))
     torch.manual_seed(seed)
-    result = _evaluate(objective, model, data, config, dev, reporter)
+    result = _evaluate(objective, model, data, config, dev, reporter, seed)
     if metrics:
         from probgen.metrics import run_sample_metrics
 
@@ -961,7 +904,7 @@ def sample_run(run_dir: str | Path, *, n: int = 64, out: str | Path | None = Non
             PyTorch's default).
         format: one of :data:`SAMPLE_FORMATS`; by default the suffix of ``out``, else png.
         device: where the model samples (see :func:`check_device`).
-        progress: see :class:`probgen.progress.Progress`.
+        progress: see :class:`probgen.run.progress.Progress`.
 
     Returns:
         Path: the written file.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import difflib
 import inspect
 import tomllib
 import typing
@@ -11,6 +10,8 @@ from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from probgen.utils import did_you_mean
 
 __all__ = [
     "ConfigError",
@@ -45,10 +46,10 @@ SECTIONS: dict[str, tuple[dict[str, type | tuple[type, ...]] | None, str]] = {
     "model": (None, "model: 'name' plus the constructor's keyword arguments"),
     "objective": (
         None,
-        "objective: 'ml' (forward KL), 'regularized_ml' (with RNODE's 'kinetic' and "
-        "'jacobian' weights), 'reverse_kl' to an energy 'target', score matching: "
-        "'ism', 'ssm', 'dsm' (one 'sigma'), 'ncsn' (a ladder 'sigma_max'..'sigma_min'), or a "
-        "family's registered objective (probgen.inference.registry.OBJECTIVES)",
+        "objective: a name of probgen.inference.registry.OBJECTIVES, e.g. 'ml' (forward KL), "
+        "'regularized_ml' (with RNODE's 'kinetic' and 'jacobian' weights), 'reverse_kl' to "
+        "an energy 'target', score matching: 'ism', 'ssm', 'dsm' (one 'sigma'), 'ncsn' (a "
+        "ladder 'sigma_max'..'sigma_min'), or a family's objective ('elbo', 'ddpm', 'cfm', ...)",
     ),
     "train": (None, "keyword arguments of probgen.inference.fit, and 'threads' (torch's CPU "
                     "threads; default PyTorch's)"),
@@ -69,35 +70,8 @@ class ConfigError(ValueError):
     """A run configuration names an unknown key, has a wrong type or an impossible choice."""
 
 
-def did_you_mean(name: object, choices: Iterable[str]) -> str:
-    """The hint appended to an "unknown name" error: ``" Did you mean 'x'?"`` or ``""``.
-
-    Used wherever a run file, an override or a command-line argument names something
-    unknown (a preset, section, key, model, objective, data set or sampler).
-
-    Example:
-        >>> did_you_mean("realnvp-moon", ["realnvp-moons", "maf-8gaussians"])
-        " Did you mean 'realnvp-moons'?"
-        >>> did_you_mean("zzz", ["realnvp-moons"])
-        ''
-    """
-    if not isinstance(name, str):
-        return ""
-    choices = [str(c) for c in choices]
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
-    if not close:  # case slips: 'realnvp' for 'RealNVP'
-        lowered = {c.lower(): c for c in choices}
-        close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.6)
-        close = [lowered[c] for c in close]
-    if not close:
-        return ""
-    quoted = [repr(c) for c in close]
-    names = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
-    return f" Did you mean {names}?"
-
-
 def _preset_dir() -> Any:
-    return resources.files("probgen.presets")
+    return resources.files("probgen.run.presets")
 
 
 def list_presets() -> dict[str, str]:
@@ -111,7 +85,8 @@ def list_presets() -> dict[str, str]:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parses one ``--set section.key=value`` override; the value is read as TOML.
+    """Parses one ``--set section.key=value`` override (``model.network.depth=4`` for a nested
+    table); the value is read as TOML.
 
     Values that are not valid TOML (``name=moons``) are taken as strings.
 
@@ -125,8 +100,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set: expected 'section.key=value', got {text!r}.")
     key, value = text.split("=", 1)
     path = key.strip().split(".")
-    if len(path) != 2 or not all(path):
-        raise ConfigError(f"--set: expected a key of the form 'section.key', got {key!r}.")
+    if len(path) < 2 or not all(path):
+        raise ConfigError(f"--set: expected a key of the form 'section.key' (or "
+                          f"'model.table.key' for a nested table), got {key!r}.")
     try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -138,13 +114,19 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[st
     """Returns a copy of ``config`` with every ``section.key=value`` override applied."""
     config = copy.deepcopy(config)
     for text in overrides:
-        (section, key), value = parse_override(text)
+        (section, *keys), value = parse_override(text)
         if section not in SECTIONS:
             raise ConfigError(
                 f"--set {text!r}: unknown section {section!r}; allowed: {sorted(SECTIONS)}."
                 + did_you_mean(section, SECTIONS)
             )
-        config.setdefault(section, {})[key] = value
+        table = config.setdefault(section, {})
+        for i, key in enumerate(keys[:-1]):
+            table = table.setdefault(key, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"--set {text!r}: {'.'.join([section, *keys[:i + 1]])} is "
+                                  f"a value, not a table.")
+        table[keys[-1]] = value
     return config
 
 
@@ -259,6 +241,7 @@ def check_call_kwargs(
     section: str,
     *,
     exclude: Iterable[str] = (),
+    labels: Mapping[str, str] | None = None,
 ) -> None:
     """Checks config ``kwargs`` against ``fn``'s signature: known names, TOML-compatible types.
 
@@ -267,6 +250,8 @@ def check_call_kwargs(
         kwargs: the table (without its ``name`` key).
         section: the table's name, quoted in errors.
         exclude: parameters a config may not set (filled in by the runner).
+        labels: the name a key has in the run file, where it differs from the parameter's
+            (a nested table's ``transforms`` for ``prior_transforms``).
 
     Raises:
         ConfigError: an unknown key (listing the allowed ones) or a value of the wrong type.
@@ -298,8 +283,9 @@ def check_call_kwargs(
                 if isinstance(default, (list, tuple)):
                     expected = (list,)
         if expected is not None and not _matches(value, expected):
+            shown = (labels or {}).get(key, key)
             raise ConfigError(
-                f"[{section}] {key} must be {_type_name(expected)}, "
+                f"[{section}] {shown} must be {_type_name(expected)}, "
                 f"got {type(value).__name__} {value!r}."
             )
 
@@ -317,7 +303,7 @@ def _toml_value(value: Any) -> str:
 
 
 def dump_toml(config: Mapping[str, Mapping[str, Any]]) -> str:
-    """Writes a two-level configuration (tables of scalars and lists) as TOML text.
+    """Writes a configuration (tables of scalars, lists and nested tables) as TOML text.
 
     Example:
         >>> print(dump_toml({"train": {"steps": 10, "lr": 0.001}}))
@@ -327,11 +313,17 @@ def dump_toml(config: Mapping[str, Mapping[str, Any]]) -> str:
         <BLANKLINE>
     """
     lines: list[str] = []
-    for section, table in config.items():
-        lines.append(f"[{section}]")
-        for key, value in table.items():
-            if value is None:
-                continue
-            lines.append(f"{key} = {_toml_value(value)}")
+
+    def table(name: str, values: Mapping[str, Any]) -> None:
+        lines.append(f"[{name}]")
+        for key, value in values.items():
+            if value is not None and not isinstance(value, Mapping):
+                lines.append(f"{key} = {_toml_value(value)}")
         lines.append("")
+        for key, value in values.items():
+            if isinstance(value, Mapping):
+                table(f"{name}.{key}", value)
+
+    for section, values in config.items():
+        table(section, values)
     return "\n".join(lines)
