@@ -12,7 +12,7 @@ from torch import nn
 
 __all__ = ["OPTIMIZERS", "LR_SCHEDULES", "make_optimizer", "LRSchedule"]
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
@@ -28,7 +28,8 @@ def make_optimizer(
     """Builds the optimizer ``name`` (one of ``OPTIMIZERS``).
 
     ``adam`` adds ``weight_decay`` as an L2 term to the gradient, ``adamw`` decouples it;
-    ``sgd`` uses ``momentum`` (``betas`` are ignored).
+    ``sgd`` uses ``momentum`` (``betas`` are ignored); so does ``rmsprop`` (WGAN with weight
+    clipping, Arjovsky et al. 2017), with torch's smoothing constant 0.99.
 
     Raises:
         ValueError: unknown name (the message lists the allowed ones) or a bad value.
@@ -41,8 +42,9 @@ def make_optimizer(
         raise ValueError(f"betas: expected two floats in [0, 1), got {betas!r}.")
     if not weight_decay >= 0.0:
         raise ValueError(f"weight_decay: expected a float >= 0, got {weight_decay!r}.")
-    if name != "sgd" and momentum != 0.0:
-        raise ValueError(f"momentum: applies to optimizer 'sgd' only, got it with {name!r}.")
+    if name not in ("sgd", "rmsprop") and momentum != 0.0:
+        raise ValueError(f"momentum: applies to optimizers 'sgd' and 'rmsprop' only, got it "
+                         f"with {name!r}.")
     params = list(params)
     b1, b2 = (float(b) for b in betas)
     # torch picks its multi-tensor ("foreach") kernels by default on CUDA only; on CPU they
@@ -54,6 +56,9 @@ def make_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=(b1, b2), weight_decay=weight_decay,
                                  foreach=True)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=momentum,
+                                   weight_decay=weight_decay, foreach=True)
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                            foreach=True)
 

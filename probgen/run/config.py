@@ -40,8 +40,8 @@ SECTIONS: dict[str, tuple[dict[str, type | tuple[type, ...]] | None, str]] = {
             "flatten": bool,
             "labels": bool,
         },
-        "data set: a toy density, 'digits' or 'mnist', its preprocessing, and whether batches "
-        "carry class labels",
+        "data set: a toy density, 'digits', 'mnist', 'cifar10' or 'cifar100', its "
+        "preprocessing, and whether batches carry class labels",
     ),
     "model": (None, "model: 'name' plus the constructor's keyword arguments"),
     "objective": (

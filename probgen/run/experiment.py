@@ -217,7 +217,7 @@ def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
         return DataBundle("none", "none", None, None, (2,))
     if "name" not in table:
         raise ConfigError("[data] name is required; allowed: "
-                          f"{sorted([*pdata.TOY_NAMES, 'two_modes', 'digits', 'mnist'])}.")
+                          f"{sorted([*pdata.TOY_NAMES, 'two_modes', *_IMAGE_SETS])}.")
     name = table["name"]
     generator = torch.Generator().manual_seed(seed + 1)
     if name in pdata.TOY_NAMES:
@@ -238,7 +238,7 @@ def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
         mixture = two_modes()
         held_out = mixture.sample(int(table.get("eval_size", 20000)), generator)
         return DataBundle(name, "toy", mixture, held_out, (2,))
-    if name in ("digits", "mnist"):
+    if name in _IMAGE_SETS:
         if "eval_size" in table:
             raise ConfigError(
                 "[data] eval_size applies to toy data only (images use the test split)."
@@ -246,11 +246,13 @@ def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
         if name == "digits":
             train, train_y = pdata.load_digits("train")
             test, test_y = pdata.load_digits("test")
-            levels = pdata.DIGITS_LEVELS
-        else:
+        elif name == "mnist":
             train, train_y = pdata.load_mnist(table.get("root"), "train")
             test, test_y = pdata.load_mnist(table.get("root"), "test")
-            levels = 256
+        else:  # CIFAR-10 / CIFAR-100 (fine labels) from the python-pickle batches
+            train, train_y = pdata.load_cifar(name, table.get("root"), "train")
+            test, test_y = pdata.load_cifar(name, table.get("root"), "test")
+        levels = _IMAGE_SETS[name][1]
         kind = table.get("preprocess", "logit")
         if kind not in _PREPROCESS:
             raise ConfigError(
@@ -269,7 +271,7 @@ def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
         event = (math.prod(shape),) if flatten else shape
         bundle = DataBundle(name, "image", train.float(), test.float(), event, pre)
         return _with_labels(bundle, train_y, test_y) if labels else bundle
-    allowed = sorted([*pdata.TOY_NAMES, "two_modes", "digits", "mnist"])
+    allowed = sorted([*pdata.TOY_NAMES, "two_modes", *_IMAGE_SETS])
     raise ConfigError(f"[data] name {name!r} is unknown; allowed: {allowed}."
                       + did_you_mean(name, allowed))
 
@@ -279,15 +281,18 @@ def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
 _IMAGE_SETS: dict[str, tuple[tuple[int, ...], int, int]] = {
     "digits": ((1, 8, 8), 17, 10),
     "mnist": ((1, 28, 28), 256, 10),
+    "cifar10": ((3, 32, 32), 256, 10),
+    "cifar100": ((3, 32, 32), 256, 100),
 }
 
 
 def describe_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
     """What a run's model and objective need to know of its data, without loading it.
 
-    For image data (``digits``, ``mnist``) the bundle has ``train = eval = None`` and the
-    event shape, preprocess and number of classes that :func:`build_data` would give; toy
-    and target densities are generated (no file is read), so their full bundle is returned.
+    For image data (``digits``, ``mnist``, ``cifar10``, ``cifar100``) the bundle has
+    ``train = eval = None`` and the event shape, preprocess and number of classes that
+    :func:`build_data` would give; toy and target densities are generated (no file is
+    read), so their full bundle is returned.
 
     Raises:
         ConfigError: a bad ``[data]`` table (as :func:`build_data`).
