@@ -57,6 +57,13 @@ SECTIONS: dict[str, tuple[dict[str, type | tuple[type, ...]] | None, str]] = {
         {"num_samples": int, "resolution": int, "bound": (int, float), "batch_size": int},
         "evaluation: held-out size, density-grid resolution and half-width",
     ),
+    "posterior": (
+        {"task": str, "noise_std": (int, float), "method": str, "sampler": str, "steps": int,
+         "scale": (int, float), "images": int, "samples": int, "data_variance": (int, float)},
+        "`probgen posterior`'s inverse problem: the task (inpaint, denoise, superres), the "
+        "measurement noise, PiGDM or DPS, the sampler and its steps, how many examples and "
+        "samples",
+    ),
     "sample": (
         None,
         "'n', the number of samples the run folder's figure shows; score runs: the Langevin "
