@@ -12,7 +12,9 @@ _DIGITS_BINARY = {"name": "digits", "preprocess": "binarize"}
 _DIGITS_SIGNED = {"name": "digits", "preprocess": "signed"}
 _SMALL_UNET = {"base_channels": 8, "channel_mults": [1, 2]}
 
-#: ``{model name: small run configuration}`` for every entry of ``probgen.models.MODELS``.
+#: ``{model name: small run configuration}`` for every entry of ``probgen.models.MODELS``,
+#: plus variants ``"NAME[network]"`` whose ``model`` table names the registered model and
+#: swaps its network (the DiT, the ViT encoder and decoder on the same contract).
 #:
 #: Each value holds the run-file tables ``data``, ``model`` (without ``name``: the key is
 #: the name), ``objective`` (default ``ml``) and ``sample`` (keywords of the model's
@@ -68,6 +70,11 @@ EXAMPLES: dict[str, dict[str, dict[str, Any]]] = {
     "VAE": {"data": _DIGITS_BINARY,
             "model": {"latent_features": 4, "hidden_features": [16]},
             "objective": {"name": "elbo"}},
+    # the ViT encoder and decoder on the VAE's contract
+    "VAE[vit]": {"data": _DIGITS_BINARY,
+                 "model": {"name": "VAE", "latent_features": 4, "encoder": "vit",
+                           "decoder": "vit", "channels": 16, "blocks": 2},
+                 "objective": {"name": "elbo"}},
     "GaussianMixtureModel": {"data": {"name": "8gaussians", "eval_size": 64},
                              "model": {"components": 3, "hidden_features": [16]},
                              "objective": {"name": "vem", "schedule": "joint"}},
@@ -83,6 +90,13 @@ EXAMPLES: dict[str, dict[str, dict[str, Any]]] = {
     "DDPM": {"data": _DIGITS_SIGNED, "model": {"num_steps": 10, **_SMALL_UNET},
              "objective": {"name": "ddpm"}, "sample": {"sampler": "ddim", "steps": 3},
              "log_prob": {"method": "rk4", "step_size": 1 / 18}},
+    # a registered model with another network: the DiT on DDPM's contract
+    "DDPM[dit]": {"data": _DIGITS_SIGNED,
+                  "model": {"name": "DDPM", "num_steps": 10,
+                            "network": {"name": "dit", "patch": 2, "hidden": 16, "depth": 1,
+                                        "heads": 2}},
+                  "objective": {"name": "ddpm"}, "sample": {"sampler": "ddim", "steps": 3},
+                  "log_prob": {"method": "rk4", "step_size": 1 / 18}},
     "VectorDDPM": {"data": _MOONS,
                    "model": {"num_steps": 10, "hidden_features": [16, 16],
                              "embedding_dim": 8},
