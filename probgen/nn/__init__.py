@@ -9,6 +9,7 @@ from probgen.nn.conditional import (
     ConditionEmbedding,
     check_labels,
     check_time,
+    image_condition,
 )
 from probgen.nn.dit import DiT
 from probgen.nn.embeddings import FourierEmbedding, SinusoidalEmbedding
@@ -50,6 +51,7 @@ __all__ = [
     "ConditionalMLP",
     "check_time",
     "check_labels",
+    "image_condition",
     "UNet",
     "UNetClassifier",
     "DiT",

@@ -24,7 +24,8 @@ from probgen.nn.embeddings import SinusoidalEmbedding
 from probgen.nn.init import zero_init_
 from probgen.nn.mlp import activation as _activation
 
-__all__ = ["ConditionEmbedding", "ConditionalMLP", "check_time", "check_labels"]
+__all__ = ["ConditionEmbedding", "ConditionalMLP", "check_time", "check_labels",
+           "image_condition"]
 
 
 def check_time(t: Tensor | float, x: Tensor) -> Tensor:
@@ -125,6 +126,17 @@ class ConditionEmbedding(nn.Module):
         elif labels is not None:
             check_labels(labels, t.shape[0], None, t.device)
         return e
+
+
+def image_condition(embed: ConditionEmbedding, event_shape: tuple[int, ...], x: Tensor,
+                    t: Tensor | float, labels: Tensor | None = None) -> Tensor:
+    """The condition embedding of an image network's inputs, after checking them: images
+    ``x`` of shape ``(batch, *event_shape)``, times ``t`` (see :func:`check_time`) and
+    ``labels`` (``None``: the null class)."""
+    if x.dim() != 4 or tuple(x.shape[1:]) != tuple(event_shape):
+        raise ValueError(f"x: expected shape (batch, {', '.join(map(str, event_shape))}), got "
+                         f"{tuple(x.shape)}.")
+    return embed(check_time(t, x).to(x.dtype), labels)
 
 
 class ConditionalMLP(nn.Module):

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from probgen.nn.conditional import ConditionEmbedding, check_time
+from probgen.nn.conditional import ConditionEmbedding, image_condition
 from probgen.nn.init import zero_init_
 from probgen.nn.transformer import (
     TransformerBlock,
@@ -106,11 +106,7 @@ class DiT(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor | float, labels: Tensor | None = None) -> Tensor:
         """The output at images ``x``, times ``t`` and classes ``labels`` (``None``: null)."""
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.event_shape:
-            raise ValueError(f"x: expected shape (batch, {', '.join(map(str, self.event_shape))})"
-                             f", got {tuple(x.shape)}.")
-        t = check_time(t, x)
-        e = self.embed(t.to(x.dtype), labels)
+        e = image_condition(self.embed, self.event_shape, x, t, labels)
         h = self.embed_patches(x).flatten(2).transpose(1, 2) + self.positions.to(x.dtype)
         for block in self.blocks:
             h = block(h, e)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from probgen.nn.conditional import ConditionEmbedding, check_time
+from probgen.nn.conditional import ConditionEmbedding, image_condition
 from probgen.nn.init import zero_init_
 
 __all__ = ["UNet", "UNetClassifier"]
@@ -187,11 +187,7 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor | float, labels: Tensor | None = None) -> Tensor:
         """The output at images ``x``, times ``t`` and classes ``labels`` (``None``: null)."""
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.event_shape:
-            raise ValueError(f"x: expected shape (batch, {', '.join(map(str, self.event_shape))})"
-                             f", got {tuple(x.shape)}.")
-        t = check_time(t, x)
-        e = self.embed(t.to(x.dtype), labels)
+        e = image_condition(self.embed, self.event_shape, x, t, labels)
         h = self.stem(x)
         hs = [h]
         for blocks in self.down:
@@ -263,10 +259,7 @@ class UNetClassifier(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
         """The logits of the classes of noisy images ``x`` at times ``t``."""
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.event_shape:
-            raise ValueError(f"x: expected shape (batch, {', '.join(map(str, self.event_shape))})"
-                             f", got {tuple(x.shape)}.")
-        e = self.embed(check_time(t, x).to(x.dtype))
+        e = image_condition(self.embed, self.event_shape, x, t)
         h = self.stem(x)
         for blocks in self.down:
             if isinstance(blocks[0], _ResBlock):
