@@ -110,7 +110,7 @@ class VAE(PyroModule):
         hidden_features: MLP hidden sizes (decoder mirrors the encoder).
         channels, blocks: width and residual blocks of the convolutional networks.
         likelihood: ``"bernoulli"``, ``"continuous_bernoulli"``, ``"gaussian"`` or
-            ``"categorical"``.
+            ``"categorical"`` or ``"discretized_logistic"`` (integer pixels, 2 outputs per entry).
         scale: the Gaussian likelihood's scale (float, ``"learned"`` or ``"decoder"``).
         levels: values per entry of the categorical likelihood (256 for 8-bit pixels).
         prior: ``"normal"``, ``"vamp"``, ``"maf"`` or ``"realnvp"``, or an object: any
@@ -204,7 +204,8 @@ class VAE(PyroModule):
         return x
 
     def _encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        h = self.encoder(x)
+        to_input = getattr(self.likelihood, "encoder_input", None)
+        h = self.encoder(to_input(x) if to_input is not None else x)
         d = self.latent_features
         loc, scale = h[..., :d], F.softplus(h[..., d:2 * d]) + 1e-5
         return loc, scale, (h[..., 2 * d:] if self.context_features else None)

@@ -23,12 +23,13 @@ DISCRETE_PREPROCESS = ("binarize", "dynamic_binarize", "discrete")
 
 #: A VAE likelihood -> the ``[data] preprocess`` values its support matches (``"toy"``:
 #: real-valued 2-D points): Bernoulli on {0, 1}, continuous Bernoulli on [0, 1], Gaussian
-#: on real (dequantized) values, categorical on integer pixels.
+#: on real (dequantized) values, categorical and discretized logistic on integer pixels.
 LIKELIHOOD_SUPPORT: dict[str, tuple[str, ...]] = {
     "BernoulliLikelihood": ("binarize", "dynamic_binarize"),
     "ContinuousBernoulliLikelihood": ("scale", "binarize", "dynamic_binarize"),
     "GaussianLikelihood": ("logit", "scale", "signed", "toy"),
     "CategoricalLikelihood": ("discrete",),
+    "DiscretizedLogisticLikelihood": ("discrete",),
 }
 
 
@@ -41,7 +42,7 @@ def _continuous_densities() -> tuple[type, ...]:
 
 def _preprocess(config: dict[str, Any]) -> str:
     data = config.get("data", {})
-    if data.get("name") in ("digits", "mnist"):
+    if data.get("name") in ("digits", "mnist", "cifar10", "cifar100"):
         return str(data.get("preprocess", "logit"))
     return "toy"
 
