@@ -109,10 +109,12 @@ class VAE(PyroModule):
             docstring for the contracts).
         hidden_features: MLP hidden sizes (decoder mirrors the encoder).
         channels, blocks: width and residual blocks of the convolutional networks.
-        likelihood: ``"bernoulli"``, ``"continuous_bernoulli"``, ``"gaussian"`` or
-            ``"categorical"`` or ``"discretized_logistic"`` (integer pixels, 2 outputs per entry).
+        likelihood: ``"bernoulli"``, ``"continuous_bernoulli"``, ``"gaussian"``,
+            ``"categorical"`` or ``"discretized_logistic"`` (integer pixels, two decoder
+            outputs per entry).
         scale: the Gaussian likelihood's scale (float, ``"learned"`` or ``"decoder"``).
-        levels: values per entry of the categorical likelihood (256 for 8-bit pixels).
+        levels: values per entry of the categorical and discretized-logistic likelihoods
+            (256 for 8-bit pixels).
         prior: ``"normal"``, ``"vamp"``, ``"maf"`` or ``"realnvp"``, or an object: any
             density model (an ``nn.Module`` whose ``distribution()`` is a Pyro distribution:
             a :class:`~probgen.models.NormalizingFlow`, a continuous flow, an autoregressive
