@@ -1,4 +1,4 @@
-"""The ``probgen`` command line: fit, sample, eval and list runs declared in TOML."""
+"""The ``probgen`` command line: fit, sample, eval, compare and list runs declared in TOML."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import argparse
 import json
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import probgen
 from probgen.run import experiment
+from probgen.run.compare import list_compare_presets, load_spec, run_compare
 from probgen.run.config import ConfigError, load_config
 
 __all__ = ["main", "build_parser"]
@@ -96,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     _threads(ev)
     _device(ev, "cpu")
 
+    cmp = sub.add_parser(
+        "compare", help="train several runs on the same data and budget, one table",
+        description="Trains every run of a compare spec into OUT/<name>/ (a run folder "
+                    "each), evaluates them with the same metrics (probgen eval) and writes "
+                    "OUT/compare.md, OUT/compare.csv and OUT/compare.png.")
+    cmp.add_argument("spec", help="a built-in compare spec (see `probgen list`) or a path "
+                                  "to a .toml")
+    cmp.add_argument("--out", default=None, help="output folder (default: runs/<spec name>)")
+    _quiet(cmp, "training, evaluation and sampling of each run")
+    _threads(cmp)
+
     sub.add_parser("list", help="list the built-in presets, grouped by model family")
     return parser
 
@@ -105,6 +118,9 @@ def _print_presets() -> None:
         print(f"{family}:")
         for name, description in presets.items():
             print(f"  {name:28s} {description}")
+    print("comparisons (probgen compare):")
+    for name, description in list_compare_presets().items():
+        print(f"  {name:28s} {description}")
 
 
 def _resume_folder(source: str) -> str | None:
@@ -138,6 +154,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 device=args.device,
             )
             print(json.dumps(result, indent=2, sort_keys=True))
+            return 0
+        if args.command == "compare":
+            spec = load_spec(args.spec, threads=args.threads)
+            out = args.out if args.out is not None else str(Path("runs") / spec.name)
+            start = time.perf_counter()
+            rows = run_compare(spec, out, progress=not args.quiet)
+            print(Path(out, "compare.md").read_text(encoding="utf-8"))
+            print(f"{len(rows)} runs compared in {time.perf_counter() - start:.0f} s: "
+                  f"{Path(out, 'compare.md')}, {Path(out, 'compare.csv')}, "
+                  f"{Path(out, 'compare.png')}")
             return 0
         if args.command == "sample":
             path = experiment.sample_run(args.run, n=args.n, out=args.out, seed=args.seed,
