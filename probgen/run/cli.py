@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("spec", help="a built-in compare spec (see `probgen list`) or a path "
                                   "to a .toml")
     cmp.add_argument("--out", default=None, help="output folder (default: runs/<spec name>)")
+    cmp.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="TABLE.KEY=VALUE",
+                     help="set a spec key (value read as TOML), e.g. data.root=DIR, "
+                          "budget.minutes=2 or runs.gan.train.lr=1e-4; repeatable")
     _quiet(cmp, "training, evaluation and sampling of each run")
     _threads(cmp)
 
@@ -156,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(result, indent=2, sort_keys=True))
             return 0
         if args.command == "compare":
-            spec = load_spec(args.spec, threads=args.threads)
+            spec = load_spec(args.spec, args.overrides, threads=args.threads)
             out = args.out if args.out is not None else str(Path("runs") / spec.name)
             start = time.perf_counter()
             rows = run_compare(spec, out, progress=not args.quiet)

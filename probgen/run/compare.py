@@ -27,6 +27,8 @@ A compare spec is a TOML file (or a built-in one, ``probgen compare compare-moon
     [runs.mine.model]         # or a whole run table
     name = "MAF"
 
+``probgen compare SPEC --set data.root=DIR`` sets a spec key from the command line.
+
 Every run trains through :func:`probgen.run.experiment.fit_run` into ``OUT/<name>/`` (a
 normal run folder) and is evaluated by :func:`probgen.run.experiment.eval_run` with the
 spec's metrics, so each row of the table is what ``probgen eval OUT/<name> --metrics ...``
@@ -42,7 +44,7 @@ import io
 import math
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
@@ -63,6 +65,7 @@ from probgen.run.config import (
     check_sections,
     did_you_mean,
     load_config,
+    parse_override,
 )
 from probgen.run.progress import Progress
 from probgen.utils import atomic_write_text
@@ -201,14 +204,35 @@ def _run_config(name: str, table: Mapping[str, Any], spec: Mapping[str, Any]) ->
         train["threads"] = settings["threads"]
     if "eval_examples" in settings:
         config.setdefault("eval", {})["num_samples"] = settings["eval_examples"]
+    try:  # every run's keys are checked before the first one trains
+        experiment._validate(config)
+    except ConfigError as e:
+        raise ConfigError(f"{where}{e}") from None
     return config
 
 
-def load_spec(source: str | Path, *, threads: int | None = None) -> CompareSpec:
+def _apply_spec_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> None:
+    """Sets ``table.key=value`` overrides (``data.root=...``, ``runs.gan.train.lr=...``) in
+    the spec's tables, creating tables on the way."""
+    for text in overrides:
+        path, value = parse_override(text)
+        table = raw
+        for i, key in enumerate(path[:-1]):
+            table = table.setdefault(key, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"--set {text!r}: {'.'.join(path[:i + 1])} is a value, "
+                                  "not a table.")
+        table[path[-1]] = value
+
+
+def load_spec(source: str | Path, overrides: Iterable[str] = (), *,
+              threads: int | None = None) -> CompareSpec:
     """Reads a compare spec: a built-in name (``compare-moons``) or a path to a ``.toml``.
 
     Args:
         source: the spec.
+        overrides: ``table.key=value`` strings set in the spec before it is checked
+            (``data.root=/data/mnist``, ``budget.minutes=2``, ``runs.gan.train.lr=1e-4``).
         threads: torch's CPU threads for every run (overrides ``[compare] threads``).
 
     Returns:
@@ -219,6 +243,7 @@ def load_spec(source: str | Path, *, threads: int | None = None) -> CompareSpec:
             on different data; the message names the table and the key.
     """
     name, raw = _read_spec(source)
+    _apply_spec_overrides(raw, overrides)
     for section, table in raw.items():
         if section not in SPEC_SECTIONS:
             raise ConfigError(f"compare spec: unknown table [{section}]; allowed: "
