@@ -33,6 +33,7 @@ __all__ = [
     "plot_image_grid",
     "plot_training_curves",
     "plot_receptive_field",
+    "plot_sample_comparison",
     "save_figure",
 ]
 
@@ -453,6 +454,50 @@ def plot_receptive_field(
     ax.set_yticks([])
     if title is not None:
         ax.set_title(title, fontsize=9)
+    return fig
+
+
+def plot_sample_comparison(
+    panels: Sequence[tuple[str, Tensor]],
+    *,
+    images: bool,
+    title: str | None = None,
+    bounds: Bounds | None = None,
+    cols: int = 3,
+) -> Figure:
+    """Draws several models' samples side by side, one titled panel each.
+
+    Args:
+        panels: ``(title, samples)`` pairs: 2-D points of shape ``(N, 2)``, or images as
+            :func:`plot_image_grid` takes them (values in [0, 1], or ``uint8``).
+        images: whether the samples are images (a grid per panel) or points (a scatter).
+        title: the figure's title.
+        bounds: points only: the axes' limits, the same for every panel.
+        cols: panels per row.
+
+    Returns:
+        Figure: the figure.
+
+    Raises:
+        ValueError: no panels, or ``cols`` below 1.
+    """
+    if not panels:
+        raise ValueError("panels: expected at least one (title, samples) pair, got none.")
+    if cols < 1:
+        raise ValueError(f"cols: expected a positive int, got {cols}.")
+    cols = min(cols, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = _new_figure(figsize=(4.0 * cols, 4.0 * rows + (0.4 if title else 0.0)),
+                      layout="constrained")
+    for i, (name, samples) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        if images:
+            plot_image_grid(samples, nrow=max(1, math.isqrt(samples.shape[0])), ax=ax,
+                            title=name)
+        else:
+            plot_samples(samples, ax=ax, title=name, bounds=bounds)
+    if title:
+        fig.suptitle(title)
     return fig
 
 

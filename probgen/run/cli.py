@@ -1,4 +1,5 @@
-"""The ``probgen`` command line: fit, sample, eval, posterior and list runs declared in TOML."""
+"""The ``probgen`` command line: fit, sample, eval, posterior, compare and list runs
+declared in TOML."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import argparse
 import json
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import probgen
 from probgen.run import experiment
+from probgen.run.compare import list_compare_presets, load_spec, run_compare
 from probgen.run.config import ConfigError, load_config
 
 __all__ = ["main", "build_parser"]
@@ -120,6 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
     _threads(post)
     _device(post, "cpu")
 
+    cmp = sub.add_parser(
+        "compare", help="train several runs on the same data and budget, one table",
+        description="Trains every run of a compare spec into OUT/<name>/ (a run folder "
+                    "each), evaluates them with the same metrics (probgen eval) and writes "
+                    "OUT/compare.md, OUT/compare.csv and OUT/compare.png.")
+    cmp.add_argument("spec", help="a built-in compare spec (see `probgen list`) or a path "
+                                  "to a .toml")
+    cmp.add_argument("--out", default=None, help="output folder (default: runs/<spec name>)")
+    cmp.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="TABLE.KEY=VALUE",
+                     help="set a spec key (value read as TOML), e.g. data.root=DIR, "
+                          "budget.minutes=2 or runs.gan.train.lr=1e-4; repeatable")
+    _quiet(cmp, "training, evaluation and sampling of each run")
+    _threads(cmp)
+
     sub.add_parser("list", help="list the built-in presets, grouped by model family")
     return parser
 
@@ -129,6 +147,9 @@ def _print_presets() -> None:
         print(f"{family}:")
         for name, description in presets.items():
             print(f"  {name:28s} {description}")
+    print("comparisons (probgen compare):")
+    for name, description in list_compare_presets().items():
+        print(f"  {name:28s} {description}")
 
 
 def _resume_folder(source: str) -> str | None:
@@ -162,6 +183,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 device=args.device,
             )
             print(json.dumps(result, indent=2, sort_keys=True))
+            return 0
+        if args.command == "compare":
+            spec = load_spec(args.spec, args.overrides, threads=args.threads)
+            out = args.out if args.out is not None else str(Path("runs") / spec.name)
+            start = time.perf_counter()
+            rows = run_compare(spec, out, progress=not args.quiet)
+            print(Path(out, "compare.md").read_text(encoding="utf-8"))
+            print(f"{len(rows)} runs compared in {time.perf_counter() - start:.0f} s: "
+                  f"{Path(out, 'compare.md')}, {Path(out, 'compare.csv')}, "
+                  f"{Path(out, 'compare.png')}")
             return 0
         if args.command == "sample":
             path = experiment.sample_run(args.run, n=args.n, out=args.out, seed=args.seed,

@@ -18,6 +18,7 @@ __all__ = [
     "SECTIONS",
     "list_presets",
     "load_config",
+    "check_sections",
     "parse_override",
     "apply_overrides",
     "check_keys",
@@ -168,18 +169,36 @@ def load_config(source: str | Path, overrides: Iterable[str] = ()) -> dict[str, 
             )
         config = tomllib.loads(entry.read_text(encoding="utf-8"))
     config = apply_overrides(config, overrides)
+    check_sections(config)
+    return config
+
+
+def check_sections(config: Mapping[str, Any], where: str = "") -> None:
+    """Checks a run configuration's tables: known sections, each a table, and the keys and
+    types of the sections with a fixed schema (:data:`SECTIONS`).
+
+    Args:
+        config: the configuration as nested dicts.
+        where: a prefix for the messages (e.g. ``"[runs.gan] "`` in a compare spec).
+
+    Raises:
+        ConfigError: an unknown section, a section that is not a table, or a bad key or type.
+    """
     for section, table in config.items():
         if section not in SECTIONS:
             raise ConfigError(
-                f"unknown section [{section}]; allowed sections: {sorted(SECTIONS)}."
+                f"{where}unknown section [{section}]; allowed sections: {sorted(SECTIONS)}."
                 + did_you_mean(section, SECTIONS)
             )
         if not isinstance(table, dict):
-            raise ConfigError(f"[{section}] must be a table, got {type(table).__name__}.")
+            raise ConfigError(f"{where}[{section}] must be a table, got "
+                              f"{type(table).__name__}.")
         schema = SECTIONS[section][0]
         if schema is not None:
-            check_keys(table, schema, section)
-    return config
+            try:
+                check_keys(table, schema, section)
+            except ConfigError as e:
+                raise ConfigError(f"{where}{e}") from None
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:

@@ -579,6 +579,7 @@ def fit_run(
     default_name: str = "run",
     interruptible: bool = False,
     device: str | None = None,
+    max_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Trains the run that ``config`` declares and writes its run folder.
 
@@ -593,7 +594,9 @@ def fit_run(
     ``progress``: a mode of :class:`probgen.run.progress.Progress` (``True``: a bar on a
     terminal, one plain line per stage in a pipe; ``False``: silent). ``device``: where
     the model is trained, evaluated and sampled (default: the run's ``[train] device``,
-    else ``"cpu"``; see :func:`check_device`).
+    else ``"cpu"``; see :func:`check_device`). ``max_seconds``: a wall-clock budget for
+    training; it stops at the first training record (every ``[train] log_every`` steps) after
+    that many seconds, with a checkpoint, or at ``[train] steps`` if that comes first.
 
     Raises:
         ConfigError: a bad key, value or combination (the message names it).
@@ -627,11 +630,14 @@ def fit_run(
     for key in (*_RUNNER_TRAIN_KEYS, "device"):
         train.pop(key, None)
     start = time.perf_counter()
+    callbacks = [reporter.fit_callback(int(train["steps"]))]
+    if max_seconds is not None:
+        callbacks.append(lambda step, record: time.perf_counter() - start >= max_seconds)
     inference.fit(
         objective, data.train, batch_size=batch_size, out_dir=run, resume=resume,
         progress=reporter.bars, config=config, seed=seed, interruptible=interruptible,
         eval_data=_held_out(data, config) if "eval_every" in train else None, device=str(dev),
-        callbacks=[reporter.fit_callback(int(train["steps"]))], **train,
+        callbacks=callbacks, **train,
     )
     seconds = time.perf_counter() - start
     if int(os.environ.get("RANK", "0")) != 0:
