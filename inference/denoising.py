@@ -372,8 +372,27 @@ def _draw(times: TimeDistribution | Tensor | float, path: Any, x: Tensor
         got = (tuple(drawn.t.shape) if isinstance(drawn, Times) else type(drawn).__name__)
         raise ValueError(f"times: expected Times with t of shape ({x.shape[0]},), got {got}.")
     if drawn_here and callable(getattr(path, "schedule", None)):
+        _check_support(times, path, x)
         return drawn, path.schedule(drawn.t).broadcast_to(x)
     return drawn, path.coefficients(drawn.t, x)
+
+
+def _check_support(times: UniformTimes | DiscreteTimes, path: Any, x: Tensor) -> None:
+    """Checks once per (time distribution, path) pair that every time the distribution can
+    draw is valid for the path (its ends, or its values), so that the draws themselves need
+    no checks: the path's ``coefficients`` raises as it would on those times."""
+    seen = times.__dict__.setdefault("_checked_paths", set())
+    if id(path) in seen:
+        return
+    if isinstance(times, UniformTimes):
+        support = torch.tensor([times.low, times.high], dtype=x.dtype, device=x.device)
+    elif isinstance(times.values, Tensor):
+        support = times.values.to(device=x.device)
+        support = support.to(x.dtype) if support.is_floating_point() else support
+    else:
+        support = torch.tensor([0, times.values - 1], device=x.device)
+    path.coefficients(support, x.new_zeros(support.shape[0], 1))
+    seen.add(id(path))
 
 
 def denoise(

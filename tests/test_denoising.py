@@ -365,3 +365,19 @@ def test_errors_say_what_was_expected():
                                         r"\*event\) or a pair \(x, labels\), got \(8,\)"):
         split_batch(torch.randn(8))
     assert math.isfinite(float(DenoisingObjective(net, path)(x)["loss"]))
+
+
+def test_drawn_times_outside_the_paths_support_are_refused_before_any_step():
+    """Drawn times skip the per-step checks, so the time distribution's support is checked
+    against the path once: a ladder with a non-positive level, U(0, 1) as noise levels, or
+    more steps than the schedule has are errors, as the same times given directly are."""
+    net = lambda x, t: x  # noqa: E731
+    x = torch.randn(4, 2)
+    with pytest.raises(ValueError, match="positive noise levels"):
+        denoise(net, NoiseLevelPath(), x, DiscreteTimes(torch.tensor([1.0, -0.5])))
+    with pytest.raises(ValueError, match="positive noise levels"):
+        denoise(net, NoiseLevelPath(), x, UniformTimes(0.0, 1.0))
+    with pytest.raises(ValueError, match="step: expected indices in 0..9"):
+        denoise(net, StepPath(NoiseSchedule.linear(10)), x, DiscreteTimes(12))
+    ok = denoise(net, NoiseLevelPath(), x, DiscreteTimes(torch.tensor([1.0, 0.5])))
+    assert ok.loss.shape == (4,)
