@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from probgen.run.cli import main
-
 __all__: list[str] = []
 
 if __name__ == "__main__":
+    from probgen.cli import main
+
     sys.exit(main())

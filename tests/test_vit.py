@@ -60,7 +60,7 @@ def test_a_vit_vae_trains_on_digits():
 def test_discretized_logistic_is_the_logistic_mass_of_each_bin():
     """Probabilities equal differences of the logistic CDF at the bin edges (the end bins
     reach infinity), sum to 1 over the levels, and draws follow them."""
-    from models.vae_blocks import DiscretizedLogistic
+    from probgen.models.vae_blocks import DiscretizedLogistic
 
     loc = torch.tensor([-0.9, 0.0, 0.4, 1.2], dtype=torch.float64)
     scale = torch.tensor([0.05, 0.3, 0.01, 0.5], dtype=torch.float64)
