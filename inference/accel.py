@@ -1,8 +1,11 @@
-"""Accelerator options of the trainer: mixed precision, ``torch.compile`` and channels-last."""
+"""Accelerator options of the trainer: CPU threads, mixed precision, ``torch.compile`` and
+channels-last."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import statistics
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +23,8 @@ __all__ = [
     "uncompiled",
     "to_channels_last",
     "check_channels_last",
+    "ThreadTuner",
+    "check_threads",
 ]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -190,3 +195,162 @@ def to_channels_last(batch: Any) -> Any:
     if isinstance(batch, Mapping):
         return {k: to_channels_last(v) for k, v in batch.items()}
     return batch
+
+
+#: ``fit(threads="auto")``: the probe times this many steps at each count (after one untimed
+#: step at each).
+PROBE_TIMED_STEPS = 3
+#: ... and keeps torch's count ``N`` only when its median step time is below this fraction of
+#: one thread's (a tie goes to one thread: it cannot be slowed by other processes' load).
+PROBE_KEEP_BELOW = 0.9
+#: A step at ``N`` threads slower than this multiple of one thread's median ends the probe at
+#: once (one thread): on a loaded machine one such step can cost 10-35 single-thread steps.
+PROBE_ABORT_ABOVE = 2.0
+#: Runs with fewer steps left than this are not probed: they train with one thread.
+PROBE_MIN_STEPS = 40
+#: The machine counts as busy (no probe at ``N``) when fewer than this many cores were idle
+#: while the single-thread probe steps ran (from ``/proc/stat``, over at least
+#: :data:`IDLE_MIN_SECONDS`).
+IDLE_CORES_NEEDED = 0.5
+IDLE_MIN_SECONDS = 0.05
+
+
+def check_threads(threads: Any) -> None:
+    """Raises ``ValueError`` unless ``threads`` is ``"auto"``, ``None`` or a positive int."""
+    if threads is None or threads == "auto":
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads: expected 'auto', None or a positive int, got {threads!r}.")
+
+
+def cpu_times() -> tuple[float, float] | None:
+    """The machine's (idle, total) CPU time in clock ticks from ``/proc/stat`` (Linux), or
+    ``None`` where it cannot be read. Idle includes I/O wait."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [float(v) for v in fields[1:]]
+    return ticks[3] + (ticks[4] if len(ticks) > 4 else 0.0), sum(ticks[:8])
+
+
+def idle_cores(start: tuple[float, float] | None, end: tuple[float, float] | None
+               ) -> float | None:
+    """Cores left idle between two :func:`cpu_times` readings (``None`` if unknown)."""
+    if start is None or end is None or end[1] <= start[1]:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (cores or 1) * (end[0] - start[0]) / (end[1] - start[1])
+
+
+class ThreadTuner:
+    """Torch's CPU thread count during one :func:`~probgen.inference.fit`.
+
+    ``threads``: a positive int (that count), ``None`` (torch's setting as it is) or
+    ``"auto"`` (the default): measured on the run's own first steps. PyTorch's default of one
+    thread per core is right for large convolutional models on an idle CPU and badly wrong
+    for small models or on a busy one: each operator's parallel region waits for a thread
+    that another process holds, and on a loaded 2-core machine a 2-D flow trained 35x and an
+    MNIST U-Net 3.5x slower with two threads than with one (``benchmarks/threads.py``). No
+    static rule sees the machine's load, so ``"auto"`` measures: one untimed step and
+    :data:`PROBE_TIMED_STEPS` timed steps at one thread, while ``/proc/stat`` says how many
+    cores the other processes left idle; a busy machine (fewer than
+    :data:`IDLE_CORES_NEEDED` idle) keeps one thread. Otherwise the same number of steps run
+    at torch's count ``N``, stopped at the first step slower than :data:`PROBE_ABORT_ABOVE`
+    times one thread's median; ``N`` threads are kept when their median step is below
+    :data:`PROBE_KEEP_BELOW` of one thread's, else one thread.
+
+    Only CPU runs in one process with ``N > 1`` and at least :data:`PROBE_MIN_STEPS` steps
+    left are probed (shorter runs use one thread); ``OMP_NUM_THREADS`` in the environment
+    counts as the user's choice (no probe). The probe's steps are ordinary training steps:
+    the thread count changes only the rounding of parallel reductions. The chosen count is
+    saved in the checkpoint, so a resumed run continues with it, and torch's previous setting
+    is restored by :meth:`restore` when ``fit`` returns.
+    """
+
+    def __init__(self, threads: int | str | None, device: torch.device, steps_left: int,
+                 *, distributed: bool = False, saved: int | None = None) -> None:
+        check_threads(threads)
+        self.previous = torch.get_num_threads()
+        self.many = self.previous
+        self.plan: list[int] = []  # thread count of each remaining probe step
+        self.times: dict[int, list[float]] = {}
+        self.chosen: int | None = None
+        self.idle: float | None = None
+        self._ticks: tuple[float, float] | None = None
+        self._one_seconds = 0.0
+        auto = (threads == "auto" and device.type == "cpu" and not distributed
+                and self.many > 1 and "OMP_NUM_THREADS" not in os.environ)
+        if isinstance(threads, int):
+            self.chosen = threads
+        elif not auto:
+            self.chosen = None if threads is None else self.previous
+        elif saved is not None:
+            self.chosen = min(int(saved), self.many)
+        elif steps_left < PROBE_MIN_STEPS:
+            self.chosen = 1
+        else:
+            self.plan = [1] * (1 + PROBE_TIMED_STEPS) + [self.many] * (1 + PROBE_TIMED_STEPS)
+            self.times = {1: [], self.many: []}
+        self._apply(self.chosen)
+
+    @staticmethod
+    def _apply(count: int | None) -> None:
+        if count is not None and torch.get_num_threads() != count:
+            torch.set_num_threads(count)
+
+    @property
+    def probing(self) -> bool:
+        """Whether the next step is a probe step (its count set by :meth:`before_step`)."""
+        return bool(self.plan)
+
+    def before_step(self) -> None:
+        """Sets the thread count of the next step."""
+        if not self.plan:
+            return
+        self._apply(self.plan[0])
+        if self.plan[0] == 1 and len(self.plan) == 1 + 2 * PROBE_TIMED_STEPS:
+            self._ticks = cpu_times()  # the timed single-thread steps start now
+
+    def _decide(self, count: int) -> None:
+        self.plan, self.chosen = [], count
+        self._apply(count)
+
+    def after_step(self, seconds: float) -> None:
+        """Records a probe step's time; decides when the probe is over (or cut short)."""
+        if not self.plan:
+            return
+        count = self.plan.pop(0)
+        left = self.plan.count(count)  # steps still planned at this count
+        first = left == PROBE_TIMED_STEPS  # the untimed step of a count
+        if count == 1:
+            if not first:
+                self.times[1].append(seconds)
+                self._one_seconds += seconds
+            if left == 0:  # single-thread steps done: was the machine free?
+                self.idle = idle_cores(self._ticks, cpu_times())
+                if (self.idle is not None and self._one_seconds >= IDLE_MIN_SECONDS
+                        and self.idle < IDLE_CORES_NEEDED):
+                    self._decide(1)
+            return
+        one = statistics.median(self.times[1])
+        if seconds > PROBE_ABORT_ABOVE * one:
+            self._decide(1)
+            return
+        if not first:
+            self.times[count].append(seconds)
+        if left == 0:
+            many = statistics.median(self.times[count])
+            self._decide(count if many < PROBE_KEEP_BELOW * one else 1)
+
+    @property
+    def current(self) -> int:
+        """The count in effect now (torch's)."""
+        return torch.get_num_threads()
+
+    def restore(self) -> None:
+        """Puts torch's thread count back to what it was before the run."""
+        self._apply(self.previous)

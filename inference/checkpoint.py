@@ -89,7 +89,8 @@ def load_checkpoint(
     ``ema`` (``None`` or :meth:`EMA.state_dict`), ``precision`` (``"fp32"``, ``"bf16"`` or
     ``"fp16"``), ``scaler`` (the fp16 gradient scaler's state, else ``None``), ``rng``
     (``torch``, ``cuda``, ``data``),
-    ``config``, ``world_size``, ``elapsed`` (seconds of training so far).
+    ``config``, ``world_size``, ``elapsed`` (seconds of training so far), ``threads`` (the
+    CPU thread count ``fit(threads=...)`` trained with; ``None`` when left to torch).
 
     Args:
         path: a ``checkpoint.pt`` file, or a run folder holding one.

@@ -21,9 +21,12 @@ class History:
             hold ``step``, ``time``, every objective output, ``lr`` and ``grad_norm``
             (means over the steps since the previous record); evaluation records hold
             ``step``, ``time`` and ``eval/<output>``.
+        threads: torch's CPU thread count the run trained with at its end (see ``fit``'s
+            ``threads``); ``None`` for a History not made by ``fit``.
     """
 
     records: list[dict[str, float]] = field(default_factory=list)
+    threads: int | None = None
 
     @property
     def final(self) -> dict[str, float]:

@@ -19,9 +19,11 @@ from tqdm import tqdm  # plain text bar: no ipywidgets needed in notebooks
 
 from probgen.inference.accel import (
     Precision,
+    ThreadTuner,
     check_channels_last,
     check_compile,
     check_precision,
+    check_threads,
     compile_failure,
     compile_module,
     to_channels_last,
@@ -164,6 +166,7 @@ def fit(
     compile: bool | str = False,
     channels_last: bool = False,
     num_workers: int = 0,
+    threads: int | str | None = "auto",
 ) -> History:
     """Trains ``objective`` on ``data`` for ``steps`` optimizer steps.
 
@@ -247,6 +250,12 @@ def fit(
         num_workers: load ``Dataset`` data in this many ``DataLoader`` worker processes
             (same batches as 0 workers, exact resume kept); batches bound for a CUDA
             model are pinned and copied asynchronously whatever the data form.
+        threads: torch's CPU threads while training: a positive int, ``None`` (torch's
+            setting untouched) or ``"auto"``: one thread or torch's count, whichever the
+            run's own first steps measure faster on this machine under its present load
+            (see :class:`~probgen.inference.accel.ThreadTuner`); the choice is in
+            ``History.threads`` and the checkpoint, and torch's setting is restored when
+            ``fit`` returns.
 
     Returns:
         The :class:`History` of records (floats).
@@ -287,6 +296,7 @@ def fit(
     if eval_data is not None:
         eval_length(eval_data)
     check_precision(precision)
+    check_threads(threads)
     backend = check_compile(compile)
     if not isinstance(channels_last, bool):
         raise ValueError(f"channels_last: expected True or False, got {channels_last!r}.")
@@ -326,6 +336,8 @@ def fit(
                                  world_size=ctx.world_size, num_workers=num_workers,
                                  pin_memory=ctx.device.type == "cuda")
         run.restore(resume)
+        run.tuner = ThreadTuner(threads, ctx.device, steps - run.start,
+                                distributed=ctx.enabled, saved=run.saved_threads)
         with _stop_on_signals(run) if interruptible else contextlib.nullcontext():
             try:
                 history = run.loop(
@@ -338,8 +350,11 @@ def fit(
                 ok = True  # every process stopped after the same step
                 raise
         ok = True
+        history.threads = run.tuner.current
         return history
     finally:
+        if run is not None and run.tuner is not None:
+            run.tuner.restore()
         if run is not None and run.source is not None:
             run.source.close()
         teardown_distributed(ctx, barrier=ok)
@@ -383,6 +398,8 @@ class _Run:
         self.history = History()
         self.start, self.elapsed, self.last_ckpt = 0, 0.0, None
         self.signal: int | None = None  # set by _stop_on_signals
+        self.tuner: ThreadTuner | None = None  # set by fit after restore
+        self.saved_threads: int | None = None  # the count a resumed run was trained with
         self.t0 = time.perf_counter()
 
     def now(self) -> float:
@@ -410,6 +427,7 @@ class _Run:
             set_rng_state(ranks[self.ctx.rank] if same else state["rng"], self.ctx.device)
             self.start = self.last_ckpt = int(state["step"])
             self.elapsed = float(state["elapsed"])
+            self.saved_threads = state.get("threads")
             self.history.records = read_records(self.out / METRICS_NAME, self.start)
         else:
             # Distinct model-internal randomness per process; the data stream is shared.
@@ -443,6 +461,7 @@ class _Run:
                 "config": self.config,
                 "world_size": self.ctx.world_size,
                 "elapsed": self.now(),
+                "threads": self.tuner.chosen if self.tuner is not None else None,
             })
         self.last_ckpt = step
 
@@ -526,7 +545,13 @@ class _Run:
                     or bool(eval_every and step % eval_every == 0)
                 )
                 try:
+                    probing = self.tuner is not None and self.tuner.probing
+                    if probing:
+                        self.tuner.before_step()
+                    began = time.perf_counter()
                     outputs = self.train_step(module, step)
+                    if probing:
+                        self.tuner.after_step(time.perf_counter() - began)
                 except Exception as e:
                     failed = compile_failure(e, self.backend) if (
                         self.backend is not None and s == self.start) else None

@@ -157,8 +157,9 @@ def test_checkpoint_layout_and_weights_only(tmp_path):
         config={"model": {"name": "x"}, "path": tmp_path}, progress=False)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert set(state) == {"format", "step", "objective", "optimizers", "scheduler", "ema", "rng",
-                          "config", "world_size", "elapsed", "precision", "scaler"}
+                          "config", "world_size", "elapsed", "precision", "scaler", "threads"}
     assert state["precision"] == "fp32" and state["scaler"] is None
+    assert state["threads"] == 1  # measured by fit(threads="auto"): one-thread process
     assert set(state["rng"]) >= {"torch", "cuda", "data"}
     assert state["step"] == 5 and state["config"]["path"] == str(tmp_path)
     assert set(state["optimizers"]) == {"main"}

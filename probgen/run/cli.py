@@ -22,8 +22,10 @@ __all__ = ["main", "build_parser"]
 def _threads(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, metavar="N",
-        help="torch CPU threads (default: the run's [train] threads, else PyTorch's default: "
-             "one per physical core, or OMP_NUM_THREADS)")
+        help="torch CPU threads (default: the run's [train] threads, else measured: fit "
+             "times its first steps with one thread and with one per core and keeps the "
+             "faster; sample/eval use the count the run trained with; OMP_NUM_THREADS in "
+             "the environment is respected)")
 
 
 def _device(parser: argparse.ArgumentParser, default: str | None) -> None:

@@ -368,7 +368,7 @@ def _measure_sampling(run_dir: Path, n: int, seed: int, threads: int | None
     """Draws ``n`` samples of a trained run in one batch, timed and with its network calls
     counted; returns the measures, the samples (model space) and the run's data bundle."""
     config, data, model, objective = experiment.load_run(run_dir, with_data=False)
-    experiment.set_threads(config, threads)
+    experiment.set_threads(config, threads, run_dir)
     torch.manual_seed(seed)
     sampler = experiment.build_sampler(config, model, objective, data)
     with NetworkCalls(transparent=(model, objective)) as calls:

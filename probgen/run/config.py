@@ -52,8 +52,8 @@ SECTIONS: dict[str, tuple[dict[str, type | tuple[type, ...]] | None, str]] = {
         "an energy 'target', score matching: 'ism', 'ssm', 'dsm' (one 'sigma'), 'ncsn' (a "
         "ladder 'sigma_max'..'sigma_min'), or a family's objective ('elbo', 'ddpm', 'cfm', ...)",
     ),
-    "train": (None, "keyword arguments of probgen.inference.fit, and 'threads' (torch's CPU "
-                    "threads; default PyTorch's)"),
+    "train": (None, "keyword arguments of probgen.inference.fit ('threads': torch's CPU "
+                    "threads; default: measured on the first steps)"),
     "eval": (
         {"num_samples": int, "resolution": int, "bound": (int, float), "batch_size": int},
         "evaluation: held-out size, density-grid resolution and half-width",

@@ -406,10 +406,13 @@ def _validate(config: dict[str, Any]) -> None:
             raise ConfigError(f"[train] {key} is required.")
 
 
-def set_threads(config: dict[str, Any], threads: int | None = None) -> int:
-    """Sets torch's CPU thread count: ``threads``, else the run's ``[train] threads``.
+def set_threads(config: dict[str, Any], threads: int | None = None,
+                run_dir: str | Path | None = None) -> int:
+    """Sets torch's CPU thread count: ``threads``, else the run's ``[train] threads``, else
+    the count a trained run in ``run_dir`` chose by measurement (``fit(threads="auto")``,
+    saved in its checkpoint).
 
-    With neither, PyTorch's default stays (one thread per physical core, or
+    With none of them, PyTorch's default stays (one thread per physical core, or
     ``OMP_NUM_THREADS``). Returns the thread count in effect.
 
     Raises:
@@ -417,6 +420,11 @@ def set_threads(config: dict[str, Any], threads: int | None = None) -> int:
     """
     if threads is None:
         threads = config.get("train", {}).get("threads")
+    if threads is None and run_dir is not None and "OMP_NUM_THREADS" not in os.environ:
+        path = Path(run_dir) / "checkpoint.pt"
+        if path.is_file():
+            saved = inference.load_checkpoint(path).get("threads")
+            threads = min(int(saved), torch.get_num_threads()) if saved else None
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ConfigError(f"threads: expected a positive int, got {threads!r}.")
@@ -613,7 +621,8 @@ def fit_run(
                        else config["train"].get("device", "cpu"))
     # Under torchrun only rank 0 reports (as only it draws the training bar).
     reporter = Progress(progress if int(os.environ.get("RANK", "0")) == 0 else False)
-    set_threads(config)
+    if "threads" in config["train"]:
+        set_threads(config)
     torch.manual_seed(seed)
     data = build_data(config, seed=seed)
     model = build_model(config, data)
@@ -633,13 +642,15 @@ def fit_run(
     callbacks = [reporter.fit_callback(int(train["steps"]))]
     if max_seconds is not None:
         callbacks.append(lambda step, record: time.perf_counter() - start >= max_seconds)
-    inference.fit(
+    history = inference.fit(
         objective, data.train, batch_size=batch_size, out_dir=run, resume=resume,
         progress=reporter.bars, config=config, seed=seed, interruptible=interruptible,
         eval_data=_held_out(data, config) if "eval_every" in train else None, device=str(dev),
-        callbacks=callbacks, **train,
+        callbacks=callbacks, threads=config["train"].get("threads", "auto"), **train,
     )
     seconds = time.perf_counter() - start
+    # evaluation, sampling and figures run with the count training used (measured there)
+    torch.set_num_threads(history.threads)
     if int(os.environ.get("RANK", "0")) != 0:
         # Under torchrun only rank 0 evaluates and writes; the others are done after fit.
         return {"train_seconds": seconds, "run": str(run), "files": []}
@@ -864,12 +875,13 @@ def eval_run(run_dir: str | Path, metrics: str | None = None, *,
     ``metrics`` (e.g. ``"fid,kid,pr"``, see ``probgen.metrics.SAMPLE_METRICS``) adds sample
     metrics of ``num_samples`` model samples against the held-out data
     (``probgen.metrics.run_sample_metrics``). ``threads``: torch's CPU threads (default:
-    the run's ``[train] threads``, else PyTorch's default). ``device``: where the model
+    the run's ``[train] threads``, else the count its training measured, else PyTorch's
+    default). ``device``: where the model
     runs (see :func:`check_device`). ``progress``: see :class:`probgen.run.progress.Progress`.
     """
     dev = check_device(device)
     config, data, model, objective = load_run(run_dir, device=str(dev))
-    set_threads(config, threads)
+    set_threads(config, threads, run_dir)
     reporter = Progress(progress)
     seed = int(config.get("run", {}).get("seed", 0))
     torch.manual_seed(seed)
@@ -911,8 +923,8 @@ def sample_run(run_dir: str | Path, *, n: int = 64, out: str | Path | None = Non
         n: the number of samples.
         out: the file to write (default ``<run_dir>/samples_<n>.<format>``).
         seed: seeds torch's global RNG before sampling.
-        threads: torch's CPU threads (default: the run's ``[train] threads``, else
-            PyTorch's default).
+        threads: torch's CPU threads (default: the run's ``[train] threads``, else the count
+            its training measured, else PyTorch's default).
         format: one of :data:`SAMPLE_FORMATS`; by default the suffix of ``out``, else png.
         device: where the model samples (see :func:`check_device`).
         progress: see :class:`probgen.run.progress.Progress`.
@@ -938,7 +950,7 @@ def sample_run(run_dir: str | Path, *, n: int = 64, out: str | Path | None = Non
         raise ValueError(f"out: {str(out)!r} does not end in .{format} (--format {format}).")
     dev = check_device(device)
     config, data, model, objective = load_run(run_dir, with_data=False, device=str(dev))
-    set_threads(config, threads)
+    set_threads(config, threads, run_dir)
     reporter = Progress(progress)
     torch.manual_seed(seed)
     sampler = build_sampler(config, model, objective, data)

@@ -110,7 +110,7 @@ def posterior_run(run_dir: str | Path, *, out: str | Path | None = None, seed: i
     from probgen.run.experiment import load_run, set_threads
 
     config, data, model, _ = load_run(run_dir, with_data=True, device=device)
-    set_threads(config, threads)
+    set_threads(config, threads, run_dir)
     settings = _settings(config, given)
     if not all(hasattr(model, a) for a in ("guided", "path", "prediction", "prior_sample")):
         raise ConfigError(f"posterior: needs a model of a Gaussian path (DDPM, ImageScoreSDE, "
