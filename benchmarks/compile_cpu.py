@@ -6,8 +6,8 @@ faster than eager on the 2-D flows.
 
 One step is what ``fit`` does around the objective: ``zero_grad``, the objective's forward
 (``torch.compile(objective)`` with the default backend and mode, as ``fit(compile=True)``
-builds it, or the objective itself), ``backward``, an Adam step, on fixed pools of data
-batches. Setups:
+builds it, or the objective itself), ``backward``, an Adam step (``make_optimizer``'s, as
+fit builds it), on fixed pools of data batches. Setups:
 
 - ``realnvp``: ``RealNVP(2, transforms=8, hidden_features=[64, 64])``, maximum likelihood
   on moons, batch 512 (benchmarks/flows_2d.py's RealNVP);
@@ -90,11 +90,13 @@ class Stepper:
 
     def __init__(self, setup: str, seed: int, compiled: bool) -> None:
         from probgen.inference.accel import compile_module
+        from probgen.inference.optim import make_optimizer
 
         self.objective, self.batches = build(setup, seed)
         self.objective.train()
         self.params = [p for p in self.objective.parameters() if p.requires_grad]
-        self.opt = torch.optim.Adam(self.params, lr=1e-3, foreach=True)
+        self.opt = make_optimizer(self.params, "adam", lr=1e-3, betas=(0.9, 0.999),
+                                  weight_decay=0.0)  # what fit builds
         self.call = compile_module(self.objective, "inductor") if compiled else self.objective
         self.i = 0
 
@@ -194,7 +196,8 @@ def main() -> None:
         "",
         "One step: `zero_grad`, the objective's forward (eager, or through "
         "`torch.compile(objective)` with the default backend (inductor) and mode, as "
-        "`fit(compile=True)` builds it), `backward`, an Adam step, on fixed pools of "
+        "`fit(compile=True)` builds it), `backward`, an Adam step (fit's, torch's fused "
+        "kernel on CPU), on fixed pools of "
         "batches (moons 512 for the flows, 256 for DDPM; 128 binarized 8x8 digits for the "
         "VAE); both versions in one process from the same initial weights. Each round times "
         f"a block of {args.block} steps of each in turn (order alternating); speedup of a "

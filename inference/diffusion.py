@@ -493,7 +493,7 @@ def ddim_invert(
     guide = {"labels": sample_labels(labels, x0.shape[0], x0.device), "guidance": guidance,
              "classifier": None, "classifier_scale": 0.0}
     # The grid counts the levels: 0 is the data, k the k-th index of tau.
-    times = torch.arange(tau.numel() + 1, dtype=torch.float64)
+    times = torch.arange(tau.numel() + 1, dtype=torch.float64, device="cpu")
     out = sample_loop(_DDIMInversion(model, sub, guide), x0, times, networks=[model])
     return out.samples
 

@@ -35,6 +35,7 @@ References:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -320,7 +321,7 @@ class ConditionalFlowMatching(nn.Module):
             return {"nll": -log_p.mean()}
         bpd = self.preprocess.bits_per_dim(log_p, ladj)
         dims = y[0].numel()
-        return {"nll": (bpd * dims * torch.log(torch.tensor(2.0))).mean(),
+        return {"nll": (bpd * (dims * math.log(2.0))).mean(),
                 "bits_per_dim": bpd.mean()}
 
     def extra_repr(self) -> str:  # noqa: D102

@@ -199,7 +199,7 @@ def _timeless(score: Score) -> Callable[[Tensor, Tensor], Tensor]:
 
 
 def _iterations(steps: int) -> Tensor:
-    return torch.arange(steps + 1, dtype=torch.float64)
+    return torch.arange(steps + 1, dtype=torch.float64, device="cpu")
 
 
 def langevin(
@@ -337,7 +337,7 @@ def annealed_langevin(
     _check_x(x0)
     _positive(steps_per_level, "steps_per_level", int)
     _positive(eps, "eps")
-    sig = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    sig = torch.as_tensor(sigmas, dtype=torch.float64, device="cpu").flatten()  # host table
     if sig.numel() < 1 or not (sig > 0).all() or (sig[1:] > sig[:-1]).any():
         raise ValueError(f"sigmas: expected a non-empty, positive, decreasing ladder, got "
                          f"{sig.tolist()}.")

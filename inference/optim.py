@@ -49,18 +49,29 @@ def make_optimizer(
     b1, b2 = (float(b) for b in betas)
     # torch picks its multi-tensor ("foreach") kernels by default on CUDA only; on CPU they
     # are also faster for the many small tensors of a flow (about 0.6 ms of a 5 ms RealNVP
-    # step on one core) and give the same update.
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(b1, b2), weight_decay=weight_decay,
-                                foreach=True)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=(b1, b2), weight_decay=weight_decay,
-                                 foreach=True)
+    # step on one core) and give the same update. Adam and AdamW have fused kernels (one
+    # pass over each tensor, no per-tensor host reads of the step count) on CPU and CUDA:
+    # 0.19 ms instead of 0.61 for a 2-D RealNVP's 56 tensors on one core; used when every
+    # parameter is a floating tensor there.
+    if name in ("adam", "adamw"):
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        kernel = {"fused": True} if _fusable(params) else {"foreach": True}
+        return cls(params, lr=lr, betas=(b1, b2), weight_decay=weight_decay, **kernel)
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, momentum=momentum,
                                    weight_decay=weight_decay, foreach=True)
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                            foreach=True)
+
+
+def _fusable(params: list) -> bool:
+    """Whether torch's fused Adam kernels take every parameter (floating, on CPU or CUDA)."""
+    tensors: list[torch.Tensor] = []
+    for group in params:
+        ps = group["params"] if isinstance(group, dict) else group
+        tensors += [ps] if isinstance(ps, torch.Tensor) else list(ps)
+    return bool(tensors) and all(t.is_floating_point() and t.device.type in ("cpu", "cuda")
+                                 for t in tensors)
 
 
 @dataclass(frozen=True)

@@ -155,7 +155,8 @@ def sample_path(
         raise ValueError(f"eta: applies to sampler 'ddim' only, got eta={eta!r} with "
                          f"{sampler!r}.")
     t_end = path.t_end if t_end is None else float(t_end)
-    sigma_end = float(path.alpha_sigma(torch.tensor([t_end], dtype=torch.float64))[1][0])
+    sigma_end = float(path.alpha_sigma(torch.tensor([t_end], dtype=torch.float64,
+                                                               device="cpu"))[1][0])
     last = bool(denoise and sigma_end > 0)  # a last denoising step, one of the steps
 
     def data(state: Tensor, t: Tensor) -> Tensor:
@@ -172,7 +173,8 @@ def sample_path(
             raise ValueError(f"method: expected one of {list(ODE_METHODS)}, got {method!r}.")
         if method in FIXED_METHODS:
             steps = _positive_steps(20 if steps is None else steps, f"ode/{method}")
-            grid = torch.linspace(0.0, t_end, intervals(steps) + 1, dtype=torch.float64)
+            grid = torch.linspace(0.0, t_end, intervals(steps) + 1, dtype=torch.float64,
+                                  device="cpu")
         else:  # an adaptive method picks its own steps from rtol/atol: steps is ignored
             grid = torch.tensor([0.0, t_end], dtype=torch.float64)
 

@@ -161,7 +161,7 @@ def sample_loop(
     if not isinstance(x, Tensor) or x.dim() < 2 or not x.is_floating_point():
         raise ValueError(f"x: expected a floating start of shape (batch, *event), got "
                          f"{getattr(x, 'shape', type(x).__name__)}.")
-    grid = torch.as_tensor(times, dtype=torch.float64).flatten().cpu()
+    grid = torch.as_tensor(times, dtype=torch.float64, device="cpu").flatten()
     diffs = grid[1:] - grid[:-1]
     if grid.numel() < 1 or not (bool((diffs > 0).all()) or bool((diffs < 0).all())):
         raise ValueError(f"times: expected strictly monotone times, got "

@@ -478,8 +478,8 @@ def reverse_sde_sample(
     sde, steps, eps = _check_sde(sde), _positive_int(steps, "steps"), _check_eps(eps)
     x = _start(sde, n, event_shape, x_init, device, dtype, generator)
     stepper = ReverseSDEStepper(sde, score, method=method, denoise=denoise, cond=cond)
-    out = sample_loop(stepper, x, torch.linspace(0.0, 1.0 - eps, steps + 1,
-                                                 dtype=torch.float64), generator=generator)
+    grid = torch.linspace(0.0, 1.0 - eps, steps + 1, dtype=torch.float64, device="cpu")
+    out = sample_loop(stepper, x, grid, generator=generator)
     return SDEResult(out.samples, out.nfe)
 
 
@@ -558,8 +558,8 @@ def predictor_corrector_sample(
         None if predictor == "none" else PREDICTOR_STEPPERS[predictor](sde, score, cond=cond),
         LangevinCorrector(sde, score, snr=snr, steps=corrector_steps, cond=cond)
         if corrector_steps else None, sde=sde, score=score, denoise=denoise, cond=cond)
-    out = sample_loop(stepper, x, torch.linspace(0.0, 1.0 - eps, steps + 1,
-                                                 dtype=torch.float64), generator=generator)
+    grid = torch.linspace(0.0, 1.0 - eps, steps + 1, dtype=torch.float64, device="cpu")
+    out = sample_loop(stepper, x, grid, generator=generator)
     return SDEResult(out.samples, out.nfe)
 
 

@@ -438,7 +438,7 @@ def time_grid(path: GaussianPath, steps: int, *, grid: str = "time", t_start: fl
         raise ValueError(f"t_start, t_end: expected 0 <= t_start < t_end <= 1, got "
                          f"{t_start!r}, {t_end!r}.")
     if grid == "time":
-        return torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64)
+        return torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64, device="cpu")
     ends = torch.tensor([t_start, t_end], dtype=torch.float64)
     hi, lo = _ratio(path, ends).tolist()
     head = ends[:1] if math.isinf(hi) else ends[:0]
@@ -450,7 +450,7 @@ def time_grid(path: GaussianPath, steps: int, *, grid: str = "time", t_start: fl
         raise ValueError(f"steps: grid {grid!r} on this path needs at least "
                          f"{2 + len(head) + len(tail)} steps with sigma_min < sigma_max, got "
                          f"{steps} steps and ratios {lo:g} .. {hi:g}.")
-    i = torch.arange(n + 1, dtype=torch.float64) / n
+    i = torch.arange(n + 1, dtype=torch.float64, device="cpu") / n
     if grid == "karras":
         ratios = (hi ** (1 / rho) + i * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
     else:  # uniform in lambda = -log(ratio)

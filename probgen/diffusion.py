@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from probgen.paths import CosinePath
 from probgen.processes import GaussianPath, Marginal, convert_prediction
 from probgen.sde import VPSDE
+from probgen.utils import on_host
 
 __all__ = [
     "PARAMETRIZATIONS",
@@ -506,6 +507,7 @@ def make_schedule(name: str = "linear", num_steps: int = 1000, *,
                      f"{name!r}.")
 
 
+@on_host  # an index table for the sampler loop, whatever torch's default device
 def spaced_timesteps(num_steps: int, steps: int, spacing: str = "linspace") -> Tensor:
     r"""``steps`` increasing indices out of ``0..num_steps-1`` for strided samplers.
 

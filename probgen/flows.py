@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.distributions import Transform
 
 from probgen.transforms.base import _CachedLadjMixin
-from probgen.utils import check_tensor, drawing_from
+from probgen.utils import check_tensor, standard_normal
 
 __all__ = ["NormalizingFlow"]
 
@@ -165,7 +165,8 @@ class NormalizingFlow(nn.Module):
             cached = (self.transforms, len(self.transforms), found)
             self.__dict__["_cached_transforms"] = cached
         for m in cached[2]:
-            m._cached_x_y = None, None
+            # (what ``m._cached_x_y = None, None`` does, without nn.Module.__setattr__)
+            m.__dict__["_cached_x_y"] = None, None
 
     def _transforms(self, context: Tensor | None) -> list[Transform]:
         self._reset_caches()
@@ -175,6 +176,12 @@ class NormalizingFlow(nn.Module):
     def _base(self) -> dist.Distribution:
         normal = dist.Normal(self.base_loc, self.base_scale, validate_args=False)
         return normal.to_event(len(self.base_loc.shape))
+
+    def _base_rsample(self, shape: torch.Size, generator: torch.Generator | None) -> Tensor:
+        # The numbers of ``self._base().rsample(shape)`` (drawn from ``generator``), without
+        # building Pyro distributions; on the base's device whatever the generator's.
+        eps = standard_normal(shape + self.base_loc.shape, self.base_loc, generator)
+        return self.base_loc + eps * self.base_scale
 
     def _base_log_prob(self, z: Tensor) -> Tensor:
         u = (z - self.base_loc) / self.base_scale
@@ -241,8 +248,7 @@ class NormalizingFlow(nn.Module):
         shape = _check_shape(shape)
         if context is not None:
             shape = shape + context.shape[:-1]
-        with drawing_from(generator):
-            z = self._base().rsample(shape)
+        z = self._base_rsample(shape, generator)
         total = self._base_log_prob(z)
         event_dim = self.base_loc.dim()
         for t in self._transforms(context):
@@ -260,10 +266,10 @@ class NormalizingFlow(nn.Module):
         shape = _check_shape(shape)
         if context is not None:
             shape = shape + context.shape[:-1]
-        with drawing_from(generator):
-            z = self._base().rsample(shape)
+        z = self._base_rsample(shape, generator)
         for t in self._transforms(context):
-            z = t(z)
+            # probgen's transforms in one fused call, others through ``Transform.__call__``
+            z = t._fwd(z)[0] if isinstance(t, _CachedLadjMixin) else t(z)
         return z
 
     @torch.no_grad()

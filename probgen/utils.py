@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ __all__ = [
     "resolve_device",
     "check_tensor",
     "drawing_from",
+    "standard_normal",
+    "on_host",
     "did_you_mean",
 ]
 
@@ -230,6 +233,48 @@ def drawing_from(generator: torch.Generator | None) -> Iterator[None]:
             yield
         finally:
             generator.set_state(get())
+
+
+def standard_normal(shape: Sequence[int], like: Tensor,
+                    generator: torch.Generator | None = None) -> Tensor:
+    """Standard-normal draws of ``shape`` in ``like``'s dtype and on its device.
+
+    The same numbers as a torch or Pyro ``Normal``'s ``rsample`` inside
+    :func:`drawing_from` (``generator``) gives, without swapping RNG states: with a
+    generator on another device than ``like`` (a CPU generator for a CUDA model), the draws
+    come from the generator on its own device and are moved, so a seed gives the same
+    samples whatever device the model is on.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> a = standard_normal((3,), torch.zeros(()), g)
+        >>> torch.equal(a, torch.randn(3, generator=torch.Generator().manual_seed(0)))
+        True
+    """
+    if generator is None:
+        return torch.empty(shape, dtype=like.dtype, device=like.device).normal_()
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, got "
+                        f"{type(generator).__name__}.")
+    on = generator.device
+    if on.type == like.device.type and (on.index or 0) == (like.device.index or 0):
+        return torch.empty(shape, dtype=like.dtype, device=like.device).normal_(
+            generator=generator)
+    return torch.empty(shape, dtype=like.dtype, device=on).normal_(
+        generator=generator).to(like.device)
+
+
+def on_host(fn: Callable) -> Callable:
+    """Decorates a function that builds host-side tables (time grids, step indices): the
+    tensors it makes without ``device=`` are CPU tensors even under another default device
+    (``torch.set_default_device`` or ``with torch.device(...)``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch.device("cpu"):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def did_you_mean(name: object, choices: Iterable[str]) -> str:

@@ -8,12 +8,42 @@ from typing import Any
 import torch
 from pyro.distributions.transforms import AffineAutoregressive, ConditionalAffineAutoregressive
 from pyro.distributions.transforms.utils import clamp_preserve_gradients
+from pyro.nn import AutoRegressiveNN
 from torch import Tensor
+
+from probgen.transforms.base import _CachedLadjMixin
 
 __all__ = ["MaskedAffineAutoregressive", "ConditionalMaskedAffineAutoregressive"]
 
 
-class MaskedAffineAutoregressive(AffineAutoregressive):
+def made(arn: Any, x: Tensor) -> Any:
+    """``arn(x)`` for a Pyro ``AutoRegressiveNN`` (or a conditioned one, a ``partial``).
+
+    Pyro's forward slices its layer list on every call (``self.layers[:-1]`` builds a new
+    ``ModuleList``), which costs about as much as a small hidden layer; this runs the same
+    layers, activation, skip layer and output reshaping without the slice. Any other
+    network, a subclass, or one with hooks on it is simply called.
+    """
+    if type(arn) is not AutoRegressiveNN or arn._forward_hooks or arn._forward_pre_hooks:
+        return arn(x)
+    *hidden, last = arn.layers._modules.values()
+    h = x
+    for layer in hidden:
+        h = arn.f(layer(h))
+    h = last(h)
+    if arn.skip_layer is not None:
+        h = h + arn.skip_layer(x)
+    if arn.output_multiplier == 1:
+        return h
+    h = h.reshape(x.shape[:-1] + (arn.output_multiplier, arn.input_dim))
+    if arn.count_params == 1:
+        return h
+    if arn.all_ones:
+        return torch.unbind(h, dim=-2)
+    return tuple(h[..., s, :] for s in arn.param_slices)
+
+
+class MaskedAffineAutoregressive(_CachedLadjMixin, AffineAutoregressive):
     r"""Pyro's :class:`~pyro.distributions.transforms.AffineAutoregressive`
     (:math:`y = \mu(x) + e^{s(x)} x`, a MADE network) with a fixed inverse.
 
@@ -68,21 +98,21 @@ class MaskedAffineAutoregressive(AffineAutoregressive):
         bound = torch.where(log_scale >= 0, hi, -lo)
         return log_scale / (1 + log_scale.abs() / bound)
 
-    def _call(self, x: Tensor) -> Tensor:
-        mean, log_scale = self.arn(x)
+    # ``t(x)``, ``t.inv(y)`` and ``log_abs_det_jacobian`` come from _CachedLadjMixin; these
+    # give y (or x) and the forward log|det J| in one pass, and the flows call them directly.
+    def _fwd(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mean, log_scale = made(self.arn, x)
         log_scale = self._bound(log_scale)
-        self._cached_log_scale = log_scale
-        return torch.exp(log_scale) * x + mean
+        return torch.exp(log_scale) * x + mean, log_scale.sum(-1)
 
-    def _inverse(self, y: Tensor) -> Tensor:
+    def _bwd(self, y: Tensor) -> tuple[Tensor, Tensor]:
         x = torch.zeros_like(y)
         log_scale = torch.zeros_like(y)
         for _ in range(y.size(-1)):
-            mean, log_scale = self.arn(x)
+            mean, log_scale = made(self.arn, x)
             log_scale = self._bound(log_scale)
             x = (y - mean) * torch.exp(-log_scale)
-        self._cached_log_scale = log_scale
-        return x
+        return x, log_scale.sum(-1)
 
 
 class ConditionalMaskedAffineAutoregressive(ConditionalAffineAutoregressive):

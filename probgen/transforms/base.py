@@ -150,6 +150,9 @@ class Invert(FlowTransformModule):
         self, x: Tensor, context: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         t = self._inner(context)
+        if isinstance(t, _CachedLadjMixin):  # one fused pass, no transform caches
+            y, ladj = t._bwd(x)
+            return y, -ladj
         y = t.inv(x)
         return y, -t.log_abs_det_jacobian(y, x)
 
@@ -157,6 +160,9 @@ class Invert(FlowTransformModule):
         self, y: Tensor, context: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         t = self._inner(context)
+        if isinstance(t, _CachedLadjMixin):
+            x, ladj = t._fwd(y)
+            return x, -ladj
         x = t(y)
         return x, -t.log_abs_det_jacobian(y, x)
 

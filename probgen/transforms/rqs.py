@@ -9,6 +9,9 @@ import torch.nn.functional as F
 from pyro.distributions.transforms import ConditionalSplineAutoregressive, SplineAutoregressive
 from torch import Tensor
 
+from probgen.transforms.autoregressive import made
+from probgen.transforms.base import _CachedLadjMixin
+
 __all__ = [
     "rational_quadratic_spline",
     "MaskedSplineAutoregressive",
@@ -113,7 +116,7 @@ def _spline_params(arn_out: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor]
     return w.transpose(-1, -2), h.transpose(-1, -2), d.transpose(-1, -2)
 
 
-class MaskedSplineAutoregressive(SplineAutoregressive):
+class MaskedSplineAutoregressive(_CachedLadjMixin, SplineAutoregressive):
     r"""Creates Pyro's ``SplineAutoregressive`` (rational-quadratic order) running the
     fused :func:`rational_quadratic_spline`.
 
@@ -146,21 +149,20 @@ class MaskedSplineAutoregressive(SplineAutoregressive):
         self.input_dim, self.count_bins, self.bound = input_dim, count_bins, float(bound)
 
     def _spline(self, x: Tensor, conditioner: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        w, h, d = _spline_params(self.arn(conditioner))
+        w, h, d = _spline_params(made(self.arn, conditioner))
         return rational_quadratic_spline(x, w, h, d, self.bound, inverse)
 
-    def _call(self, x: Tensor) -> Tensor:
+    # ``t(x)``, ``t.inv(y)`` and ``log_abs_det_jacobian`` come from _CachedLadjMixin.
+    def _fwd(self, x: Tensor) -> tuple[Tensor, Tensor]:
         y, ladj = self._spline(x, x, inverse=False)
-        self._cache_log_detJ = ladj
-        return y
+        return y, ladj.sum(-1)
 
-    def _inverse(self, y: Tensor) -> Tensor:
+    def _bwd(self, y: Tensor) -> tuple[Tensor, Tensor]:
         # After D passes every coordinate's conditioner (earlier coordinates) is exact.
         x = torch.zeros_like(y)
         for _ in range(self.input_dim):
             x, ladj = self._spline(y, x, inverse=True)
-        self._cache_log_detJ = ladj  # the forward log|dy/dx| at (x, y)
-        return x
+        return x, ladj.sum(-1)  # the forward log|dy/dx| at (x, y)
 
 
 class ConditionalMaskedSplineAutoregressive(ConditionalSplineAutoregressive):
