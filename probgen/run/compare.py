@@ -205,7 +205,7 @@ def _run_config(name: str, table: Mapping[str, Any], spec: Mapping[str, Any]) ->
     if "eval_examples" in settings:
         config.setdefault("eval", {})["num_samples"] = settings["eval_examples"]
     try:  # every run's keys are checked before the first one trains
-        experiment._validate(config)
+        experiment.validate_config(config)
     except ConfigError as e:
         raise ConfigError(f"{where}{e}") from None
     return config
@@ -279,8 +279,8 @@ def load_spec(source: str | Path, overrides: Iterable[str] = (), *,
         raise ConfigError(f"[data] name: every run must train on the same data, got "
                           f"{datasets}; set it once in the spec's [data] table.")
     for run, config in runs.items():
-        if not experiment._needs_data(config):
-            raise ConfigError(f"[runs.{run}] objective {experiment._objective_name(config)!r} "
+        if not experiment.needs_data(config):
+            raise ConfigError(f"[runs.{run}] objective {experiment.objective_name(config)!r} "
                               "trains without data, so it cannot be compared on data.")
     return CompareSpec(
         name=str(settings.get("name", name)),
@@ -372,7 +372,7 @@ def _measure_sampling(run_dir: Path, n: int, seed: int, threads: int | None
     torch.manual_seed(seed)
     sampler = experiment.build_sampler(config, model, objective, data)
     with NetworkCalls(transparent=(model, objective)) as calls:
-        stats, samples = experiment._sample_stats(
+        stats, samples = experiment.sample_stats(
             sampler, data, {**config, "sample": {"n": n}}, no_grad=sampler is model)
     params = sum(p.numel() for p in model.parameters())
     return ({"params": params, "sample_seconds": stats["sample/seconds"], "samples_drawn": n,
@@ -441,7 +441,7 @@ def run_compare(spec: CompareSpec, out_dir: str | Path, *, progress: bool | str 
         n = spec.figure_samples or default_n
         with _stage(reporter, f"[{i}/{len(spec.runs)}] {name}: {n} samples"):
             measures, samples, data = _measure_sampling(run_dir, n, spec.seed, threads)
-        objective = experiment._objective_name(config)
+        objective = experiment.objective_name(config)
         row: dict[str, Any] = {
             "run": name, "objective": objective, "data": data.name,
             "preprocess": config.get("data", {}).get("preprocess", "") if data.kind == "image"
@@ -456,7 +456,7 @@ def run_compare(spec: CompareSpec, out_dir: str | Path, *, progress: bool | str 
             bound = float(config.get("eval", {}).get("bound", 4.0))
         pixels = experiment.to_pixels(samples, data)
         if images:
-            pixels = pixels.double() / (experiment._pixel_levels(data) - 1)
+            pixels = pixels.double() / (experiment.pixel_levels(data) - 1)
         panels.append((f"{name}: {row['model']}\n{row['family']}, "
                        f"{row['network_calls_per_sample']} net calls", pixels))
     _write_table(rows, out)

@@ -36,7 +36,8 @@ from probgen.utils import atomic_torch_save, atomic_write_bytes, atomic_write_te
 __all__ = ["DataBundle", "build_data", "build_model", "build_objective", "build_sampler",
            "fit_run", "load_run", "eval_run", "sample_run", "set_threads", "FAMILIES",
            "presets_by_family", "describe_data", "load", "LoadedRun", "check_device",
-           "SAMPLE_FORMATS"]
+           "SAMPLE_FORMATS", "validate_config", "objective_name", "needs_data",
+           "sample_stats", "pixel_levels", "to_pixels"]
 
 # [sample] keys of score runs (a Langevin sampler); other runs pass [sample] to model.sample.
 _SCORE_SAMPLE_KEYS = {"n": int, "sampler": str, "steps": int, "eta": (int, float),
@@ -207,9 +208,9 @@ def build_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
     """Builds the data named by the ``[data]`` table (see ``probgen.run.config.SECTIONS``)."""
     from probgen import data as pdata
 
-    objective = _objective_name(config)
+    objective = objective_name(config)
     table = dict(config.get("data", {}))
-    if not _needs_data(config):
+    if not needs_data(config):
         if table:
             raise ConfigError(
                 f"[data] must be empty with objective {objective!r}: it needs no data."
@@ -299,7 +300,7 @@ def describe_data(config: dict[str, Any], *, seed: int = 0) -> DataBundle:
     """
     table = config.get("data", {})
     name = table.get("name")
-    if not _needs_data(config) or name not in _IMAGE_SETS:
+    if not needs_data(config) or name not in _IMAGE_SETS:
         return build_data(config, seed=seed)
     shape, levels, classes = _IMAGE_SETS[name]
     if "eval_size" in table:
@@ -352,13 +353,14 @@ def build_objective(config: dict[str, Any], model: nn.Module, data: DataBundle) 
         raise ConfigError(f"[objective] {name}: {e}") from None
 
 
-def _objective_name(config: dict[str, Any]) -> str:
+def objective_name(config: dict[str, Any]) -> str:
+    """The run's ``[objective] name`` (``"ml"``, maximum likelihood, when not given)."""
     return config.get("objective", {}).get("name", "ml")
 
 
-def _needs_data(config: dict[str, Any]) -> bool:
+def needs_data(config: dict[str, Any]) -> bool:
     """Whether the run's objective trains on data (an unknown name is reported later)."""
-    spec = inference.registry.OBJECTIVES.get(_objective_name(config))
+    spec = inference.registry.OBJECTIVES.get(objective_name(config))
     return spec is None or spec.needs_data
 
 
@@ -368,7 +370,7 @@ def _objective_spec(config: dict[str, Any]) -> inference.registry.ObjectiveSpec:
     Raises:
         ConfigError: a name that is not registered (the message lists the registered ones).
     """
-    name = _objective_name(config)
+    name = objective_name(config)
     registered = inference.registry.OBJECTIVES
     if name not in registered:
         raise ConfigError(f"[objective] name must be one of {sorted(registered)}, got "
@@ -376,7 +378,13 @@ def _objective_spec(config: dict[str, Any]) -> inference.registry.ObjectiveSpec:
     return registered[name]
 
 
-def _validate(config: dict[str, Any]) -> None:
+def validate_config(config: dict[str, Any]) -> None:
+    """Checks every section's keys, types and ranges (``[sample]`` and ``[eval]`` included)
+    before anything is built.
+
+    Raises:
+        ConfigError: the first bad key or value, named with its section.
+    """
     for section, table in config.items():
         schema = SECTIONS[section][0]
         if section == "objective":
@@ -553,13 +561,14 @@ def _sample_grid(samples: Tensor, data: DataBundle, title: str) -> Any:
     from probgen import plots
 
     pixels = to_pixels(samples, data)
-    levels = _pixel_levels(data)
+    levels = pixel_levels(data)
     n = pixels.shape[0]
     return plots.plot_image_grid(pixels.double() / (levels - 1), nrow=max(1, math.isqrt(n)),
                                  title=title, indexed=True, colorbar=pixels.shape[1] == 1)
 
 
-def _pixel_levels(data: DataBundle) -> int:
+def pixel_levels(data: DataBundle) -> int:
+    """How many integer values a pixel of the run's image data takes (256 for MNIST)."""
     pre = data.preprocess
     return int(getattr(pre, "levels", None) or getattr(pre, "values", 256))
 
@@ -613,7 +622,7 @@ def fit_run(
             device is not available.
         probgen.inference.TrainingInterrupted: ``interruptible`` and a signal came.
     """
-    _validate(config)
+    validate_config(config)
     config = clip_warmup(config)
     seed = int(config.get("run", {}).get("seed", 0))
     run = _run_folder(config, out_dir, default_name)
@@ -660,7 +669,7 @@ def fit_run(
     result = {"train_seconds": seconds,
               **_evaluate(objective, model, data, config, dev, reporter, seed)}
     sampler = build_sampler(config, model, objective, data)
-    stats, samples = _sample_stats(sampler, data, config, reporter, no_grad=sampler is model)
+    stats, samples = sample_stats(sampler, data, config, reporter, no_grad=sampler is model)
     if sampler is not model:
         result.update(stats)
     files = _write_figures(sampler, data, config, run, samples, reporter, dev)
@@ -716,9 +725,9 @@ def _check_sampler_name(table: dict[str, Any], choices: tuple[str, ...] | None) 
                           + did_you_mean(name, choices))
 
 
-def _sample_stats(sampler: Any, data: DataBundle, config: dict,
-                  progress: Progress | None = None, *, no_grad: bool = False
-                  ) -> tuple[dict[str, float], Tensor]:
+def sample_stats(sampler: Any, data: DataBundle, config: dict,
+                 progress: Progress | None = None, *, no_grad: bool = False
+                 ) -> tuple[dict[str, float], Tensor]:
     """Sampling time of ``[sample] n`` draws; for mixture data, the share of each mode.
     Returns the statistics and the samples (on the CPU; the run folder's figure shows them).
     ``no_grad``: draw under ``torch.no_grad()`` (a model's own ``sample``; a score sampler
@@ -954,8 +963,8 @@ def sample_run(run_dir: str | Path, *, n: int = 64, out: str | Path | None = Non
     reporter = Progress(progress)
     torch.manual_seed(seed)
     sampler = build_sampler(config, model, objective, data)
-    _, samples = _sample_stats(sampler, data, {**config, "sample": {"n": n}}, reporter,
-                               no_grad=sampler is model)
+    _, samples = sample_stats(sampler, data, {**config, "sample": {"n": n}}, reporter,
+                              no_grad=sampler is model)
     pixels = to_pixels(samples, data)
     path = Path(out) if out is not None else Path(run_dir) / f"samples_{n}.{format}"
     with reporter.stage("write", 1, "files") as stage:
