@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from probgen.flow_vae import FlowVAE, TolerantDelta
 from probgen.models.autoregressive import (
     AutoregressiveDistribution,
     AutoregressiveModel,
@@ -150,6 +151,8 @@ __all__ = [
     "interpolate_latents",
     "MODELS",
     "FLOWS",
+    "FlowVAE",
+    "TolerantDelta",
     "PlanarFlow",
     "RadialFlow",
     "LinearFlow",

@@ -412,11 +412,14 @@ class AutoregressiveDistribution(TorchDistribution):
             context = context.expand(*batch, *tail)
         return self.model.log_prob(value, context)
 
-    def sample(self, sample_shape: torch.Size | Sequence[int] = ()) -> Tensor:
-        """Samples of shape ``(*sample_shape, *batch, *event)``."""
+    def sample(self, sample_shape: torch.Size | Sequence[int] = (), *,
+               generator: torch.Generator | None = None) -> Tensor:
+        """Samples of shape ``(*sample_shape, *batch, *event)``, drawn from ``generator``
+        when one is given."""
         if self.context is None:
-            return self.model.sample(tuple(sample_shape) + tuple(self.batch_shape))
-        return self.model.sample(tuple(sample_shape), self.context)
+            return self.model.sample(tuple(sample_shape) + tuple(self.batch_shape),
+                                     generator=generator)
+        return self.model.sample(tuple(sample_shape), self.context, generator=generator)
 
 
 def receptive_field(

@@ -296,21 +296,25 @@ class ContinuousFlowModel(nn.Module):
     def _record(self, flow: ContinuousFlow) -> None:
         self.last_solve = flow.last_solve
 
-    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """Log-density of ``x``, shape ``(*batch, D)`` -> ``(*batch,)``."""
+    def log_prob(self, x: Tensor, context: Tensor | None = None, *,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Log-density of ``x``, shape ``(*batch, D)`` -> ``(*batch,)``; a Hutchinson probe
+        (``trace="hutchinson"``) comes from ``generator`` when one is given."""
         flow = self.distribution(context)
-        out = flow.log_prob(x)
+        out = flow.log_prob(x, generator=generator)
         self._record(flow)
         return out
 
     def log_prob_and_penalties(
-        self, x: Tensor, context: Tensor | None = None
+        self, x: Tensor, context: Tensor | None = None, *,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Log-density of ``x`` and RNODE's ``kinetic`` and ``jacobian`` penalties, per
-        example, from one solve (see :meth:`probgen.cnf.ContinuousFlow.log_prob_and_penalties`).
+        example, from one solve (see :meth:`probgen.cnf.ContinuousFlow.log_prob_and_penalties`);
+        a Hutchinson probe comes from ``generator`` when one is given.
         """
         flow = self.distribution(context)
-        out = flow.log_prob_and_penalties(x)
+        out = flow.log_prob_and_penalties(x, generator=generator)
         self._record(flow)
         return out
 
@@ -321,8 +325,7 @@ class ContinuousFlowModel(nn.Module):
         """Reparametrised samples ``(*shape, *b, D)`` and their log-density ``(*shape, *b)``
         from one base -> data solve (base draws and probe from ``generator`` if given)."""
         flow = self.distribution(context)
-        with drawing_from(generator):
-            out = flow.rsample_and_log_prob(torch.Size(shape))
+        out = flow.rsample_and_log_prob(torch.Size(shape), generator=generator)
         self._record(flow)
         return out
 
@@ -331,7 +334,7 @@ class ContinuousFlowModel(nn.Module):
         """Reparametrised samples, shape ``(*shape, *b, D)`` (base draws and probe from
         ``generator`` when one is given)."""
         flow = self.distribution(context)
-        with drawing_from(generator):
+        with drawing_from(generator):  # the base draws and a Hutchinson probe, if any
             out = flow.rsample(torch.Size(shape))
         self._record(flow)
         return out

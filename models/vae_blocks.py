@@ -435,13 +435,14 @@ class DiscretizedLogistic(dist.TorchDistribution):
         out = torch.where(value <= 0, F.logsigmoid(a), inner)
         return torch.where(value >= self.levels - 1, F.logsigmoid(-b), out)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008
+    def sample(self, sample_shape: torch.Size = torch.Size(), *,  # noqa: B008
+               generator: torch.Generator | None = None) -> Tensor:
         """Integer pixels (as floats) ``(*sample_shape, *batch_shape)``: a logistic draw
-        snapped to its bin, so exact."""
+        (from ``generator`` when one is given) snapped to its bin, so exact."""
         shape = self._extended_shape(torch.Size(sample_shape))
         with torch.no_grad():
-            u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device).clamp(
-                1e-7, 1 - 1e-7)
+            u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device,
+                           generator=generator).clamp(1e-7, 1 - 1e-7)
             y = self.loc.expand(shape) + self.scale.expand(shape) * (u.log() - (-u).log1p())
             k = torch.round((y + 1.0) * (self.levels - 1) / 2.0)
             return k.clamp(0, self.levels - 1)

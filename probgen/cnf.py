@@ -37,7 +37,7 @@ from probgen.divergence import (
     hutchinson_divergence,
     hutchinson_noise,
 )
-from probgen.utils import check_tensor
+from probgen.utils import check_tensor, drawing_from
 
 __all__ = [
     "ContinuousFlow",
@@ -244,8 +244,8 @@ class ContinuousFlow(TorchDistribution):
         noise: Hutchinson probe distribution, ``"rademacher"`` or ``"gaussian"``.
         t0: the time of the base (default 0).
         t1: the time of the data (default 1); ``0 <= t0 < t1 <= 1``.
-        generator: draws the Hutchinson probes (``sample`` uses the global RNG, as torch's
-            distributions do).
+        generator: draws the Hutchinson probes of calls that give no ``generator=`` of
+            their own (``None``: the global RNG).
 
     References:
         Neural ordinary differential equations (Chen et al., 2018),
@@ -377,13 +377,14 @@ class ContinuousFlow(TorchDistribution):
         return tuple(s[-1] for s in out) if isinstance(out, tuple) else out[-1]
 
     def _dynamics(self, kind: str, context: Tensor | None, *, augmented: bool,
-                  x: Tensor | None = None, penalties: bool = False, sign: float = 1.0
-                  ) -> _Dynamics:
+                  x: Tensor | None = None, penalties: bool = False, sign: float = 1.0,
+                  generator: torch.Generator | None = None) -> _Dynamics:
         stats = SolveStats(kind, self.method, adjoint=self.adjoint and torch.is_grad_enabled())
         self.last_solve = stats
         probe = None
         if augmented and self.trace == "hutchinson":
-            probe = hutchinson_noise(x, self.noise, generator=self.generator)
+            probe = hutchinson_noise(x, self.noise, generator=generator if generator is not None
+                                     else self.generator)
         return _Dynamics(self.field, context, stats, augmented=augmented, trace=self.trace,
                          noise=probe, penalties=penalties, sign=sign)
 
@@ -400,15 +401,17 @@ class ContinuousFlow(TorchDistribution):
         return x, full
 
     # ------------------------------------------------------------------------- API
-    def log_prob(self, value: Tensor) -> Tensor:
+    def log_prob(self, value: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """Log-density of ``value``, shape ``(*sample, *batch, *event)`` -> ``(*sample, *batch)``.
 
-        Solves the augmented ODE from ``t1`` back to ``t0``.
+        Solves the augmented ODE from ``t1`` back to ``t0``; a Hutchinson probe comes from
+        ``generator`` when one is given (else from the constructor's, else the global RNG).
         """
-        return self.log_prob_and_penalties(value, penalties=False)[0]
+        return self.log_prob_and_penalties(value, penalties=False, generator=generator)[0]
 
     def log_prob_and_penalties(
-        self, value: Tensor, *, penalties: bool = True
+        self, value: Tensor, *, penalties: bool = True,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         r"""Log-density of ``value`` and RNODE's penalties along its trajectory.
 
@@ -422,6 +425,8 @@ class ContinuousFlow(TorchDistribution):
         Args:
             value: points, shape ``(*sample, *batch, *event)``.
             penalties: integrate the penalties too (``False``: an empty dict).
+            generator: draws the Hutchinson probe (``None``: the constructor's generator,
+                else the global RNG).
 
         Returns:
             ``(log_p, {"kinetic": ..., "jacobian": ...})``, each of shape
@@ -436,7 +441,7 @@ class ContinuousFlow(TorchDistribution):
         zeros = flat.new_zeros(flat.shape[0])
         state = (flat, zeros, zeros, zeros) if penalties else (flat, zeros)
         dyn = self._dynamics("log_prob", self._flat_context(leading), augmented=True, x=flat,
-                             penalties=penalties, sign=1.0)
+                             penalties=penalties, sign=1.0, generator=generator)
         out = self._solve(state, dyn, self.t1, self.t0)
         z = out[0].reshape(x.shape)
         # d(ell)/dt = +tr(dv/dx), ell(t1) = 0  =>  ell(t0) = -int_{t0}^{t1} tr dt.
@@ -446,35 +451,45 @@ class ContinuousFlow(TorchDistribution):
                                           "jacobian": -out[3].reshape(leading)}
         return log_p, terms
 
-    def rsample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
-        """Differentiable samples, shape ``(*sample_shape, *batch, *event)``: base draws
-        transported from ``t0`` to ``t1``."""
-        z = self.base.expand(self.batch_shape).rsample(torch.Size(sample_shape))
-        return self.flow(z, kind="sample")
+    def _base_draws(self, sample_shape: Sequence[int],
+                    generator: torch.Generator | None) -> Tensor:
+        with drawing_from(generator):
+            return self.base.expand(self.batch_shape).rsample(torch.Size(sample_shape))
 
-    def sample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
-        """Samples without gradients, shape ``(*sample_shape, *batch, *event)``."""
+    def rsample(self, sample_shape: Sequence[int] = torch.Size(), *,
+                generator: torch.Generator | None = None) -> Tensor:
+        """Differentiable samples, shape ``(*sample_shape, *batch, *event)``: base draws
+        (from ``generator`` when one is given) transported from ``t0`` to ``t1``."""
+        return self.flow(self._base_draws(sample_shape, generator), kind="sample")
+
+    def sample(self, sample_shape: Sequence[int] = torch.Size(), *,
+               generator: torch.Generator | None = None) -> Tensor:
+        """Samples without gradients, shape ``(*sample_shape, *batch, *event)``; the base
+        draws come from ``generator`` when one is given."""
         with torch.no_grad():
-            return self.rsample(sample_shape)
+            return self.rsample(sample_shape, generator=generator)
 
     def rsample_and_log_prob(
-        self, sample_shape: Sequence[int] = torch.Size()
+        self, sample_shape: Sequence[int] = torch.Size(), *,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Differentiable samples and their log-density from one base -> data solve.
 
         Integrates :math:`\\dot\\ell = -\\operatorname{tr} \\partial_x v` forwards from
         :math:`\\ell(t_0) = \\log p_\\text{base}(z)` (what reverse KL needs).
 
+        The base draws and a Hutchinson probe come from ``generator`` when one is given.
+
         Returns:
             ``(x, log_p)`` of shapes ``(*sample_shape, *batch, *event)`` and
             ``(*sample_shape, *batch)``.
         """
-        z = self.base.expand(self.batch_shape).rsample(torch.Size(sample_shape))
+        z = self._base_draws(sample_shape, generator)
         leading = z.shape[: z.dim() - len(self.event_shape)]
         flat = z.reshape(-1, *self.event_shape)
         log_p0 = self.base.log_prob(z).reshape(-1)
         dyn = self._dynamics("sample_and_log_prob", self._flat_context(leading),
-                             augmented=True, x=flat, sign=-1.0)
+                             augmented=True, x=flat, sign=-1.0, generator=generator)
         x, log_p = self._solve((flat, log_p0), dyn, self.t0, self.t1)
         return x.reshape(z.shape), log_p.reshape(leading)
 

@@ -660,12 +660,14 @@ class DiscretizedGaussian(TorchDistribution):
         return discretized_gaussian_log_likelihood(signed, self.loc, self.scale.log(),
                                                    self.levels)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008
-        """Integer pixels (as floats) ``(*sample_shape, *batch_shape)``."""
+    def sample(self, sample_shape: torch.Size = torch.Size(), *,  # noqa: B008
+               generator: torch.Generator | None = None) -> Tensor:
+        """Integer pixels (as floats) ``(*sample_shape, *batch_shape)``, drawn from
+        ``generator`` when one is given."""
         shape = self._extended_shape(torch.Size(sample_shape))
         with torch.no_grad():
             y = self.loc.expand(shape) + self.scale.expand(shape) * torch.randn(
-                shape, dtype=self.loc.dtype, device=self.loc.device)
+                shape, dtype=self.loc.dtype, device=self.loc.device, generator=generator)
             k = torch.round((y + 1.0) * (self.levels - 1) / 2.0)
             return k.clamp(0, self.levels - 1)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyro.distributions as dist
 import torch
@@ -14,6 +14,9 @@ from torch.distributions import Transform
 
 from probgen.transforms.base import _CachedLadjMixin
 from probgen.utils import check_tensor, standard_normal
+
+if TYPE_CHECKING:
+    from probgen.flow_vae import FlowVAE
 
 __all__ = ["NormalizingFlow"]
 
@@ -278,6 +281,79 @@ class NormalizingFlow(nn.Module):
         """Samples without gradients, shape ``(*shape, *event_shape)``; the base draws come
         from ``generator`` when one is given."""
         return self.rsample(shape, context, generator=generator)
+
+    def to_base(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        r"""Maps data to the base: :math:`z = f^{-1}(x)` and
+        :math:`\text{ladj} = \log|\det \partial z / \partial x|`, the log-determinant of the
+        *inverse* map, so that ``log_prob(x) = log N(z) + ladj``.
+
+        The pass of Pyro's ``TransformedDistribution.log_prob`` (data -> base, each
+        transform's log|det J| summed over the event dimensions it leaves), keeping ``z``.
+
+        Args:
+            x: data ``(*batch, *event_shape)``.
+            context: ``(*batch, context)`` for a conditional flow, else None.
+
+        Returns:
+            ``(z, ladj)`` of shapes ``(*batch, *base_shape)`` and ``(*batch,)``.
+
+        Raises:
+            TypeError: ``x`` is not a floating tensor.
+            ValueError: wrong trailing shape, NaN/Inf, or a missing/unexpected context.
+
+        Example:
+            >>> from probgen.transforms import LULinear
+            >>> flow = NormalizingFlow([LULinear(2)], (2,))
+            >>> x = torch.randn(4, 2)
+            >>> z, ladj = flow.to_base(x)
+            >>> log_n = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+            >>> torch.allclose(log_n + ladj, flow.log_prob(x))
+            True
+        """
+        x = check_tensor(x, "x", event_shape=tuple(self._event_shape))
+        context = self._check_context(context)
+        event_dim = len(self._event_shape)
+        ladj = x.new_zeros(x.shape[: x.dim() - event_dim])
+        y = x
+        for t in reversed(self._transforms(context)):
+            z = t.inv(y)
+            event_dim += t.domain.event_dim - t.codomain.event_dim
+            ladj = ladj - _sum_rightmost(t.log_abs_det_jacobian(z, y),
+                                         event_dim - t.domain.event_dim)
+            y = z
+        return y, ladj
+
+    def from_base(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        r"""Maps base points to data, :math:`x = f(z)` (the sampling direction).
+
+        Args:
+            z: base points ``(*batch, *base_shape)``.
+            context: ``(*batch, context)`` for a conditional flow, else None.
+
+        Returns:
+            ``x`` of shape ``(*batch, *event_shape)``.
+
+        Raises:
+            TypeError: ``z`` is not a floating tensor.
+            ValueError: wrong trailing shape, NaN/Inf, or a missing/unexpected context.
+        """
+        z = check_tensor(z, "z", event_shape=tuple(self.base_loc.shape))
+        context = self._check_context(context)
+        for t in self._transforms(context):
+            z = t(z)
+        return z
+
+    def as_vae(self, rtol: float | None = None) -> FlowVAE:
+        """This flow as a latent-variable model with deterministic (Delta) sites, whose ELBO
+        is exactly :meth:`log_prob` (see :class:`probgen.flow_vae.FlowVAE`).
+
+        Args:
+            rtol: tolerance of the decoder's observation check (``None``: the square root
+                of the dtype's machine epsilon; see :class:`probgen.flow_vae.TolerantDelta`).
+        """
+        from probgen.flow_vae import FlowVAE
+
+        return FlowVAE(self, rtol=rtol)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Same as :meth:`log_prob`."""

@@ -27,11 +27,13 @@ class DensityModel(Protocol):
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor: ...
 
     def sample(
-        self, shape: tuple[int, ...] = (), context: Tensor | None = None
+        self, shape: tuple[int, ...] = (), context: Tensor | None = None, *,
+        generator: torch.Generator | None = None,
     ) -> Tensor: ...
 
     def rsample_and_log_prob(
-        self, shape: tuple[int, ...] = (), context: Tensor | None = None
+        self, shape: tuple[int, ...] = (), context: Tensor | None = None, *,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor]: ...
 
 
