@@ -34,7 +34,7 @@ with ``fit`` leaves Pyro's global parameter store untouched (the trainer optimiz
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -65,7 +65,7 @@ from probgen.models.vae_blocks import (
     make_likelihood,
 )
 from probgen.models.vae_priors import DiagonalNormalMixture, StandardNormalPrior, VampPrior
-from probgen.utils import drawing_from
+from probgen.utils import apply_to_tensors, drawing_from
 
 __all__ = [
     "MLPEncoder",
@@ -194,6 +194,14 @@ class VAE(PyroModule):
                             context=self.context_features)
         elif posterior == "planar":
             self.flow = PlanarFlow(d, posterior_transforms)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> VAE:
+        """Moves/casts the networks and also a prior given as a Pyro distribution object
+        (not a module, so ``nn.Module`` would leave its tensors behind)."""
+        super()._apply(fn, recurse)
+        if not isinstance(self.prior, nn.Module):
+            apply_to_tensors(self.prior, fn)
+        return self
 
     # ------------------------------------------------------------------ distributions
     def _check(self, x: Tensor) -> Tensor:
@@ -375,6 +383,11 @@ class _TransformList(nn.Module):
         super().__init__()
         self.trainable = nn.ModuleList([t for t in transforms if isinstance(t, nn.Module)])
         self.transforms = list(transforms)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> _TransformList:
+        super()._apply(fn, recurse)  # the trainable transforms
+        apply_to_tensors(self.transforms, fn)  # the others' tensors (AffineTransform's loc...)
+        return self
 
 
 def _prior_object(prior: object, d: int) -> nn.Module | dist.Distribution | None:

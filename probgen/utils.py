@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "append_dims",
@@ -29,6 +29,7 @@ __all__ = [
     "standard_normal",
     "on_host",
     "did_you_mean",
+    "apply_to_tensors",
 ]
 
 
@@ -275,6 +276,37 @@ def on_host(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+def apply_to_tensors(obj: Any, fn: Callable[[Tensor], Tensor]) -> None:
+    """Applies ``fn`` (e.g. ``nn.Module._apply``'s device or dtype conversion) in place to
+    every tensor a torch/Pyro distribution or transform holds, recursively (base
+    distributions, component transforms, cached lazy properties, lists of transforms).
+
+    Why: distributions and non-trainable transforms are not modules, so a module
+    holding one (a VAE with a ``dist.Normal`` prior, Pyro's ``AffineTransform`` in a
+    posterior) would leave its tensors behind on ``.to(device)`` or ``.double()``; neither
+    torch nor Pyro moves them. Modules met on the way are left to their own ``_apply``.
+    """
+    from torch.distributions import Distribution, Transform
+
+    seen: set[int] = set()
+
+    def visit(value: Any) -> Any:
+        if isinstance(value, Tensor):
+            return fn(value)
+        if isinstance(value, (list, tuple)):
+            items = [visit(v) for v in value]
+            return type(value)(items) if isinstance(value, tuple) else items
+        if (isinstance(value, (Distribution, Transform)) and not isinstance(value, nn.Module)
+                and id(value) not in seen):
+            seen.add(id(value))
+            for key, item in list(vars(value).items()):
+                if isinstance(item, (Tensor, list, tuple, Distribution, Transform)):
+                    vars(value)[key] = visit(item)
+        return value
+
+    visit(obj)
 
 
 def did_you_mean(name: object, choices: Iterable[str]) -> str:

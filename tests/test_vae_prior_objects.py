@@ -108,3 +108,25 @@ def test_prior_and_posterior_objects_are_checked():
         _vae(prior="gumbel")
     with pytest.raises(TypeError, match="posterior: expected"):
         _vae(posterior=3)
+
+
+def test_distribution_priors_and_plain_transforms_move_and_cast_with_the_vae():
+    """A Pyro distribution prior and non-module transforms are not nn.Modules: the VAE
+    carries their tensors through .double() and .to(device) (meta stands in for a GPU)."""
+    from pyro.distributions.transforms import AffineTransform
+
+    prior = dist.MultivariateNormal(torch.zeros(4), scale_tril=2 * torch.eye(4))
+    vae = VAE((1, 8, 8), 4, hidden_features=[16], likelihood="bernoulli", prior=prior,
+              posterior=[AffineTransform(torch.zeros(4), torch.ones(4))]).double()
+    assert vae.prior.loc.dtype == vae.prior.scale_tril.dtype == torch.float64
+    assert vae.flow.transforms[0].loc.dtype == torch.float64
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64).bernoulli()
+    ll = vae.log_likelihood(x, 16)
+    assert ll.dtype == torch.float64 and torch.isfinite(ll).all()
+    # the closed form the prior describes survives the cast: log N(0; 0, 4 I) in 4 dims
+    z0 = torch.zeros(4, dtype=torch.float64)
+    expected = -2 * math.log(2 * math.pi) - 4 * math.log(2.0)
+    assert float(vae.prior_distribution().log_prob(z0)) == pytest.approx(expected, rel=1e-12)
+    vae.to("meta")
+    assert vae.prior.loc.device.type == "meta"
+    assert vae.flow.transforms[0].scale.device.type == "meta"
