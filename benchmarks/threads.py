@@ -14,8 +14,9 @@ the MNIST files: ``--data`` or ``PROBGEN_DATA``; skipped without them), optional
 
 One measurement is a whole ``fit`` call of ``--steps`` steps (the setup's own count below)
 from the same initial weights, with ``threads=1``, ``threads=N`` (torch's default: one per
-physical core) or ``threads="auto"`` (its probe steps included: what a user pays); its
-seconds per step. Each round runs the three in turn (order rotated each round). A condition
+physical core; :data:`MANY_STEPS` steps at most, as a step can cost 35x one thread's under
+load) or ``threads="auto"`` (its probe steps included: what a user pays); its seconds per
+step. Each round runs the three in turn (order rotated each round). A condition
 ``--loads L`` starts ``L`` extra processes that each keep one core busy (a spinning Python
 loop) for the whole condition, as other jobs on a shared machine do; the machine's own load
 average is reported beside it, since other jobs may run too. Reported per setup and
@@ -54,6 +55,9 @@ from dynamics_speed import median_ci  # noqa: E402
 #: setup -> training steps per fit call (each about 1-10 s on one core)
 STEPS = {"realnvp-moons": 200, "ddpm-moons": 200, "ddpm-digits": 60, "vae-mnist": 100,
          "ddpm-mnist": 50}
+#: steps of the ``threads=N`` calls (no probe to amortize; a step costs up to 35x one
+#: thread's on a loaded machine)
+MANY_STEPS = 30
 DEFAULT_SETUPS = ("realnvp-moons", "ddpm-moons", "ddpm-digits", "vae-mnist")
 SMALL = ("realnvp-moons", "ddpm-moons", "ddpm-digits")
 
@@ -105,7 +109,9 @@ def measure(name: str, load: int, rounds: int, steps: int) -> dict:
         for r in range(rounds):
             order = variants[r % 3:] + variants[: r % 3]
             for v in order:
-                seconds, count = time_fit(objective, data, train, v)
+                # N threads can be 10-35x slower under load: a shorter call measures its step
+                steps_v = min(steps, MANY_STEPS) if v == many else steps
+                seconds, count = time_fit(objective, data, {**train, "steps": steps_v}, v)
                 times[str(v)].append(seconds)
                 if v == "auto":
                     chosen.append(count)
@@ -175,8 +181,9 @@ def main() -> None:
         "at the start and end of each condition is in the table): read the paired ratios.",
         "",
         "Each cell is a whole `fit` call of the preset's model and objective, from the same "
-        "initial weights, with `threads=1`, `threads=N` or `threads=\"auto\"` (its probe "
-        f"steps included); {args.rounds} rounds, order rotated; ms: median seconds per step; "
+        f"initial weights, with `threads=1`, `threads=N` ({MANY_STEPS} steps at most) or "
+        f"`threads=\"auto\"` (its probe steps included); {args.rounds} rounds, order "
+        "rotated; ms: median seconds per step; "
         "ratios: median over rounds of the paired ratio with its distribution-free 95% "
         "interval. load: extra processes each spinning one core during the condition. "
         "chose: the count `auto` kept in each round. Goal: auto/1 <= 1.05 under load on "

@@ -209,10 +209,10 @@ PROBE_ABORT_ABOVE = 2.0
 #: Runs with fewer steps left than this are not probed: they train with one thread.
 PROBE_MIN_STEPS = 40
 #: The machine counts as busy (no probe at ``N``) when fewer than this many cores were idle
-#: while the single-thread probe steps ran (from ``/proc/stat``, over at least
-#: :data:`IDLE_MIN_SECONDS`).
+#: while the single-thread probe steps ran (from ``/proc/stat``, read when those steps span
+#: at least :data:`IDLE_MIN_SECONDS`: the kernel counts in 10 ms ticks).
 IDLE_CORES_NEEDED = 0.5
-IDLE_MIN_SECONDS = 0.05
+IDLE_MIN_SECONDS = 0.02
 
 
 def check_threads(threads: Any) -> None:
@@ -281,7 +281,7 @@ class ThreadTuner:
         self.chosen: int | None = None
         self.idle: float | None = None
         self._ticks: tuple[float, float] | None = None
-        self._one_seconds = 0.0
+        self._one_seconds = 0.0  # the single-thread steps' time, the warm-up's included
         auto = (threads == "auto" and device.type == "cpu" and not distributed
                 and self.many > 1 and "OMP_NUM_THREADS" not in os.environ)
         if isinstance(threads, int):
@@ -312,8 +312,8 @@ class ThreadTuner:
         if not self.plan:
             return
         self._apply(self.plan[0])
-        if self.plan[0] == 1 and len(self.plan) == 1 + 2 * PROBE_TIMED_STEPS:
-            self._ticks = cpu_times()  # the timed single-thread steps start now
+        if len(self.plan) == 2 + 2 * PROBE_TIMED_STEPS:  # the single-thread steps start now
+            self._ticks = cpu_times()
 
     def _decide(self, count: int) -> None:
         self.plan, self.chosen = [], count
@@ -327,13 +327,13 @@ class ThreadTuner:
         left = self.plan.count(count)  # steps still planned at this count
         first = left == PROBE_TIMED_STEPS  # the untimed step of a count
         if count == 1:
+            self._one_seconds += seconds
             if not first:
                 self.times[1].append(seconds)
-                self._one_seconds += seconds
             if left == 0:  # single-thread steps done: was the machine free?
                 self.idle = idle_cores(self._ticks, cpu_times())
-                if (self.idle is not None and self._one_seconds >= IDLE_MIN_SECONDS
-                        and self.idle < IDLE_CORES_NEEDED):
+                if (self.idle is not None and self.idle < IDLE_CORES_NEEDED
+                        and self._one_seconds >= IDLE_MIN_SECONDS):
                     self._decide(1)
             return
         one = statistics.median(self.times[1])

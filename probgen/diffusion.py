@@ -268,7 +268,10 @@ class NoiseSchedule(nn.Module):
         if step.shape != x.shape[:1]:
             raise ValueError(f"step: expected shape ({x.shape[0]},) or a scalar, got "
                              f"{tuple(step.shape)}.")
-        if step.numel() and (step.min() < 0 or step.max() >= self.num_steps):
+        # the range check reads the values (a host sync, and a graph break under
+        # torch.compile): eager calls check, compiled training steps draw valid indices
+        if (not torch.compiler.is_compiling() and step.numel()
+                and (step.min() < 0 or step.max() >= self.num_steps)):
             raise ValueError(f"step: expected indices in 0..{self.num_steps - 1}, got "
                              f"{int(step.min())}..{int(step.max())}.")
         out = buf[step].to(device=x.device, dtype=x.dtype)

@@ -85,7 +85,7 @@ def test_a_step_far_slower_at_more_threads_ends_the_probe_at_once(idle):
     (0.2, 0.05, [1] * (1 + PROBE_TIMED_STEPS)),  # busy: no step at 2 threads
     (1.0, 0.05, [1] * (1 + PROBE_TIMED_STEPS) + [2] * (1 + PROBE_TIMED_STEPS)),
     (None, 0.05, [1] * (1 + PROBE_TIMED_STEPS) + [2] * (1 + PROBE_TIMED_STEPS)),  # unknown
-    (0.2, 0.001, [1] * (1 + PROBE_TIMED_STEPS) + [2] * (1 + PROBE_TIMED_STEPS)),  # too short
+    (0.2, 0.004, [1] * (1 + PROBE_TIMED_STEPS) + [2] * (1 + PROBE_TIMED_STEPS)),  # too short
 ])
 def test_a_busy_machine_keeps_one_thread_without_trying_more(idle, cores, step, expected):
     idle(cores)
