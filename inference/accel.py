@@ -208,10 +208,12 @@ PROBE_KEEP_BELOW = 0.9
 PROBE_ABORT_ABOVE = 2.0
 #: Runs with fewer steps left than this are not probed: they train with one thread.
 PROBE_MIN_STEPS = 40
-#: The machine counts as busy (no probe at ``N``) when fewer than this many cores were idle
-#: while the single-thread probe steps ran (from ``/proc/stat``, read when those steps span
-#: at least :data:`IDLE_MIN_SECONDS`: the kernel counts in 10 ms ticks).
-IDLE_CORES_NEEDED = 0.5
+#: The machine counts as busy (no probe at ``N``) when fewer than this share of the ``N - 1``
+#: cores the extra threads would take were idle while the single-thread probe steps ran
+#: (from ``/proc/stat``, read when those steps span at least :data:`IDLE_MIN_SECONDS`: the
+#: kernel counts in 10 ms ticks). A thread sharing a core with another process stalls every
+#: parallel region, so the extra cores must be nearly free.
+IDLE_SHARE_NEEDED = 0.75
 IDLE_MIN_SECONDS = 0.02
 
 
@@ -258,10 +260,11 @@ class ThreadTuner:
     static rule sees the machine's load, so ``"auto"`` measures: one untimed step and
     :data:`PROBE_TIMED_STEPS` timed steps at one thread, while ``/proc/stat`` says how many
     cores the other processes left idle; a busy machine (fewer than
-    :data:`IDLE_CORES_NEEDED` idle) keeps one thread. Otherwise the same number of steps run
-    at torch's count ``N``, stopped at the first step slower than :data:`PROBE_ABORT_ABOVE`
-    times one thread's median; ``N`` threads are kept when their median step is below
-    :data:`PROBE_KEEP_BELOW` of one thread's, else one thread.
+    :data:`IDLE_SHARE_NEEDED` of the ``N - 1`` other cores idle) keeps one thread.
+    Otherwise the same number of steps run at torch's count ``N``, stopped at the first
+    step slower than :data:`PROBE_ABORT_ABOVE` times one thread's median; ``N`` threads are
+    kept when their median step is below :data:`PROBE_KEEP_BELOW` of one thread's, else one
+    thread.
 
     Only CPU runs in one process with ``N > 1`` and at least :data:`PROBE_MIN_STEPS` steps
     left are probed (shorter runs use one thread); ``OMP_NUM_THREADS`` in the environment
@@ -332,7 +335,7 @@ class ThreadTuner:
                 self.times[1].append(seconds)
             if left == 0:  # single-thread steps done: was the machine free?
                 self.idle = idle_cores(self._ticks, cpu_times())
-                if (self.idle is not None and self.idle < IDLE_CORES_NEEDED
+                if (self.idle is not None and self.idle < IDLE_SHARE_NEEDED * (self.many - 1)
                         and self._one_seconds >= IDLE_MIN_SECONDS):
                     self._decide(1)
             return

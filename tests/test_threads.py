@@ -82,7 +82,7 @@ def test_a_step_far_slower_at_more_threads_ends_the_probe_at_once(idle):
 
 @pytest.mark.threads(2)
 @pytest.mark.parametrize("cores, step, expected", [
-    (0.2, 0.05, [1] * (1 + PROBE_TIMED_STEPS)),  # busy: no step at 2 threads
+    (0.7, 0.05, [1] * (1 + PROBE_TIMED_STEPS)),  # busy: no step at 2 threads
     (1.0, 0.05, [1] * (1 + PROBE_TIMED_STEPS) + [2] * (1 + PROBE_TIMED_STEPS)),
     (None, 0.05, [1] * (1 + PROBE_TIMED_STEPS) + [2] * (1 + PROBE_TIMED_STEPS)),  # unknown
     (0.2, 0.004, [1] * (1 + PROBE_TIMED_STEPS) + [2] * (1 + PROBE_TIMED_STEPS)),  # too short
