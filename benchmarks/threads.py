@@ -105,7 +105,8 @@ def measure(name: str, load: int, rounds: int, steps: int) -> dict:
     try:
         time.sleep(0.5 if load else 0.0)
         before = os.getloadavg()[0]
-        time_fit(objective, data, {**train, "steps": max(2, steps // 10)}, 1)  # warm caches
+        warm = {**train, "steps": max(2, steps // 10), "warmup_steps": 0}
+        time_fit(objective, data, warm, 1)  # warm caches
         for r in range(rounds):
             order = variants[r % 3:] + variants[: r % 3]
             for v in order:
@@ -141,6 +142,9 @@ def main() -> None:
                         help="multiplies each setup's steps per fit call")
     parser.add_argument("--data", default=None, help="folder of the MNIST files")
     parser.add_argument("--write", action="store_true", help="record in RESULTS.md")
+    parser.add_argument("--section", default="threads",
+                        help="RESULTS.md section to write (e.g. threads_idle for a run on an "
+                             "otherwise idle machine beside the loaded one)")
     add_quick(parser, "realnvp-moons only, 1 round, load 1, 50 steps")
     args = parser.parse_args()
     apply_quick(parser, args, setups=["realnvp-moons"], rounds=1, loads=[1], steps_scale=0.25)
@@ -174,7 +178,8 @@ def main() -> None:
     elapsed = time.perf_counter() - start
     n = torch.get_num_threads()
     lines = [
-        "## CPU threads for training: 1, one per core, and fit's measured default (threads)", "",
+        "## CPU threads for training: 1, one per core, and fit's measured default "
+        f"({args.section})", "",
         f"Command: `{command_line()}`  ",
         f"Date: {today()}; {machine(n)}; total {elapsed / 60:.1f} min. N = {n} (torch's "
         "default). **The machine was shared with other jobs** (its 1-minute load average "
@@ -196,7 +201,7 @@ def main() -> None:
     body = "\n".join(lines)
     print(body)
     if args.write:
-        print(f"[threads] wrote {write_section('threads', body)}")
+        print(f"[threads] wrote {write_section(args.section, body)}")
 
 
 if __name__ == "__main__":
