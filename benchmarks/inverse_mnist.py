@@ -54,6 +54,7 @@ variance as ``data_variance``. Without the MNIST files the script exits with sta
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -313,9 +314,11 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     train, _ = mnist_split(args.root, "train", "inverse_mnist")
     test, test_labels = mnist_split(args.root, "test", "inverse_mnist")
+    loads = [os.getloadavg()[0]]  # the cores are shared: the load says how much
     priors, summaries = {}, {}
     for name in args.priors:
         priors[name], summaries[name] = load_or_train(name, train, args)
+    loads.append(os.getloadavg()[0])
     signed = train.float() / 127.5 - 1
     data_variance = float(signed.var(0).mean())
     train_mean = signed.mean(0)
@@ -363,6 +366,7 @@ def run(args: argparse.Namespace) -> int:
                                      measurement, y[:n], classifier)
                     rows.append(row(task, name, label, stats, seconds))
                 print(f"[inverse_mnist] {' | '.join(rows[-1])}", flush=True)
+    loads.append(os.getloadavg()[0])
     table = markdown_table(["task", "prior", "method", "RMSE hidden (posterior mean)",
                             "RMSE hidden (one sample)", "classifier agrees with digit",
                             "diversity (per-pixel sd)", "fit RMSE of A x - y",
@@ -377,7 +381,9 @@ def run(args: argparse.Namespace) -> int:
     body = (
         "## inverse_mnist: MNIST inpainting and denoising with flow, VAE, DDPM and "
         "flow-matching priors (NUTS, SVI, PiGDM, DPS)\n\n"
-        f"`{command_line()}` ({today()}; {machine(args.threads)}).\n\n"
+        f"`{command_line()}` ({today()}; {machine(args.threads)}; 1-minute load average "
+        f"{loads[0]:.1f} at the start, {loads[1]:.1f} after training, {loads[2]:.1f} at the "
+        "end: the cores were shared with other jobs).\n\n"
         "Priors, each trained for a fixed wall-clock budget:\n\n" + "\n".join(lines) + "\n\n"
         f"{args.images} test images (the first of the test set) x {args.samples} posterior "
         "samples per task; pixels on [0, 1] for the errors; NUTS and SVI run over the latent "
