@@ -104,6 +104,7 @@ def measurement_guided(
     scale: float = 1.0,
     data_variance: float = 1.0,
     posterior_covariance: Callable[[Tensor], Tensor] | None = None,
+    clip: tuple[float, float] | None = None,
 ) -> Callable[[Tensor, Tensor], Tensor]:
     r"""``f(x, t)``: ``predict`` guided towards the posterior given a measurement ``y``, in
     the same kind (see the module docstring for the two methods and their exactness).
@@ -124,13 +125,24 @@ def measurement_guided(
         posterior_covariance: PiGDM's :math:`\mathrm{Cov}[x \mid x_t]` instead:
             ``posterior_covariance(t)`` with ``t`` ``(batch,)`` returning :math:`r_t^2`
             ``(batch,)`` or full covariances ``(batch, D, D)`` (dense, small signals).
+        clip: ``(low, high)``, the data's range: the guided data prediction is clamped
+            to it before it is returned in the kind of ``predict`` (the "clip denoised"
+            of DDPM and DPS codebases). The guidance multiplies the network's Jacobian
+            :math:`J` by :math:`\sigma_t^2/\alpha_t`; an epsilon-prediction network's
+            :math:`J = (I - \sigma_t \partial\hat\epsilon/\partial x_t)/\alpha_t`
+            amplifies its errors by :math:`\sigma_t^2/\alpha_t^2` where
+            :math:`\alpha_t` is small (DDPM's first steps), and a briefly trained network
+            can then throw the prediction far out of the data's range and the sampler to
+            non-finite values. ``None`` (default): no clamp; a no-op when the guided
+            prediction stays inside, so exactness for Gaussian data is kept then.
 
     Returns:
         ``f(x, t)`` returning the guided prediction of the shape of ``x``.
 
     Raises:
         ValueError: an unknown method or prediction, a negative ``data_variance``, options
-            of the other method; (when called) ``y`` or covariances of the wrong shape.
+            of the other method, ``clip`` not ``(low, high)`` with ``low < high``; (when
+            called) ``y`` or covariances of the wrong shape.
 
     Example:
         >>> from probgen.measurements import Denoising
@@ -156,6 +168,11 @@ def measurement_guided(
         raise ValueError("posterior_covariance: applies to method 'pigdm' only (DPS has no "
                          "covariance).")
     scale, c = float(scale), float(data_variance)
+    if clip is not None:
+        if (not isinstance(clip, (tuple, list)) or len(clip) != 2
+                or not float(clip[0]) < float(clip[1])):
+            raise ValueError(f"clip: expected (low, high) with low < high, got {clip!r}.")
+        clip = (float(clip[0]), float(clip[1]))
 
     def f(x: Tensor, t: Tensor) -> Tensor:
         t = check_time(t, x)
@@ -200,6 +217,8 @@ def measurement_guided(
                 own = r2.reshape((-1,) + (1,) * (x.dim() - 1)) * back
             shift = torch.where(informative, shift, own)
         guided = data + scale * shift
+        if clip is not None:
+            guided = guided.clamp(*clip)
         return path.convert(guided, x, t, source="data", target=prediction)
 
     return f
@@ -218,6 +237,7 @@ def posterior_sample(
     scale: float = 1.0,
     data_variance: float = 1.0,
     posterior_covariance: Callable[[Tensor], Tensor] | None = None,
+    clip: tuple[float, float] | None = None,
     generator: torch.Generator | None = None,
     **sampler_options: Any,
 ) -> SampleResult:
@@ -236,7 +256,7 @@ def posterior_sample(
         sampler: one of :data:`probgen.inference.PATH_SAMPLERS` (default ``"ddim"`` with
             ``eta = 1``: the ancestral sampler on the path, as both papers).
         steps: the sampler's steps; eta: ``"ddim"``'s noise (ignored by other samplers).
-        scale, data_variance, posterior_covariance: see :func:`measurement_guided`.
+        scale, data_variance, posterior_covariance, clip: see :func:`measurement_guided`.
         generator: seeds the prior draws and the sampler's noise.
         **sampler_options: passed to :func:`probgen.inference.sample_path` (``spacing``,
             ``method``, ``rtol``, ...).
@@ -254,7 +274,7 @@ def posterior_sample(
     f = measurement_guided(model.guided(), model.path, measurement, y, method=method,
                            prediction=model.prediction, scale=scale,
                            data_variance=data_variance,
-                           posterior_covariance=posterior_covariance)
+                           posterior_covariance=posterior_covariance, clip=clip)
     x0 = model.prior_sample(n, generator)
     return sample_path(f, model.prediction, model.path, x0, sampler=sampler, steps=steps,
                        eta=eta if sampler == "ddim" else 0.0, t_end=model.t_sample,

@@ -351,3 +351,28 @@ def test_a_vaes_decoder_mean_is_differentiable_and_equals_decode():
     torch.testing.assert_close(mean, vae.decode(z))
     (grad,) = torch.autograd.grad(mean.sum(), z)
     assert grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("path", "kind"), [(VPPath(), "eps"), (CondOTPath(sigma_min=0.0),
+                                                                "velocity")],
+                         ids=["vp-eps", "ot-velocity"])
+def test_clip_keeps_the_exact_prediction_inside_the_range_and_bounds_it_outside(path, kind):
+    """clip=(low, high) on the guided data prediction: with a range the exact posterior
+    prediction stays inside, the guided prediction is still the exact one; with a tight
+    range, the data prediction of the output is the clamped one."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 3, generator=g, dtype=DT)
+    t = torch.cat([torch.zeros(1, dtype=DT), 0.05 + 0.9 * torch.rand(5, generator=g, dtype=DT)])
+    m = MatrixMeasurement(A, SIGMA_Y)
+    mu_y, cov_y = m.gaussian_posterior(MEAN, COV, Y)
+    exact = path.gaussian_prediction(x, t, mu_y, cov_y, kind)
+    kw = {"prediction": kind, "posterior_covariance": _posterior_covariance(path, COV)}
+    wide = measurement_guided(_exact(path, MEAN, COV, kind), path, m, Y, clip=(-50, 50), **kw)
+    torch.testing.assert_close(wide(x, t), exact)
+    tight = measurement_guided(_exact(path, MEAN, COV, kind), path, m, Y, clip=(-0.2, 0.3),
+                               **kw)
+    as_data = path.convert(tight(x, t), x, t, source=kind, target="data")
+    want = path.convert(exact, x, t, source=kind, target="data").clamp(-0.2, 0.3)
+    torch.testing.assert_close(as_data, want)
+    with pytest.raises(ValueError, match=r"clip: expected \(low, high\)"):
+        measurement_guided(_exact(path, MEAN, COV, kind), path, m, Y, clip=(1.0, 0.0), **kw)
