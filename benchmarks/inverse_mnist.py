@@ -28,7 +28,10 @@ Routes. Signals live on the [-1, 1] pixel scale, where the measurements are decl
 - VAE: ``z ~ N(0, I)``, ``x = 2 vae.decoder_mean(z) - 1`` (the Bernoulli means as gray
   pixels), NUTS (``--nuts-warmup``, ``--nuts-samples`` kept every
   ``nuts_samples / samples``-th) and SVI (``AutoNormal``) over ``z``;
-- DDPM, FM: PiGDM and DPS (``--dps-scales``), DDIM eta 1 with ``--steps`` steps.
+- DDPM, FM: PiGDM and DPS (``--dps-scales``), DDIM eta 1 with ``--steps`` steps, the
+  guided data prediction clamped to [-1, 1] (``--no-clip`` turns it off: then the
+  guidance of the briefly trained DDPM drives every sample to non-finite values, see
+  ``measurement_guided``'s ``clip``).
 
 Every route runs all images of a task at once (``y`` of shape ``(images, ...)``:
 ``pyro.plate`` in ``measurement_model``; a batch for the path samplers). For ``--images``
@@ -292,12 +295,14 @@ def run_guided(model: torch.nn.Module, measurement: LinearMeasurement, y: torch.
                                ys[i: i + args.batch].shape[0], method=method,
                                sampler="ddim", steps=args.steps, eta=1.0, scale=scale,
                                data_variance=data_variance,
+                               clip=(-1.0, 1.0) if args.clip else None,
                                generator=torch.Generator().manual_seed(1 + i))
         chunks.append(out.samples.detach())
         nfe = out.nfe
     name = "PiGDM" if method == "pigdm" else f"DPS (zeta {scale:g})"
+    clip = ", x-hat clipped to [-1, 1]" if args.clip else ""
     return (torch.cat(chunks).reshape(y.shape[0], args.samples, *SHAPE),
-            f"{name}, DDIM eta 1, {args.steps} steps ({nfe} NFE)")
+            f"{name}, DDIM eta 1, {args.steps} steps ({nfe} NFE){clip}")
 
 
 def row(task: str, prior: str, label: str, stats: dict | None, seconds: float | None
@@ -436,6 +441,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--denoise-noise", type=float, default=0.5)
     p.add_argument("--dps-scales", type=float, nargs="*", default=[1.0, 0.1],
                    help="DPS's zeta values (a factor on the likelihood score)")
+    p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,
+                   help="PiGDM/DPS: clamp the guided data prediction to [-1, 1] "
+                        "(measurement_guided's clip)")
     p.add_argument("--save", default=None, help="write the trained priors to DIR/<prior>.pt")
     p.add_argument("--load", default=None, help="load priors from DIR/<prior>.pt (--save)")
     p.add_argument("--threads", type=int, default=1)
