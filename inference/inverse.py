@@ -51,8 +51,9 @@ matching) with any sampler of :func:`probgen.inference.sample_path`.
 
 **NUTS/SVI** (:func:`measurement_model`): the Pyro model ``x ~ prior`` (any Pyro
 distribution, e.g. a flow's ``distribution()``), or ``z ~ prior; x = decode(z)`` (a VAE's
-latent and decoder mean), and ``y ~ measurement.likelihood(x)`` observed; run it with
-``pyro.infer.MCMC(NUTS(model), ...)`` or ``SVI`` with an autoguide.
+latent and decoder mean), or ``z ~ base; x = flow(z)`` (a flow's latent, ``latent=True``),
+and ``y ~ measurement.likelihood(x)`` observed, for one measurement or a plate of them; run
+it with ``pyro.infer.MCMC(NUTS(model), ...)`` or ``SVI`` with an autoguide.
 
 References:
     Diffusion Posterior Sampling for General Noisy Inverse Problems (Chung et al., 2023),
@@ -103,6 +104,7 @@ def measurement_guided(
     scale: float = 1.0,
     data_variance: float = 1.0,
     posterior_covariance: Callable[[Tensor], Tensor] | None = None,
+    clip: tuple[float, float] | None = None,
 ) -> Callable[[Tensor, Tensor], Tensor]:
     r"""``f(x, t)``: ``predict`` guided towards the posterior given a measurement ``y``, in
     the same kind (see the module docstring for the two methods and their exactness).
@@ -123,13 +125,24 @@ def measurement_guided(
         posterior_covariance: PiGDM's :math:`\mathrm{Cov}[x \mid x_t]` instead:
             ``posterior_covariance(t)`` with ``t`` ``(batch,)`` returning :math:`r_t^2`
             ``(batch,)`` or full covariances ``(batch, D, D)`` (dense, small signals).
+        clip: ``(low, high)``, the data's range: the guided data prediction is clamped
+            to it before it is returned in the kind of ``predict`` (the "clip denoised"
+            of DDPM and DPS codebases). The guidance multiplies the network's Jacobian
+            :math:`J` by :math:`\sigma_t^2/\alpha_t`; an epsilon-prediction network's
+            :math:`J = (I - \sigma_t \partial\hat\epsilon/\partial x_t)/\alpha_t`
+            amplifies its errors by :math:`\sigma_t^2/\alpha_t^2` where
+            :math:`\alpha_t` is small (DDPM's first steps), and a briefly trained network
+            can then throw the prediction far out of the data's range and the sampler to
+            non-finite values. ``None`` (default): no clamp; a no-op when the guided
+            prediction stays inside, so exactness for Gaussian data is kept then.
 
     Returns:
         ``f(x, t)`` returning the guided prediction of the shape of ``x``.
 
     Raises:
         ValueError: an unknown method or prediction, a negative ``data_variance``, options
-            of the other method; (when called) ``y`` or covariances of the wrong shape.
+            of the other method, ``clip`` not ``(low, high)`` with ``low < high``; (when
+            called) ``y`` or covariances of the wrong shape.
 
     Example:
         >>> from probgen.measurements import Denoising
@@ -155,6 +168,11 @@ def measurement_guided(
         raise ValueError("posterior_covariance: applies to method 'pigdm' only (DPS has no "
                          "covariance).")
     scale, c = float(scale), float(data_variance)
+    if clip is not None:
+        if (not isinstance(clip, (tuple, list)) or len(clip) != 2
+                or not float(clip[0]) < float(clip[1])):
+            raise ValueError(f"clip: expected (low, high) with low < high, got {clip!r}.")
+        clip = (float(clip[0]), float(clip[1]))
 
     def f(x: Tensor, t: Tensor) -> Tensor:
         t = check_time(t, x)
@@ -199,6 +217,8 @@ def measurement_guided(
                 own = r2.reshape((-1,) + (1,) * (x.dim() - 1)) * back
             shift = torch.where(informative, shift, own)
         guided = data + scale * shift
+        if clip is not None:
+            guided = guided.clamp(*clip)
         return path.convert(guided, x, t, source="data", target=prediction)
 
     return f
@@ -217,6 +237,7 @@ def posterior_sample(
     scale: float = 1.0,
     data_variance: float = 1.0,
     posterior_covariance: Callable[[Tensor], Tensor] | None = None,
+    clip: tuple[float, float] | None = None,
     generator: torch.Generator | None = None,
     **sampler_options: Any,
 ) -> SampleResult:
@@ -235,7 +256,7 @@ def posterior_sample(
         sampler: one of :data:`probgen.inference.PATH_SAMPLERS` (default ``"ddim"`` with
             ``eta = 1``: the ancestral sampler on the path, as both papers).
         steps: the sampler's steps; eta: ``"ddim"``'s noise (ignored by other samplers).
-        scale, data_variance, posterior_covariance: see :func:`measurement_guided`.
+        scale, data_variance, posterior_covariance, clip: see :func:`measurement_guided`.
         generator: seeds the prior draws and the sampler's noise.
         **sampler_options: passed to :func:`probgen.inference.sample_path` (``spacing``,
             ``method``, ``rtol``, ...).
@@ -253,7 +274,7 @@ def posterior_sample(
     f = measurement_guided(model.guided(), model.path, measurement, y, method=method,
                            prediction=model.prediction, scale=scale,
                            data_variance=data_variance,
-                           posterior_covariance=posterior_covariance)
+                           posterior_covariance=posterior_covariance, clip=clip)
     x0 = model.prior_sample(n, generator)
     return sample_path(f, model.prediction, model.path, x0, sampler=sampler, steps=steps,
                        eta=eta if sampler == "ddim" else 0.0, t_end=model.t_sample,
@@ -266,6 +287,7 @@ def measurement_model(
     y: Tensor,
     *,
     decode: Callable[[Tensor], Tensor] | None = None,
+    latent: bool = False,
 ) -> Callable[[], None]:
     r"""The Pyro model of a signal under a generative prior, measured by ``measurement``.
 
@@ -283,18 +305,42 @@ def measurement_model(
         x = mcmc.get_samples()["x"]
         # or: guide = pyro.infer.autoguide.AutoMultivariateNormal(model), then SVI.
 
+    **Over a flow's latent** (``latent=True``, ``prior`` a ``TransformedDistribution``
+    such as a flow's ``distribution()``): ``z = pyro.sample("z", prior.base_dist)`` and
+    ``x`` is ``z`` pushed through ``prior.transforms`` (then through ``decode`` if given),
+    a deterministic site. The posterior of ``x`` is the same as sampling ``x ~ prior``
+    (the change of variables), but the posterior over the base latent is often far better
+    conditioned for NUTS and SVI than the one over the flow's output. A flow trained on
+    preprocessed images (e.g. :class:`probgen.data.ImagePreprocess`'s logit space) is a
+    prior over pixels with ``decode`` the preprocessing's inverse (``pre.to_unit``, and an
+    affine map to the measurement's pixel scale): the prior of ``x`` is then the flow's
+    density pushed forward to pixel space.
+
+    **Several signals at once**: ``y`` of shape ``(n, *observation_shape)`` holds ``n``
+    measurements of ``n`` independent signals; the model draws them in
+    ``pyro.plate("signals", n)``, so one NUTS chain or one SVI fit (an autoguide then has
+    per-signal parameters) samples the product of the ``n`` posteriors, with batched
+    network calls.
+
     Args:
         prior: a Pyro distribution over one signal (event shape ``event_shape``) or one
-            latent (with ``decode``): a flow's ``distribution()``, a VAE's prior, ...
+            latent (with ``decode``): a flow's ``distribution()``, a VAE's prior, ...;
+            a ``TransformedDistribution`` with ``latent=True``.
         measurement: the :class:`probgen.measurements.LinearMeasurement` of ``y``.
-        y: one measurement, ``observation_shape``.
-        decode: ``decode(z) -> x`` (differentiable for NUTS and SVI), or ``None``.
+        y: one measurement, ``observation_shape``, or ``n`` of them, ``(n,
+            *observation_shape)``.
+        decode: ``decode(z) -> x`` (differentiable for NUTS and SVI: e.g. a VAE's
+            :meth:`~probgen.models.VAE.decoder_mean`, not its no-grad ``decode``), or
+            ``None``.
+        latent: sample the base of the ``TransformedDistribution`` ``prior`` and push it
+            through the transforms.
 
     Returns:
         ``model()``, a Pyro model without arguments.
 
     Raises:
         ValueError: ``y`` of the wrong shape.
+        TypeError: ``latent=True`` with a prior that is not a ``TransformedDistribution``.
 
     Example:
         >>> import pyro.distributions as dist
@@ -304,20 +350,41 @@ def measurement_model(
         >>> trace = pyro.poutine.trace(model).get_trace()
         >>> [name for name, site in trace.nodes.items() if site["type"] == "sample"]
         ['x', 'y']
+        >>> batched = measurement_model(prior, Denoising((2,), 1.0), torch.ones(5, 2))
+        >>> tuple(pyro.poutine.trace(batched).get_trace().nodes["x"]["value"].shape)
+        (5, 2)
     """
     if not isinstance(measurement, LinearMeasurement):
         raise TypeError(f"measurement: expected a probgen.measurements.LinearMeasurement, got "
                         f"{type(measurement).__name__}.")
-    if not isinstance(y, Tensor) or tuple(y.shape) != measurement.observation_shape:
+    shape = measurement.observation_shape
+    if not isinstance(y, Tensor) or (tuple(y.shape) != shape
+                                     and (y.dim() != len(shape) + 1 or tuple(y.shape[1:]) != shape
+                                          or y.shape[0] < 1)):
         got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
-        raise ValueError(f"y: expected one measurement of shape "
-                         f"{measurement.observation_shape}, got {got}.")
+        raise ValueError(f"y: expected one measurement of shape {shape} or a batch (n, "
+                         f"{', '.join(map(str, shape))}), got {got}.")
+    if latent and not isinstance(prior, torch.distributions.TransformedDistribution):
+        raise TypeError(f"prior: latent=True needs a TransformedDistribution (a flow's "
+                        f"distribution()), got {type(prior).__name__}.")
+    n = None if tuple(y.shape) == shape else y.shape[0]
+    site = prior.base_dist if latent else prior
+    transforms = list(prior.transforms) if latent else []
+
+    def signal() -> Tensor:
+        if decode is None and not latent:
+            return pyro.sample("x", site)
+        x = pyro.sample("z", site)
+        for t in transforms:
+            x = t(x)
+        x = x if decode is None else decode(x)
+        return pyro.deterministic("x", x, event_dim=x.dim() - (n is not None))
 
     def model() -> None:
-        if decode is None:
-            x = pyro.sample("x", prior)
-        else:
-            x = pyro.deterministic("x", decode(pyro.sample("z", prior)))
-        pyro.sample("y", measurement.likelihood(x), obs=y)
+        if n is None:
+            pyro.sample("y", measurement.likelihood(signal()), obs=y)
+            return
+        with pyro.plate("signals", n, dim=-1):
+            pyro.sample("y", measurement.likelihood(signal()), obs=y)
 
     return model

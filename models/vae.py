@@ -304,10 +304,17 @@ class VAE(PyroModule):
                 loc = t(loc)
         return loc
 
+    def decoder_mean(self, z: Tensor) -> Tensor:
+        """The likelihood's mean for latents ``(*batch, latent_features)``, differentiable
+        in ``z`` and the weights (the ``decode`` of
+        :func:`probgen.inference.measurement_model` for NUTS or SVI over the latent)."""
+        return self.likelihood.mean(self.decoder(z))
+
     @torch.no_grad()
     def decode(self, z: Tensor) -> Tensor:
-        """The likelihood's mean for latents ``(*batch, latent_features)``."""
-        return self.likelihood.mean(self.decoder(z))
+        """The likelihood's mean for latents ``(*batch, latent_features)`` (no gradient:
+        :meth:`decoder_mean` is the differentiable one)."""
+        return self.decoder_mean(z)
 
     @torch.no_grad()
     def sample(self, shape: Sequence[int] = (), mean: bool = True, *,

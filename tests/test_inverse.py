@@ -288,5 +288,91 @@ def test_svi_over_a_decoded_latent_reaches_the_closed_form_posterior():
     torch.testing.assert_close(q.covariance_matrix, cov_z, atol=0.02, rtol=0)
     trace = pyro.poutine.trace(model).get_trace()
     assert trace.nodes["x"]["value"].shape == (3,)
-    with pytest.raises(ValueError, match=r"y: expected one measurement of shape \(2,\)"):
+    with pytest.raises(ValueError, match=r"y: expected one measurement of shape \(2,\) or a "
+                       r"batch \(n, 2\), got \(3,\)"):
         measurement_model(dist.Normal(0.0, 1.0), m, torch.zeros(3))
+
+
+def test_a_plate_of_measurements_samples_each_closed_form_posterior():
+    """Three measurements of three independent signals in one model: its log joint is the
+    sum of the single models' log joints, and one NUTS chain over the plate gives each
+    signal's closed-form posterior."""
+    m = MatrixMeasurement(A, SIGMA_Y)
+    ys = torch.stack([Y, torch.tensor([-0.5, 1.0], dtype=DT), torch.tensor([0.0, -2.0],
+                                                                            dtype=DT)])
+    prior = dist.MultivariateNormal(MEAN, COV)
+    xs = torch.randn(3, 3, dtype=DT, generator=torch.Generator().manual_seed(1))
+
+    def log_joint(model, x):
+        tr = pyro.poutine.trace(pyro.poutine.condition(model, {"x": x})).get_trace()
+        return tr.log_prob_sum()
+
+    single = sum(log_joint(measurement_model(prior, m, y), x)
+                 for y, x in zip(ys, xs, strict=True))
+    torch.testing.assert_close(log_joint(measurement_model(prior, m, ys), xs), single)
+    pyro.set_rng_seed(0)
+    x = _nuts(measurement_model(prior, m, ys), samples=800)["x"]
+    assert x.shape == (800, 3, 3)
+    for i, y in enumerate(ys):
+        mu_y, cov_y = m.gaussian_posterior(MEAN, COV, y)
+        _moments_close(x[:, i], mu_y, cov_y, slack=math.sqrt(2))
+
+
+def test_nuts_over_a_flows_latent_with_a_decoder_is_the_pushforward_posterior():
+    """A Gaussian written as a flow, x = MEAN + L z
+    (z ~ N(0, I), one lower-Cholesky affine transform), decoded by an affine map u = 2 x - 1
+    (a preprocessing inverse). NUTS over the base latent z, with a plate of two
+    measurements, gives the closed-form posterior of u = N(2 MEAN - 1, 4 COV) data."""
+    flow = dist.TransformedDistribution(dist.Normal(torch.zeros(3, dtype=DT), 1.0).to_event(1),
+                                        [dist.transforms.LowerCholeskyAffine(MEAN, _L)])
+    m = MatrixMeasurement(A, SIGMA_Y)
+    ys = torch.stack([Y, torch.tensor([0.4, -0.6], dtype=DT)])
+    model = measurement_model(flow, m, ys, decode=lambda x: 2 * x - 1, latent=True)
+    trace = pyro.poutine.trace(model).get_trace()
+    assert trace.nodes["z"]["value"].shape == trace.nodes["x"]["value"].shape == (2, 3)
+    pyro.set_rng_seed(0)
+    samples = _nuts(model, samples=800)
+    z = samples["z"]
+    u = 2 * (MEAN + z @ _L.T) - 1
+    for i, y in enumerate(ys):
+        mu_y, cov_y = m.gaussian_posterior(2 * MEAN - 1, 4 * COV, y)
+        _moments_close(u[:, i], mu_y, cov_y, slack=math.sqrt(2))
+    with pytest.raises(TypeError, match="latent=True needs a TransformedDistribution"):
+        measurement_model(dist.MultivariateNormal(MEAN, COV), m, Y, latent=True)
+
+
+def test_a_vaes_decoder_mean_is_differentiable_and_equals_decode():
+    from probgen.models import VAE
+
+    torch.manual_seed(0)
+    vae = VAE((1, 4, 4), 3, hidden_features=(8,), likelihood="bernoulli")
+    z = torch.randn(5, 3, requires_grad=True)
+    mean = vae.decoder_mean(z)
+    torch.testing.assert_close(mean, vae.decode(z))
+    (grad,) = torch.autograd.grad(mean.sum(), z)
+    assert grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("path", "kind"), [(VPPath(), "eps"), (CondOTPath(sigma_min=0.0),
+                                                                "velocity")],
+                         ids=["vp-eps", "ot-velocity"])
+def test_clip_keeps_the_exact_prediction_inside_the_range_and_bounds_it_outside(path, kind):
+    """clip=(low, high) on the guided data prediction: with a range the exact posterior
+    prediction stays inside, the guided prediction is still the exact one; with a tight
+    range, the data prediction of the output is the clamped one."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 3, generator=g, dtype=DT)
+    t = torch.cat([torch.zeros(1, dtype=DT), 0.05 + 0.9 * torch.rand(5, generator=g, dtype=DT)])
+    m = MatrixMeasurement(A, SIGMA_Y)
+    mu_y, cov_y = m.gaussian_posterior(MEAN, COV, Y)
+    exact = path.gaussian_prediction(x, t, mu_y, cov_y, kind)
+    kw = {"prediction": kind, "posterior_covariance": _posterior_covariance(path, COV)}
+    wide = measurement_guided(_exact(path, MEAN, COV, kind), path, m, Y, clip=(-50, 50), **kw)
+    torch.testing.assert_close(wide(x, t), exact)
+    tight = measurement_guided(_exact(path, MEAN, COV, kind), path, m, Y, clip=(-0.2, 0.3),
+                               **kw)
+    as_data = path.convert(tight(x, t), x, t, source=kind, target="data")
+    want = path.convert(exact, x, t, source=kind, target="data").clamp(-0.2, 0.3)
+    torch.testing.assert_close(as_data, want)
+    with pytest.raises(ValueError, match=r"clip: expected \(low, high\)"):
+        measurement_guided(_exact(path, MEAN, COV, kind), path, m, Y, clip=(1.0, 0.0), **kw)
