@@ -82,7 +82,9 @@ def rational_quadratic_spline(
     inside = (x > -bound) & (x < bound)
     z = x.clamp(-bound, bound)
     knots = yk if inverse else xk
-    idx = torch.searchsorted(knots[..., 1:-1].contiguous(), z.unsqueeze(-1).contiguous())
+    # the bin: how many interior knots lie below z (searchsorted's left rule, as a compare
+    # and a sum that torch.compile fuses; K is small)
+    idx = (knots[..., 1:-1] < z.unsqueeze(-1)).sum(-1, keepdim=True)
     pair = torch.cat([idx, idx + 1], dim=-1)
     x0, x1 = xk.gather(-1, pair).unbind(-1)
     y0, y1 = yk.gather(-1, pair).unbind(-1)
