@@ -220,6 +220,8 @@ class ContinuousFlowModel(nn.Module):
         atol: absolute tolerance (adaptive methods).
         step_size: step of fixed-step methods.
         adjoint: gradients by the adjoint method (constant memory in the number of steps).
+        log_density_atol: absolute tolerance on the log-density (``None``: ``atol``; see
+            :class:`probgen.cnf.ContinuousFlow`).
     """
 
     def __init__(
@@ -234,6 +236,7 @@ class ContinuousFlowModel(nn.Module):
         method: str = "dopri5",
         rtol: float = 1e-5,
         atol: float = 1e-5,
+        log_density_atol: float | None = None,
         step_size: float | None = None,
         adjoint: bool = False,
     ) -> None:
@@ -253,6 +256,8 @@ class ContinuousFlowModel(nn.Module):
         self.register_buffer("base_scale", torch.ones(features))
         self.trace, self.eval_trace, self.noise = trace, eval_trace, noise
         self.solver = {"method": method, "rtol": float(rtol), "atol": float(atol),
+                       "log_density_atol": (None if log_density_atol is None
+                                            else float(log_density_atol)),
                        "step_size": None if step_size is None else float(step_size),
                        "adjoint": bool(adjoint)}
         self.last_solve: SolveStats | None = None
@@ -354,7 +359,9 @@ class ContinuousFlowModel(nn.Module):
         s = self.solver
         return (f"features={self.features}, context={self.context}, trace={self.trace!r}, "
                 f"eval_trace={self.eval_trace!r}, method={s['method']!r}, rtol={s['rtol']:g}, "
-                f"atol={s['atol']:g}, adjoint={s['adjoint']}")
+                f"atol={s['atol']:g}, adjoint={s['adjoint']}"
+                + ("" if s["log_density_atol"] is None
+                   else f", log_density_atol={s['log_density_atol']:g}"))
 
 
 class FFJORD(ContinuousFlowModel):
@@ -377,6 +384,7 @@ class FFJORD(ContinuousFlowModel):
         atol: absolute tolerance (adaptive methods).
         step_size: step of fixed-step methods.
         adjoint: gradients by the adjoint method.
+        log_density_atol: absolute tolerance on the log-density (``None``: ``atol``).
 
     References:
         FFJORD: Free-form continuous dynamics for scalable reversible generative models
@@ -402,11 +410,12 @@ class FFJORD(ContinuousFlowModel):
         atol: float = 1e-5,
         step_size: float | None = None,
         adjoint: bool = True,
+        log_density_atol: float | None = None,
     ) -> None:
         field = ConcatSquashField(features, hidden_features, context, activation)
         super().__init__(field, features, context=context, trace=trace, eval_trace=eval_trace,
                          noise=noise, method=method, rtol=rtol, atol=atol, step_size=step_size,
-                         adjoint=adjoint)
+                         adjoint=adjoint, log_density_atol=log_density_atol)
 
 
 class CNF(ContinuousFlowModel):
@@ -430,6 +439,8 @@ class CNF(ContinuousFlowModel):
         atol: absolute tolerance (adaptive methods).
         step_size: step of fixed-step methods.
         adjoint: gradients by the adjoint method.
+        log_density_atol: absolute tolerance on the log-density (``None``: ``atol``); zuko's
+            CNF controls it at ``100 * atol``.
 
     References:
         Neural ordinary differential equations (Chen et al., 2018),
@@ -456,11 +467,12 @@ class CNF(ContinuousFlowModel):
         atol: float = 1e-5,
         step_size: float | None = None,
         adjoint: bool = False,
+        log_density_atol: float | None = None,
     ) -> None:
         field = TimeMLPField(features, hidden_features, context, activation, freqs)
         super().__init__(field, features, context=context, trace=trace, eval_trace=eval_trace,
                          noise=noise, method=method, rtol=rtol, atol=atol, step_size=step_size,
-                         adjoint=adjoint)
+                         adjoint=adjoint, log_density_atol=log_density_atol)
 
 
 CONTINUOUS_FLOWS: dict[str, type[ContinuousFlowModel]] = {"FFJORD": FFJORD, "CNF": CNF}

@@ -156,6 +156,44 @@ def test_adjoint_sampling_gradients_equal_backprop():
         assert torch.allclose(g_bp, g_adj, atol=1e-6, rtol=1e-5)
 
 
+def _breathing(x, t):
+    """v = a(t) x with a(t) = 3 cos(12 t): x_1 = x_0 e^I, log p_1(x) = log N(x e^-I) - 2 I,
+    I = int_0^1 a = sin(12) / 4; near x = 0 the log-density, not x, limits the steps."""
+    return (3.0 * torch.cos(12.0 * t))[:, None] * x
+
+
+def test_log_density_atol_loosens_only_the_log_density():
+    x = 0.01 * torch.randn(16, 2, dtype=DT, generator=torch.Generator().manual_seed(0))
+    integral = math.sin(12.0) / 4
+    exact = _base().log_prob(x * math.exp(-integral)) - 2 * integral
+    default = ContinuousFlow(_breathing, _base())
+    same = ContinuousFlow(_breathing, _base(), log_density_atol=1e-5)  # = atol: unchanged
+    loose = ContinuousFlow(_breathing, _base(), log_density_atol=1e-3)
+    lp, lp_same, lp_loose = default.log_prob(x), same.log_prob(x), loose.log_prob(x)
+    assert torch.equal(lp, lp_same) and default.last_solve.nfe == same.last_solve.nfe
+    assert (lp - exact).abs().max() < 1e-3
+    assert (lp_loose - exact).abs().max() < 1e-2  # of the order of its tolerance
+    assert loose.last_solve.nfe < default.last_solve.nfe
+    z = torch.randn(4, 2, dtype=DT)  # the transport alone has no log-density
+    assert torch.equal(default.flow(z), loose.flow(z))
+    # samples with their log-density (the state runs forwards) and the penalties' 4 states
+    _, log_p = loose.rsample_and_log_prob((3,))
+    assert log_p.shape == (3,)
+    _, terms = loose.log_prob_and_penalties(x)
+    assert set(terms) == {"kinetic", "jacobian"}
+
+
+def test_log_density_atol_with_the_adjoint():
+    field = Field()
+    x = torch.randn(8, 2, dtype=DT)
+    grads = []
+    for adjoint in (False, True):
+        flow = ContinuousFlow(field, _base(), adjoint=adjoint, log_density_atol=1e-7, **TIGHT)
+        grads.append(torch.autograd.grad(-flow.log_prob(x).mean(), list(field.parameters())))
+    for g_bp, g_adj in zip(*grads, strict=True):
+        assert torch.allclose(g_bp, g_adj, atol=1e-6, rtol=1e-5)
+
+
 # ---------------------------------------------------------------- context
 
 
@@ -208,6 +246,8 @@ def test_errors_name_the_argument_and_the_allowed_values():
         ContinuousFlow(_linear, base, trace="approx")
     with pytest.raises(ValueError, match="adjoint_params"):
         ContinuousFlow(_linear, base, adjoint=True)
+    with pytest.raises(ValueError, match="log_density_atol: expected a positive number"):
+        ContinuousFlow(_linear, base, log_density_atol=0.0)
     with pytest.raises(TypeError, match="base: expected a torch.distributions.Distribution"):
         ContinuousFlow(_linear, "normal")
     flow = ContinuousFlow(_linear, base)
@@ -259,6 +299,14 @@ def test_fields_see_time_and_context():
             field(x, torch.zeros(4))
         with pytest.raises(ValueError, match=r"t: expected shape \(4,\)"):
             field(x, torch.zeros(3), context=c)
+
+
+def test_models_pass_the_log_density_tolerance_on():
+    flow = CNF(2, hidden_features=[8], log_density_atol=1e-3)
+    assert flow.distribution().log_density_atol == 1e-3
+    assert "log_density_atol=0.001" in repr(flow)
+    assert "log_density_atol" not in repr(FFJORD(2, hidden_features=[8]))
+    assert FFJORD(2, hidden_features=[8]).distribution().log_density_atol == 1e-5  # = atol
 
 
 def test_conditional_model_and_its_errors():
