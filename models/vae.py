@@ -44,6 +44,7 @@ from pyro.nn import PyroModule
 from torch import Tensor, nn
 from torch.distributions import Transform
 
+from probgen.flows import as_module
 from probgen.latent import importance_log_likelihood
 from probgen.models.flows import IAF, MAF, PlanarFlow, RealNVP
 from probgen.models.gmm import GMM_MODELS
@@ -389,12 +390,11 @@ class _TransformList(nn.Module):
     def __init__(self, transforms: Sequence[Transform]) -> None:
         super().__init__()
         self.trainable = nn.ModuleList([t for t in transforms if isinstance(t, nn.Module)])
+        # the others (AffineTransform, Permute, ...) held as a flow holds them: their tensors
+        # are buffers, saved and moved with the VAE
+        self.fixed = nn.ModuleList([as_module(t) for t in transforms
+                                    if not isinstance(t, nn.Module)])
         self.transforms = list(transforms)
-
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> _TransformList:
-        super()._apply(fn, recurse)  # the trainable transforms
-        apply_to_tensors(self.transforms, fn)  # the others' tensors (AffineTransform's loc...)
-        return self
 
 
 def _prior_object(prior: object, d: int) -> nn.Module | dist.Distribution | None:

@@ -57,7 +57,8 @@ class _TransformHolder(nn.Module):
         return repr(self.transform)
 
 
-def _as_module(t: nn.Module | Transform) -> nn.Module:
+def as_module(t: nn.Module | Transform) -> nn.Module:
+    """``t`` itself if a module, else ``t`` in a holder whose buffers are its tensors."""
     if isinstance(t, nn.Module):
         return t
     if isinstance(t, Transform):
@@ -129,7 +130,7 @@ class NormalizingFlow(nn.Module):
         context: int = 0,
     ) -> None:
         super().__init__()
-        self.transforms = nn.ModuleList([_as_module(t) for t in transforms])
+        self.transforms = nn.ModuleList([as_module(t) for t in transforms])
         self._event_shape = torch.Size(event_shape)
         base = torch.Size(base_shape if base_shape is not None else event_shape)
         self.register_buffer("base_loc", torch.zeros(base))
