@@ -265,3 +265,29 @@ def test_spline_gives_the_same_values_in_a_mades_transposed_layout(inverse):
     y_c, ladj_c = rqs(x, w.contiguous(), h.contiguous(), der.contiguous(), bound, inverse)
     assert torch.allclose(y, y_c, rtol=1e-12, atol=1e-12)
     assert torch.allclose(ladj, ladj_c, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("param_dims,skip", [([8, 8, 7], False), ([8, 8, 7], True),
+                                             ([1, 1], True), ([3], False)])
+def test_made_feature_major_output_under_compile_is_the_same_network(monkeypatch, param_dims,
+                                                                      skip):
+    """While torch.compile traces, ``made`` reorders the last layer's rows so each feature's
+    parameters are contiguous (the layout inductor vectorizes the spline in): the returned
+    parameters are the same values as Pyro's own forward, only the memory order differs."""
+    from pyro.nn import AutoRegressiveNN
+
+    from probgen.transforms.autoregressive import made
+
+    torch.manual_seed(0)
+    arn = AutoRegressiveNN(3, [16, 16], param_dims=param_dims, skip_connections=skip).double()
+    x = torch.randn(32, 3, dtype=torch.float64)
+    expected = arn(x)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    got = made(arn, x)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    got = got if isinstance(got, tuple) else (got,)
+    for g, e in zip(got, expected, strict=True):
+        assert g.shape == e.shape
+        assert torch.allclose(g, e, rtol=1e-12, atol=1e-12)
+    if len(param_dims) > 1 or param_dims[0] > 1:
+        assert got[0].stride(-1) == sum(param_dims)  # feature-major: a feature's params adjacent

@@ -97,10 +97,8 @@ def rational_quadratic_spline(
     # the bin: how many interior knots lie below z (searchsorted's left rule, as a compare
     # and a sum that torch.compile fuses; K is small)
     idx = (knots[..., 1:-1] < z.unsqueeze(-1)).sum(-1, keepdim=True)
-    pair = torch.cat([idx, idx + 1], dim=-1)
-    x0, x1 = xk.gather(-1, pair).unbind(-1)
-    y0, y1 = yk.gather(-1, pair).unbind(-1)
-    d0, d1 = d.gather(-1, pair).unbind(-1)
+    x0, x1, y0, y1, d0, d1 = (
+        v.gather(-1, i).squeeze(-1) for v in (xk, yk, d) for i in (idx, idx + 1))
     w, h = x1 - x0, y1 - y0
     s = h / w
     c = d0 + d1 - 2.0 * s
