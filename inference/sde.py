@@ -266,7 +266,19 @@ def _start(sde: SDE, n: int | None, event_shape: Sequence[int] | None, x_init: T
         raise ValueError("n, event_shape: give both (prior draws at t = 0) or x_init.")
     z = torch.randn((_positive_int(n, "n"), *event_shape), device=device, dtype=dtype,
                     generator=generator)
-    return sde.prior_std * z
+    return _check_sde(sde).prior_std * z
+
+
+def _run(stepper: _Denoised, n: int | None, event_shape: Sequence[int] | None,
+         x_init: Tensor | None, steps: int, eps: float, device: Any, dtype: Any,
+         generator: torch.Generator | None) -> SDEResult:
+    """Runs ``stepper`` over ``steps`` uniform steps from ``t = 0`` (prior draws or
+    ``x_init``) to ``1 - eps``."""
+    steps, eps = _positive_int(steps, "steps"), _check_eps(eps)
+    x = _start(stepper.sde, n, event_shape, x_init, device, dtype, generator)
+    grid = torch.linspace(0.0, 1.0 - eps, steps + 1, dtype=torch.float64, device="cpu")
+    out = sample_loop(stepper, x, grid, generator=generator)
+    return SDEResult(out.samples, out.nfe)
 
 
 class _Denoised(Stepper):
@@ -473,14 +485,8 @@ def reverse_sde_sample(
     Returns:
         An :class:`SDEResult`.
     """
-    if method not in SDE_METHODS:
-        raise ValueError(f"method: expected one of {sorted(SDE_METHODS)}, got {method!r}.")
-    sde, steps, eps = _check_sde(sde), _positive_int(steps, "steps"), _check_eps(eps)
-    x = _start(sde, n, event_shape, x_init, device, dtype, generator)
     stepper = ReverseSDEStepper(sde, score, method=method, denoise=denoise, cond=cond)
-    grid = torch.linspace(0.0, 1.0 - eps, steps + 1, dtype=torch.float64, device="cpu")
-    out = sample_loop(stepper, x, grid, generator=generator)
-    return SDEResult(out.samples, out.nfe)
+    return _run(stepper, n, event_shape, x_init, steps, eps, device, dtype, generator)
 
 
 def predictor_corrector_sample(
@@ -545,7 +551,6 @@ def predictor_corrector_sample(
     """
     if predictor not in PREDICTORS:
         raise ValueError(f"predictor: expected one of {list(PREDICTORS)}, got {predictor!r}.")
-    sde, steps, eps = _check_sde(sde), _positive_int(steps, "steps"), _check_eps(eps)
     if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, int) \
             or corrector_steps < 0:
         raise ValueError(f"corrector_steps: expected an int >= 0, got {corrector_steps!r}.")
@@ -553,14 +558,11 @@ def predictor_corrector_sample(
         raise ValueError(f"snr: expected a positive float, got {snr!r}.")
     if predictor == "none" and corrector_steps == 0:
         raise ValueError("predictor='none' with corrector_steps=0 does nothing.")
-    x = _start(sde, n, event_shape, x_init, device, dtype, generator)
     stepper = PredictorCorrector(
         None if predictor == "none" else PREDICTOR_STEPPERS[predictor](sde, score, cond=cond),
         LangevinCorrector(sde, score, snr=snr, steps=corrector_steps, cond=cond)
         if corrector_steps else None, sde=sde, score=score, denoise=denoise, cond=cond)
-    grid = torch.linspace(0.0, 1.0 - eps, steps + 1, dtype=torch.float64, device="cpu")
-    out = sample_loop(stepper, x, grid, generator=generator)
-    return SDEResult(out.samples, out.nfe)
+    return _run(stepper, n, event_shape, x_init, steps, eps, device, dtype, generator)
 
 
 def probability_flow_distribution(
@@ -641,7 +643,6 @@ def probability_flow_sample(
     Returns:
         An :class:`SDEResult` with the solve's NFE.
     """
-    sde = _check_sde(sde)
     x = _start(sde, n, event_shape, x_init, device, dtype, generator)
     flow = probability_flow_distribution(sde, score, x.shape[1:], eps=eps, cond=cond,
                                          device=x.device, dtype=x.dtype, method=method,
@@ -693,7 +694,6 @@ def probability_flow_log_prob(
     Returns:
         ``(log_prob of shape (n,), nfe)``.
     """
-    sde = _check_sde(sde)
     flow = probability_flow_distribution(sde, score, x.shape[1:], eps=eps, cond=cond,
                                          device=x.device, dtype=x.dtype, prior=prior,
                                          method=method, rtol=rtol, atol=atol,
