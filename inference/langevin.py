@@ -454,13 +454,10 @@ class ScoreSampler:
 
         x0 = sde.prior_std * torch.randn(n, *self.event_shape, device=device, dtype=dtype,
                                          generator=generator)
-        common = {"x_init": x0, "steps": self.steps, "eps": 1.0 - t_end,
-                  "denoise": True, "generator": generator}
-        if self.sampler == "pc":
-            out = predictor_corrector_sample(sde, score, **common)
-            return LangevinResult(out.samples, None, None)
-        if self.sampler == "sde":
-            out = reverse_sde_sample(sde, score, **common)
+        if self.sampler in ("pc", "sde"):
+            run = predictor_corrector_sample if self.sampler == "pc" else reverse_sde_sample
+            out = run(sde, score, x_init=x0, steps=self.steps, eps=1.0 - t_end, denoise=True,
+                      generator=generator)
             return LangevinResult(out.samples, None, None)
         res = sample_path(score, "score", sde, x0, sampler=self.sampler,
                           steps=None if self.sampler == "ode" else self.steps, t_end=t_end,

@@ -44,6 +44,7 @@ from probgen.inference.denoising import Times, check_label_dropout, denoise, spl
 from probgen.inference.path_sampling import path_flow
 from probgen.inference.registry import register_objective
 from probgen.inference.sampling import Run, Stepper, sample_loop
+from probgen.inference.solvers import PathStepper
 from probgen.metrics.likelihood import dequantized_bits_per_dim
 from probgen.sde import SDE
 
@@ -266,47 +267,49 @@ def _start(sde: SDE, n: int | None, event_shape: Sequence[int] | None, x_init: T
         raise ValueError("n, event_shape: give both (prior draws at t = 0) or x_init.")
     z = torch.randn((_positive_int(n, "n"), *event_shape), device=device, dtype=dtype,
                     generator=generator)
-    return sde.prior_std * z
+    return _check_sde(sde).prior_std * z
 
 
-class _Denoised(Stepper):
-    """A stepper ending with Tweedie's denoising step (``denoise``) of ``score`` on ``sde``."""
-
-    sde: SDE
-    score: Score
-    denoise: bool
-    cond: dict[str, Any]
-
-    def end(self, x: Tensor, t: float) -> Tensor | None:  # noqa: D102
-        if not self.denoise:
-            return None
-        self.run.count()
-        return tweedie_denoise(self.sde, self.score, x, t, self.cond)
+def _run(stepper: _ScoreStepper, n: int | None, event_shape: Sequence[int] | None,
+         x_init: Tensor | None, steps: int, eps: float, device: Any, dtype: Any,
+         generator: torch.Generator | None) -> SDEResult:
+    """Runs ``stepper`` over ``steps`` uniform steps from ``t = 0`` (prior draws or
+    ``x_init``) to ``1 - eps``."""
+    steps, eps = _positive_int(steps, "steps"), _check_eps(eps)
+    x = _start(stepper.sde, n, event_shape, x_init, device, dtype, generator)
+    grid = torch.linspace(0.0, 1.0 - eps, steps + 1, dtype=torch.float64, device="cpu")
+    out = sample_loop(stepper, x, grid, generator=generator)
+    return SDEResult(out.samples, out.nfe)
 
 
-class _ScoreStepper(Stepper):
-    """Base class of the steppers driven by a score in probgen time on an SDE's path."""
+class _ScoreStepper(PathStepper):
+    """Base class of the steppers driven by a score in probgen time on an SDE's path: the
+    path's stepper on the score's data prediction, so with ``denoise`` a run ends with
+    Tweedie's denoising step."""
 
-    def __init__(self, sde: SDE, score: Score, *, cond: Mapping[str, Any] | None = None
-                 ) -> None:
-        self.sde, self.score, self.cond = _check_sde(sde), score, dict(cond or {})
+    def __init__(self, sde: SDE, score: Score, *, cond: Mapping[str, Any] | None = None,
+                 denoise: bool = False) -> None:
+        self.score, self.cond = score, dict(cond or {})
+        super().__init__(_check_sde(sde), self._data, denoise=denoise)
+
+    @property
+    def sde(self) -> SDE:
+        """The SDE (the stepper's path)."""
+        return self.path
+
+    def _data(self, x: Tensor, t: Tensor) -> Tensor:
+        score = self.score(x, t, **self.cond)
+        return self.path.convert(score, x, t, source="score", target="data")
 
     def score_at(self, x: Tensor, t: float) -> Tensor:
         """The score at ``(x, t)``, counted."""
         return self.run.call(self.score, x, t, name="score", **self.cond)
 
-    def begin(self, run: Run, x: Tensor, times: Tensor) -> None:  # noqa: D102
-        super().begin(run, x, times)
-        # The grid's coefficients in one call: (alpha, sigma) at every time.
-        m = self.sde.schedule(times.to(torch.float64))
-        self._levels = dict(zip(times.tolist(), zip(m.alpha.tolist(), m.sigma.tolist(),
-                                                    strict=True), strict=True))
-
     def kernel(self, t: float, t_next: float) -> tuple[float, float]:
         r"""The forward one-step kernel :math:`x_t \mid x_{t'} \sim N(a x_{t'}, v)` between
         grid times: :math:`a = \alpha_t/\alpha_{t'}`, :math:`v = \sigma_t^2 -
         a^2\sigma_{t'}^2`."""
-        (alpha, sigma), (alpha1, sigma1) = self._levels[t], self._levels[t_next]
+        (alpha, sigma), (alpha1, sigma1) = self.level(t), self.level(t_next)
         a = alpha / alpha1
         return a, sigma**2 - a**2 * sigma1**2
 
@@ -363,7 +366,7 @@ class LangevinCorrector(_ScoreStepper):
         return x
 
 
-class PredictorCorrector(_Denoised):
+class PredictorCorrector(_ScoreStepper):
     """Creates predictor-corrector sampling: the corrector at ``t``, then the predictor to
     ``t_next`` (either may be ``None``), and Tweedie's denoising at the end (``denoise``)."""
 
@@ -372,8 +375,8 @@ class PredictorCorrector(_Denoised):
                  ) -> None:
         if predictor is None and corrector is None:
             raise ValueError("predictor, corrector: give at least one.")
+        super().__init__(sde, score, cond=cond, denoise=denoise)
         self.predictor, self.corrector = predictor, corrector
-        self.sde, self.score, self.denoise, self.cond = sde, score, denoise, dict(cond or {})
 
     def begin(self, run: Run, x: Tensor, times: Tensor) -> None:  # noqa: D102
         super().begin(run, x, times)
@@ -387,7 +390,7 @@ class PredictorCorrector(_Denoised):
         return x if self.predictor is None else self.predictor.step(x, t, t_next)
 
 
-class ReverseSDEStepper(_Denoised):
+class ReverseSDEStepper(_ScoreStepper):
     """Creates a torchsde step of the reverse SDE (:data:`SDE_METHODS`), one solver step per
     grid interval on one Brownian motion seeded from the run's generator, and Tweedie's
     denoising at the end (``denoise``)."""
@@ -397,8 +400,8 @@ class ReverseSDEStepper(_Denoised):
         if method not in SDE_METHODS:
             raise ValueError(f"method: expected one of {sorted(SDE_METHODS)}, got "
                              f"{method!r}.")
-        self.sde, self.score, self.method = _check_sde(sde), score, method
-        self.denoise, self.cond = denoise, dict(cond or {})
+        super().__init__(sde, score, cond=cond, denoise=denoise)
+        self.method = method
 
     def begin(self, run: Run, x: Tensor, times: Tensor) -> None:  # noqa: D102
         super().begin(run, x, times)
@@ -473,14 +476,8 @@ def reverse_sde_sample(
     Returns:
         An :class:`SDEResult`.
     """
-    if method not in SDE_METHODS:
-        raise ValueError(f"method: expected one of {sorted(SDE_METHODS)}, got {method!r}.")
-    sde, steps, eps = _check_sde(sde), _positive_int(steps, "steps"), _check_eps(eps)
-    x = _start(sde, n, event_shape, x_init, device, dtype, generator)
     stepper = ReverseSDEStepper(sde, score, method=method, denoise=denoise, cond=cond)
-    grid = torch.linspace(0.0, 1.0 - eps, steps + 1, dtype=torch.float64, device="cpu")
-    out = sample_loop(stepper, x, grid, generator=generator)
-    return SDEResult(out.samples, out.nfe)
+    return _run(stepper, n, event_shape, x_init, steps, eps, device, dtype, generator)
 
 
 def predictor_corrector_sample(
@@ -545,7 +542,6 @@ def predictor_corrector_sample(
     """
     if predictor not in PREDICTORS:
         raise ValueError(f"predictor: expected one of {list(PREDICTORS)}, got {predictor!r}.")
-    sde, steps, eps = _check_sde(sde), _positive_int(steps, "steps"), _check_eps(eps)
     if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, int) \
             or corrector_steps < 0:
         raise ValueError(f"corrector_steps: expected an int >= 0, got {corrector_steps!r}.")
@@ -553,14 +549,11 @@ def predictor_corrector_sample(
         raise ValueError(f"snr: expected a positive float, got {snr!r}.")
     if predictor == "none" and corrector_steps == 0:
         raise ValueError("predictor='none' with corrector_steps=0 does nothing.")
-    x = _start(sde, n, event_shape, x_init, device, dtype, generator)
     stepper = PredictorCorrector(
         None if predictor == "none" else PREDICTOR_STEPPERS[predictor](sde, score, cond=cond),
         LangevinCorrector(sde, score, snr=snr, steps=corrector_steps, cond=cond)
         if corrector_steps else None, sde=sde, score=score, denoise=denoise, cond=cond)
-    grid = torch.linspace(0.0, 1.0 - eps, steps + 1, dtype=torch.float64, device="cpu")
-    out = sample_loop(stepper, x, grid, generator=generator)
-    return SDEResult(out.samples, out.nfe)
+    return _run(stepper, n, event_shape, x_init, steps, eps, device, dtype, generator)
 
 
 def probability_flow_distribution(
@@ -641,7 +634,6 @@ def probability_flow_sample(
     Returns:
         An :class:`SDEResult` with the solve's NFE.
     """
-    sde = _check_sde(sde)
     x = _start(sde, n, event_shape, x_init, device, dtype, generator)
     flow = probability_flow_distribution(sde, score, x.shape[1:], eps=eps, cond=cond,
                                          device=x.device, dtype=x.dtype, method=method,
@@ -693,7 +685,6 @@ def probability_flow_log_prob(
     Returns:
         ``(log_prob of shape (n,), nfe)``.
     """
-    sde = _check_sde(sde)
     flow = probability_flow_distribution(sde, score, x.shape[1:], eps=eps, cond=cond,
                                          device=x.device, dtype=x.dtype, prior=prior,
                                          method=method, rtol=rtol, atol=atol,

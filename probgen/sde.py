@@ -162,11 +162,10 @@ class SDE(GaussianPath):
         Returns:
             ``(x_t, noise)``, both of the shape of ``x1``.
         """
-        t = check_time(t, x1)
+        alpha, sigma = self.coefficients(t, x1)[:2]
         if noise is None:
             noise = torch.randn(x1.shape, dtype=x1.dtype, device=x1.device, generator=generator)
-        alpha, sigma = self.alpha_sigma(t)
-        return append_dims(alpha, x1.dim()) * x1 + append_dims(sigma, x1.dim()) * noise, noise
+        return alpha * x1 + sigma * noise, noise
 
     def drift(self, x: Tensor, t: Tensor | float) -> Tensor:
         r"""The forward drift :math:`f(x, s)` at ``s = 1 - t`` (probgen ``t``), shape of ``x``."""
@@ -288,12 +287,11 @@ class SubVPSDE(VPSDE):
         return (self.beta(s) * -torch.expm1(-2.0 * self.integrated_beta(s))).sqrt()
 
     def marginal_diffusion_time(self, s: Tensor) -> Marginal:  # noqa: D102
+        # The VP mean; the variance's square root is the VP variance, 1 - e^{-B}.
         s = _as_time(s)
-        alpha = torch.exp(-0.5 * self.integrated_beta(s))
-        sigma = -torch.expm1(-self.integrated_beta(s))
-        d_alpha = -0.5 * self.beta(s) * alpha
-        d_sigma = self.beta(s) * alpha**2
-        return Marginal(alpha, sigma, d_alpha, d_sigma)
+        vp = super().marginal_diffusion_time(s)
+        return Marginal(vp.alpha, -torch.expm1(-self.integrated_beta(s)), vp.d_alpha,
+                        self.beta(s) * vp.alpha**2)
 
     def discrete_betas(self, num_steps: int) -> Tensor:  # noqa: D102
         raise ValueError("discrete_betas: the sub-VP SDE has no DDPM counterpart; use VPSDE.")
@@ -362,9 +360,14 @@ class VESDE(SDE):
 
 
 class _ScoreField(nn.Module):
-    """Holds an SDE, a score and its fixed keyword arguments; calls the score checked."""
+    r"""Holds an SDE, a score and its fixed keyword arguments; gives the reverse-time field
+    :math:`-f(x, 1-t) + w\,g(1-t)^2 s(x, t)` of the checked score (``weight`` :math:`w`: 1
+    for the reverse SDE's drift, 1/2 for the probability flow), counting calls in ``nfe``."""
 
-    def __init__(self, sde: SDE, score: Score, cond: Mapping[str, Any] | None) -> None:
+    weight: float = 1.0
+
+    def __init__(self, sde: SDE, score: Score, *, cond: Mapping[str, Any] | None = None
+                 ) -> None:
         super().__init__()
         if not isinstance(sde, SDE):
             raise TypeError(f"sde: expected a probgen.sde.SDE, got {type(sde).__name__}.")
@@ -374,9 +377,16 @@ class _ScoreField(nn.Module):
         self.sde = sde
         self.score = score  # a submodule when it is an nn.Module (parameters for the adjoint)
         self.cond = dict(cond or {})
+        self.nfe = 0
 
-    def _score(self, x: Tensor, t: Tensor) -> Tensor:
-        return _check_score_output(self.score(x, t, **self.cond), x)
+    def _field(self, x: Tensor, t: Tensor | float) -> Tensor:
+        self.nfe += 1
+        t = check_time(t, x)
+        score = _check_score_output(self.score(x, t, **self.cond), x)
+        s = 1.0 - t
+        b = append_dims(self.sde.drift_coefficient(s), x.dim())
+        g2 = append_dims(self.sde.diffusion_coefficient(s) ** 2, x.dim())
+        return 0.5 * b * x + self.weight * g2 * score
 
 
 class ReverseSDE(_ScoreField):
@@ -398,12 +408,11 @@ class ReverseSDE(_ScoreField):
 
     def __init__(self, sde: SDE, score: Score, *, event_shape: Sequence[int] | None = None,
                  cond: Mapping[str, Any] | None = None, sde_type: str = "ito") -> None:
-        super().__init__(sde, score, cond)
+        super().__init__(sde, score, cond=cond)
         if sde_type not in ("ito", "stratonovich"):
             raise ValueError(f"sde_type: expected 'ito' or 'stratonovich', got {sde_type!r}.")
         self.sde_type = sde_type
         self.event_shape = None if event_shape is None else tuple(int(e) for e in event_shape)
-        self.nfe = 0
 
     def as_type(self, sde_type: str) -> ReverseSDE:
         """The same SDE labelled ``sde_type`` (exact: ``g`` does not depend on ``x``)."""
@@ -415,13 +424,7 @@ class ReverseSDE(_ScoreField):
 
     def f(self, t: Tensor, y: Tensor) -> Tensor:
         """Drift over probgen time ``t`` (scalar tensor), flat ``y`` ``(batch, D)``."""
-        self.nfe += 1
-        tb = check_time(t, y)
-        s = 1.0 - tb
-        x = self._shape(y)
-        score = self._score(x, tb).reshape(y.shape)
-        g2 = self.sde.diffusion_coefficient(s) ** 2
-        return 0.5 * self.sde.drift_coefficient(s)[:, None] * y + g2[:, None] * score
+        return self._field(self._shape(y), t).reshape(y.shape)
 
     def g(self, t: Tensor, y: Tensor) -> Tensor:
         """Diagonal diffusion :math:`g(1 - t)`, shape of ``y``."""
@@ -453,19 +456,11 @@ class ProbabilityFlow(_ScoreField):
         -1.838
     """
 
-    def __init__(self, sde: SDE, score: Score, *, cond: Mapping[str, Any] | None = None
-                 ) -> None:
-        super().__init__(sde, score, cond)
-        self.nfe = 0
+    weight = 0.5
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """The velocity at ``x`` ``(batch, *event)`` and probgen times ``t`` ``(batch,)``."""
-        self.nfe += 1
-        t = check_time(t, x)
-        s = 1.0 - t
-        g2 = append_dims(self.sde.diffusion_coefficient(s) ** 2, x.dim())
-        b = append_dims(self.sde.drift_coefficient(s), x.dim())
-        return 0.5 * b * x + 0.5 * g2 * self._score(x, t)
+        return self._field(x, t)
 
 
 #: The SDEs by name (the CLI's ``[model] sde``).
