@@ -55,8 +55,6 @@ from probgen.inference.diffusion import (
 )
 from probgen.models.path_model import PathModel, image_network
 from probgen.nn import ConditionalMLP
-from probgen.processes import convert_prediction
-from probgen.utils import append_dims
 
 __all__ = ["DiffusionModel", "DiffusionVAE", "DDPM", "VectorDDPM", "DIFFUSION_MODELS"]
 
@@ -178,11 +176,8 @@ class DiffusionModel(PathModel):
 
     def _predict(self, x: Tensor, step: Tensor, labels: Tensor | None, target: str) -> Tensor:
         pred, _ = self.output(x, step, labels)
-        if self.predicts == target:
-            return pred
-        ab = self.schedule.alphas_cumprod_at(step).to(x.device, x.dtype)
-        m = self.schedule.coefficients(append_dims(ab.reshape(-1), x.dim()))
-        return convert_prediction(pred, x, m, source=self.predicts, target=target)
+        return self.schedule.convert(pred, x, step.to(torch.float64), self.parametrization,
+                                     target)
 
     def velocity(self, x: Tensor, t: Tensor, labels: Tensor | None = None,
                  guidance: float | None = None) -> Tensor:
@@ -209,37 +204,11 @@ class DiffusionModel(PathModel):
         self.last_nfe = out.nfe
         return out
 
-    def sample(
-        self,
-        shape: Sequence[int] = (),
-        *,
-        sampler: str = "ancestral",
-        steps: int | None = None,
-        eta: float = 0.0,
-        spacing: str | None = None,
-        method: str | None = None,
-        rtol: float | None = None,
-        atol: float | None = None,
-        clip: float | None = None,
-        labels: Any = None,
-        guidance: float | None = None,
-        classifier: nn.Module | None = None,
-        classifier_scale: float = 0.0,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """:meth:`PathModel.sample <probgen.models.PathModel.sample>` with the samplers of
-        :func:`~probgen.inference.diffusion.diffusion_sample` (``steps``: default T; the
-        strided samplers' ``spacing`` also ``"leading"``, ``"trailing"``, ``"quadratic"``)
-        and ``clip`` (clamp predicted clean data; default the model's)."""
-        return super().sample(
-            shape, sampler=sampler, steps=steps, eta=eta, spacing=spacing, method=method,
-            rtol=rtol, atol=atol, labels=labels, guidance=guidance, classifier=classifier,
-            classifier_scale=classifier_scale, generator=generator,
-            clip=self.clip if clip is None else clip)
-
     def _sample(self, sampler: str, x0: Tensor, labels: Tensor | None,
                 guidance: float | None, classifier: Any, classifier_scale: float, *,
                 generator: torch.Generator | None, **options: Any) -> DiffusionResult:
+        if options.get("clip") is None:  # sample(clip=None): the model's
+            options["clip"] = self.clip
         return self.run(x0.shape[0], noise=x0, generator=generator, sampler=sampler,
                         labels=labels, guidance=guidance, classifier=classifier,
                         classifier_scale=classifier_scale, **options)

@@ -50,7 +50,7 @@ from probgen.paths import CosinePath
 from probgen.pixels import DiscretizedGaussian, discretized_gaussian_log_likelihood, to_signed
 from probgen.processes import GaussianPath, Marginal, convert_prediction
 from probgen.sde import VPSDE
-from probgen.utils import on_host
+from probgen.utils import append_dims, on_host
 
 __all__ = [
     "PARAMETRIZATIONS",
@@ -381,6 +381,9 @@ class NoiseSchedule(nn.Module):
                 target: str) -> Tensor:
         r"""Turns a network's ``source`` prediction at ``(x_t, step)`` into ``target``.
 
+        Integer steps read the table; fractional ones (a floating tensor) the log-SNR
+        interpolation of :meth:`alphas_cumprod_at`.
+
         ``source`` and ``target`` are in :data:`PARAMETRIZATIONS`:
         :math:`x_0 = (x_s - \sqrt{1-\bar\alpha}\,\epsilon)/\sqrt{\bar\alpha}`,
         :math:`v = \sqrt{\bar\alpha}\,\epsilon - \sqrt{1-\bar\alpha}\,x_0`,
@@ -396,7 +399,12 @@ class NoiseSchedule(nn.Module):
                              f"{tuple(prediction.shape)}.")
         if source == target:
             return prediction
-        m = self.coefficients(self._at(self.alphas_cumprod, step, x_t))
+        if isinstance(step, Tensor) and step.is_floating_point():  # log-SNR interpolated
+            ab = self.alphas_cumprod_at(step).to(device=x_t.device, dtype=x_t.dtype)
+            ab = append_dims(ab.reshape(-1), x_t.dim())
+        else:
+            ab = self._at(self.alphas_cumprod, step, x_t)
+        m = self.coefficients(ab)
         names = PARAMETRIZATION_PREDICTIONS
         return convert_prediction(prediction, x_t, m, source=names[source], target=names[target])
 
@@ -559,8 +567,10 @@ def gaussian_epsilon(schedule: NoiseSchedule, mean: Tensor, cov: Tensor
 
     :math:`x_s \sim N(\sqrt{\bar\alpha}\mu, \bar\alpha\Sigma + (1-\bar\alpha) I)`, so
     :math:`\epsilon^* = -\sqrt{1-\bar\alpha}\,\nabla\log q(x_s)
-    = \sqrt{1-\bar\alpha}\,C_s^{-1}(x_s - \sqrt{\bar\alpha}\mu)`. Fractional steps use
-    :meth:`NoiseSchedule.alphas_cumprod_at`. The ground truth of the samplers' tests.
+    = \sqrt{1-\bar\alpha}\,C_s^{-1}(x_s - \sqrt{\bar\alpha}\mu)`: the exact noise of
+    :meth:`probgen.processes.GaussianPath.gaussian_prediction` on :class:`SchedulePath`, at
+    the steps' times (fractional steps: :meth:`NoiseSchedule.alphas_cumprod_at`). The ground
+    truth of the samplers' tests.
 
     Args:
         schedule: the noise schedule.
@@ -575,13 +585,12 @@ def gaussian_epsilon(schedule: NoiseSchedule, mean: Tensor, cov: Tensor
     if mean.dim() != 1 or cov.shape != (mean.shape[0], mean.shape[0]):
         raise ValueError(f"mean, cov: expected shapes (D,) and (D, D), got "
                          f"{tuple(mean.shape)} and {tuple(cov.shape)}.")
-    # Sigma = U diag(lam) U^T, so C_s^{-1} = U diag(1 / (ab lam + 1 - ab)) U^T for every step.
-    lam, U = torch.linalg.eigh(cov)
+    path = SchedulePath(schedule)
 
     def eps(x: Tensor, step: Tensor) -> Tensor:
-        ab = schedule.alphas_cumprod_at(_steps_tensor(step, x.shape[0])).cpu()[:, None]
-        r = x.to(torch.float64).cpu() - ab.sqrt() * mean
-        out = (1 - ab).sqrt() * (((r @ U) / (ab * lam + 1 - ab)) @ U.T)
+        device = schedule.betas.device  # where the path's coefficients are computed
+        t = schedule.time_of_step(_steps_tensor(step, x.shape[0]).to(device, torch.float64))
+        out = path.gaussian_prediction(x.to(device, torch.float64), t, mean, cov, target="eps")
         return out.to(device=x.device, dtype=x.dtype)
 
     return eps
