@@ -358,11 +358,9 @@ def diffusion_sample(
     if sampler not in DIFFUSION_SAMPLERS:
         raise ValueError(f"sampler: expected one of {list(DIFFUSION_SAMPLERS)}, got "
                          f"{sampler!r}.")
-    if not 0.0 <= float(eta) <= 1.0:
-        raise ValueError(f"eta: expected a value in [0, 1], got {eta!r}.")
-    if sampler == "ancestral" and eta:
-        raise ValueError("eta: applies to sampler 'ddim' only (ancestral sampling uses the "
-                         "model's variance).")
+    if sampler != "ddim" and eta:  # DDIM's stepper checks its eta
+        raise ValueError(f"eta: applies to sampler 'ddim' only, got eta={eta!r} with "
+                         f"{sampler!r} (ancestral sampling uses the model's variance).")
     if not isinstance(x, Tensor) or x.dim() < 2:
         raise ValueError(f"x: expected a start tensor of shape (batch, *event), got "
                          f"{getattr(x, 'shape', type(x).__name__)}.")

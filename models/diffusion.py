@@ -198,9 +198,8 @@ class DiffusionModel(PathModel):
         (:func:`probgen.inference.diffusion.diffusion_sample`'s keywords)."""
         noise = self.prior_sample(n, generator) if noise is None else noise
         kwargs.setdefault("clip", self.clip)
-        with self._evaluation():
-            out = diffusion_sample(self, noise, generator=generator,
-                                   record_every=record_every, **kwargs)
+        out = diffusion_sample(self, noise, generator=generator, record_every=record_every,
+                               **kwargs)  # evaluation mode for the run: the sampler loop's
         self.last_nfe = out.nfe
         return out
 

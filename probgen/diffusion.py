@@ -394,9 +394,6 @@ class NoiseSchedule(nn.Module):
             if value not in PARAMETRIZATIONS:
                 raise ValueError(f"{name}: expected one of {list(PARAMETRIZATIONS)}, got "
                                  f"{value!r}.")
-        if prediction.shape != x_t.shape:
-            raise ValueError(f"prediction: expected the shape of x_t {tuple(x_t.shape)}, got "
-                             f"{tuple(prediction.shape)}.")
         if source == target:
             return prediction
         if isinstance(step, Tensor) and step.is_floating_point():  # log-SNR interpolated
