@@ -48,10 +48,8 @@ from probgen.diffusion import (
     PARAMETRIZATION_PREDICTIONS,
     NoiseSchedule,
     SchedulePath,
-    discretized_gaussian_log_likelihood,
     normal_kl,
     spaced_timesteps,
-    to_signed,
 )
 from probgen.inference.denoising import (
     DiscreteTimes,
@@ -67,6 +65,7 @@ from probgen.inference.registry import register_objective
 from probgen.inference.sampling import Run, Stepper, sample_loop
 from probgen.inference.solvers import DDIM, DEFAULT_GRIDS, GRIDS, SOLVERS, STEPPERS
 from probgen.metrics.likelihood import bits_per_dim
+from probgen.pixels import discretized_gaussian_log_likelihood, to_signed
 
 __all__ = [
     "VARIANCES",
@@ -441,8 +440,7 @@ def ddim_invert(
     sched = model.schedule
     tau = _timesteps(sched, steps, spacing, timesteps)
     sub = sched.respace(tau)
-    guide = {"labels": sample_labels(labels, x0.shape[0], x0.device), "guidance": guidance,
-             "classifier": None, "classifier_scale": 0.0}
+    guide = {"labels": sample_labels(labels, x0.shape[0], x0.device), "guidance": guidance}
     # The grid counts the levels: 0 is the data, k the k-th index of tau.
     times = torch.arange(tau.numel() + 1, dtype=torch.float64, device="cpu")
     out = sample_loop(_DDIMInversion(model, sub, guide), x0, times, networks=[model])

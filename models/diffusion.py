@@ -37,12 +37,10 @@ from torch import Tensor, nn
 from probgen.diffusion import (
     PARAMETRIZATION_PREDICTIONS,
     PARAMETRIZATIONS,
-    DiscretizedGaussian,
     NoiseSchedule,
     SchedulePath,
     VEScore,
     make_schedule,
-    to_signed,
 )
 from probgen.inference.diffusion import (
     DIFFUSION_SAMPLERS,
@@ -55,6 +53,7 @@ from probgen.inference.diffusion import (
 )
 from probgen.models.path_model import PathModel, image_network
 from probgen.nn import ConditionalMLP
+from probgen.pixels import DiscretizedGaussian, to_signed
 
 __all__ = ["DiffusionModel", "DiffusionVAE", "DDPM", "VectorDDPM", "DIFFUSION_MODELS"]
 
@@ -66,8 +65,10 @@ class DiffusionModel(PathModel):
     schedule's path (:attr:`path`), the samplers those of
     :func:`probgen.inference.diffusion.diffusion_sample` (``"ancestral"``, the default;
     ``"ddim"``; the probability-flow solvers; ``"ode"``) with its options as keywords of
-    :meth:`~PathModel.sample`: ``steps`` (default T), ``eta``, ``spacing``, ``clip``
-    (default the model's), ``method``, ``rtol``, ``atol``. :meth:`forward` is the noise
+    :meth:`~PathModel.sample`: ``steps`` (default T), ``eta``, ``spacing`` (the strided
+    samplers' also ``"leading"``, ``"trailing"``, ``"quadratic"``), ``clip`` (clamp the
+    predicted clean data; default, or ``None``, the model's), ``method``, ``rtol``,
+    ``atol``. :meth:`forward` is the noise
     prediction in probgen time, :meth:`output` the network's at steps.
 
     Args:
@@ -249,7 +250,7 @@ class DiffusionModel(PathModel):
         :math:`x_{t-1} \sim N(\mu_\theta(x_t), e^{v_\theta})`
         (:func:`probgen.inference.diffusion.reverse_moments`), and the observed ``"x_0"``:
         the Gaussian density decoder, or with ``levels`` the discretized Gaussian over
-        integer pixels (:class:`probgen.diffusion.DiscretizedGaussian`), as in
+        integer pixels (:class:`probgen.pixels.DiscretizedGaussian`), as in
         :meth:`variational_bound`. The network is registered with ``pyro.module``.
 
         Args:
