@@ -65,10 +65,8 @@ class DiffusionModel(PathModel):
     schedule's path (:attr:`path`), the samplers those of
     :func:`probgen.inference.diffusion.diffusion_sample` (``"ancestral"``, the default;
     ``"ddim"``; the probability-flow solvers; ``"ode"``) with its options as keywords of
-    :meth:`~PathModel.sample`: ``steps`` (default T), ``eta``, ``spacing`` (the strided
-    samplers' also ``"leading"``, ``"trailing"``, ``"quadratic"``), ``clip`` (clamp the
-    predicted clean data; default, or ``None``, the model's), ``method``, ``rtol``,
-    ``atol``. :meth:`forward` is the noise
+    :meth:`~PathModel.sample`: ``steps`` (default T), ``eta``, ``spacing``, ``clip``
+    (default the model's), ``method``, ``rtol``, ``atol``. :meth:`forward` is the noise
     prediction in probgen time, :meth:`output` the network's at steps.
 
     Args:
@@ -204,11 +202,37 @@ class DiffusionModel(PathModel):
         self.last_nfe = out.nfe
         return out
 
+    def sample(
+        self,
+        shape: Sequence[int] = (),
+        *,
+        sampler: str = "ancestral",
+        steps: int | None = None,
+        eta: float = 0.0,
+        spacing: str | None = None,
+        method: str | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        clip: float | None = None,
+        labels: Any = None,
+        guidance: float | None = None,
+        classifier: nn.Module | None = None,
+        classifier_scale: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """:meth:`PathModel.sample <probgen.models.PathModel.sample>` with the samplers of
+        :func:`~probgen.inference.diffusion.diffusion_sample` (``steps``: default T; the
+        strided samplers' ``spacing`` also ``"leading"``, ``"trailing"``, ``"quadratic"``)
+        and ``clip`` (clamp predicted clean data; default the model's)."""
+        return super().sample(
+            shape, sampler=sampler, steps=steps, eta=eta, spacing=spacing, method=method,
+            rtol=rtol, atol=atol, labels=labels, guidance=guidance, classifier=classifier,
+            classifier_scale=classifier_scale, generator=generator,
+            clip=self.clip if clip is None else clip)
+
     def _sample(self, sampler: str, x0: Tensor, labels: Tensor | None,
                 guidance: float | None, classifier: Any, classifier_scale: float, *,
                 generator: torch.Generator | None, **options: Any) -> DiffusionResult:
-        if options.get("clip") is None:  # sample(clip=None): the model's
-            options["clip"] = self.clip
         return self.run(x0.shape[0], noise=x0, generator=generator, sampler=sampler,
                         labels=labels, guidance=guidance, classifier=classifier,
                         classifier_scale=classifier_scale, **options)
