@@ -63,7 +63,7 @@ from probgen.inference.guidance import classifier_guided, guided, sample_labels
 from probgen.inference.path_sampling import sample_path
 from probgen.inference.registry import register_objective
 from probgen.inference.sampling import Run, Stepper, sample_loop
-from probgen.inference.solvers import DDIM, DEFAULT_GRIDS, GRIDS, SOLVERS, STEPPERS
+from probgen.inference.solvers import DDIM, DEFAULT_GRIDS, GRIDS, SOLVERS, STEPPERS, ddim_update
 from probgen.metrics.likelihood import bits_per_dim
 from probgen.pixels import discretized_gaussian_log_likelihood, to_signed
 
@@ -112,13 +112,11 @@ def _model_log_variance(sched: NoiseSchedule, variance: str, v: Tensor | None,
                         sched._at(sched.betas, i, x).log())
     if variance == "fixed_large":
         return large.expand_as(x)
-    if variance == "learned_range":
-        if v is None:
-            raise ValueError("variance 'learned_range': the model returned no variance "
-                             "output v.")
-        frac = (v + 1) / 2
-        return frac * large + (1 - frac) * clipped
-    raise ValueError(f"variance: expected one of {list(VARIANCES)}, got {variance!r}.")
+    if v is None:  # "learned_range" (the models' variances are checked by _check_model)
+        raise ValueError("variance 'learned_range': the model returned no variance "
+                         "output v.")
+    frac = (v + 1) / 2
+    return frac * large + (1 - frac) * clipped
 
 
 def _check_model(model: Any) -> None:
@@ -463,7 +461,7 @@ class _DDIMInversion(Stepper):
         # at i = 0 the state is the data itself (ab_prev = 1)
         x0_hat = x if i == 0 else self.sub.convert(eps, x, j, "eps", "x0")
         ab_next = self.sub._at(self.sub.alphas_cumprod, i, x)
-        return ab_next.sqrt() * x0_hat + (1 - ab_next).sqrt() * eps
+        return ddim_update(x0_hat, eps, ab_next.sqrt(), (1 - ab_next).sqrt())
 
 
 # ----------------------------------------------------------------------------- bound
