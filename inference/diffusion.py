@@ -437,31 +437,22 @@ def ddim_invert(
     _check_model(model)
     sched = model.schedule
     tau = _timesteps(sched, steps, spacing, timesteps)
-    sub = sched.respace(tau)
+    path = SchedulePath(sched)
     guide = {"labels": sample_labels(labels, x0.shape[0], x0.device), "guidance": guidance}
-    # The grid counts the levels: 0 is the data, k the k-th index of tau.
-    times = torch.arange(tau.numel() + 1, dtype=torch.float64, device="cpu")
-    out = sample_loop(_DDIMInversion(model, sub, guide), x0, times, networks=[model])
-    return out.samples
+    # the grid: the data (step -1, beyond t = 1) and then the levels of tau, towards the noise
+    times = sched.time_of_step(torch.cat([tau.new_tensor([-1]), tau]))
+    stepper = _DDIMInversion(path, _denoiser(model, path, None, guide), denoise=False)
+    return sample_loop(stepper, x0, times, networks=[model]).samples
 
 
-class _DDIMInversion(Stepper):
-    """The deterministic DDIM update run forwards (see :func:`ddim_invert`)."""
-
-    def __init__(self, model: Any, sub: NoiseSchedule, guide: dict[str, Any]) -> None:
-        self.model, self.sub, self.guide = model, sub, guide
+class _DDIMInversion(DDIM):
+    """DDIM's deterministic step run towards the noise (see :func:`ddim_invert`)."""
 
     def step(self, x: Tensor, t: float, t_next: float) -> Tensor:  # noqa: D102
-        i = int(round(t_next)) - 1  # the index in the respaced chain
-        # the network at the current state: step i-1's index (the first uses index 0)
-        j = max(i - 1, 0)
-        self.run.count()
-        orig = self.sub.timesteps[j].to(x.device).expand(x.shape[0])
-        eps, _ = guided_epsilon(self.model, x, orig, **self.guide)
-        # at i = 0 the state is the data itself (ab_prev = 1)
-        x0_hat = x if i == 0 else self.sub.convert(eps, x, j, "eps", "x0")
-        ab_next = self.sub._at(self.sub.alphas_cumprod, i, x)
-        return ddim_update(x0_hat, eps, ab_next.sqrt(), (1 - ab_next).sqrt())
+        if t > 1.0:  # from the data itself, with the noise the network sees there at t_next
+            a1, s1 = self.level(t_next)
+            return ddim_update(x, (x - a1 * self.data(x, t_next)) / s1, a1, s1)
+        return super().step(x, t, t_next)
 
 
 # ----------------------------------------------------------------------------- bound
