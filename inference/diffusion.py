@@ -62,7 +62,7 @@ from probgen.inference.denoising import (
 from probgen.inference.guidance import classifier_guided, guided, sample_labels
 from probgen.inference.path_sampling import sample_path
 from probgen.inference.registry import register_objective
-from probgen.inference.sampling import Run, Stepper, sample_loop
+from probgen.inference.sampling import Stepper, sample_loop
 from probgen.inference.solvers import DDIM, DEFAULT_GRIDS, GRIDS, SOLVERS, STEPPERS, ddim_update
 from probgen.metrics.likelihood import bits_per_dim
 from probgen.pixels import discretized_gaussian_log_likelihood, to_signed
@@ -227,49 +227,50 @@ def _timesteps(sched: NoiseSchedule, steps: int | None, spacing: str,
                             spacing)
 
 
-class _Ancestral(Stepper):
-    """DDPM's ancestral step on a respaced chain, with the model's reverse variance."""
+class _Ancestral(DDIM):
+    r"""DDPM's ancestral step between two levels of the schedule's path: the forward
+    posterior's mean at the data prediction plus noise of the model's reverse variance.
 
-    def __init__(self, model: Any, sub: NoiseSchedule, clip: float | None,
+    With ``"fixed_small"`` (the posterior's variance :math:`\tilde\beta`) this is DDIM with
+    :math:`\eta = 1`; ``"fixed_large"`` takes :math:`\beta = 1 - \bar\alpha/\bar\alpha_{prev}`
+    of the (strided) chain between the levels, ``"learned_range"`` interpolates their logs.
+    The last step, to the data, is the data prediction (no noise).
+    """
+
+    def __init__(self, model: Any, path: SchedulePath, clip: float | None,
                  guide: dict[str, Any], kept: list[Tensor] | None) -> None:
-        self.model, self.sub, self.clip, self.guide, self.kept = model, sub, clip, guide, kept
-
-    def begin(self, run: Run, x: Tensor, times: Tensor) -> None:  # noqa: D102
-        super().begin(run, x, times)
-        # grid time -> index in the respaced chain (its last index first)
-        self.index = {t: self.sub.num_steps - 1 - k for k, t in enumerate(times.tolist())}
-
-    def _update(self, x: Tensor, i: int) -> Tensor:
-        self.run.count()
-        orig = self.sub.timesteps[i].to(x.device).expand(x.shape[0])
-        eps, v = guided_epsilon(self.model, x, orig, **self.guide)
-        x0 = self.sub.convert(eps, x, i, "eps", "x0")
-        if self.clip is not None:
-            x0 = x0.clamp(-self.clip, self.clip)
-        if self.kept is not None:
-            self.kept.append(x0.clone())
-        mean, _, _ = self.sub.q_posterior(x0, x, i)
-        if i == 0:  # no noise on the step to the data
-            return mean
-        logvar = _model_log_variance(self.sub, self.model.variance, v, i, x)
-        return mean + (0.5 * logvar).exp() * self.run.noise(x)
+        self.variance, self.outputs = model.variance, []
+        super().__init__(path, _denoiser(model, path, clip, guide, kept, self.outputs), eta=1.0)
 
     def step(self, x: Tensor, t: float, t_next: float) -> Tensor:  # noqa: D102
-        return self._update(x, self.index[t])
-
-    def end(self, x: Tensor, t: float) -> Tensor:  # noqa: D102
-        return self._update(x, self.index[t])
+        if self.variance == "fixed_small":
+            return super().step(x, t, t_next)
+        (a, s), (a1, s1) = self.level(t), self.level(t_next)
+        data = self.data(x, t)
+        beta = 1.0 - (a / a1) ** 2
+        tilde = beta * (s1 / s) ** 2
+        mean = ddim_update(data, (x - a * data) / s, a1, s1, math.sqrt(tilde))
+        if self.variance == "fixed_large":
+            std = math.sqrt(beta)
+        else:  # "learned_range"
+            frac = (self.outputs[-1] + 1) / 2
+            std = (0.5 * (frac * math.log(beta) + (1 - frac) * math.log(tilde))).exp()
+        return mean + std * self.run.noise(x)
 
 
 def _denoiser(model: Any, path: SchedulePath, clip: float | None, guide: dict[str, Any],
-              kept: list[Tensor] | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+              kept: list[Tensor] | None = None, outputs: list[Tensor | None] | None = None
+              ) -> Callable[[Tensor, Tensor], Tensor]:
     """The (guided, clipped) data prediction of a diffusion model at probgen times (each
-    appended to ``kept`` when given, for :class:`DiffusionResult`)."""
+    appended to ``kept`` when given, for :class:`DiffusionResult`; the variance output to
+    ``outputs``)."""
     sched = model.schedule
 
     def denoiser(state: Tensor, t: Tensor) -> Tensor:
         step = path.step(t.to(torch.float64))
-        eps, _ = guided_epsilon(model, state, step, **guide)
+        eps, v = guided_epsilon(model, state, step, **guide)
+        if outputs is not None:
+            outputs.append(v)
         data = sched.convert(eps, state, step, "eps", "x0")
         data = data if clip is None else data.clamp(-clip, clip)
         if kept is not None:
@@ -392,7 +393,7 @@ def diffusion_sample(
     # each step's data prediction, kept only for a recorded trajectory of ancestral or DDIM
     kept: list[Tensor] | None = [] if record_every and sampler in ("ancestral", "ddim") else None
     if sampler == "ancestral":
-        stepper: Stepper = _Ancestral(model, sched.respace(tau), clip, guide, kept)
+        stepper: Stepper = _Ancestral(model, path, clip, guide, kept)
     elif sampler == "ddim":
         stepper = DDIM(path, _denoiser(model, path, clip, guide, kept), eta=eta)
     else:
