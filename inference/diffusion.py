@@ -262,15 +262,15 @@ def _denoiser(model: Any, path: SchedulePath, clip: float | None, guide: dict[st
               kept: list[Tensor] | None = None, outputs: list[Tensor | None] | None = None
               ) -> Callable[[Tensor, Tensor], Tensor]:
     """The (guided, clipped) data prediction of a diffusion model at probgen times (each
-    appended to ``kept`` when given, for :class:`DiffusionResult`; the variance output to
-    ``outputs``)."""
+    appended to ``kept`` when given, for :class:`DiffusionResult`; the latest variance output
+    held in ``outputs``)."""
     sched = model.schedule
 
     def denoiser(state: Tensor, t: Tensor) -> Tensor:
         step = path.step(t.to(torch.float64))
         eps, v = guided_epsilon(model, state, step, **guide)
-        if outputs is not None:
-            outputs.append(v)
+        if outputs is not None:  # only the latest (a learned variance for the step)
+            outputs[:] = [v]
         data = sched.convert(eps, state, step, "eps", "x0")
         data = data if clip is None else data.clamp(-clip, clip)
         if kept is not None:
