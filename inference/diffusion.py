@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -47,10 +48,8 @@ from probgen.diffusion import (
     PARAMETRIZATION_PREDICTIONS,
     NoiseSchedule,
     SchedulePath,
-    discretized_gaussian_log_likelihood,
     normal_kl,
     spaced_timesteps,
-    to_signed,
 )
 from probgen.inference.denoising import (
     DiscreteTimes,
@@ -58,15 +57,15 @@ from probgen.inference.denoising import (
     check_label_dropout,
     denoise,
     perturb,
+    split_batch,
 )
 from probgen.inference.guidance import classifier_guided, guided, sample_labels
 from probgen.inference.path_sampling import sample_path
 from probgen.inference.registry import register_objective
-from probgen.inference.sampling import Run, Stepper, sample_loop
-from probgen.inference.solvers import DDIM, DEFAULT_GRIDS, GRIDS, SOLVERS, STEPPERS, time_grid
+from probgen.inference.sampling import Stepper, sample_loop
+from probgen.inference.solvers import DDIM, DEFAULT_GRIDS, GRIDS, SOLVERS, STEPPERS, ddim_update
 from probgen.metrics.likelihood import bits_per_dim
-from probgen.processes import convert_prediction
-from probgen.utils import append_dims
+from probgen.pixels import discretized_gaussian_log_likelihood, to_signed
 
 __all__ = [
     "VARIANCES",
@@ -101,29 +100,23 @@ def _flat_sum(x: Tensor) -> Tensor:
     return x.flatten(1).sum(1)
 
 
-def _index(sched: NoiseSchedule, buf: Tensor, i: Tensor, x: Tensor) -> Tensor:
-    return sched._at(buf, i, x)
-
-
 def _model_log_variance(sched: NoiseSchedule, variance: str, v: Tensor | None,
                         i: Tensor | int, x: Tensor) -> Tensor:
     """The reverse process's log-variance at indices ``i`` of ``sched`` (respaced or not)."""
-    clipped = _index(sched, sched.posterior_log_variance_clipped, i, x)
+    clipped = sched._at(sched.posterior_log_variance_clipped, i, x)
     if variance == "fixed_small":
         return clipped.expand_as(x)
     # beta_s, with index 0 taking the clipped posterior variance (as the decoder's scale)
     first = (i == 0) if isinstance(i, int) else (i.reshape(clipped.shape) == 0)
     large = torch.where(torch.as_tensor(first, device=x.device), clipped,
-                        _index(sched, sched.betas, i, x).log())
+                        sched._at(sched.betas, i, x).log())
     if variance == "fixed_large":
         return large.expand_as(x)
-    if variance == "learned_range":
-        if v is None:
-            raise ValueError("variance 'learned_range': the model returned no variance "
-                             "output v.")
-        frac = (v + 1) / 2
-        return frac * large + (1 - frac) * clipped
-    raise ValueError(f"variance: expected one of {list(VARIANCES)}, got {variance!r}.")
+    if v is None:  # "learned_range" (the models' variances are checked by _check_model)
+        raise ValueError("variance 'learned_range': the model returned no variance "
+                         "output v.")
+    frac = (v + 1) / 2
+    return frac * large + (1 - frac) * clipped
 
 
 def _check_model(model: Any) -> None:
@@ -138,31 +131,6 @@ def _check_model(model: Any) -> None:
     if model.variance not in VARIANCES:
         raise ValueError(f"model.variance: expected one of {list(VARIANCES)}, got "
                          f"{model.variance!r}.")
-
-
-def _network_time(sched: NoiseSchedule, step: Tensor, x: Tensor) -> Tensor:
-    """The probgen time of ``step`` (:meth:`NoiseSchedule.time_of_step`) in ``x``'s dtype."""
-    return sched.time_of_step(step.to(device=x.device, dtype=x.dtype))
-
-
-def _alphas_cumprod(sched: NoiseSchedule, step: Tensor, x: Tensor) -> Tensor:
-    """:math:`\bar\alpha` at integer (exact table) or fractional (log-SNR) steps,
-    ``(batch, 1, ..., 1)`` against ``x``."""
-    if step.is_floating_point():
-        ab = sched.alphas_cumprod_at(step).to(device=x.device, dtype=x.dtype)
-        return append_dims(ab.reshape(-1), x.dim())
-    return sched._at(sched.alphas_cumprod, step, x)
-
-
-def _convert(sched: NoiseSchedule, pred: Tensor, x: Tensor, step: Tensor, source: str,
-             target: str) -> Tensor:
-    """A prediction in DDPM's names (:data:`probgen.diffusion.PARAMETRIZATIONS`) at integer
-    or fractional steps, converted by the one conversion of :mod:`probgen.processes`."""
-    if source == target:
-        return pred
-    m = sched.coefficients(_alphas_cumprod(sched, step, x))
-    names = PARAMETRIZATION_PREDICTIONS
-    return convert_prediction(pred, x, m, source=names[source], target=names[target])
 
 
 # ----------------------------------------------------------------------------- guidance
@@ -212,7 +180,7 @@ def guided_epsilon(
     def eps_of(x_: Tensor, step_: Tensor, labels: Tensor | None = None) -> Tensor:
         pred, v = model.output(x_, step_, labels)
         variance.append(v)
-        return _convert(sched, pred, x_, step_, model.parametrization, "eps")
+        return sched.convert(pred, x_, step_, model.parametrization, "eps")
 
     eps = guided(eps_of, labels if num_classes else None, guidance, num_classes)(x, step)
     v = variance[0]
@@ -224,7 +192,7 @@ def guided_epsilon(
         unguided = eps
         eps = classifier_guided(lambda x_, t_: unguided, SchedulePath(sched), classifier,
                                 labels, classifier_scale, prediction="eps")(
-            x, _network_time(sched, step, x))
+            x, sched.time_of_step(step.to(device=x.device, dtype=x.dtype)))
     return eps, v
 
 
@@ -259,64 +227,55 @@ def _timesteps(sched: NoiseSchedule, steps: int | None, spacing: str,
                             spacing)
 
 
-class _Ancestral(Stepper):
-    """DDPM's ancestral step on a respaced chain, with the model's reverse variance."""
+class _Ancestral(DDIM):
+    r"""DDPM's ancestral step between two levels of the schedule's path: the forward
+    posterior's mean at the data prediction plus noise of the model's reverse variance.
 
-    def __init__(self, model: Any, sub: NoiseSchedule, clip: float | None,
-                 guide: dict[str, Any], keep: bool) -> None:
-        self.model, self.sub, self.clip, self.guide = model, sub, clip, guide
-        self.predictions: list[Tensor] | None = [] if keep else None
+    With ``"fixed_small"`` (the posterior's variance :math:`\tilde\beta`) this is DDIM with
+    :math:`\eta = 1`; ``"fixed_large"`` takes :math:`\beta = 1 - \bar\alpha/\bar\alpha_{prev}`
+    of the (strided) chain between the levels, ``"learned_range"`` interpolates their logs.
+    The last step, to the data, is the data prediction (no noise).
+    """
 
-    def begin(self, run: Run, x: Tensor, times: Tensor) -> None:  # noqa: D102
-        super().begin(run, x, times)
-        # grid time -> index in the respaced chain (its last index first)
-        self.index = {t: self.sub.num_steps - 1 - k for k, t in enumerate(times.tolist())}
-
-    def _update(self, x: Tensor, i: int) -> Tensor:
-        self.run.count()
-        orig = self.sub.timesteps[i].to(x.device).expand(x.shape[0])
-        eps, v = guided_epsilon(self.model, x, orig, **self.guide)
-        x0 = self.sub.convert(eps, x, i, "eps", "x0")
-        if self.clip is not None:
-            x0 = x0.clamp(-self.clip, self.clip)
-        if self.predictions is not None:
-            self.predictions.append(x0.clone())
-        mean, _, _ = self.sub.q_posterior(x0, x, i)
-        if i == 0:  # no noise on the step to the data
-            return mean
-        logvar = _model_log_variance(self.sub, self.model.variance, v, i, x)
-        return mean + (0.5 * logvar).exp() * self.run.noise(x)
+    def __init__(self, model: Any, path: SchedulePath, clip: float | None,
+                 guide: dict[str, Any], kept: list[Tensor] | None) -> None:
+        self.variance, self.outputs = model.variance, []
+        super().__init__(path, _denoiser(model, path, clip, guide, kept, self.outputs), eta=1.0)
 
     def step(self, x: Tensor, t: float, t_next: float) -> Tensor:  # noqa: D102
-        return self._update(x, self.index[t])
-
-    def end(self, x: Tensor, t: float) -> Tensor:  # noqa: D102
-        return self._update(x, self.index[t])
-
-
-class _KeptDDIM(DDIM):
-    """DDIM keeping each step's data prediction (for :class:`DiffusionResult`)."""
-
-    def begin(self, run: Run, x: Tensor, times: Tensor) -> None:  # noqa: D102
-        super().begin(run, x, times)
-        self.predictions: list[Tensor] = []
-
-    def data(self, x: Tensor, t: float) -> Tensor:  # noqa: D102
-        out = super().data(x, t)
-        self.predictions.append(out.clone())
-        return out
+        if self.variance == "fixed_small":
+            return super().step(x, t, t_next)
+        (a, s), (a1, s1) = self.level(t), self.level(t_next)
+        data = self.data(x, t)
+        beta = 1.0 - (a / a1) ** 2
+        tilde = beta * (s1 / s) ** 2
+        mean = ddim_update(data, (x - a * data) / s, a1, s1, math.sqrt(tilde))
+        if self.variance == "fixed_large":
+            std = math.sqrt(beta)
+        else:  # "learned_range"
+            frac = (self.outputs[-1] + 1) / 2
+            std = (0.5 * (frac * math.log(beta) + (1 - frac) * math.log(tilde))).exp()
+        return mean + std * self.run.noise(x)
 
 
-def _denoiser(model: Any, path: SchedulePath, clip: float | None,
-              guide: dict[str, Any]) -> Callable[[Tensor, Tensor], Tensor]:
-    """The (guided, clipped) data prediction of a diffusion model at probgen times."""
+def _denoiser(model: Any, path: SchedulePath, clip: float | None, guide: dict[str, Any],
+              kept: list[Tensor] | None = None, outputs: list[Tensor | None] | None = None
+              ) -> Callable[[Tensor, Tensor], Tensor]:
+    """The (guided, clipped) data prediction of a diffusion model at probgen times (each
+    appended to ``kept`` when given, for :class:`DiffusionResult`; the latest variance output
+    held in ``outputs``)."""
     sched = model.schedule
 
     def denoiser(state: Tensor, t: Tensor) -> Tensor:
         step = path.step(t.to(torch.float64))
-        eps, _ = guided_epsilon(model, state, step, **guide)
-        data = _convert(sched, eps, state, step, "eps", "x0")
-        return data if clip is None else data.clamp(-clip, clip)
+        eps, v = guided_epsilon(model, state, step, **guide)
+        if outputs is not None:  # only the latest (a learned variance for the step)
+            outputs[:] = [v]
+        data = sched.convert(eps, state, step, "eps", "x0")
+        data = data if clip is None else data.clamp(-clip, clip)
+        if kept is not None:
+            kept.append(data.clone())
+        return data
 
     return denoiser
 
@@ -397,11 +356,9 @@ def diffusion_sample(
     if sampler not in DIFFUSION_SAMPLERS:
         raise ValueError(f"sampler: expected one of {list(DIFFUSION_SAMPLERS)}, got "
                          f"{sampler!r}.")
-    if not 0.0 <= float(eta) <= 1.0:
-        raise ValueError(f"eta: expected a value in [0, 1], got {eta!r}.")
-    if sampler == "ancestral" and eta:
-        raise ValueError("eta: applies to sampler 'ddim' only (ancestral sampling uses the "
-                         "model's variance).")
+    if sampler != "ddim" and eta:  # DDIM's stepper checks its eta
+        raise ValueError(f"eta: applies to sampler 'ddim' only, got eta={eta!r} with "
+                         f"{sampler!r} (ancestral sampling uses the model's variance).")
     if not isinstance(x, Tensor) or x.dim() < 2:
         raise ValueError(f"x: expected a start tensor of shape (batch, *event), got "
                          f"{getattr(x, 'shape', type(x).__name__)}.")
@@ -409,55 +366,47 @@ def diffusion_sample(
     path = SchedulePath(sched)
     guide = {"labels": sample_labels(labels, x.shape[0], x.device), "guidance": guidance,
              "classifier": classifier, "classifier_scale": classifier_scale}
-    if sampler == "ode":
-        if timesteps is not None or spacing is not None:
-            raise ValueError("timesteps, spacing: sampler 'ode' runs on a uniform time grid "
-                             "(fixed-step methods) or adaptively; give steps and method.")
+    ode = sampler in _ODE_SOLVERS
+    if spacing is None and timesteps is None and sampler != "ode":
+        spacing = DEFAULT_GRIDS[sampler] if ode else "linspace"
+    if sampler == "ode" and (timesteps is not None or spacing is not None):
+        raise ValueError("timesteps, spacing: sampler 'ode' runs on a uniform time grid "
+                         "(fixed-step methods) or adaptively; give steps and method.")
+    if spacing in GRIDS[1:] and not ode:
+        raise ValueError(f"spacing: {spacing!r} is a grid of the ODE solvers "
+                         f"{list(_ODE_SOLVERS)}, not of {sampler!r}.")
+    if spacing in GRIDS[1:] and timesteps is not None:
+        raise ValueError(f"timesteps: explicit indices do not go with spacing {spacing!r}; "
+                         "give steps.")
+    if sampler == "ode" or spacing in GRIDS[1:]:  # the path's own grids (noise levels, ODE)
         out = sample_path(_denoiser(model, path, clip, guide), "data", path, x,
-                          sampler="ode", steps=steps, method=method, rtol=rtol, atol=atol,
+                          sampler=sampler, steps=sched.num_steps if ode and steps is None
+                          else steps, spacing=spacing, method=method, rtol=rtol, atol=atol,
                           generator=generator, networks=[model], record_every=record_every)
         return DiffusionResult(out.samples, out.trajectory, None, path.step(out.times),
                                out.nfe)
-    ode = sampler in _ODE_SOLVERS
-    if spacing is None:
-        spacing = DEFAULT_GRIDS[sampler] if ode and timesteps is None else "linspace"
-    if spacing in GRIDS[1:]:  # noise-level grids of the ODE solvers
-        if not ode:
-            raise ValueError(f"spacing: {spacing!r} is a grid of the ODE solvers "
-                             f"{list(_ODE_SOLVERS)}, not of {sampler!r}.")
-        if timesteps is not None:
-            raise ValueError(f"timesteps: explicit indices do not go with spacing "
-                             f"{spacing!r}; give steps.")
-        levels = sched.num_steps if steps is None else steps
-        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-            raise ValueError(f"steps: expected an int >= 2 for the ODE solvers, got {steps!r}.")
-        times = time_grid(path, levels - 1, grid=spacing)
-        tau = None
-    else:
-        tau = _timesteps(sched, steps, spacing, timesteps)
-        if ode and tau.numel() < 2:
-            raise ValueError(f"steps: expected at least 2 levels for the ODE solvers, got "
-                             f"{tau.numel()}.")
-        times = sched.time_of_step(tau.flip(0))
+    tau = _timesteps(sched, steps, spacing or "linspace", timesteps)
+    if ode and tau.numel() < 2:
+        raise ValueError(f"steps: expected at least 2 levels for the ODE solvers, got "
+                         f"{tau.numel()}.")
+    times = sched.time_of_step(tau.flip(0))
+    # each step's data prediction, kept only for a recorded trajectory of ancestral or DDIM
+    kept: list[Tensor] | None = [] if record_every and sampler in ("ancestral", "ddim") else None
     if sampler == "ancestral":
-        stepper: Stepper = _Ancestral(model, sched.respace(tau), clip, guide, bool(record_every))
+        stepper: Stepper = _Ancestral(model, path, clip, guide, kept)
     elif sampler == "ddim":
-        # keep each step's data prediction only for a recorded trajectory
-        stepper = (_KeptDDIM if record_every else DDIM)(path, _denoiser(model, path, clip, guide),
-                                                        eta=eta)
+        stepper = DDIM(path, _denoiser(model, path, clip, guide, kept), eta=eta)
     else:
         stepper = STEPPERS[sampler](path, _denoiser(model, path, clip, guide))
     out = sample_loop(stepper, x, times, generator=generator, record_every=record_every,
                       networks=[model])
-    kept = getattr(stepper, "predictions", None)
     x0s = None
     if record_every and kept:
         counts = list(range(record_every, len(kept) + 1, record_every))
         if not counts or counts[-1] != len(kept):
             counts.append(len(kept))
         x0s = torch.stack([kept[c - 1] for c in counts])
-    visited = path.step(out.times) if tau is None else tau.flip(0)
-    return DiffusionResult(out.samples, out.trajectory, x0s, visited, out.nfe)
+    return DiffusionResult(out.samples, out.trajectory, x0s, tau.flip(0), out.nfe)
 
 
 def ddim_invert(
@@ -489,46 +438,28 @@ def ddim_invert(
     _check_model(model)
     sched = model.schedule
     tau = _timesteps(sched, steps, spacing, timesteps)
-    sub = sched.respace(tau)
-    guide = {"labels": sample_labels(labels, x0.shape[0], x0.device), "guidance": guidance,
-             "classifier": None, "classifier_scale": 0.0}
-    # The grid counts the levels: 0 is the data, k the k-th index of tau.
-    times = torch.arange(tau.numel() + 1, dtype=torch.float64, device="cpu")
-    out = sample_loop(_DDIMInversion(model, sub, guide), x0, times, networks=[model])
-    return out.samples
+    path = SchedulePath(sched)
+    guide = {"labels": sample_labels(labels, x0.shape[0], x0.device), "guidance": guidance}
+    # the grid: the data (step -1, beyond t = 1) and then the levels of tau, towards the noise
+    times = sched.time_of_step(torch.cat([tau.new_tensor([-1]), tau]))
+    stepper = _DDIMInversion(path, _denoiser(model, path, None, guide), denoise=False)
+    return sample_loop(stepper, x0, times, networks=[model]).samples
 
 
-class _DDIMInversion(Stepper):
-    """The deterministic DDIM update run forwards (see :func:`ddim_invert`)."""
-
-    def __init__(self, model: Any, sub: NoiseSchedule, guide: dict[str, Any]) -> None:
-        self.model, self.sub, self.guide = model, sub, guide
+class _DDIMInversion(DDIM):
+    """DDIM's deterministic step run towards the noise (see :func:`ddim_invert`)."""
 
     def step(self, x: Tensor, t: float, t_next: float) -> Tensor:  # noqa: D102
-        i = int(round(t_next)) - 1  # the index in the respaced chain
-        # the network at the current state: step i-1's index (the first uses index 0)
-        j = max(i - 1, 0)
-        self.run.count()
-        orig = self.sub.timesteps[j].to(x.device).expand(x.shape[0])
-        eps, _ = guided_epsilon(self.model, x, orig, **self.guide)
-        # at i = 0 the state is the data itself (ab_prev = 1)
-        x0_hat = x if i == 0 else self.sub.convert(eps, x, j, "eps", "x0")
-        ab_next = self.sub._at(self.sub.alphas_cumprod, i, x)
-        return ab_next.sqrt() * x0_hat + (1 - ab_next).sqrt() * eps
+        if t > 1.0:  # from the data itself, with the noise the network sees there at t_next
+            a1, s1 = self.level(t_next)
+            return ddim_update(x, (x - a1 * self.data(x, t_next)) / s1, a1, s1)
+        return super().step(x, t, t_next)
 
 
 # ----------------------------------------------------------------------------- bound
 def _data(batch: Any, levels: int | None) -> tuple[Tensor, Tensor | None]:
-    labels = None
-    if isinstance(batch, (tuple, list)):
-        if len(batch) != 2 or not isinstance(batch[0], Tensor):
-            raise TypeError("batch: expected a tensor x or a pair (x, labels).")
-        batch, labels = batch
-    if not isinstance(batch, Tensor) or batch.dim() < 2:
-        got = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
-        raise TypeError(f"batch: expected a tensor of shape (batch, *event), got {got}.")
-    x = to_signed(batch, levels) if levels is not None else batch
-    return (x if x.is_floating_point() else x.float()), labels
+    """``(x, labels or None)`` of a batch, integer pixels (``levels`` given) mapped to [-1, 1]."""
+    return split_batch(batch, None if levels is None else partial(to_signed, levels=levels))
 
 
 def _reverse(model: Any, x_t: Tensor, step: Tensor, pred: Tensor, v: Tensor | None
@@ -760,7 +691,7 @@ class NoisyClassifierLoss(nn.Module):
         labels = labels.to(x0.device).long()
         step = torch.randint(0, self.schedule.num_steps, (x0.shape[0],), device=x0.device)
         x_t = perturb(StepPath(self.schedule), x0, step).x_t
-        logits = self.classifier(x_t, _network_time(self.schedule, step, x_t))
+        logits = self.classifier(x_t, self.schedule.time_of_step(step.to(x_t)))
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(-1) == labels).float().mean()
         return {"loss": loss, "accuracy": accuracy.detach()}

@@ -37,12 +37,10 @@ from torch import Tensor, nn
 from probgen.diffusion import (
     PARAMETRIZATION_PREDICTIONS,
     PARAMETRIZATIONS,
-    DiscretizedGaussian,
     NoiseSchedule,
     SchedulePath,
     VEScore,
     make_schedule,
-    to_signed,
 )
 from probgen.inference.diffusion import (
     DIFFUSION_SAMPLERS,
@@ -55,8 +53,7 @@ from probgen.inference.diffusion import (
 )
 from probgen.models.path_model import PathModel, image_network
 from probgen.nn import ConditionalMLP
-from probgen.processes import convert_prediction
-from probgen.utils import append_dims
+from probgen.pixels import DiscretizedGaussian, to_signed
 
 __all__ = ["DiffusionModel", "DiffusionVAE", "DDPM", "VectorDDPM", "DIFFUSION_MODELS"]
 
@@ -178,11 +175,8 @@ class DiffusionModel(PathModel):
 
     def _predict(self, x: Tensor, step: Tensor, labels: Tensor | None, target: str) -> Tensor:
         pred, _ = self.output(x, step, labels)
-        if self.predicts == target:
-            return pred
-        ab = self.schedule.alphas_cumprod_at(step).to(x.device, x.dtype)
-        m = self.schedule.coefficients(append_dims(ab.reshape(-1), x.dim()))
-        return convert_prediction(pred, x, m, source=self.predicts, target=target)
+        return self.schedule.convert(pred, x, step.to(torch.float64), self.parametrization,
+                                     target)
 
     def velocity(self, x: Tensor, t: Tensor, labels: Tensor | None = None,
                  guidance: float | None = None) -> Tensor:
@@ -203,9 +197,8 @@ class DiffusionModel(PathModel):
         (:func:`probgen.inference.diffusion.diffusion_sample`'s keywords)."""
         noise = self.prior_sample(n, generator) if noise is None else noise
         kwargs.setdefault("clip", self.clip)
-        with self._evaluation():
-            out = diffusion_sample(self, noise, generator=generator,
-                                   record_every=record_every, **kwargs)
+        out = diffusion_sample(self, noise, generator=generator, record_every=record_every,
+                               **kwargs)  # evaluation mode for the run: the sampler loop's
         self.last_nfe = out.nfe
         return out
 
@@ -281,7 +274,7 @@ class DiffusionModel(PathModel):
         :math:`x_{t-1} \sim N(\mu_\theta(x_t), e^{v_\theta})`
         (:func:`probgen.inference.diffusion.reverse_moments`), and the observed ``"x_0"``:
         the Gaussian density decoder, or with ``levels`` the discretized Gaussian over
-        integer pixels (:class:`probgen.diffusion.DiscretizedGaussian`), as in
+        integer pixels (:class:`probgen.pixels.DiscretizedGaussian`), as in
         :meth:`variational_bound`. The network is registered with ``pyro.module``.
 
         Args:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from probgen.nn import MLP, ConvResidualBlock
 from probgen.nn.vit import ViTDecoder, ViTEncoder
+from probgen.pixels import DiscretizedLogistic
 
 __all__ = [
     "MLPEncoder",
@@ -369,83 +370,6 @@ class CategoricalLikelihood(Likelihood):
     def mean(self, out: Tensor) -> Tensor:  # noqa: D102
         values = torch.arange(self.levels, dtype=out.dtype, device=out.device)
         return (self._logits(out).softmax(-1) * values).sum(-1)
-
-
-class DiscretizedLogistic(dist.TorchDistribution):
-    r"""Creates the discretized logistic over integer pixels ``0..levels-1`` (Salimans et
-    al., 2017, PixelCNN++), a Pyro distribution.
-
-    Pixel :math:`k` sits at :math:`c_k = 2k/(L-1) - 1` on the [-1, 1] grid and owns the bin
-    :math:`[c_k - h, c_k + h]`, :math:`h = 1/(L-1)`, the end bins reaching :math:`\pm\infty`;
-    its probability is the logistic mass :math:`\sigma((c_k + h - \mu)/s) - \sigma((c_k - h
-    - \mu)/s)`, computed as :math:`\log\sigma(a) + \log\sigma(-b) + \log(1 - e^{b - a})`
-    (no cancellation far in the tails). Elementwise: batch shape is the parameters' shape.
-
-    Args:
-        loc: :math:`\mu` on the [-1, 1] scale; scale: :math:`s > 0`.
-        levels: :math:`L`.
-
-    References:
-        PixelCNN++ (Salimans, Karpathy, Chen & Kingma, 2017), https://arxiv.org/abs/1701.05517
-
-    Example:
-        >>> d = DiscretizedLogistic(torch.zeros(2), torch.ones(2), levels=5)
-        >>> d.log_prob(torch.arange(5.0)[:, None]).exp().sum(0).round(decimals=6)
-        tensor([1., 1.])
-    """
-
-    arg_constraints = {"loc": dist.constraints.real, "scale": dist.constraints.positive}
-    has_rsample = False
-
-    def __init__(self, loc: Tensor, scale: Tensor, levels: int,
-                 validate_args: bool | None = None) -> None:
-        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-            raise ValueError(f"levels: expected an int >= 2, got {levels!r}.")
-        self.loc, self.scale = torch.broadcast_tensors(torch.as_tensor(loc),
-                                                       torch.as_tensor(scale))
-        self.levels = levels
-        super().__init__(self.loc.shape, validate_args=validate_args)
-
-    @dist.constraints.dependent_property(is_discrete=True, event_dim=0)
-    def support(self) -> dist.constraints.Constraint:  # noqa: D102
-        return dist.constraints.integer_interval(0, self.levels - 1)
-
-    def expand(self, batch_shape, _instance=None):  # noqa: ANN001, ANN201, ANN202
-        """The same distribution with its parameters expanded to ``batch_shape``."""
-        shape = torch.Size(batch_shape)
-        return DiscretizedLogistic(self.loc.expand(shape), self.scale.expand(shape),
-                                   self.levels, validate_args=False)
-
-    @property
-    def mean(self) -> Tensor:
-        """The mean pixel value (by summing over the ``levels`` values)."""
-        k = torch.arange(self.levels, dtype=self.loc.dtype, device=self.loc.device)
-        probs = self.log_prob(k.reshape(-1, *([1] * self.loc.dim()))).exp()
-        return (probs * k.reshape(-1, *([1] * self.loc.dim()))).sum(0)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        """Log-probability of integer pixels ``value`` (broadcasting with the batch shape)."""
-        if self._validate_args:
-            self._validate_sample(value)
-        half = 1.0 / (self.levels - 1)
-        centre = 2.0 * value / (self.levels - 1) - 1.0
-        a = (centre + half - self.loc) / self.scale
-        b = (centre - half - self.loc) / self.scale
-        inner = F.logsigmoid(a) + F.logsigmoid(-b) + torch.log(-torch.expm1(b - a))
-        out = torch.where(value <= 0, F.logsigmoid(a), inner)
-        return torch.where(value >= self.levels - 1, F.logsigmoid(-b), out)
-
-    def sample(self, sample_shape: torch.Size = torch.Size(), *,  # noqa: B008
-               generator: torch.Generator | None = None) -> Tensor:
-        """Integer pixels (as floats) ``(*sample_shape, *batch_shape)``: a logistic draw
-        (from ``generator`` when one is given) snapped to its bin, so exact."""
-        shape = self._extended_shape(torch.Size(sample_shape))
-        with torch.no_grad():
-            u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device,
-                           generator=generator).clamp(1e-7, 1 - 1e-7)
-            y = self.loc.expand(shape) + self.scale.expand(shape) * (u.log() - (-u).log1p())
-            k = torch.round((y + 1.0) * (self.levels - 1) / 2.0)
-            return k.clamp(0, self.levels - 1)
 
 
 class DiscretizedLogisticLikelihood(Likelihood):

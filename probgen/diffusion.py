@@ -31,28 +31,26 @@ the step on the schedule's path :class:`SchedulePath`, :math:`t = 1 - s/(T-1)`
 way). So a network trained by DDPM is read by the score-SDE and probability-flow code
 through :meth:`probgen.processes.GaussianPath.convert` on :class:`SchedulePath`.
 
-Also here, because the variational bound of every diffusion objective needs them: the KL
-divergence of two diagonal Gaussians and the discretized Gaussian log-likelihood of
-integer data mapped to [-1, 1] (Ho et al., 2020, eq. 13), also as the Pyro distribution
-:class:`DiscretizedGaussian` (the decoder of DDPM's Pyro program). torch and Pyro have neither in
-this form (Pyro's distributions have no discretized Gaussian; torch's ``kl_divergence``
-needs distribution objects and does not broadcast a scalar variance cheaply).
+Also here, because the variational bound of every diffusion objective needs it: the KL
+divergence of two diagonal Gaussians (torch's ``kl_divergence`` needs distribution objects
+and does not broadcast a scalar variance cheaply). The discretized Gaussian of integer pixels
+(the bound's decoder) lives with the other pixel distributions in :mod:`probgen.pixels` and
+is re-exported here under its old names.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor, nn
 
 from probgen.paths import CosinePath
+from probgen.pixels import DiscretizedGaussian, discretized_gaussian_log_likelihood, to_signed
 from probgen.processes import GaussianPath, Marginal, convert_prediction
 from probgen.sde import VPSDE
-from probgen.utils import on_host
+from probgen.utils import append_dims, on_host
 
 __all__ = [
     "PARAMETRIZATIONS",
@@ -383,6 +381,9 @@ class NoiseSchedule(nn.Module):
                 target: str) -> Tensor:
         r"""Turns a network's ``source`` prediction at ``(x_t, step)`` into ``target``.
 
+        Integer steps read the table; fractional ones (a floating tensor) the log-SNR
+        interpolation of :meth:`alphas_cumprod_at`.
+
         ``source`` and ``target`` are in :data:`PARAMETRIZATIONS`:
         :math:`x_0 = (x_s - \sqrt{1-\bar\alpha}\,\epsilon)/\sqrt{\bar\alpha}`,
         :math:`v = \sqrt{\bar\alpha}\,\epsilon - \sqrt{1-\bar\alpha}\,x_0`,
@@ -393,12 +394,14 @@ class NoiseSchedule(nn.Module):
             if value not in PARAMETRIZATIONS:
                 raise ValueError(f"{name}: expected one of {list(PARAMETRIZATIONS)}, got "
                                  f"{value!r}.")
-        if prediction.shape != x_t.shape:
-            raise ValueError(f"prediction: expected the shape of x_t {tuple(x_t.shape)}, got "
-                             f"{tuple(prediction.shape)}.")
         if source == target:
             return prediction
-        m = self.coefficients(self._at(self.alphas_cumprod, step, x_t))
+        if isinstance(step, Tensor) and step.is_floating_point():  # log-SNR interpolated
+            ab = self.alphas_cumprod_at(step).to(device=x_t.device, dtype=x_t.dtype)
+            ab = append_dims(ab.reshape(-1), x_t.dim())
+        else:
+            ab = self._at(self.alphas_cumprod, step, x_t)
+        m = self.coefficients(ab)
         names = PARAMETRIZATION_PREDICTIONS
         return convert_prediction(prediction, x_t, m, source=names[source], target=names[target])
 
@@ -555,140 +558,16 @@ def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) ->
                   + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1.0)
 
 
-def _log_diff_ndtr(a: Tensor, b: Tensor) -> Tensor:
-    """``log(Phi(b) - Phi(a))`` for ``a < b``, accurate in both tails."""
-    right = a > 0  # mirror: Phi(b) - Phi(a) = Phi(-a) - Phi(-b)
-    hi = torch.where(right, -a, b)
-    lo = torch.where(right, -b, a)
-    log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
-    return log_hi + torch.log1p(-torch.exp((log_lo - log_hi).clamp(max=0.0)))
-
-
-def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor,
-                                        levels: int) -> Tensor:
-    r"""Elementwise log-probability of integer data on the [-1, 1] grid under a
-    discretized Gaussian (Ho et al., 2020, eq. 13).
-
-    ``x`` takes the ``levels`` values :math:`2k/(L-1) - 1`; each owns the bin of
-    half-width :math:`1/(L-1)` around it, the two end bins extending to :math:`\pm\infty`,
-    so the probabilities of all levels sum to 1. Computed in float64 with log-CDFs (exact
-    tails; no tanh approximation).
-
-    Args:
-        x: data on the grid, any shape.
-        mean, log_scale: the Gaussian's mean and log standard deviation (broadcasting).
-        levels: L, the number of pixel levels (256 for MNIST).
-    """
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-        raise ValueError(f"levels: expected an int >= 2, got {levels!r}.")
-    dtype = x.dtype
-    x, mean, log_scale = (v.to(torch.float64) for v in (x, mean, log_scale))
-    half = 1.0 / (levels - 1)
-    inv = torch.exp(-log_scale)
-    upper = (x + half - mean) * inv
-    lower = (x - half - mean) * inv
-    inf = torch.full_like(upper, math.inf)
-    upper = torch.where(x > 1 - half, inf, upper)
-    lower = torch.where(x < -1 + half, -inf, lower)
-    lower, upper = torch.broadcast_tensors(lower, upper)
-    return _log_diff_ndtr(lower, upper).to(dtype)
-
-
-def to_signed(x: Tensor, levels: int) -> Tensor:
-    """Integer pixels in ``0..levels-1`` mapped onto the grid ``2x/(levels-1) - 1`` in [-1, 1].
-
-    Raises:
-        ValueError: ``x`` is not integer-valued in that range.
-    """
-    if not x.is_floating_point():
-        x = x.to(torch.get_default_dtype())
-    if x.numel() and (x.min() < 0 or x.max() > levels - 1 or not torch.equal(x, x.round())):
-        raise ValueError(f"x: expected integer pixels in 0..{levels - 1}, got values in "
-                         f"[{float(x.min()):g}, {float(x.max()):g}] (non-integers: "
-                         f"{not torch.equal(x, x.round())}).")
-    return 2.0 * x / (levels - 1) - 1.0
-
-
-class DiscretizedGaussian(TorchDistribution):
-    r"""Creates the discretized Gaussian over integer pixels ``0..levels-1`` (Ho et al.,
-    2020, eq. 13), a Pyro distribution.
-
-    Pixel :math:`k` sits at :math:`2k/(L-1) - 1` on the [-1, 1] grid and owns the bin of
-    half-width :math:`1/(L-1)` around it, the end bins reaching :math:`\pm\infty`; its
-    probability is the mass of :math:`N(\mu, \sigma^2)` in the bin
-    (:func:`discretized_gaussian_log_likelihood`). Elementwise: batch shape is the
-    parameters' shape, event shape ``()`` (use ``.to_event`` for images). A draw is a
-    Gaussian draw snapped to its bin, so it is exact.
-
-    Args:
-        loc: :math:`\mu` on the [-1, 1] scale.
-        scale: :math:`\sigma > 0` (broadcasting with ``loc``).
-        levels: :math:`L`, the number of pixel levels.
-
-    Example:
-        >>> d = DiscretizedGaussian(torch.zeros(3), torch.ones(3), levels=4)
-        >>> d.log_prob(torch.arange(4.0)[:, None]).exp().sum(0).round(decimals=6)
-        tensor([1., 1., 1.])
-    """
-
-    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
-    has_rsample = False
-
-    def __init__(self, loc: Tensor, scale: Tensor | float, levels: int,
-                 validate_args: bool | None = None) -> None:
-        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-            raise ValueError(f"levels: expected an int >= 2, got {levels!r}.")
-        loc = torch.as_tensor(loc)
-        scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
-        self.loc, self.scale = torch.broadcast_tensors(loc, scale)
-        self.levels = levels
-        super().__init__(self.loc.shape, validate_args=validate_args)
-
-    @constraints.dependent_property(is_discrete=True, event_dim=0)
-    def support(self) -> constraints.Constraint:  # noqa: D102
-        return constraints.integer_interval(0, self.levels - 1)
-
-    def expand(self, batch_shape, _instance=None):  # noqa: ANN001, ANN201 - torch's signature
-        """The same distribution with its parameters expanded to ``batch_shape``."""
-        shape = torch.Size(batch_shape)
-        return DiscretizedGaussian(self.loc.expand(shape), self.scale.expand(shape),
-                                   self.levels, validate_args=False)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        """Log-probability of integer pixels ``value`` (any shape broadcasting with the
-        batch shape)."""
-        if self._validate_args:
-            self._validate_sample(value)
-        signed = 2.0 * value / (self.levels - 1) - 1.0
-        return discretized_gaussian_log_likelihood(signed, self.loc, self.scale.log(),
-                                                   self.levels)
-
-    def sample(self, sample_shape: torch.Size = torch.Size(), *,  # noqa: B008
-               generator: torch.Generator | None = None) -> Tensor:
-        """Integer pixels (as floats) ``(*sample_shape, *batch_shape)``, drawn from
-        ``generator`` when one is given."""
-        shape = self._extended_shape(torch.Size(sample_shape))
-        with torch.no_grad():
-            y = self.loc.expand(shape) + self.scale.expand(shape) * torch.randn(
-                shape, dtype=self.loc.dtype, device=self.loc.device, generator=generator)
-            k = torch.round((y + 1.0) * (self.levels - 1) / 2.0)
-            return k.clamp(0, self.levels - 1)
-
-    @property
-    def mean(self) -> Tensor:  # noqa: D102
-        k = torch.arange(self.levels, dtype=self.loc.dtype, device=self.loc.device)
-        probs = self.log_prob(k.reshape(-1, *([1] * self.loc.dim()))).exp()
-        return (probs * k.reshape(-1, *([1] * self.loc.dim()))).sum(0)
-
-
 def gaussian_epsilon(schedule: NoiseSchedule, mean: Tensor, cov: Tensor
                      ) -> Callable[[Tensor, Tensor], Tensor]:
     r"""The exact noise prediction :math:`\epsilon^*(x_s, s)` for data :math:`N(\mu, \Sigma)`.
 
     :math:`x_s \sim N(\sqrt{\bar\alpha}\mu, \bar\alpha\Sigma + (1-\bar\alpha) I)`, so
     :math:`\epsilon^* = -\sqrt{1-\bar\alpha}\,\nabla\log q(x_s)
-    = \sqrt{1-\bar\alpha}\,C_s^{-1}(x_s - \sqrt{\bar\alpha}\mu)`. Fractional steps use
-    :meth:`NoiseSchedule.alphas_cumprod_at`. The ground truth of the samplers' tests.
+    = \sqrt{1-\bar\alpha}\,C_s^{-1}(x_s - \sqrt{\bar\alpha}\mu)`: the exact noise of
+    :meth:`probgen.processes.GaussianPath.gaussian_prediction` on :class:`SchedulePath`, at
+    the steps' times (fractional steps: :meth:`NoiseSchedule.alphas_cumprod_at`). The ground
+    truth of the samplers' tests.
 
     Args:
         schedule: the noise schedule.
@@ -703,13 +582,12 @@ def gaussian_epsilon(schedule: NoiseSchedule, mean: Tensor, cov: Tensor
     if mean.dim() != 1 or cov.shape != (mean.shape[0], mean.shape[0]):
         raise ValueError(f"mean, cov: expected shapes (D,) and (D, D), got "
                          f"{tuple(mean.shape)} and {tuple(cov.shape)}.")
-    # Sigma = U diag(lam) U^T, so C_s^{-1} = U diag(1 / (ab lam + 1 - ab)) U^T for every step.
-    lam, U = torch.linalg.eigh(cov)
+    path = SchedulePath(schedule)
 
     def eps(x: Tensor, step: Tensor) -> Tensor:
-        ab = schedule.alphas_cumprod_at(_steps_tensor(step, x.shape[0])).cpu()[:, None]
-        r = x.to(torch.float64).cpu() - ab.sqrt() * mean
-        out = (1 - ab).sqrt() * (((r @ U) / (ab * lam + 1 - ab)) @ U.T)
+        device = schedule.betas.device  # where the path's coefficients are computed
+        t = schedule.time_of_step(_steps_tensor(step, x.shape[0]).to(device, torch.float64))
+        out = path.gaussian_prediction(x.to(device, torch.float64), t, mean, cov, target="eps")
         return out.to(device=x.device, dtype=x.dtype)
 
     return eps
