@@ -51,7 +51,14 @@ from torch.nn import functional as F
 
 from probgen.diffusion import NoiseSchedule
 from probgen.inference.guidance import drop_labels
-from probgen.processes import PREDICTIONS, Marginal, check_time, convert_prediction
+from probgen.processes import (
+    PREDICTIONS,
+    Marginal,
+    check_choice,
+    check_time,
+    convert_prediction,
+    predictions_of_pair,
+)
 
 __all__ = [
     "REDUCTIONS",
@@ -294,11 +301,9 @@ def _check_path(path: Any) -> Any:
 
 
 def _check_names(prediction: str, target: str, reduction: str) -> None:
-    for name, value, allowed in (("prediction", prediction, PREDICTIONS),
-                                 ("target", target, PREDICTIONS),
-                                 ("reduction", reduction, REDUCTIONS)):
-        if value not in allowed:
-            raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}.")
+    check_choice("prediction", prediction, PREDICTIONS)
+    check_choice("target", target, PREDICTIONS)
+    check_choice("reduction", reduction, REDUCTIONS)
 
 
 def perturb(path: Any, x: Tensor, t: Tensor | float, noise: Tensor | None = None,
@@ -335,23 +340,6 @@ def _noised(m: Marginal, x: Tensor, noise: Tensor | None,
     a = m.alpha
     signal = x if isinstance(a, float) and a == 1.0 else a * x
     return Perturbed(torch.addcmul(signal, m.sigma, noise), noise, m)
-
-
-def _target(name: str, x: Tensor, noise: Tensor, m: Marginal) -> Tensor:
-    """The regression target of the pair ``(x, noise)`` in the ``name`` space."""
-    a, s, da, ds = m
-    if name == "eps":
-        return noise
-    if name == "data":
-        return x
-    if name == "v":
-        return a * noise - s * x
-    if name == "score":
-        return -noise / s
-    if da is None or ds is None:
-        raise ValueError("target 'velocity': this path has no time derivatives (a discrete "
-                         "schedule); use eps, data, v or score.")
-    return da * x + ds * noise
 
 
 def _draw(times: TimeDistribution | Tensor | float, path: Any, x: Tensor
@@ -474,8 +462,11 @@ def denoise(
     if prediction != target:
         predicted = convert_prediction(predicted, p.x_t, p.marginal, source=prediction,
                                        target=target)
-    squared = F.mse_loss(predicted, _target(target, x, p.noise, p.marginal),
-                         reduction="none").flatten(1)
+    if target == "velocity" and (p.marginal.d_alpha is None or p.marginal.d_sigma is None):
+        raise ValueError("target 'velocity': this path has no time derivatives (a discrete "
+                         "schedule); use eps, data, v or score.")
+    regressed = predictions_of_pair(target, p.x_t, p.marginal, data=x, eps=p.noise)
+    squared = F.mse_loss(predicted, regressed, reduction="none").flatten(1)
     error = squared.sum(1) if reduction == "sum" else squared.mean(1)
     weight = weighting(drawn.t) if callable(weighting) else float(weighting)
     if drawn.weight is not None:

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
 __all__ = ["Marginal", "PREDICTIONS", "GaussianPath", "convert_prediction", "check_time",
-           "check_path_prediction"]
+           "check_path_prediction", "check_choice", "predictions_of_pair"]
 
 #: What a network of ``(x, t)`` may predict (see the module docstring).
 PREDICTIONS = ("eps", "data", "v", "score", "velocity")
@@ -114,21 +114,52 @@ def check_time(t: Tensor | float, x: Tensor, *, bounded: bool = False,
     return t
 
 
+def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
+    """Checks that the argument ``name`` is one of ``allowed`` (a name of a registry or a
+    setting), saying which ones were expected.
+
+    Raises:
+        ValueError: ``value`` is not in ``allowed``.
+    """
+    if value not in allowed:
+        raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}.")
+
+
 def check_path_prediction(path: Any, prediction: str) -> None:
     """Checks that ``path`` is a :class:`GaussianPath` and ``prediction`` one of
     :data:`PREDICTIONS` (the arguments of everything that reads a network on a path)."""
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction: expected one of {list(PREDICTIONS)}, got "
-                         f"{prediction!r}.")
+    check_choice("prediction", prediction, PREDICTIONS)
     if not isinstance(path, GaussianPath):
         raise TypeError(f"path: expected a probgen.processes.GaussianPath, got "
                         f"{type(path).__name__}.")
 
 
-def _check_prediction_names(source: str, target: str) -> None:
-    for name, value in (("source", source), ("target", target)):
-        if value not in PREDICTIONS:
-            raise ValueError(f"{name}: expected one of {list(PREDICTIONS)}, got {value!r}.")
+def predictions_of_pair(target: str, x: Tensor, marginal: Marginal, *,
+                        data: Tensor | None = None, eps: Tensor | None = None) -> Tensor:
+    r"""The ``target`` prediction (:data:`PREDICTIONS`) of the pair (data, noise) at the
+    points :math:`x = \alpha_t\,\text{data} + \sigma_t\,\epsilon`: the one conversion's
+    last half (:func:`convert_prediction`), and the regression target of a denoising pair.
+
+    Args:
+        target: a name in :data:`PREDICTIONS`.
+        x: the points ``(batch, *event)``.
+        marginal: the coefficients, broadcastable to ``x``.
+        data, eps: the pair; one of them may be ``None`` (then computed from ``x``).
+    """
+    a, s, da, ds = marginal
+    if target == "eps":
+        return eps if eps is not None else (x - a * data) / s
+    if target == "score":
+        return -(eps if eps is not None else (x - a * data) / s) / s
+    if data is None:
+        data = (x - s * eps) / a
+    if target == "data":
+        return data
+    if eps is None:
+        eps = (x - a * data) / s
+    if target == "v":
+        return a * eps - s * data
+    return da * data + ds * eps
 
 
 def convert_prediction(prediction: Tensor, x: Tensor, marginal: Marginal, *, source: str,
@@ -161,7 +192,8 @@ def convert_prediction(prediction: Tensor, x: Tensor, marginal: Marginal, *, sou
         >>> torch.allclose(back, eps)
         True
     """
-    _check_prediction_names(source, target)
+    check_choice("source", source, PREDICTIONS)
+    check_choice("target", target, PREDICTIONS)
     if not isinstance(prediction, Tensor) or prediction.shape != x.shape:
         got = tuple(prediction.shape) if isinstance(prediction, Tensor) else type(
             prediction).__name__
@@ -186,19 +218,7 @@ def convert_prediction(prediction: Tensor, x: Tensor, marginal: Marginal, *, sou
     else:  # velocity u = da data + ds eps
         delta = a * ds - da * s
         data, eps = (ds * x - s * prediction) / delta, (a * prediction - da * x) / delta
-    if target == "eps":
-        return eps if eps is not None else (x - a * data) / s
-    if target == "score":
-        return -(eps if eps is not None else (x - a * data) / s) / s
-    if data is None:
-        data = (x - s * eps) / a
-    if target == "data":
-        return data
-    if eps is None:
-        eps = (x - a * data) / s
-    if target == "v":
-        return a * eps - s * data
-    return da * data + ds * eps
+    return predictions_of_pair(target, x, marginal, data=data, eps=eps)
 
 
 class GaussianPath(nn.Module, ABC):
@@ -272,7 +292,6 @@ class GaussianPath(nn.Module, ABC):
             >>> torch.allclose(u, torch.ones(1, 2))  # no noise: x_t = t x_1, so u = x_1
             True
         """
-        _check_prediction_names(source, target)
         return convert_prediction(prediction, x, self.coefficients(t, x), source=source,
                                   target=target)
 
@@ -316,7 +335,7 @@ class GaussianPath(nn.Module, ABC):
         """
         if x.dim() != 2:
             raise ValueError(f"x: expected points (batch, D), got {tuple(x.shape)}.")
-        _check_prediction_names("eps", target)
+        check_choice("target", target, PREDICTIONS)
         t = check_time(t, x)
         a, s, da, ds = self.schedule(t)
         mean, cov = mean.to(x), cov.to(x)
@@ -325,12 +344,6 @@ class GaussianPath(nn.Module, ABC):
         w = torch.linalg.solve(c, (x - a[:, None] * mean).unsqueeze(-1))  # C^{-1}(x - a mu)
         if target == "score":
             return -w.squeeze(-1)
-        eps = s[:, None] * w.squeeze(-1)
-        data = mean + a[:, None] * (cov @ w).squeeze(-1)
-        if target == "eps":
-            return eps
-        if target == "data":
-            return data
-        if target == "v":
-            return a[:, None] * eps - s[:, None] * data
-        return da[:, None] * data + ds[:, None] * eps
+        return predictions_of_pair(target, x, Marginal(a, s, da, ds).broadcast_to(x),
+                                   data=mean + a[:, None] * (cov @ w).squeeze(-1),
+                                   eps=s[:, None] * w.squeeze(-1))
