@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from probgen.cnf import FIXED_METHODS, ODE_METHODS, SolveStats, odeint_field
-from probgen.couplings import COUPLINGS, Coupling, get_coupling
+from probgen.couplings import Coupling, IndependentCoupling, get_coupling
 from probgen.inference.denoising import UniformTimes, check_label_dropout, denoise
 from probgen.inference.registry import register_objective
 from probgen.paths import AffinePath
@@ -411,15 +411,13 @@ def _build(model: nn.Module, data: Any, **table: Any) -> nn.Module:
     if not isinstance(path, AffinePath):
         raise ValueError(f"model: 'cfm' trains a vector field with a .path attribute (e.g. "
                          f"FlowMatching), got {type(model).__name__}.")
-    name = table.pop("coupling", "independent")
-    if name not in COUPLINGS:
-        raise ValueError(f"coupling: expected one of {sorted(COUPLINGS)}, got {name!r}.")
     options = {k: table.pop(k) for k in ("reg", "pairs") if k in table}
-    coupling = None if name == "independent" and not options else get_coupling(name, **options)
+    coupling = get_coupling(table.pop("coupling", "independent"), **options)
     eval_likelihood = bool(table.pop("eval_likelihood", True))
     num_classes = getattr(model, "num_classes", None)
     log_prob = getattr(model, "log_prob", None)
     return ConditionalFlowMatching(
-        model, path, coupling, conditional=num_classes is not None, num_classes=num_classes,
+        model, path, None if isinstance(coupling, IndependentCoupling) else coupling,
+        conditional=num_classes is not None, num_classes=num_classes,
         preprocess=data.preprocess,
         likelihood=log_prob if eval_likelihood and callable(log_prob) else None, **table)

@@ -65,7 +65,7 @@ import torch
 from torch import Tensor
 
 from probgen.inference.sampling import Run, SampleResult, Stepper, sample_loop
-from probgen.processes import GaussianPath
+from probgen.processes import GaussianPath, check_choice
 
 __all__ = ["SOLVERS", "GRIDS", "DEFAULT_GRIDS", "STEPPERS", "PathStepper", "DDIM",
            "DPMSolver2M", "DPMSolver3M", "UniPC", "EDMHeun", "ddim_update", "time_grid",
@@ -431,8 +431,7 @@ def time_grid(path: GaussianPath, steps: int, *, grid: str = "time", t_start: fl
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected a positive int, got {steps!r}.")
-    if grid not in GRIDS:
-        raise ValueError(f"grid: expected one of {list(GRIDS)}, got {grid!r}.")
+    check_choice("grid", grid, GRIDS)
     t_end = path.t_end if t_end is None else float(t_end)
     if not 0.0 <= t_start < t_end <= 1.0:
         raise ValueError(f"t_start, t_end: expected 0 <= t_start < t_end <= 1, got "
@@ -498,8 +497,7 @@ def solve_path(
         >>> out.nfe, float(out.samples.abs().max()) < 1e-6  # 1 + 2 * 3 + 1 calls
         (8, True)
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"solver: expected one of {list(SOLVERS)}, got {solver!r}.")
+    check_choice("solver", solver, SOLVERS)
     times = torch.as_tensor(times, dtype=torch.float64).flatten()
     if times.numel() < 2 or not bool((times[1:] > times[:-1]).all()):
         raise ValueError("times: expected at least two increasing probgen times, got "

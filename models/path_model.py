@@ -37,7 +37,7 @@ from probgen.inference.sampling import SampleResult
 from probgen.inference.solvers import SOLVERS
 from probgen.metrics.likelihood import dequantized_bits_per_dim
 from probgen.nn import UNet
-from probgen.processes import GaussianPath
+from probgen.processes import GaussianPath, check_choice
 
 __all__ = ["PathModel", "image_network"]
 
@@ -261,9 +261,7 @@ class PathModel(nn.Module):
             (torch.Size([5, 2]), 10)
         """
         sampler = self.default_sampler if sampler is None else sampler
-        if sampler not in self.samplers:
-            raise ValueError(f"sampler: expected one of {list(self.samplers)}, got "
-                             f"{sampler!r}.")
+        check_choice("sampler", sampler, self.samplers)
         if method in SOLVERS:
             raise ValueError(f"method: {method!r} is a sampler; pass sampler={method!r} "
                              f"(method is the torchdiffeq method of sampler 'ode').")

@@ -27,7 +27,6 @@ References:
 
 from __future__ import annotations
 
-import inspect
 import math
 from abc import ABC, abstractmethod
 
@@ -36,6 +35,7 @@ import torch
 from torch import Tensor
 
 from probgen.assignment import linear_assignment
+from probgen.processes import build_named, check_choice
 
 __all__ = [
     "Coupling",
@@ -185,8 +185,7 @@ class IndependentCoupling(Coupling):
 
 
 def _check_pairs(pairs: str) -> str:
-    if pairs not in PAIRS:
-        raise ValueError(f"pairs: expected one of {list(PAIRS)}, got {pairs!r}.")
+    check_choice("pairs", pairs, PAIRS)
     return pairs
 
 
@@ -330,12 +329,4 @@ def get_coupling(name: str, **kwargs: object) -> Coupling:
     Raises:
         ValueError: an unknown name, or parameters the coupling does not take.
     """
-    if name not in COUPLINGS:
-        raise ValueError(f"coupling: expected one of {sorted(COUPLINGS)}, got {name!r}.")
-    cls = COUPLINGS[name]
-    allowed = [p for p in inspect.signature(cls).parameters]
-    extra = sorted(set(kwargs) - set(allowed))
-    if extra:
-        raise ValueError(f"coupling {name!r}: parameters {extra} do not apply (allowed: "
-                         f"{allowed or 'none'}).")
-    return cls(**kwargs)
+    return build_named("coupling", COUPLINGS, name, **kwargs)

@@ -54,7 +54,6 @@ References:
 
 from __future__ import annotations
 
-import inspect
 import math
 from abc import abstractmethod
 from dataclasses import dataclass
@@ -62,7 +61,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from probgen.processes import GaussianPath, Marginal, check_time
+from probgen.processes import GaussianPath, Marginal, build_named, check_time
 from probgen.sde import SDE, VESDE, VPSDE
 
 __all__ = [
@@ -360,12 +359,4 @@ def get_path(name: str, **kwargs: float) -> AffinePath:
         >>> get_path("ot", sigma_min=0.01)
         CondOTPath(sigma_min=0.01)
     """
-    if name not in PATHS:
-        raise ValueError(f"path: expected one of {sorted(PATHS)}, got {name!r}.")
-    cls = PATHS[name]
-    allowed = [p for p in inspect.signature(cls).parameters]
-    extra = sorted(set(kwargs) - set(allowed))
-    if extra:
-        raise ValueError(f"path {name!r}: parameters {extra} do not apply (allowed: "
-                         f"{allowed or 'none'}).")
-    return cls(**kwargs)
+    return build_named("path", PATHS, name, **kwargs)

@@ -41,8 +41,9 @@ References:
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -50,7 +51,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
 __all__ = ["Marginal", "PREDICTIONS", "GaussianPath", "convert_prediction", "check_time",
-           "check_path_prediction", "check_choice", "predictions_of_pair"]
+           "check_path_prediction", "check_choice", "predictions_of_pair", "build_named"]
 
 #: What a network of ``(x, t)`` may predict (see the module docstring).
 PREDICTIONS = ("eps", "data", "v", "score", "velocity")
@@ -123,6 +124,23 @@ def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
     """
     if value not in allowed:
         raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}.")
+
+
+def build_named(kind: str, registry: Mapping[str, Callable[..., Any]], name: str,
+                **kwargs: Any) -> Any:
+    """Builds ``registry[name](**kwargs)``, the object of that name (a path, a coupling) with
+    its parameters.
+
+    Raises:
+        ValueError: an unknown name, or parameters the object does not take.
+    """
+    check_choice(kind, name, sorted(registry))
+    allowed = list(inspect.signature(registry[name]).parameters)
+    extra = sorted(set(kwargs) - set(allowed))
+    if extra:
+        raise ValueError(f"{kind} {name!r}: parameters {extra} do not apply (allowed: "
+                         f"{allowed or 'none'}).")
+    return registry[name](**kwargs)
 
 
 def check_path_prediction(path: Any, prediction: str) -> None:
