@@ -72,14 +72,6 @@ class ODEResult(NamedTuple):
     nfe: int
 
 
-def _check_output(v: Any, x: Tensor, name: str = "field") -> Tensor:
-    if not isinstance(v, Tensor) or v.shape != x.shape:
-        got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
-        raise ValueError(f"{name}: expected an output of the shape of x {tuple(x.shape)}, "
-                         f"got {got}.")
-    return v
-
-
 def _check_method(method: str, steps: int | None) -> None:
     if method == "heun":
         raise ValueError("method: 'heun' is ambiguous; expected 'heun2' (torchdiffeq's "

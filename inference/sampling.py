@@ -124,10 +124,6 @@ class Stepper(ABC):
         return None
 
 
-def _modules(networks: Iterable[Any]) -> list[nn.Module]:
-    return [m for m in networks if isinstance(m, nn.Module)]
-
-
 def sample_loop(
     stepper: Stepper,
     x: Tensor,
@@ -171,7 +167,7 @@ def sample_loop(
         raise ValueError(f"record_every: expected a positive int or None, got "
                          f"{record_every!r}.")
     run = Run(generator)
-    modules = _modules(networks)
+    modules = [m for m in networks if isinstance(m, nn.Module)]
     modes = [m.training for m in modules]
     for m in modules:
         m.eval()

@@ -391,11 +391,6 @@ STEPPERS: dict[str, type[PathStepper]] = {"ddim": DDIM, "dpm++2m": DPMSolver2M,
                                           "edm_heun": EDMHeun}
 
 
-def _ratio(path: GaussianPath, t: Tensor) -> Tensor:
-    alpha, sigma = path.alpha_sigma(t)
-    return sigma / alpha
-
-
 def time_grid(path: GaussianPath, steps: int, *, grid: str = "time", t_start: float = 0.0,
               t_end: float | None = None, rho: float = 7.0, sigma_max: float = 80.0,
               sigma_min: float = 0.002) -> Tensor:
@@ -439,7 +434,8 @@ def time_grid(path: GaussianPath, steps: int, *, grid: str = "time", t_start: fl
     if grid == "time":
         return torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64, device="cpu")
     ends = torch.tensor([t_start, t_end], dtype=torch.float64)
-    hi, lo = _ratio(path, ends).tolist()
+    alpha, sigma = path.alpha_sigma(ends)
+    hi, lo = (sigma / alpha).tolist()
     head = ends[:1] if math.isinf(hi) else ends[:0]
     tail = ends[1:] if lo == 0 else ends[:0]
     hi = sigma_max if math.isinf(hi) else hi

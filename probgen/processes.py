@@ -50,8 +50,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
-__all__ = ["Marginal", "PREDICTIONS", "GaussianPath", "convert_prediction", "check_time",
-           "check_path_prediction", "check_choice", "predictions_of_pair", "build_named"]
+__all__ = ["Marginal", "PREDICTIONS", "GaussianPath", "convert_prediction", "predictions_of_pair",
+           "check_time", "check_path_prediction", "check_choice", "check_batches", "build_named"]
 
 #: What a network of ``(x, t)`` may predict (see the module docstring).
 PREDICTIONS = ("eps", "data", "v", "score", "velocity")
@@ -113,6 +113,29 @@ def check_time(t: Tensor | float, x: Tensor, *, bounded: bool = False,
         raise ValueError("t: expected times in [0, 1] (0 noise, 1 data), got values in "
                          f"[{float(t.min()):g}, {float(t.max()):g}].")
     return t
+
+
+def check_batches(x: Any, other: Any, names: tuple[str, str] = ("x0", "x1"), *,
+                  paired: bool = False) -> None:
+    """Checks two batches ``(batch, *event)`` (the two ends of a path, two minibatches to
+    couple): non-empty floating-point tensors of one event shape (``paired``: of one shape).
+
+    Raises:
+        TypeError: not floating-point tensors.
+        ValueError: empty batches, no event dimension, or mismatched shapes.
+    """
+    for value, name in zip((x, other), names, strict=True):
+        if not isinstance(value, Tensor) or not value.is_floating_point():
+            got = value.dtype if isinstance(value, Tensor) else type(value).__name__
+            raise TypeError(f"{name}: expected a floating-point tensor (batch, *event), "
+                            f"got {got}.")
+        if value.dim() < 2 or value.shape[0] == 0:
+            raise ValueError(f"{name}: expected a non-empty batch (batch, *event), got "
+                             f"{tuple(value.shape)}.")
+    if (x.shape if paired else x.shape[1:]) != (other.shape if paired else other.shape[1:]):
+        what = "one shape (batch, *event)" if paired else "one event shape"
+        raise ValueError(f"{names[0]} and {names[1]}: expected {what}, got "
+                         f"{tuple(x.shape)} and {tuple(other.shape)}.")
 
 
 def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
