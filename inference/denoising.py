@@ -55,6 +55,7 @@ from probgen.processes import (
     PREDICTIONS,
     Marginal,
     check_choice,
+    check_like,
     check_time,
     convert_prediction,
     predictions_of_pair,
@@ -334,9 +335,8 @@ def _noised(m: Marginal, x: Tensor, noise: Tensor | None,
     r""":math:`\alpha x + \sigma\epsilon` at coefficients ``m`` broadcast against ``x``."""
     if noise is None:
         noise = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
-    elif not isinstance(noise, Tensor) or noise.shape != x.shape:
-        got = tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__
-        raise ValueError(f"noise: expected the shape of x {tuple(x.shape)}, got {got}.")
+    else:
+        check_like(noise, x, "noise", what="")
     a = m.alpha
     signal = x if isinstance(a, float) and a == 1.0 else a * x
     return Perturbed(torch.addcmul(signal, m.sigma, noise), noise, m)
@@ -453,12 +453,8 @@ def denoise(
             labels = drop_labels(labels, label_dropout, null_label)
         cond["labels"] = labels
     output = network(p.x_t, drawn.t, **cond)
-    predicted = output[0] if isinstance(output, tuple) and output else output
-    if not isinstance(predicted, Tensor) or predicted.shape != x.shape:
-        got = tuple(predicted.shape) if isinstance(predicted, Tensor) else type(
-            predicted).__name__
-        raise ValueError(f"{name}: expected an output of the shape of x {tuple(x.shape)}, "
-                         f"got {got}.")
+    predicted = check_like(output[0] if isinstance(output, tuple) and output else output, x,
+                           name)
     if prediction != target:
         predicted = convert_prediction(predicted, p.x_t, p.marginal, source=prediction,
                                        target=target)

@@ -136,25 +136,22 @@ def ode_sample(
         got = tuple(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__
         raise ValueError(f"x0: expected floating start states (n, *event), got {got}.")
     _check_method(method, steps)
-    if times is not None:
+    fixed = method in FIXED_METHODS
+    if times is None:  # a fixed-step method's uniform grid is the solver's own grid
+        grid = torch.linspace(float(t0), float(t1), steps + 1 if fixed else 2, dtype=x0.dtype,
+                              device=x0.device)
+    else:
         grid = torch.as_tensor(times, dtype=x0.dtype, device=x0.device)
         if grid.dim() != 1 or grid.numel() < 2:
             raise ValueError(f"times: expected at least two times, got {grid.tolist()}.")
-        t0, t1 = float(grid[0]), float(grid[-1])
-    else:
-        grid = torch.tensor([float(t0), float(t1)], dtype=x0.dtype, device=x0.device)
-    options: dict[str, Any] = {}
-    if method in FIXED_METHODS:
-        if times is None:  # the uniform grid itself is the solver's grid
-            grid = torch.linspace(float(t0), float(t1), steps + 1, dtype=x0.dtype,
-                                  device=x0.device)
-        else:
-            options["step_size"] = (float(t1) - float(t0)) / steps
+    if fixed:  # between given times: steps of one size, the states interpolated
+        span = float(grid[-1]) - float(grid[0])
+        options = {} if times is None else {"step_size": span / steps}
     else:
         # Land a step exactly on the end time: torchdiffeq's adaptive steps otherwise overshoot
         # it and interpolate, evaluating the field past the end (singular past t = 1 on the
         # diffusion paths).
-        options["step_t"] = grid[-1:].clone()
+        options = {"step_t": grid[-1:].clone()}
     stats = SolveStats("sample", method)
     bound = field if not cond else functools.partial(_with_cond, field, dict(cond))
     out = odeint_field(bound, x0, grid, method=method, rtol=float(rtol), atol=float(atol),

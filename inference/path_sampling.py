@@ -36,7 +36,7 @@ from probgen.cnf import ADAPTIVE_METHODS, FIXED_METHODS, ContinuousFlow
 from probgen.inference.flow_matching import ode_sample
 from probgen.inference.sampling import SampleResult, Stepper, sample_loop
 from probgen.inference.solvers import DDIM, DEFAULT_GRIDS, SOLVERS, STEPPERS, time_grid
-from probgen.processes import GaussianPath, check_path_prediction
+from probgen.processes import GaussianPath, check_choice, check_path_prediction
 
 __all__ = ["PATH_SAMPLERS", "ODEStepper", "sample_path", "path_flow"]
 
@@ -137,8 +137,7 @@ def sample_path(
         >>> out.samples.shape, out.nfe
         (torch.Size([4, 2]), 10)
     """
-    if sampler not in PATH_SAMPLERS:
-        raise ValueError(f"sampler: expected one of {list(PATH_SAMPLERS)}, got {sampler!r}.")
+    check_choice("sampler", sampler, PATH_SAMPLERS)
     check_path_prediction(path, prediction)
     if sampler != "ddim" and eta:
         raise ValueError(f"eta: applies to sampler 'ddim' only, got eta={eta!r} with "
@@ -151,30 +150,27 @@ def sample_path(
     def data(state: Tensor, t: Tensor) -> Tensor:
         return path.convert(predict(state, t), state, t, source=prediction, target="data")
 
-    def intervals(n: int) -> int:
-        if n - last < 1:
+    if sampler == "ode" and method not in FIXED_METHODS:
+        # an adaptive method picks its own steps from rtol/atol: steps is ignored
+        grid = torch.tensor([0.0, t_end], dtype=torch.float64)
+    else:  # the grid's intervals: the steps but a last denoising step
+        steps = _positive_steps(20 if steps is None else steps,
+                                f"ode/{method}" if sampler == "ode" else sampler)
+        if steps - last < 1:
             raise ValueError(f"steps: sampler {sampler!r} on this path ends with a denoising "
-                             f"step; expected steps >= 2, got {n}.")
-        return n - last
-
+                             f"step; expected steps >= 2, got {steps}.")
+        if sampler == "ode":
+            grid = torch.linspace(0.0, t_end, steps - last + 1, dtype=torch.float64, device="cpu")
+        else:
+            grid = time_grid(path, steps - last, grid=spacing or DEFAULT_GRIDS[sampler],
+                             t_end=t_end)
     if sampler == "ode":
-        if method in FIXED_METHODS:
-            steps = _positive_steps(20 if steps is None else steps, f"ode/{method}")
-            grid = torch.linspace(0.0, t_end, intervals(steps) + 1, dtype=torch.float64,
-                                  device="cpu")
-        else:  # an adaptive method picks its own steps from rtol/atol: steps is ignored
-            grid = torch.tensor([0.0, t_end], dtype=torch.float64)
-
         stepper: Stepper = ODEStepper(_Velocity(predict, prediction, path), method=method,
                                       rtol=rtol, atol=atol, final=data if last else None)
+    elif sampler == "ddim":
+        stepper = DDIM(path, data, eta=eta, denoise=denoise)
     else:
-        steps = _positive_steps(20 if steps is None else steps, sampler)
-        grid = time_grid(path, intervals(steps), grid=spacing or DEFAULT_GRIDS[sampler],
-                         t_end=t_end)
-        if sampler == "ddim":
-            stepper = DDIM(path, data, eta=eta, denoise=denoise)
-        else:
-            stepper = STEPPERS[sampler](path, data, denoise=denoise)
+        stepper = STEPPERS[sampler](path, data, denoise=denoise)
     return sample_loop(stepper, x, grid, generator=generator, networks=networks,
                        record_every=record_every)
 

@@ -38,6 +38,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from probgen.processes import check_like
+
 __all__ = ["Stepper", "Run", "SampleResult", "sample_loop"]
 
 
@@ -83,12 +85,7 @@ class Run:
         """
         self.nfe += 1
         tb = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(()).expand(x.shape[0])
-        out = fn(x, tb, *args, **kwargs)
-        if not isinstance(out, Tensor) or out.shape != x.shape:
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"{name}: expected an output of the shape of x "
-                             f"{tuple(x.shape)}, got {got}.")
-        return out
+        return check_like(fn(x, tb, *args, **kwargs), x, name)
 
     def noise(self, like: Tensor) -> Tensor:
         """Standard normal draws of ``like``'s shape, dtype and device."""

@@ -37,7 +37,7 @@ from probgen.inference.sampling import SampleResult
 from probgen.inference.solvers import SOLVERS
 from probgen.metrics.likelihood import dequantized_bits_per_dim
 from probgen.nn import UNet
-from probgen.processes import GaussianPath, check_choice
+from probgen.processes import GaussianPath, check_choice, check_like
 
 __all__ = ["PathModel", "image_network"]
 
@@ -156,24 +156,22 @@ class PathModel(nn.Module):
                 ) -> Tensor | None:
         """Class labels for ``n`` samples: an int, or a sequence/tensor cycled over them (an
         unconditional model takes labels only for a classifier)."""
+        self._check_conditional(labels, classifier)
+        return sample_labels(labels, n, device, self.num_classes)
+
+    def _check_conditional(self, labels: Any, classifier: bool = False) -> None:
         if labels is not None and not self.num_classes and not classifier:
             raise ValueError("labels: this model is unconditional (num_classes=None).")
-        return sample_labels(labels, n, device, self.num_classes)
 
     def _call(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         """The network at ``x`` ``(batch, *event)``, times ``t`` ``(batch,)``."""
         self._check_x(x)
-        if labels is not None and not self.num_classes:
-            raise ValueError("labels: this model is unconditional (num_classes=None).")
+        self._check_conditional(labels)
         return self.network(x, t, labels=labels) if self.num_classes else self.network(x, t)
 
     def _output(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         """The network's prediction (:attr:`predicts`) at ``x``, times ``t``."""
-        out = self._call(x, t, labels)
-        if out.shape != x.shape:
-            raise ValueError(f"network: expected an output of shape {tuple(x.shape)}, got "
-                             f"{tuple(out.shape)}.")
-        return out
+        return check_like(self._call(x, t, labels), x, "network")
 
     def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         """The model's :attr:`prediction` at ``x`` ``(batch, *event)``, probgen times ``t``
@@ -191,8 +189,7 @@ class PathModel(nn.Module):
         :func:`probgen.inference.guided`) and classifier guidance by a noise-conditional
         ``classifier(x, t) -> logits`` at scale ``classifier_scale``
         (:func:`probgen.inference.classifier_guided`)."""
-        if labels is not None and not self.num_classes and classifier is None:
-            raise ValueError("labels: this model is unconditional (num_classes=None).")
+        self._check_conditional(labels, classifier is not None)
         f = guided(self, labels if self.num_classes else None, guidance, self.num_classes)
         if classifier is not None and classifier_scale:
             if labels is None:

@@ -51,7 +51,8 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
 __all__ = ["Marginal", "PREDICTIONS", "GaussianPath", "convert_prediction", "predictions_of_pair",
-           "check_time", "check_path_prediction", "check_choice", "check_batches", "build_named"]
+           "check_time", "check_path_prediction", "check_choice", "check_batches", "check_like",
+           "build_named"]
 
 #: What a network of ``(x, t)`` may predict (see the module docstring).
 PREDICTIONS = ("eps", "data", "v", "score", "velocity")
@@ -136,6 +137,19 @@ def check_batches(x: Any, other: Any, names: tuple[str, str] = ("x0", "x1"), *,
         what = "one shape (batch, *event)" if paired else "one event shape"
         raise ValueError(f"{names[0]} and {names[1]}: expected {what}, got "
                          f"{tuple(x.shape)} and {tuple(other.shape)}.")
+
+
+def check_like(value: Any, x: Tensor, name: str, what: str = "an output of ") -> Tensor:
+    """Checks that ``value`` (a network's output, a noise draw) is a tensor of the shape of
+    the states ``x`` ``(batch, *event)``, and returns it.
+
+    Raises:
+        ValueError: not a tensor of ``x``'s shape (the message names ``name``).
+    """
+    if not isinstance(value, Tensor) or value.shape != x.shape:
+        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"{name}: expected {what}the shape of x {tuple(x.shape)}, got {got}.")
+    return value
 
 
 def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
@@ -235,10 +249,7 @@ def convert_prediction(prediction: Tensor, x: Tensor, marginal: Marginal, *, sou
     """
     check_choice("source", source, PREDICTIONS)
     check_choice("target", target, PREDICTIONS)
-    if not isinstance(prediction, Tensor) or prediction.shape != x.shape:
-        got = tuple(prediction.shape) if isinstance(prediction, Tensor) else type(
-            prediction).__name__
-        raise ValueError(f"prediction: expected the shape of x {tuple(x.shape)}, got {got}.")
+    check_like(prediction, x, "prediction", what="")
     if source == target:
         return prediction
     a, s, da, ds = marginal
