@@ -138,6 +138,7 @@ class DiscreteTimes:
             raise ValueError(f"values: expected a number of steps or a non-empty 1-d tensor "
                              f"of times, got {got}.")
         self.values = values
+        self.count = values if isinstance(values, int) else values.numel()
         single = isinstance(values, Tensor) and values.numel() == 1 and values.is_floating_point()
         self._single = float(values[0]) if single else None
 
@@ -145,16 +146,14 @@ class DiscreteTimes:
         """``n`` times: steps (int64) or levels (in ``like``'s dtype)."""
         if self._single is not None:  # one level: no draw
             return Times(torch.full((n,), self._single, dtype=like.dtype, device=like.device))
-        count = self.values if isinstance(self.values, int) else self.values.numel()
-        index = torch.randint(0, count, (n,), device=like.device)
+        index = torch.randint(0, self.count, (n,), device=like.device)
         if isinstance(self.values, int):
             return Times(index)
         values = self.values.to(like.device)
         return Times((values.to(like.dtype) if values.is_floating_point() else values)[index])
 
     def __repr__(self) -> str:
-        count = self.values if isinstance(self.values, int) else self.values.numel()
-        return f"DiscreteTimes({count})"
+        return f"DiscreteTimes({self.count})"
 
 
 class NoiseLevelPath:

@@ -270,16 +270,14 @@ class ConditionalFlowMatching(nn.Module):
         if self.preprocess is None:
             return (x if x.is_floating_point() else x.float()), None
         out = self.preprocess(x)
-        y, ladj = out if isinstance(out, tuple) else (out, None)
-        return y, ladj
+        return out if isinstance(out, tuple) else (out, None)
 
     def forward(self, batch: Any) -> dict[str, Tensor]:
         """The loss on ``batch``: ``x`` ``(batch, *event)``, ``(x, labels)``, or pairs."""
         x0, x1, labels = _split(batch, self.paired)
         ladj = None
         if not self.paired:
-            raw = x1
-            x1, ladj = self._model_space(raw)
+            x1, ladj = self._model_space(x1)
         if self.conditional and labels is None:
             raise ValueError("batch: a conditional field needs (x, labels) batches.")
         if x0 is None:
@@ -297,11 +295,11 @@ class ConditionalFlowMatching(nn.Module):
         result = {"loss": loss, "cfm": loss}
         if self.likelihood is not None and not self.paired and not torch.is_grad_enabled():
             cond = {} if labels is None else {"labels": labels}
-            result.update(self._held_out_likelihood(raw, x1, ladj, cond))
+            result.update(self._held_out_likelihood(x1, ladj, cond))
         return result
 
-    def _held_out_likelihood(self, raw: Tensor, y: Tensor, ladj: Tensor | None,
-                             cond: dict[str, Any]) -> dict[str, Tensor]:
+    def _held_out_likelihood(self, y: Tensor, ladj: Tensor | None, cond: dict[str, Any]
+                             ) -> dict[str, Tensor]:
         log_p = self.likelihood(y, **cond)
         if log_p.shape != y.shape[:1]:
             raise ValueError(f"likelihood: expected one value per example ({y.shape[0]},), "

@@ -32,7 +32,8 @@ Example:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import torch
@@ -40,7 +41,7 @@ from torch import Tensor, nn
 
 from probgen.processes import check_like
 
-__all__ = ["Stepper", "Run", "SampleResult", "sample_loop"]
+__all__ = ["Stepper", "Run", "SampleResult", "sample_loop", "evaluation"]
 
 
 class SampleResult(NamedTuple):
@@ -121,6 +122,21 @@ class Stepper(ABC):
         return None
 
 
+@contextmanager
+def evaluation(networks: Iterable[Any]) -> Iterator[None]:
+    """Evaluation mode for the ``nn.Module``s among ``networks`` during a block (their modes
+    are restored after it)."""
+    modules = [m for m in networks if isinstance(m, nn.Module)]
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes, strict=True):
+            m.train(mode)
+
+
 def sample_loop(
     stepper: Stepper,
     x: Tensor,
@@ -164,35 +180,25 @@ def sample_loop(
         raise ValueError(f"record_every: expected a positive int or None, got "
                          f"{record_every!r}.")
     run = Run(generator)
-    modules = [m for m in networks if isinstance(m, nn.Module)]
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.eval()
     ts = grid.tolist()
     x = x if grad else x.detach()
     records = [x.detach().clone()] if record_every else None
-    recorded = True
+    count = 0  # the updates of the state so far
 
-    def record(state: Tensor, count: int) -> bool:
+    def record(state: Tensor) -> None:
         if records is not None and count % record_every == 0:
             records.append(state.detach().clone())
-            return True
-        return False
 
-    try:
-        with torch.set_grad_enabled(grad):
-            stepper.begin(run, x, grid)
-            for k in range(len(ts) - 1):
-                x = stepper.step(x, ts[k], ts[k + 1])
-                recorded = record(x, k + 1)
-            last = stepper.end(x, ts[-1])
-            if last is not None:
-                x = last
-                recorded = record(x, len(ts))
-            if records is not None and not recorded:
-                records.append(x.detach().clone())
-    finally:
-        for m, mode in zip(modules, modes, strict=True):
-            m.train(mode)
+    with evaluation(networks), torch.set_grad_enabled(grad):
+        stepper.begin(run, x, grid)
+        for k in range(len(ts) - 1):
+            x, count = stepper.step(x, ts[k], ts[k + 1]), k + 1
+            record(x)
+        last = stepper.end(x, ts[-1])
+        if last is not None:
+            x, count = last, len(ts)
+            record(x)
+    if records is not None and count % record_every:  # the last state, unless just kept
+        records.append(x.detach().clone())
     return SampleResult(x, torch.stack(records) if records is not None else None, run.nfe,
                         grid)

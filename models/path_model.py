@@ -23,8 +23,8 @@ score or velocity), the model reads it through the path's one conversion
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from probgen.cnf import ContinuousFlow, SolveStats
 from probgen.inference.guidance import classifier_guided, guided, sample_labels
 from probgen.inference.path_sampling import PATH_SAMPLERS, path_flow, sample_path
-from probgen.inference.sampling import SampleResult
+from probgen.inference.sampling import SampleResult, evaluation
 from probgen.inference.solvers import SOLVERS
 from probgen.metrics.likelihood import dequantized_bits_per_dim
 from probgen.nn import UNet
@@ -129,15 +129,9 @@ class PathModel(nn.Module):
         """The time the likelihood is of (the path's ``t_end``)."""
         return self.path.t_end
 
-    @contextmanager
-    def _evaluation(self) -> Iterator[None]:
+    def _evaluation(self) -> AbstractContextManager[None]:
         """Evaluation mode for a block (the mode is restored after it)."""
-        was_training = self.training
-        self.eval()
-        try:
-            yield
-        finally:
-            self.train(was_training)
+        return evaluation([self])
 
     # ------------------------------------------------------------------ the network
     def _check_x(self, x: Tensor) -> None:
