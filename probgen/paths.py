@@ -55,7 +55,6 @@ References:
 from __future__ import annotations
 
 import math
-from abc import abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -112,10 +111,6 @@ class AffinePath(GaussianPath):
         prior_std: the standard deviation of the isotropic Gaussian the samplers start from
             at ``t = 0``.
     """
-
-    @abstractmethod
-    def schedule(self, t: Tensor) -> Marginal:
-        r"""``(alpha_t, sigma_t, d alpha_t/dt, d sigma_t/dt)``, each of the shape of ``t``."""
 
     # ------------------------------------------------------------------ conditional paths
     def sample(self, x0: Tensor, x1: Tensor, t: Tensor | float) -> PathSample:
