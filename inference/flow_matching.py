@@ -47,6 +47,7 @@ from probgen.couplings import Coupling, IndependentCoupling, get_coupling
 from probgen.inference.denoising import UniformTimes, check_label_dropout, denoise
 from probgen.inference.registry import register_objective
 from probgen.paths import AffinePath
+from probgen.processes import check_batches
 
 __all__ = [
     "ODEResult",
@@ -170,11 +171,8 @@ def _split(batch: Any, paired: bool) -> tuple[Tensor | None, Tensor, Tensor | No
             raise TypeError("batch: a paired objective takes (x0, x1) or (x0, x1, labels) "
                             f"batches, got {type(batch).__name__}.")
         x0, x1, *rest = batch
-        labels = rest[0] if rest else None
-        if not isinstance(x0, Tensor) or not isinstance(x1, Tensor) or x0.shape != x1.shape:
-            raise ValueError("batch: expected paired tensors x0, x1 of one shape (batch, "
-                             "*event).")
-        return x0, x1, labels
+        check_batches(x0, x1, paired=True)
+        return x0, x1, rest[0] if rest else None
     labels = None
     if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], Tensor):
         batch, labels = batch
