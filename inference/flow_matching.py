@@ -154,14 +154,10 @@ def ode_sample(
         # diffusion paths).
         options = {"step_t": grid[-1:].clone()}
     stats = SolveStats("sample", method)
-    bound = field if not cond else functools.partial(_with_cond, field, dict(cond))
+    bound = field if not cond else functools.partial(field, **cond)
     out = odeint_field(bound, x0, grid, method=method, rtol=float(rtol), atol=float(atol),
                        options=options, stats=stats)
     return ODEResult(out if times is not None else out[-1], stats.nfe)
-
-
-def _with_cond(field: Field, cond: dict[str, Any], x: Tensor, t: Tensor) -> Tensor:
-    return field(x, t, **cond)
 
 
 def _split(batch: Any, paired: bool) -> tuple[Tensor | None, Tensor, Tensor | None]:
