@@ -47,7 +47,7 @@ from probgen.couplings import Coupling, IndependentCoupling, get_coupling
 from probgen.inference.denoising import UniformTimes, check_label_dropout, denoise
 from probgen.inference.registry import register_objective
 from probgen.paths import AffinePath
-from probgen.processes import check_batches
+from probgen.processes import check_batches, check_choice
 
 __all__ = [
     "ODEResult",
@@ -78,8 +78,7 @@ def _check_method(method: str, steps: int | None) -> None:
         raise ValueError("method: 'heun' is ambiguous; expected 'heun2' (torchdiffeq's "
                          "explicit trapezoidal rule), 'heun3', or the sampler 'edm_heun' "
                          "(EDM's Heun on the data prediction).")
-    if method not in ODE_METHODS:
-        raise ValueError(f"method: expected one of {list(ODE_METHODS)}, got {method!r}.")
+    check_choice("method", method, ODE_METHODS)
     if method in FIXED_METHODS:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps: method {method!r} takes fixed steps; expected a "
