@@ -51,7 +51,15 @@ from torch.nn import functional as F
 
 from probgen.diffusion import NoiseSchedule
 from probgen.inference.guidance import drop_labels
-from probgen.processes import PREDICTIONS, Marginal, check_time, convert_prediction
+from probgen.processes import (
+    PREDICTIONS,
+    Marginal,
+    check_choice,
+    check_like,
+    check_time,
+    convert_prediction,
+    predictions_of_pair,
+)
 
 __all__ = [
     "REDUCTIONS",
@@ -130,6 +138,7 @@ class DiscreteTimes:
             raise ValueError(f"values: expected a number of steps or a non-empty 1-d tensor "
                              f"of times, got {got}.")
         self.values = values
+        self.count = values if isinstance(values, int) else values.numel()
         single = isinstance(values, Tensor) and values.numel() == 1 and values.is_floating_point()
         self._single = float(values[0]) if single else None
 
@@ -137,16 +146,14 @@ class DiscreteTimes:
         """``n`` times: steps (int64) or levels (in ``like``'s dtype)."""
         if self._single is not None:  # one level: no draw
             return Times(torch.full((n,), self._single, dtype=like.dtype, device=like.device))
-        count = self.values if isinstance(self.values, int) else self.values.numel()
-        index = torch.randint(0, count, (n,), device=like.device)
+        index = torch.randint(0, self.count, (n,), device=like.device)
         if isinstance(self.values, int):
             return Times(index)
         values = self.values.to(like.device)
         return Times((values.to(like.dtype) if values.is_floating_point() else values)[index])
 
     def __repr__(self) -> str:
-        count = self.values if isinstance(self.values, int) else self.values.numel()
-        return f"DiscreteTimes({count})"
+        return f"DiscreteTimes({self.count})"
 
 
 class NoiseLevelPath:
@@ -294,11 +301,9 @@ def _check_path(path: Any) -> Any:
 
 
 def _check_names(prediction: str, target: str, reduction: str) -> None:
-    for name, value, allowed in (("prediction", prediction, PREDICTIONS),
-                                 ("target", target, PREDICTIONS),
-                                 ("reduction", reduction, REDUCTIONS)):
-        if value not in allowed:
-            raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}.")
+    check_choice("prediction", prediction, PREDICTIONS)
+    check_choice("target", target, PREDICTIONS)
+    check_choice("reduction", reduction, REDUCTIONS)
 
 
 def perturb(path: Any, x: Tensor, t: Tensor | float, noise: Tensor | None = None,
@@ -329,29 +334,11 @@ def _noised(m: Marginal, x: Tensor, noise: Tensor | None,
     r""":math:`\alpha x + \sigma\epsilon` at coefficients ``m`` broadcast against ``x``."""
     if noise is None:
         noise = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
-    elif not isinstance(noise, Tensor) or noise.shape != x.shape:
-        got = tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__
-        raise ValueError(f"noise: expected the shape of x {tuple(x.shape)}, got {got}.")
+    else:
+        check_like(noise, x, "noise", what="")
     a = m.alpha
     signal = x if isinstance(a, float) and a == 1.0 else a * x
     return Perturbed(torch.addcmul(signal, m.sigma, noise), noise, m)
-
-
-def _target(name: str, x: Tensor, noise: Tensor, m: Marginal) -> Tensor:
-    """The regression target of the pair ``(x, noise)`` in the ``name`` space."""
-    a, s, da, ds = m
-    if name == "eps":
-        return noise
-    if name == "data":
-        return x
-    if name == "v":
-        return a * noise - s * x
-    if name == "score":
-        return -noise / s
-    if da is None or ds is None:
-        raise ValueError("target 'velocity': this path has no time derivatives (a discrete "
-                         "schedule); use eps, data, v or score.")
-    return da * x + ds * noise
 
 
 def _draw(times: TimeDistribution | Tensor | float, path: Any, x: Tensor
@@ -465,17 +452,16 @@ def denoise(
             labels = drop_labels(labels, label_dropout, null_label)
         cond["labels"] = labels
     output = network(p.x_t, drawn.t, **cond)
-    predicted = output[0] if isinstance(output, tuple) and output else output
-    if not isinstance(predicted, Tensor) or predicted.shape != x.shape:
-        got = tuple(predicted.shape) if isinstance(predicted, Tensor) else type(
-            predicted).__name__
-        raise ValueError(f"{name}: expected an output of the shape of x {tuple(x.shape)}, "
-                         f"got {got}.")
+    predicted = check_like(output[0] if isinstance(output, tuple) and output else output, x,
+                           name)
     if prediction != target:
         predicted = convert_prediction(predicted, p.x_t, p.marginal, source=prediction,
                                        target=target)
-    squared = F.mse_loss(predicted, _target(target, x, p.noise, p.marginal),
-                         reduction="none").flatten(1)
+    if target == "velocity" and (p.marginal.d_alpha is None or p.marginal.d_sigma is None):
+        raise ValueError("target 'velocity': this path has no time derivatives (a discrete "
+                         "schedule); use eps, data, v or score.")
+    regressed = predictions_of_pair(target, p.x_t, p.marginal, data=x, eps=p.noise)
+    squared = F.mse_loss(predicted, regressed, reduction="none").flatten(1)
     error = squared.sum(1) if reduction == "sum" else squared.mean(1)
     weight = weighting(drawn.t) if callable(weighting) else float(weighting)
     if drawn.weight is not None:

@@ -43,10 +43,11 @@ import torch
 from torch import Tensor, nn
 
 from probgen.cnf import FIXED_METHODS, ODE_METHODS, SolveStats, odeint_field
-from probgen.couplings import COUPLINGS, Coupling, get_coupling
+from probgen.couplings import Coupling, IndependentCoupling, get_coupling
 from probgen.inference.denoising import UniformTimes, check_label_dropout, denoise
 from probgen.inference.registry import register_objective
 from probgen.paths import AffinePath
+from probgen.processes import check_batches, check_choice
 
 __all__ = [
     "ODEResult",
@@ -72,21 +73,12 @@ class ODEResult(NamedTuple):
     nfe: int
 
 
-def _check_output(v: Any, x: Tensor, name: str = "field") -> Tensor:
-    if not isinstance(v, Tensor) or v.shape != x.shape:
-        got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
-        raise ValueError(f"{name}: expected an output of the shape of x {tuple(x.shape)}, "
-                         f"got {got}.")
-    return v
-
-
 def _check_method(method: str, steps: int | None) -> None:
     if method == "heun":
         raise ValueError("method: 'heun' is ambiguous; expected 'heun2' (torchdiffeq's "
                          "explicit trapezoidal rule), 'heun3', or the sampler 'edm_heun' "
                          "(EDM's Heun on the data prediction).")
-    if method not in ODE_METHODS:
-        raise ValueError(f"method: expected one of {list(ODE_METHODS)}, got {method!r}.")
+    check_choice("method", method, ODE_METHODS)
     if method in FIXED_METHODS:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps: method {method!r} takes fixed steps; expected a "
@@ -144,34 +136,27 @@ def ode_sample(
         got = tuple(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__
         raise ValueError(f"x0: expected floating start states (n, *event), got {got}.")
     _check_method(method, steps)
-    if times is not None:
+    fixed = method in FIXED_METHODS
+    if times is None:  # a fixed-step method's uniform grid is the solver's own grid
+        grid = torch.linspace(float(t0), float(t1), steps + 1 if fixed else 2, dtype=x0.dtype,
+                              device=x0.device)
+    else:
         grid = torch.as_tensor(times, dtype=x0.dtype, device=x0.device)
         if grid.dim() != 1 or grid.numel() < 2:
             raise ValueError(f"times: expected at least two times, got {grid.tolist()}.")
-        t0, t1 = float(grid[0]), float(grid[-1])
-    else:
-        grid = torch.tensor([float(t0), float(t1)], dtype=x0.dtype, device=x0.device)
-    options: dict[str, Any] = {}
-    if method in FIXED_METHODS:
-        if times is None:  # the uniform grid itself is the solver's grid
-            grid = torch.linspace(float(t0), float(t1), steps + 1, dtype=x0.dtype,
-                                  device=x0.device)
-        else:
-            options["step_size"] = (float(t1) - float(t0)) / steps
+    if fixed:  # between given times: steps of one size, the states interpolated
+        span = float(grid[-1]) - float(grid[0])
+        options = {} if times is None else {"step_size": span / steps}
     else:
         # Land a step exactly on the end time: torchdiffeq's adaptive steps otherwise overshoot
         # it and interpolate, evaluating the field past the end (singular past t = 1 on the
         # diffusion paths).
-        options["step_t"] = grid[-1:].clone()
+        options = {"step_t": grid[-1:].clone()}
     stats = SolveStats("sample", method)
-    bound = field if not cond else functools.partial(_with_cond, field, dict(cond))
+    bound = field if not cond else functools.partial(field, **cond)
     out = odeint_field(bound, x0, grid, method=method, rtol=float(rtol), atol=float(atol),
                        options=options, stats=stats)
     return ODEResult(out if times is not None else out[-1], stats.nfe)
-
-
-def _with_cond(field: Field, cond: dict[str, Any], x: Tensor, t: Tensor) -> Tensor:
-    return field(x, t, **cond)
 
 
 def _split(batch: Any, paired: bool) -> tuple[Tensor | None, Tensor, Tensor | None]:
@@ -181,11 +166,8 @@ def _split(batch: Any, paired: bool) -> tuple[Tensor | None, Tensor, Tensor | No
             raise TypeError("batch: a paired objective takes (x0, x1) or (x0, x1, labels) "
                             f"batches, got {type(batch).__name__}.")
         x0, x1, *rest = batch
-        labels = rest[0] if rest else None
-        if not isinstance(x0, Tensor) or not isinstance(x1, Tensor) or x0.shape != x1.shape:
-            raise ValueError("batch: expected paired tensors x0, x1 of one shape (batch, "
-                             "*event).")
-        return x0, x1, labels
+        check_batches(x0, x1, paired=True)
+        return x0, x1, rest[0] if rest else None
     labels = None
     if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], Tensor):
         batch, labels = batch
@@ -281,16 +263,14 @@ class ConditionalFlowMatching(nn.Module):
         if self.preprocess is None:
             return (x if x.is_floating_point() else x.float()), None
         out = self.preprocess(x)
-        y, ladj = out if isinstance(out, tuple) else (out, None)
-        return y, ladj
+        return out if isinstance(out, tuple) else (out, None)
 
     def forward(self, batch: Any) -> dict[str, Tensor]:
         """The loss on ``batch``: ``x`` ``(batch, *event)``, ``(x, labels)``, or pairs."""
         x0, x1, labels = _split(batch, self.paired)
         ladj = None
         if not self.paired:
-            raw = x1
-            x1, ladj = self._model_space(raw)
+            x1, ladj = self._model_space(x1)
         if self.conditional and labels is None:
             raise ValueError("batch: a conditional field needs (x, labels) batches.")
         if x0 is None:
@@ -308,11 +288,11 @@ class ConditionalFlowMatching(nn.Module):
         result = {"loss": loss, "cfm": loss}
         if self.likelihood is not None and not self.paired and not torch.is_grad_enabled():
             cond = {} if labels is None else {"labels": labels}
-            result.update(self._held_out_likelihood(raw, x1, ladj, cond))
+            result.update(self._held_out_likelihood(x1, ladj, cond))
         return result
 
-    def _held_out_likelihood(self, raw: Tensor, y: Tensor, ladj: Tensor | None,
-                             cond: dict[str, Any]) -> dict[str, Tensor]:
+    def _held_out_likelihood(self, y: Tensor, ladj: Tensor | None, cond: dict[str, Any]
+                             ) -> dict[str, Tensor]:
         log_p = self.likelihood(y, **cond)
         if log_p.shape != y.shape[:1]:
             raise ValueError(f"likelihood: expected one value per example ({y.shape[0]},), "
@@ -411,15 +391,13 @@ def _build(model: nn.Module, data: Any, **table: Any) -> nn.Module:
     if not isinstance(path, AffinePath):
         raise ValueError(f"model: 'cfm' trains a vector field with a .path attribute (e.g. "
                          f"FlowMatching), got {type(model).__name__}.")
-    name = table.pop("coupling", "independent")
-    if name not in COUPLINGS:
-        raise ValueError(f"coupling: expected one of {sorted(COUPLINGS)}, got {name!r}.")
     options = {k: table.pop(k) for k in ("reg", "pairs") if k in table}
-    coupling = None if name == "independent" and not options else get_coupling(name, **options)
+    coupling = get_coupling(table.pop("coupling", "independent"), **options)
     eval_likelihood = bool(table.pop("eval_likelihood", True))
     num_classes = getattr(model, "num_classes", None)
     log_prob = getattr(model, "log_prob", None)
     return ConditionalFlowMatching(
-        model, path, coupling, conditional=num_classes is not None, num_classes=num_classes,
+        model, path, None if isinstance(coupling, IndependentCoupling) else coupling,
+        conditional=num_classes is not None, num_classes=num_classes,
         preprocess=data.preprocess,
         likelihood=log_prob if eval_likelihood and callable(log_prob) else None, **table)

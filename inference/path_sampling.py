@@ -11,7 +11,8 @@ samples with any of :data:`PATH_SAMPLERS`, through the one loop of
   ``"dpm++2m"``, ``"edm_heun"``, ...) on the data prediction, over ``steps`` steps of a
   time or noise-level grid;
 - ``"ode"``: the probability-flow ODE on the velocity, by torchdiffeq (:class:`ODEStepper`,
-  through the one adapter :func:`probgen.cnf.odeint_field`): an adaptive ``method``
+  each step one :func:`probgen.inference.ode_sample` solve through the one adapter
+  :func:`probgen.cnf.odeint_field`): an adaptive ``method``
   (``"dopri5"``, one grid step; the NFE is the solver's) or a fixed-step one (``"euler"``,
   ``"midpoint"``, ``"heun2"``, ``"rk4"``, ...) over ``steps`` uniform steps.
 
@@ -31,17 +32,11 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from probgen.cnf import (
-    ADAPTIVE_METHODS,
-    FIXED_METHODS,
-    ODE_METHODS,
-    ContinuousFlow,
-    SolveStats,
-    odeint_field,
-)
+from probgen.cnf import ADAPTIVE_METHODS, FIXED_METHODS, ContinuousFlow
+from probgen.inference.flow_matching import ode_sample
 from probgen.inference.sampling import SampleResult, Stepper, sample_loop
 from probgen.inference.solvers import DDIM, DEFAULT_GRIDS, SOLVERS, STEPPERS, time_grid
-from probgen.processes import GaussianPath, check_path_prediction
+from probgen.processes import GaussianPath, check_choice, check_path_prediction
 
 __all__ = ["PATH_SAMPLERS", "ODEStepper", "sample_path", "path_flow"]
 
@@ -67,8 +62,6 @@ class ODEStepper(Stepper):
     def __init__(self, field: Callable[[Tensor, Tensor], Tensor], *, method: str = "dopri5",
                  rtol: float = 1e-5, atol: float = 1e-5,
                  final: Callable[[Tensor, Tensor], Tensor] | None = None) -> None:
-        if method not in ODE_METHODS:
-            raise ValueError(f"method: expected one of {list(ODE_METHODS)}, got {method!r}.")
         self.field, self.method, self.rtol, self.atol = field, method, float(rtol), float(atol)
         self.final = final
 
@@ -76,14 +69,10 @@ class ODEStepper(Stepper):
         return None if self.final is None else self.run.call(self.final, x, t, name="final")
 
     def step(self, x: Tensor, t: float, t_next: float) -> Tensor:  # noqa: D102
-        grid = torch.tensor([t, t_next], dtype=x.dtype, device=x.device)
-        # Fixed-step methods step on the grid itself; adaptive ones must land on t_next.
-        options = {"step_t": grid[1:]} if self.method in ADAPTIVE_METHODS else None
-        stats = SolveStats("sample", self.method)
-        out = odeint_field(self.field, x, grid, method=self.method, rtol=self.rtol,
-                           atol=self.atol, options=options, stats=stats)[-1]
-        self.run.count(stats.nfe)
-        return out
+        out = ode_sample(self.field, x, method=self.method, rtol=self.rtol, atol=self.atol,
+                         steps=1 if self.method in FIXED_METHODS else None, t0=t, t1=t_next)
+        self.run.count(out.nfe)
+        return out.samples
 
 
 def _positive_steps(steps: Any, sampler: str) -> int:
@@ -148,8 +137,7 @@ def sample_path(
         >>> out.samples.shape, out.nfe
         (torch.Size([4, 2]), 10)
     """
-    if sampler not in PATH_SAMPLERS:
-        raise ValueError(f"sampler: expected one of {list(PATH_SAMPLERS)}, got {sampler!r}.")
+    check_choice("sampler", sampler, PATH_SAMPLERS)
     check_path_prediction(path, prediction)
     if sampler != "ddim" and eta:
         raise ValueError(f"eta: applies to sampler 'ddim' only, got eta={eta!r} with "
@@ -162,36 +150,27 @@ def sample_path(
     def data(state: Tensor, t: Tensor) -> Tensor:
         return path.convert(predict(state, t), state, t, source=prediction, target="data")
 
-    def intervals(n: int) -> int:
-        if n - last < 1:
+    if sampler == "ode" and method not in FIXED_METHODS:
+        # an adaptive method picks its own steps from rtol/atol: steps is ignored
+        grid = torch.tensor([0.0, t_end], dtype=torch.float64)
+    else:  # the grid's intervals: the steps but a last denoising step
+        steps = _positive_steps(20 if steps is None else steps,
+                                f"ode/{method}" if sampler == "ode" else sampler)
+        if steps - last < 1:
             raise ValueError(f"steps: sampler {sampler!r} on this path ends with a denoising "
-                             f"step; expected steps >= 2, got {n}.")
-        return n - last
-
-    if sampler == "ode":
-        if method not in ODE_METHODS:
-            raise ValueError(f"method: expected one of {list(ODE_METHODS)}, got {method!r}.")
-        if method in FIXED_METHODS:
-            steps = _positive_steps(20 if steps is None else steps, f"ode/{method}")
-            grid = torch.linspace(0.0, t_end, intervals(steps) + 1, dtype=torch.float64,
-                                  device="cpu")
-        else:  # an adaptive method picks its own steps from rtol/atol: steps is ignored
-            grid = torch.tensor([0.0, t_end], dtype=torch.float64)
-
-        def field(state: Tensor, t: Tensor) -> Tensor:
-            return path.convert(predict(state, t), state, t, source=prediction,
-                                target="velocity")
-
-        stepper: Stepper = ODEStepper(field, method=method, rtol=rtol, atol=atol,
-                                      final=data if last else None)
-    else:
-        steps = _positive_steps(20 if steps is None else steps, sampler)
-        grid = time_grid(path, intervals(steps), grid=spacing or DEFAULT_GRIDS[sampler],
-                         t_end=t_end)
-        if sampler == "ddim":
-            stepper = DDIM(path, data, eta=eta, denoise=denoise)
+                             f"step; expected steps >= 2, got {steps}.")
+        if sampler == "ode":
+            grid = torch.linspace(0.0, t_end, steps - last + 1, dtype=torch.float64, device="cpu")
         else:
-            stepper = STEPPERS[sampler](path, data, denoise=denoise)
+            grid = time_grid(path, steps - last, grid=spacing or DEFAULT_GRIDS[sampler],
+                             t_end=t_end)
+    if sampler == "ode":
+        stepper: Stepper = ODEStepper(_Velocity(predict, prediction, path), method=method,
+                                      rtol=rtol, atol=atol, final=data if last else None)
+    elif sampler == "ddim":
+        stepper = DDIM(path, data, eta=eta, denoise=denoise)
+    else:
+        stepper = STEPPERS[sampler](path, data, denoise=denoise)
     return sample_loop(stepper, x, grid, generator=generator, networks=networks,
                        record_every=record_every)
 
@@ -201,7 +180,7 @@ class _Velocity(nn.Module):
     adjoint solve finds the parameters of ``source``)."""
 
     def __init__(self, predict: Callable[[Tensor, Tensor], Tensor], prediction: str,
-                 path: GaussianPath, source: nn.Module | None) -> None:
+                 path: GaussianPath, source: nn.Module | None = None) -> None:
         super().__init__()
         self.predict, self.prediction, self.path, self.source = predict, prediction, path, source
 

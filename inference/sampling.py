@@ -32,13 +32,16 @@ Example:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Stepper", "Run", "SampleResult", "sample_loop"]
+from probgen.processes import check_like
+
+__all__ = ["Stepper", "Run", "SampleResult", "sample_loop", "evaluation"]
 
 
 class SampleResult(NamedTuple):
@@ -83,12 +86,7 @@ class Run:
         """
         self.nfe += 1
         tb = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(()).expand(x.shape[0])
-        out = fn(x, tb, *args, **kwargs)
-        if not isinstance(out, Tensor) or out.shape != x.shape:
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"{name}: expected an output of the shape of x "
-                             f"{tuple(x.shape)}, got {got}.")
-        return out
+        return check_like(fn(x, tb, *args, **kwargs), x, name)
 
     def noise(self, like: Tensor) -> Tensor:
         """Standard normal draws of ``like``'s shape, dtype and device."""
@@ -124,8 +122,19 @@ class Stepper(ABC):
         return None
 
 
-def _modules(networks: Iterable[Any]) -> list[nn.Module]:
-    return [m for m in networks if isinstance(m, nn.Module)]
+@contextmanager
+def evaluation(networks: Iterable[Any]) -> Iterator[None]:
+    """Evaluation mode for the ``nn.Module``s among ``networks`` during a block (their modes
+    are restored after it)."""
+    modules = [m for m in networks if isinstance(m, nn.Module)]
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes, strict=True):
+            m.train(mode)
 
 
 def sample_loop(
@@ -171,35 +180,25 @@ def sample_loop(
         raise ValueError(f"record_every: expected a positive int or None, got "
                          f"{record_every!r}.")
     run = Run(generator)
-    modules = _modules(networks)
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.eval()
     ts = grid.tolist()
     x = x if grad else x.detach()
     records = [x.detach().clone()] if record_every else None
-    recorded = True
+    count = 0  # the updates of the state so far
 
-    def record(state: Tensor, count: int) -> bool:
+    def record(state: Tensor) -> None:
         if records is not None and count % record_every == 0:
             records.append(state.detach().clone())
-            return True
-        return False
 
-    try:
-        with torch.set_grad_enabled(grad):
-            stepper.begin(run, x, grid)
-            for k in range(len(ts) - 1):
-                x = stepper.step(x, ts[k], ts[k + 1])
-                recorded = record(x, k + 1)
-            last = stepper.end(x, ts[-1])
-            if last is not None:
-                x = last
-                recorded = record(x, len(ts))
-            if records is not None and not recorded:
-                records.append(x.detach().clone())
-    finally:
-        for m, mode in zip(modules, modes, strict=True):
-            m.train(mode)
+    with evaluation(networks), torch.set_grad_enabled(grad):
+        stepper.begin(run, x, grid)
+        for k in range(len(ts) - 1):
+            x, count = stepper.step(x, ts[k], ts[k + 1]), k + 1
+            record(x)
+        last = stepper.end(x, ts[-1])
+        if last is not None:
+            x, count = last, len(ts)
+            record(x)
+    if records is not None and count % record_every:  # the last state, unless just kept
+        records.append(x.detach().clone())
     return SampleResult(x, torch.stack(records) if records is not None else None, run.nfe,
                         grid)

@@ -65,7 +65,7 @@ import torch
 from torch import Tensor
 
 from probgen.inference.sampling import Run, SampleResult, Stepper, sample_loop
-from probgen.processes import GaussianPath
+from probgen.processes import GaussianPath, check_choice
 
 __all__ = ["SOLVERS", "GRIDS", "DEFAULT_GRIDS", "STEPPERS", "PathStepper", "DDIM",
            "DPMSolver2M", "DPMSolver3M", "UniPC", "EDMHeun", "ddim_update", "time_grid",
@@ -391,11 +391,6 @@ STEPPERS: dict[str, type[PathStepper]] = {"ddim": DDIM, "dpm++2m": DPMSolver2M,
                                           "edm_heun": EDMHeun}
 
 
-def _ratio(path: GaussianPath, t: Tensor) -> Tensor:
-    alpha, sigma = path.alpha_sigma(t)
-    return sigma / alpha
-
-
 def time_grid(path: GaussianPath, steps: int, *, grid: str = "time", t_start: float = 0.0,
               t_end: float | None = None, rho: float = 7.0, sigma_max: float = 80.0,
               sigma_min: float = 0.002) -> Tensor:
@@ -431,8 +426,7 @@ def time_grid(path: GaussianPath, steps: int, *, grid: str = "time", t_start: fl
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected a positive int, got {steps!r}.")
-    if grid not in GRIDS:
-        raise ValueError(f"grid: expected one of {list(GRIDS)}, got {grid!r}.")
+    check_choice("grid", grid, GRIDS)
     t_end = path.t_end if t_end is None else float(t_end)
     if not 0.0 <= t_start < t_end <= 1.0:
         raise ValueError(f"t_start, t_end: expected 0 <= t_start < t_end <= 1, got "
@@ -440,7 +434,8 @@ def time_grid(path: GaussianPath, steps: int, *, grid: str = "time", t_start: fl
     if grid == "time":
         return torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64, device="cpu")
     ends = torch.tensor([t_start, t_end], dtype=torch.float64)
-    hi, lo = _ratio(path, ends).tolist()
+    alpha, sigma = path.alpha_sigma(ends)
+    hi, lo = (sigma / alpha).tolist()
     head = ends[:1] if math.isinf(hi) else ends[:0]
     tail = ends[1:] if lo == 0 else ends[:0]
     hi = sigma_max if math.isinf(hi) else hi
@@ -498,8 +493,7 @@ def solve_path(
         >>> out.nfe, float(out.samples.abs().max()) < 1e-6  # 1 + 2 * 3 + 1 calls
         (8, True)
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"solver: expected one of {list(SOLVERS)}, got {solver!r}.")
+    check_choice("solver", solver, SOLVERS)
     times = torch.as_tensor(times, dtype=torch.float64).flatten()
     if times.numel() < 2 or not bool((times[1:] > times[:-1]).all()):
         raise ValueError("times: expected at least two increasing probgen times, got "

@@ -27,7 +27,7 @@ from probgen.cnf import FIXED_METHODS, SolveStats
 from probgen.inference.flow_matching import ode_sample, reflow_pairs
 from probgen.models.path_model import PathModel, image_network
 from probgen.nn import ConditionalMLP
-from probgen.paths import PATHS, AffinePath, get_path
+from probgen.paths import AffinePath, get_path
 
 __all__ = ["FlowMatching", "VectorFlowMatching", "ImageFlowMatching", "FM_MODELS"]
 
@@ -117,18 +117,14 @@ class FlowMatching(PathModel):
 
 def _build_path(path: str, sigma_min: float | None, beta_min: float, beta_max: float,
                 sigma_max: float, eps: float) -> AffinePath:
-    if path not in PATHS:
-        raise ValueError(f"path: expected one of {sorted(PATHS)}, got {path!r}.")
-    if path == "ot":
-        return get_path("ot", sigma_min=0.0 if sigma_min is None else sigma_min)
-    if path == "linear":
-        if sigma_min:
-            raise ValueError("sigma_min: the linear path has no width; use path = 'ot'.")
-        return get_path("linear")
-    if path == "vp":
-        return get_path("vp", beta_min=beta_min, beta_max=beta_max, eps=eps)
-    return get_path("ve", sigma_min=0.01 if sigma_min is None else sigma_min,
-                    sigma_max=sigma_max, eps=eps)
+    """The path called ``path`` with those of the arguments that apply to it."""
+    if path == "linear" and sigma_min:
+        raise ValueError("sigma_min: the linear path has no width; use path = 'ot'.")
+    options = {"ot": {"sigma_min": 0.0 if sigma_min is None else sigma_min},
+               "vp": {"beta_min": beta_min, "beta_max": beta_max, "eps": eps},
+               "ve": {"sigma_min": 0.01 if sigma_min is None else sigma_min,
+                      "sigma_max": sigma_max, "eps": eps}}
+    return get_path(path, **options.get(path, {}))
 
 
 class VectorFlowMatching(FlowMatching):

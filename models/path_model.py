@@ -23,8 +23,8 @@ score or velocity), the model reads it through the path's one conversion
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -33,11 +33,11 @@ from torch import Tensor, nn
 from probgen.cnf import ContinuousFlow, SolveStats
 from probgen.inference.guidance import classifier_guided, guided, sample_labels
 from probgen.inference.path_sampling import PATH_SAMPLERS, path_flow, sample_path
-from probgen.inference.sampling import SampleResult
+from probgen.inference.sampling import SampleResult, evaluation
 from probgen.inference.solvers import SOLVERS
 from probgen.metrics.likelihood import dequantized_bits_per_dim
 from probgen.nn import UNet
-from probgen.processes import GaussianPath
+from probgen.processes import GaussianPath, check_choice, check_like
 
 __all__ = ["PathModel", "image_network"]
 
@@ -129,15 +129,9 @@ class PathModel(nn.Module):
         """The time the likelihood is of (the path's ``t_end``)."""
         return self.path.t_end
 
-    @contextmanager
-    def _evaluation(self) -> Iterator[None]:
+    def _evaluation(self) -> AbstractContextManager[None]:
         """Evaluation mode for a block (the mode is restored after it)."""
-        was_training = self.training
-        self.eval()
-        try:
-            yield
-        finally:
-            self.train(was_training)
+        return evaluation([self])
 
     # ------------------------------------------------------------------ the network
     def _check_x(self, x: Tensor) -> None:
@@ -156,24 +150,22 @@ class PathModel(nn.Module):
                 ) -> Tensor | None:
         """Class labels for ``n`` samples: an int, or a sequence/tensor cycled over them (an
         unconditional model takes labels only for a classifier)."""
+        self._check_conditional(labels, classifier)
+        return sample_labels(labels, n, device, self.num_classes)
+
+    def _check_conditional(self, labels: Any, classifier: bool = False) -> None:
         if labels is not None and not self.num_classes and not classifier:
             raise ValueError("labels: this model is unconditional (num_classes=None).")
-        return sample_labels(labels, n, device, self.num_classes)
 
     def _call(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         """The network at ``x`` ``(batch, *event)``, times ``t`` ``(batch,)``."""
         self._check_x(x)
-        if labels is not None and not self.num_classes:
-            raise ValueError("labels: this model is unconditional (num_classes=None).")
+        self._check_conditional(labels)
         return self.network(x, t, labels=labels) if self.num_classes else self.network(x, t)
 
     def _output(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         """The network's prediction (:attr:`predicts`) at ``x``, times ``t``."""
-        out = self._call(x, t, labels)
-        if out.shape != x.shape:
-            raise ValueError(f"network: expected an output of shape {tuple(x.shape)}, got "
-                             f"{tuple(out.shape)}.")
-        return out
+        return check_like(self._call(x, t, labels), x, "network")
 
     def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         """The model's :attr:`prediction` at ``x`` ``(batch, *event)``, probgen times ``t``
@@ -191,8 +183,7 @@ class PathModel(nn.Module):
         :func:`probgen.inference.guided`) and classifier guidance by a noise-conditional
         ``classifier(x, t) -> logits`` at scale ``classifier_scale``
         (:func:`probgen.inference.classifier_guided`)."""
-        if labels is not None and not self.num_classes and classifier is None:
-            raise ValueError("labels: this model is unconditional (num_classes=None).")
+        self._check_conditional(labels, classifier is not None)
         f = guided(self, labels if self.num_classes else None, guidance, self.num_classes)
         if classifier is not None and classifier_scale:
             if labels is None:
@@ -261,9 +252,7 @@ class PathModel(nn.Module):
             (torch.Size([5, 2]), 10)
         """
         sampler = self.default_sampler if sampler is None else sampler
-        if sampler not in self.samplers:
-            raise ValueError(f"sampler: expected one of {list(self.samplers)}, got "
-                             f"{sampler!r}.")
+        check_choice("sampler", sampler, self.samplers)
         if method in SOLVERS:
             raise ValueError(f"method: {method!r} is a sampler; pass sampler={method!r} "
                              f"(method is the torchdiffeq method of sampler 'ode').")

@@ -27,7 +27,6 @@ References:
 
 from __future__ import annotations
 
-import inspect
 import math
 from abc import ABC, abstractmethod
 
@@ -36,6 +35,7 @@ import torch
 from torch import Tensor
 
 from probgen.assignment import linear_assignment
+from probgen.processes import build_named, check_batches, check_choice
 
 __all__ = [
     "Coupling",
@@ -54,27 +54,13 @@ __all__ = [
 PAIRS: tuple[str, ...] = ("rows", "plan")
 
 
-def _check_batches(x0: Tensor, x1: Tensor) -> None:
-    for value, name in ((x0, "x0"), (x1, "x1")):
-        if not isinstance(value, Tensor) or not value.is_floating_point():
-            got = value.dtype if isinstance(value, Tensor) else type(value).__name__
-            raise TypeError(f"{name}: expected a floating-point tensor (batch, *event), "
-                            f"got {got}.")
-        if value.dim() < 2 or value.shape[0] == 0:
-            raise ValueError(f"{name}: expected a non-empty batch (batch, *event), got "
-                             f"{tuple(value.shape)}.")
-    if x0.shape[1:] != x1.shape[1:]:
-        raise ValueError(f"x0 and x1: expected one event shape, got {tuple(x0.shape[1:])} and "
-                         f"{tuple(x1.shape[1:])}.")
-
-
 def cost_matrix(x0: Tensor, x1: Tensor) -> Tensor:
     r"""Squared Euclidean costs :math:`C_{ij} = \|x_{0,i} - x_{1,j}\|^2`, float64 ``(n, m)``.
 
     Computed from differences (not :math:`|a|^2 + |b|^2 - 2ab`), so exact up to one
     rounding per entry and never negative.
     """
-    _check_batches(x0, x1)
+    check_batches(x0, x1)
     a = x0.detach().reshape(x0.shape[0], -1).double()
     b = x1.detach().reshape(x1.shape[0], -1).double()
     return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
@@ -87,10 +73,7 @@ def pairing_cost(x0: Tensor, x1: Tensor) -> float:
         >>> round(pairing_cost(torch.zeros(2, 2), torch.tensor([[1.0, 0.0], [0.0, 2.0]])), 6)
         2.5
     """
-    _check_batches(x0, x1)
-    if x0.shape != x1.shape:
-        raise ValueError(f"x0 and x1: expected paired batches of one shape, got "
-                         f"{tuple(x0.shape)} and {tuple(x1.shape)}.")
+    check_batches(x0, x1, paired=True)
     return float((x0.double() - x1.double()).pow(2).flatten(1).sum(-1).mean())
 
 
@@ -176,7 +159,7 @@ class IndependentCoupling(Coupling):
 
     def indices(self, x0: Tensor, x1: Tensor, generator: torch.Generator | None = None
                 ) -> tuple[Tensor, Tensor]:  # noqa: D102
-        _check_batches(x0, x1)
+        check_batches(x0, x1)
         if x0.shape[0] != x1.shape[0]:
             raise ValueError(f"x0 and x1: the independent coupling pairs rows one to one; "
                              f"got batches of {x0.shape[0]} and {x1.shape[0]}.")
@@ -185,8 +168,7 @@ class IndependentCoupling(Coupling):
 
 
 def _check_pairs(pairs: str) -> str:
-    if pairs not in PAIRS:
-        raise ValueError(f"pairs: expected one of {list(PAIRS)}, got {pairs!r}.")
+    check_choice("pairs", pairs, PAIRS)
     return pairs
 
 
@@ -330,12 +312,4 @@ def get_coupling(name: str, **kwargs: object) -> Coupling:
     Raises:
         ValueError: an unknown name, or parameters the coupling does not take.
     """
-    if name not in COUPLINGS:
-        raise ValueError(f"coupling: expected one of {sorted(COUPLINGS)}, got {name!r}.")
-    cls = COUPLINGS[name]
-    allowed = [p for p in inspect.signature(cls).parameters]
-    extra = sorted(set(kwargs) - set(allowed))
-    if extra:
-        raise ValueError(f"coupling {name!r}: parameters {extra} do not apply (allowed: "
-                         f"{allowed or 'none'}).")
-    return cls(**kwargs)
+    return build_named("coupling", COUPLINGS, name, **kwargs)

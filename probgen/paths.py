@@ -54,15 +54,13 @@ References:
 
 from __future__ import annotations
 
-import inspect
 import math
-from abc import abstractmethod
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from probgen.processes import GaussianPath, Marginal, check_time
+from probgen.processes import GaussianPath, Marginal, build_named, check_batches, check_time
 from probgen.sde import SDE, VESDE, VPSDE
 
 __all__ = [
@@ -98,19 +96,6 @@ class PathSample:
     dx_t: Tensor
 
 
-def _check_pair(x: Tensor, other: Tensor, name: str, other_name: str) -> None:
-    for value, label in ((x, name), (other, other_name)):
-        if not isinstance(value, Tensor) or not value.is_floating_point():
-            got = value.dtype if isinstance(value, Tensor) else type(value).__name__
-            raise TypeError(f"{label}: expected a floating-point tensor (batch, *event), "
-                            f"got {got}.")
-    if x.shape != other.shape:
-        raise ValueError(f"{name} and {other_name}: expected one shape (batch, *event), got "
-                         f"{tuple(x.shape)} and {tuple(other.shape)}.")
-    if x.dim() < 2:
-        raise ValueError(f"{name}: expected shape (batch, *event), got {tuple(x.shape)}.")
-
-
 class AffinePath(GaussianPath):
     r"""Abstract class of an affine probability path :math:`x_t = \alpha_t x_1 + \sigma_t x_0`.
 
@@ -126,10 +111,6 @@ class AffinePath(GaussianPath):
         prior_std: the standard deviation of the isotropic Gaussian the samplers start from
             at ``t = 0``.
     """
-
-    @abstractmethod
-    def schedule(self, t: Tensor) -> Marginal:
-        r"""``(alpha_t, sigma_t, d alpha_t/dt, d sigma_t/dt)``, each of the shape of ``t``."""
 
     # ------------------------------------------------------------------ conditional paths
     def sample(self, x0: Tensor, x1: Tensor, t: Tensor | float) -> PathSample:
@@ -149,7 +130,7 @@ class AffinePath(GaussianPath):
             >>> s.x_t, s.dx_t
             (tensor([[0.2500, 0.2500]]), tensor([[1., 1.]]))
         """
-        _check_pair(x0, x1, "x0", "x1")
+        check_batches(x0, x1, paired=True)
         t = check_time(t, x1, bounded=True)
         a, s, da, ds = self.coefficients(t, x1)
         return PathSample(x0, x1, t, a * x1 + s * x0, da * x1 + ds * x0)
@@ -158,7 +139,7 @@ class AffinePath(GaussianPath):
         r"""The field :math:`u_t(x \mid x_1) = \dot\alpha_t x_1 + \dot\sigma_t (x - \alpha_t
         x_1)/\sigma_t` that moves :math:`N(\alpha_t x_1, \sigma_t^2 I)` along the path
         (needs :math:`\sigma_t > 0`)."""
-        _check_pair(x, x1, "x", "x1")
+        check_batches(x, x1, ("x", "x1"), paired=True)
         a, s, da, ds = self.coefficients(t, x)
         return da * x1 + ds * (x - a * x1) / s
 
@@ -360,12 +341,4 @@ def get_path(name: str, **kwargs: float) -> AffinePath:
         >>> get_path("ot", sigma_min=0.01)
         CondOTPath(sigma_min=0.01)
     """
-    if name not in PATHS:
-        raise ValueError(f"path: expected one of {sorted(PATHS)}, got {name!r}.")
-    cls = PATHS[name]
-    allowed = [p for p in inspect.signature(cls).parameters]
-    extra = sorted(set(kwargs) - set(allowed))
-    if extra:
-        raise ValueError(f"path {name!r}: parameters {extra} do not apply (allowed: "
-                         f"{allowed or 'none'}).")
-    return cls(**kwargs)
+    return build_named("path", PATHS, name, **kwargs)

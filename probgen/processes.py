@@ -41,16 +41,18 @@ References:
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
-__all__ = ["Marginal", "PREDICTIONS", "GaussianPath", "convert_prediction", "check_time",
-           "check_path_prediction"]
+__all__ = ["Marginal", "PREDICTIONS", "GaussianPath", "convert_prediction", "predictions_of_pair",
+           "check_time", "check_path_prediction", "check_choice", "check_batches", "check_like",
+           "build_named"]
 
 #: What a network of ``(x, t)`` may predict (see the module docstring).
 PREDICTIONS = ("eps", "data", "v", "score", "velocity")
@@ -114,21 +116,105 @@ def check_time(t: Tensor | float, x: Tensor, *, bounded: bool = False,
     return t
 
 
+def check_batches(x: Any, other: Any, names: tuple[str, str] = ("x0", "x1"), *,
+                  paired: bool = False) -> None:
+    """Checks two batches ``(batch, *event)`` (the two ends of a path, two minibatches to
+    couple): non-empty floating-point tensors of one event shape (``paired``: of one shape).
+
+    Raises:
+        TypeError: not floating-point tensors.
+        ValueError: empty batches, no event dimension, or mismatched shapes.
+    """
+    for value, name in zip((x, other), names, strict=True):
+        if not isinstance(value, Tensor) or not value.is_floating_point():
+            got = value.dtype if isinstance(value, Tensor) else type(value).__name__
+            raise TypeError(f"{name}: expected a floating-point tensor (batch, *event), "
+                            f"got {got}.")
+        if value.dim() < 2 or value.shape[0] == 0:
+            raise ValueError(f"{name}: expected a non-empty batch (batch, *event), got "
+                             f"{tuple(value.shape)}.")
+    if (x.shape if paired else x.shape[1:]) != (other.shape if paired else other.shape[1:]):
+        what = "one shape (batch, *event)" if paired else "one event shape"
+        raise ValueError(f"{names[0]} and {names[1]}: expected {what}, got "
+                         f"{tuple(x.shape)} and {tuple(other.shape)}.")
+
+
+def check_like(value: Any, x: Tensor, name: str, what: str = "an output of ") -> Tensor:
+    """Checks that ``value`` (a network's output, a noise draw) is a tensor of the shape of
+    the states ``x`` ``(batch, *event)``, and returns it.
+
+    Raises:
+        ValueError: not a tensor of ``x``'s shape (the message names ``name``).
+    """
+    if not isinstance(value, Tensor) or value.shape != x.shape:
+        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"{name}: expected {what}the shape of x {tuple(x.shape)}, got {got}.")
+    return value
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
+    """Checks that the argument ``name`` is one of ``allowed`` (a name of a registry or a
+    setting), saying which ones were expected.
+
+    Raises:
+        ValueError: ``value`` is not in ``allowed``.
+    """
+    if value not in allowed:
+        raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}.")
+
+
+def build_named(kind: str, registry: Mapping[str, Callable[..., Any]], name: str,
+                **kwargs: Any) -> Any:
+    """Builds ``registry[name](**kwargs)``, the object of that name (a path, a coupling) with
+    its parameters.
+
+    Raises:
+        ValueError: an unknown name, or parameters the object does not take.
+    """
+    check_choice(kind, name, sorted(registry))
+    allowed = list(inspect.signature(registry[name]).parameters)
+    extra = sorted(set(kwargs) - set(allowed))
+    if extra:
+        raise ValueError(f"{kind} {name!r}: parameters {extra} do not apply (allowed: "
+                         f"{allowed or 'none'}).")
+    return registry[name](**kwargs)
+
+
 def check_path_prediction(path: Any, prediction: str) -> None:
     """Checks that ``path`` is a :class:`GaussianPath` and ``prediction`` one of
     :data:`PREDICTIONS` (the arguments of everything that reads a network on a path)."""
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction: expected one of {list(PREDICTIONS)}, got "
-                         f"{prediction!r}.")
+    check_choice("prediction", prediction, PREDICTIONS)
     if not isinstance(path, GaussianPath):
         raise TypeError(f"path: expected a probgen.processes.GaussianPath, got "
                         f"{type(path).__name__}.")
 
 
-def _check_prediction_names(source: str, target: str) -> None:
-    for name, value in (("source", source), ("target", target)):
-        if value not in PREDICTIONS:
-            raise ValueError(f"{name}: expected one of {list(PREDICTIONS)}, got {value!r}.")
+def predictions_of_pair(target: str, x: Tensor, marginal: Marginal, *,
+                        data: Tensor | None = None, eps: Tensor | None = None) -> Tensor:
+    r"""The ``target`` prediction (:data:`PREDICTIONS`) of the pair (data, noise) at the
+    points :math:`x = \alpha_t\,\text{data} + \sigma_t\,\epsilon`: the one conversion's
+    last half (:func:`convert_prediction`), and the regression target of a denoising pair.
+
+    Args:
+        target: a name in :data:`PREDICTIONS`.
+        x: the points ``(batch, *event)``.
+        marginal: the coefficients, broadcastable to ``x``.
+        data, eps: the pair; one of them may be ``None`` (then computed from ``x``).
+    """
+    a, s, da, ds = marginal
+    if target == "eps":
+        return eps if eps is not None else (x - a * data) / s
+    if target == "score":
+        return -(eps if eps is not None else (x - a * data) / s) / s
+    if data is None:
+        data = (x - s * eps) / a
+    if target == "data":
+        return data
+    if eps is None:
+        eps = (x - a * data) / s
+    if target == "v":
+        return a * eps - s * data
+    return da * data + ds * eps
 
 
 def convert_prediction(prediction: Tensor, x: Tensor, marginal: Marginal, *, source: str,
@@ -161,11 +247,9 @@ def convert_prediction(prediction: Tensor, x: Tensor, marginal: Marginal, *, sou
         >>> torch.allclose(back, eps)
         True
     """
-    _check_prediction_names(source, target)
-    if not isinstance(prediction, Tensor) or prediction.shape != x.shape:
-        got = tuple(prediction.shape) if isinstance(prediction, Tensor) else type(
-            prediction).__name__
-        raise ValueError(f"prediction: expected the shape of x {tuple(x.shape)}, got {got}.")
+    check_choice("source", source, PREDICTIONS)
+    check_choice("target", target, PREDICTIONS)
+    check_like(prediction, x, "prediction", what="")
     if source == target:
         return prediction
     a, s, da, ds = marginal
@@ -186,19 +270,7 @@ def convert_prediction(prediction: Tensor, x: Tensor, marginal: Marginal, *, sou
     else:  # velocity u = da data + ds eps
         delta = a * ds - da * s
         data, eps = (ds * x - s * prediction) / delta, (a * prediction - da * x) / delta
-    if target == "eps":
-        return eps if eps is not None else (x - a * data) / s
-    if target == "score":
-        return -(eps if eps is not None else (x - a * data) / s) / s
-    if data is None:
-        data = (x - s * eps) / a
-    if target == "data":
-        return data
-    if eps is None:
-        eps = (x - a * data) / s
-    if target == "v":
-        return a * eps - s * data
-    return da * data + ds * eps
+    return predictions_of_pair(target, x, marginal, data=data, eps=eps)
 
 
 class GaussianPath(nn.Module, ABC):
@@ -272,7 +344,6 @@ class GaussianPath(nn.Module, ABC):
             >>> torch.allclose(u, torch.ones(1, 2))  # no noise: x_t = t x_1, so u = x_1
             True
         """
-        _check_prediction_names(source, target)
         return convert_prediction(prediction, x, self.coefficients(t, x), source=source,
                                   target=target)
 
@@ -316,7 +387,7 @@ class GaussianPath(nn.Module, ABC):
         """
         if x.dim() != 2:
             raise ValueError(f"x: expected points (batch, D), got {tuple(x.shape)}.")
-        _check_prediction_names("eps", target)
+        check_choice("target", target, PREDICTIONS)
         t = check_time(t, x)
         a, s, da, ds = self.schedule(t)
         mean, cov = mean.to(x), cov.to(x)
@@ -325,12 +396,6 @@ class GaussianPath(nn.Module, ABC):
         w = torch.linalg.solve(c, (x - a[:, None] * mean).unsqueeze(-1))  # C^{-1}(x - a mu)
         if target == "score":
             return -w.squeeze(-1)
-        eps = s[:, None] * w.squeeze(-1)
-        data = mean + a[:, None] * (cov @ w).squeeze(-1)
-        if target == "eps":
-            return eps
-        if target == "data":
-            return data
-        if target == "v":
-            return a[:, None] * eps - s[:, None] * data
-        return da[:, None] * data + ds[:, None] * eps
+        return predictions_of_pair(target, x, Marginal(a, s, da, ds).broadcast_to(x),
+                                   data=mean + a[:, None] * (cov @ w).squeeze(-1),
+                                   eps=s[:, None] * w.squeeze(-1))
