@@ -38,6 +38,8 @@ from _common import (  # noqa: E402
     add_quick,
     apply_quick,
     command_line,
+    draw_batches,
+    held_out,
     machine,
     markdown_table,
     set_threads,
@@ -108,19 +110,6 @@ class Counter:
 
 
 # --------------------------------------------------------------------------- training
-
-
-def draw_batches(dataset: str, steps: int, batch_size: int, seed: int) -> Tensor:
-    from probgen.data import toy_sample
-
-    g = torch.Generator().manual_seed(seed)
-    return torch.stack([toy_sample(dataset, batch_size, generator=g) for _ in range(steps)])
-
-
-def held_out(dataset: str, n: int, seed: int) -> Tensor:
-    from probgen.data import toy_sample
-
-    return toy_sample(dataset, n, generator=torch.Generator().manual_seed(seed + 10_000))
 
 
 def train(runners: dict[str, dict], batches: Tensor, lr: float) -> None:
