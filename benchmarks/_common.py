@@ -157,14 +157,14 @@ def write_section(name: str, body: str, path: Path = RESULTS) -> Path:
     return path
 
 
-def report(name: str, body: str, write: bool, *, echo: bool = False) -> None:
+def publish(name: str, body: str, write: bool, *, echo: bool = False, tag: str = "") -> None:
     """Prints ``body`` and, with ``write``, puts it in the RESULTS.md section ``name``
-    (:func:`write_section`) and prints ``wrote PATH``; a written body is printed too only
-    with ``echo``."""
+    (:func:`write_section`) and prints ``{tag}wrote PATH``; a written body is printed too
+    only with ``echo``."""
     if echo or not write:
         print(body)
     if write:
-        print(f"wrote {write_section(name, body)}")
+        print(f"{tag}wrote {write_section(name, body)}")
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

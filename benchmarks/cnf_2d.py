@@ -42,9 +42,9 @@ from _common import (  # noqa: E402
     held_out,
     machine,
     markdown_table,
+    publish,
     set_threads,
     today,
-    write_section,
 )
 
 DATASETS = ("8gaussians", "moons", "checkerboard")
@@ -729,9 +729,7 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     if args.sw_profile:
         body = profile_report(profile_same_work(args), args)
-        print(body)
-        if args.write:
-            print(f"[cnf_2d] wrote {write_section('cnf_2d_same_work_profile', body)}")
+        publish("cnf_2d_same_work_profile", body, args.write, echo=True, tag="[cnf_2d] ")
         return 0
     if args.same_work:
         start = time.perf_counter()
@@ -747,22 +745,16 @@ def main(argv: list[str] | None = None) -> int:
                     Path(args.sw_json).write_text(json.dumps(
                         {"results": results, "elapsed": elapsed, "command": command}))
         body = same_work_report(results, args, elapsed, command)
-        print(body)
-        if args.write:
-            print(f"[cnf_2d] wrote {write_section('cnf_2d_same_work', body)}")
+        publish("cnf_2d_same_work", body, args.write, echo=True, tag="[cnf_2d] ")
         return 0
     if not args.memory_only:
         start = time.perf_counter()
         results = [run_dataset(d, args) for d in args.datasets]
         body = report(results, args, time.perf_counter() - start)
-        print(body)
-        if args.write:
-            print(f"[cnf_2d] wrote {write_section('cnf_2d', body)}")
+        publish("cnf_2d", body, args.write, echo=True, tag="[cnf_2d] ")
     if args.memory_nfe:
         body = memory_report(memory_table(args.memory_nfe, args.memory_batch), args)
-        print(body)
-        if args.write:
-            print(f"[cnf_2d] wrote {write_section('cnf_2d_memory', body)}")
+        publish("cnf_2d_memory", body, args.write, echo=True, tag="[cnf_2d] ")
     return 0
 
 

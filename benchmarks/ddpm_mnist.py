@@ -42,7 +42,7 @@ from _common import (  # noqa: E402
     mnist_reference,
     mnist_split,
     output_path,
-    report,
+    publish,
     set_threads,
     stamp,
     thread_note,
@@ -310,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
         f"run in turn on each batch of {args.batch}; the last column is probgen's seconds per "
         f"network call over diffusers'.\n\n" + table + "\n\n"
         f"Bits/dim (upper bound, EMA weights): {bpd_text}.\n\nGoals:\n{verdict}\n")
-    report("ddpm-mnist", body, args.write, echo=True)
+    publish("ddpm-mnist", body, args.write, echo=True)
     return 0
 
 

@@ -36,7 +36,7 @@ from _common import (  # noqa: E402
     mnist_reference,
     mnist_split,
     output_path,
-    report,
+    publish,
     set_threads,
     stamp,
     thread_note,
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         f"dopri5): **{float(bpd.mean()):.3f}** ({bpd_nfe} NFE, {bpd_s:.0f} s). "
         f"Samples (rows: the table's samplers in its order; same prior draws): "
         f"`benchmarks/fm_mnist.png`.\n\n{goal}\n")
-    report("fm-mnist", body, args.write, echo=True)
+    publish("fm-mnist", body, args.write, echo=True)
     return 0
 
 

@@ -78,7 +78,7 @@ from _common import (  # noqa: E402
     markdown_table,
     mnist_split,
     output_path,
-    report,
+    publish,
     set_threads,
     stamp,
 )
@@ -395,7 +395,7 @@ def run(args: argparse.Namespace) -> int:
         "budgets: the priors are weak; the numbers show the routes and their relative "
         "behaviour, not what well-trained priors reach.**\n\n"
         f"{table}\n")
-    report("inverse-mnist", body, args.write, echo=True)
+    publish("inverse-mnist", body, args.write, echo=True)
     return 0
 
 

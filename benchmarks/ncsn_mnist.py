@@ -26,7 +26,7 @@ from _common import (  # noqa: E402
     mnist_reference,
     mnist_split,
     plain_annealed,
-    report,
+    publish,
     set_threads,
     stamp,
 )
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         f"(k = 3) use the bundled MNIST classifier's 128-d features (not Inception) against "
         f"{args.n_ref} test images; the second row is held-out test images against the "
         f"same reference, the floor at this sample size.\n\n" + table + "\n\n" + speed + "\n")
-    report("ncsn-mnist", body, args.write)
+    publish("ncsn-mnist", body, args.write)
     return 0
 
 

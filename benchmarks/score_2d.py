@@ -28,7 +28,7 @@ from _common import (  # noqa: E402
     apply_quick,
     markdown_table,
     plain_annealed,
-    report,
+    publish,
     set_threads,
     stamp,
 )
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         "share of samples nearest the 0.95 mode. Sampling times are the median of "
         f"{args.repeats} draws of {args.n} chains: probgen's sampler against the plain-PyTorch "
         "loop with the same network calls.\n\n" + table + "\n")
-    report("score-2d", body, args.write)
+    publish("score-2d", body, args.write)
     return 0
 
 

@@ -34,7 +34,7 @@ from _common import (  # noqa: E402
     apply_quick,
     fit_for,
     markdown_table,
-    report,
+    publish,
     set_threads,
     stamp,
 )
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         "it.\n\n" + table + "\n\nExact negative log-likelihood by the probability-flow ODE "
         "(ContinuousFlow, exact divergence, dopri5 at 1e-5), evaluated at t = 1 - 1e-5:\n\n"
         + nll + "\n")
-    report("sde-2d", body, args.write)
+    publish("sde-2d", body, args.write)
     return 0
 
 

@@ -35,7 +35,7 @@ from _common import (  # noqa: E402
     markdown_table,
     mnist_reference,
     mnist_split,
-    report,
+    publish,
     set_threads,
     stamp,
 )
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         "decoder (an upper bound on the same discrete data). No peer library provides score "
         "SDEs as an installable package (score_sde_pytorch is a research repository).\n\n"
         + table + "\n\n" + bpd + "\n")
-    report("sde-mnist", body, args.write)
+    publish("sde-mnist", body, args.write)
     return 0
 
 
