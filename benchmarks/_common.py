@@ -1,13 +1,15 @@
 """Shared helpers for the benchmarks: threads, machine facts, timing, RESULTS.md sections,
-the MNIST files and the ``--quick`` smoke runs."""
+the MNIST files, training under a wall-clock budget and the ``--quick`` smoke runs."""
 
 from __future__ import annotations
 
 import argparse
 import atexit
 import contextlib
+import copy
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import re
@@ -80,6 +82,16 @@ def today() -> str:
     return _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
 
 
+def provenance(threads: int) -> dict[str, str]:
+    """The command, date and machine of this run, as the keys of a results JSON entry."""
+    return {"command": command_line(), "date": today(), "machine": machine(threads)}
+
+
+def stamp(threads: int, note: str = "") -> str:
+    """The provenance line of a RESULTS.md section: `` `command` (date; machine[note]) ``."""
+    return f"`{command_line()}` ({today()}; {machine(threads)}{note})"
+
+
 def summarize_times(seconds: list[float], warmup: int) -> dict[str, float]:
     """Median and mean milliseconds per step over the steps after ``warmup``."""
     kept = seconds[warmup:] if len(seconds) > warmup else seconds
@@ -145,6 +157,16 @@ def write_section(name: str, body: str, path: Path = RESULTS) -> Path:
     return path
 
 
+def publish(name: str, body: str, write: bool, *, echo: bool = False, tag: str = "") -> None:
+    """Prints ``body`` and, with ``write``, puts it in the RESULTS.md section ``name``
+    (:func:`write_section`) and prints ``{tag}wrote PATH``; a written body is printed too
+    only with ``echo``."""
+    if echo or not write:
+        print(body)
+    if write:
+        print(f"{tag}wrote {write_section(name, body)}")
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -162,6 +184,13 @@ def default_data_root() -> Path:
     there and in its ``mnist/`` subfolder)."""
     env = os.environ.get("PROBGEN_DATA")
     return Path(env) if env else BENCH_DIR.parent.parent / "shared" / "data"
+
+
+def add_mnist_root(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--root``: the folder of the MNIST IDX files (default ``../shared/data/mnist``
+    next to the repository)."""
+    parser.add_argument("--root", default=str(BENCH_DIR.parent.parent / "shared" / "data"
+                                              / "mnist"))
 
 
 def mnist_split(root: str | os.PathLike | None, split: str,
@@ -183,6 +212,95 @@ def mnist_split(root: str | os.PathLike | None, split: str,
     if is_quick():
         return images[:QUICK_IMAGES], labels[:QUICK_IMAGES]
     return images, labels
+
+
+def mnist_reference(test: torch.Tensor, n_ref: int,
+                    n: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """The bundled MNIST classifier and its features of the first ``n_ref`` test images (the
+    reference of FID, precision and recall) and of the ``n`` after them (held-out images
+    scored like ``n`` samples: the floor at that sample size). ``test``: uint8 images."""
+    from probgen.metrics import mnist_classifier
+
+    classifier = mnist_classifier()
+    with torch.no_grad():
+        f_real = classifier.features(test[:n_ref].float() / 255)
+        f_other = classifier.features(test[n_ref: n_ref + n].float() / 255)
+    return classifier, f_real, f_other
+
+
+# --------------------------------------------------------------------------- training
+
+class Clock:
+    """fit callback: stops once the wall-clock time since construction reaches
+    ``budget_s``; ``step`` and ``seconds`` hold the last step seen and the time at it."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self.t0 = time.perf_counter()
+        self.step = 0
+        self.seconds = 0.0
+
+    def __call__(self, step: int, record: dict) -> bool:
+        self.seconds = time.perf_counter() - self.t0
+        self.step = step
+        return self.seconds >= self.budget_s
+
+
+def fit_for(minutes: float, objective: torch.nn.Module, data: object,
+            **kwargs: object) -> tuple[object, int, float]:
+    """``probgen.inference.fit(objective, data, **kwargs)`` stopped by a :class:`Clock` once
+    ``minutes`` of wall clock have passed (``progress=False``, ``seed=0``); returns the
+    history, the last step and the seconds spent."""
+    from probgen.inference import fit
+
+    clock = Clock(60 * minutes)
+    history = fit(objective, data, progress=False, callbacks=clock, seed=0, **kwargs)
+    return history, int(history.records[-1]["step"]), time.perf_counter() - clock.t0
+
+
+def loss_ends(history: object, k: int) -> tuple[float, float]:
+    """Mean loss of the first ``k`` and of the last ``k`` records of a fit history."""
+    records = history.records
+    return (statistics.fmean(r["loss"] for r in records[:k]),
+            statistics.fmean(r["loss"] for r in records[-k:]))
+
+
+def seconds_per_step(objective: torch.nn.Module, data: object, batch_size: int, lr: float,
+                     seed: int, warm: int = 3, timed: int = 5) -> float:
+    """Median time of an Adam training step on a throwaway copy of ``objective``: ``warm``
+    untimed steps, then ``timed`` timed ones, each on a fresh batch (``data(batch_size,
+    generator=g)`` when ``data`` is a sampler, else random rows of the tensor ``data``)."""
+    obj = copy.deepcopy(objective)
+    opt = torch.optim.Adam(obj.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    times = []
+    for i in range(warm + timed):
+        x = data(batch_size, generator=g) if callable(data) else data[
+            torch.randint(0, data.shape[0], (batch_size,), generator=g)]
+        t0 = time.perf_counter()
+        loss = obj(x)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i >= warm:
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def draw_batches(dataset: str, steps: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Every training batch of a 2-D toy ``dataset``, drawn once from one seeded generator
+    (so all libraries see the same batches): ``(steps, batch_size, 2)``."""
+    from probgen.data import toy_sample
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([toy_sample(dataset, batch_size, generator=g) for _ in range(steps)])
+
+
+def held_out(dataset: str, n: int, seed: int) -> torch.Tensor:
+    """``n`` held-out points of a 2-D toy ``dataset`` (a generator apart from the batches')."""
+    from probgen.data import toy_sample
+
+    return toy_sample(dataset, n, generator=torch.Generator().manual_seed(seed + 10_000))
 
 
 # --------------------------------------------------------------------------- --quick
@@ -261,6 +379,24 @@ def count_calls(module: torch.nn.Module) -> Iterator[list[int]]:
         yield calls
     finally:
         handle.remove()
+
+
+def plain_annealed(net: torch.nn.Module, x: torch.Tensor, sigmas: list[float], steps: int,
+                   eps: float, g: torch.Generator, denoise: bool = False) -> torch.Tensor:
+    """The plain-PyTorch annealed Langevin loop (the speed reference of probgen's
+    ``ScoreSampler``): ``steps`` steps of size ``eps * sigma**2 / sigma_min**2`` at each
+    level of ``net(x, sigma)``, then with ``denoise`` one denoising step at the last level."""
+    with torch.no_grad():
+        for sigma in sigmas:
+            eta = eps * sigma**2 / sigmas[-1] ** 2
+            level = torch.full((x.shape[0],), sigma)
+            for _ in range(steps):
+                x = x + 0.5 * eta * net(x, level) + math.sqrt(eta) * torch.randn(
+                    x.shape, generator=g)
+        if denoise:
+            level = torch.full((x.shape[0],), sigmas[-1])
+            return x + sigmas[-1] ** 2 * net(x, level)
+    return x
 
 
 def diffusers_loop(model, scheduler, x, steps, generator=None, eta=None):

@@ -18,7 +18,6 @@ script exits with status 3 (``_common.MNIST_MISSING``) and a one-line message.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import sys
@@ -32,16 +31,16 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     BENCH_DIR,
+    Clock,
     add_quick,
     apply_quick,
-    command_line,
     default_data_root,
-    machine,
     markdown_table,
     mnist_split,
     output_path,
+    provenance,
+    seconds_per_step,
     set_threads,
-    today,
     update_json,
     write_section,
 )
@@ -65,42 +64,19 @@ QUICK_KWARGS = {"MADE": {"hidden_features": [64]}, "PixelCNN": {"channels": 8, "
                 "ImageTransformer": {"dim": 16, "heads": 2, "layers": 1}}
 
 
-class Clock:
-    """fit callback: stops once the training wall-clock time reaches the budget."""
+class CurveClock(Clock):
+    """A :class:`_common.Clock` that also keeps the training curve (the logged NLLs)."""
 
     def __init__(self, budget_s: float) -> None:
-        self.budget_s = budget_s
-        self.t0 = time.perf_counter()
-        self.step = 0
-        self.seconds = 0.0
+        super().__init__(budget_s)
         self.curve: list[dict] = []
 
     def __call__(self, step: int, record: dict) -> bool:
-        self.seconds = time.perf_counter() - self.t0
-        self.step = step
+        stop = super().__call__(step, record)
         if "nll" in record:
             self.curve.append({"step": step, "minutes": self.seconds / 60,
                                "train_nll": record["nll"]})
-        return self.seconds >= self.budget_s
-
-
-def seconds_per_step(objective: nn.Module, data, batch_size: int, lr: float, seed: int) -> float:
-    """Median time of a training step on a throwaway copy (3 untimed, 5 timed steps)."""
-    obj = copy.deepcopy(objective)
-    opt = torch.optim.Adam(obj.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    times = []
-    for i in range(8):
-        x = data(batch_size, generator=g) if callable(data) else data[
-            torch.randint(0, data.shape[0], (batch_size,), generator=g)]
-        t0 = time.perf_counter()
-        loss = obj(x)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+        return stop
 
 
 @torch.no_grad()
@@ -140,7 +116,7 @@ def run_one(name: str, binarization: str, args: argparse.Namespace) -> dict:
     warmup = min(100, steps // 10)
     print(f"[ar_mnist] {binarization}/{name}: {params} parameters, batch {batch_size}, "
           f"{t_step:.3f} s/step -> {steps} steps for {args.minutes} min", flush=True)
-    clock = Clock(budget_s)
+    clock = CurveClock(budget_s)
     fit(objective, data.train, steps=steps, batch_size=batch_size, lr=args.lr,
         lr_schedule="cosine", warmup_steps=warmup, grad_clip=args.grad_clip,
         log_every=args.log_every, seed=args.seed, progress=False, callbacks=[clock])
@@ -157,7 +133,7 @@ def run_one(name: str, binarization: str, args: argparse.Namespace) -> dict:
         "test_images": int(test.shape[0]), "test_nll": nll,
         "test_bpd": nll / (784 * math.log(2)), "eval_seconds": eval_s,
         "sample_n": args.sample_n, "sample_seconds": sample_s,
-        "command": command_line(), "date": today(), "machine": machine(args.threads),
+        **provenance(args.threads),
         "curve": clock.curve,
     }
     print(f"[ar_mnist] {binarization}/{name}: test NLL {nll:.2f} nats/image "

@@ -38,11 +38,13 @@ from _common import (  # noqa: E402
     add_quick,
     apply_quick,
     command_line,
+    draw_batches,
+    held_out,
     machine,
     markdown_table,
+    publish,
     set_threads,
     today,
-    write_section,
 )
 
 DATASETS = ("8gaussians", "moons", "checkerboard")
@@ -108,19 +110,6 @@ class Counter:
 
 
 # --------------------------------------------------------------------------- training
-
-
-def draw_batches(dataset: str, steps: int, batch_size: int, seed: int) -> Tensor:
-    from probgen.data import toy_sample
-
-    g = torch.Generator().manual_seed(seed)
-    return torch.stack([toy_sample(dataset, batch_size, generator=g) for _ in range(steps)])
-
-
-def held_out(dataset: str, n: int, seed: int) -> Tensor:
-    from probgen.data import toy_sample
-
-    return toy_sample(dataset, n, generator=torch.Generator().manual_seed(seed + 10_000))
 
 
 def train(runners: dict[str, dict], batches: Tensor, lr: float) -> None:
@@ -740,9 +729,7 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     if args.sw_profile:
         body = profile_report(profile_same_work(args), args)
-        print(body)
-        if args.write:
-            print(f"[cnf_2d] wrote {write_section('cnf_2d_same_work_profile', body)}")
+        publish("cnf_2d_same_work_profile", body, args.write, echo=True, tag="[cnf_2d] ")
         return 0
     if args.same_work:
         start = time.perf_counter()
@@ -758,22 +745,16 @@ def main(argv: list[str] | None = None) -> int:
                     Path(args.sw_json).write_text(json.dumps(
                         {"results": results, "elapsed": elapsed, "command": command}))
         body = same_work_report(results, args, elapsed, command)
-        print(body)
-        if args.write:
-            print(f"[cnf_2d] wrote {write_section('cnf_2d_same_work', body)}")
+        publish("cnf_2d_same_work", body, args.write, echo=True, tag="[cnf_2d] ")
         return 0
     if not args.memory_only:
         start = time.perf_counter()
         results = [run_dataset(d, args) for d in args.datasets]
         body = report(results, args, time.perf_counter() - start)
-        print(body)
-        if args.write:
-            print(f"[cnf_2d] wrote {write_section('cnf_2d', body)}")
+        publish("cnf_2d", body, args.write, echo=True, tag="[cnf_2d] ")
     if args.memory_nfe:
         body = memory_report(memory_table(args.memory_nfe, args.memory_batch), args)
-        print(body)
-        if args.write:
-            print(f"[cnf_2d] wrote {write_section('cnf_2d_memory', body)}")
+        publish("cnf_2d_memory", body, args.write, echo=True, tag="[cnf_2d] ")
     return 0
 
 

@@ -48,9 +48,9 @@ from _common import (  # noqa: E402
     command_line,
     machine,
     markdown_table,
+    publish,
     set_threads,
     today,
-    write_section,
 )
 from dynamics_speed import median_ci, quartiles  # noqa: E402
 
@@ -211,9 +211,7 @@ def main() -> None:
                         "compile s", "graphs", f"goal >= {GOAL}"], rows),
     ]
     body = "\n".join(lines)
-    print(body)
-    if args.write:
-        print(f"[compile_cpu] wrote {write_section('compile_cpu', body)}")
+    publish("compile_cpu", body, args.write, echo=True, tag="[compile_cpu] ")
 
 
 if __name__ == "__main__":

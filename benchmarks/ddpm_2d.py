@@ -40,13 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     add_quick,
     apply_quick,
-    command_line,
     diffusers_loop,
-    machine,
     markdown_table,
     set_threads,
+    stamp,
     timed,
-    today,
     write_section,
 )
 
@@ -116,8 +114,7 @@ def ddim_seed_study(args: argparse.Namespace) -> str:
     return (
         f"## ddpm_2d: DDIM-{k}, probgen vs diffusers, over {len(args.ddim_seeds)} "
         "independently trained seeds\n\n"
-        f"`{command_line()}` ({today()}; {machine(args.threads)}; the 2 cores were shared "
-        "with other jobs)\n\n"
+        + stamp(args.threads, "; the 2 cores were shared with other jobs") + "\n\n"
         f"Per data set and seed: a VectorDDPM (T = {args.num_steps}, {args.schedule}) trained "
         f"from that seed for {args.minutes} min of wall clock (cap {args.steps} steps, batch "
         f"{args.batch_size}, Adam lr 2e-3, cosine decay); then {args.n} samples of probgen's "
@@ -258,9 +255,8 @@ def main_study(args: argparse.Namespace) -> None:
     floor = wasserstein2(ref, toy_sample(args.datasets[0], args.n,
                                          generator=torch.Generator().manual_seed(123)))
     body = (
-        f"## ddpm_2d: probgen's DDPM/DDIM loops vs diffusers' schedulers on one network\n\n"
-        f"`{command_line()}` ({today()}; {machine(args.threads)}; diffusers "
-        f"{diffusers.__version__})\n\n"
+        "## ddpm_2d: probgen's DDPM/DDIM loops vs diffusers' schedulers on one network\n\n"
+        + stamp(args.threads, f"; diffusers {diffusers.__version__}") + "\n\n"
         f"One VectorDDPM per data set (the course's conditional MLP, T = {args.num_steps}, "
         f"{args.schedule} schedule, noise prediction) trained for {args.minutes} min "
         f"(cap {args.steps} steps, batch {args.batch_size}): " + "; ".join(notes) + ". "

@@ -31,24 +31,26 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    add_mnist_root,
     add_quick,
     apply_quick,
-    command_line,
     count_calls,
     diffusers_loop,
-    machine,
+    fit_for,
+    loss_ends,
     markdown_table,
+    mnist_reference,
     mnist_split,
     output_path,
+    publish,
     set_threads,
+    stamp,
     thread_note,
     timed,
-    today,
-    write_section,
 )
 
-from probgen.inference import DiffusionLoss, fit  # noqa: E402
-from probgen.metrics import fid, mnist_classifier, precision_recall  # noqa: E402
+from probgen.inference import DiffusionLoss  # noqa: E402
+from probgen.metrics import fid, precision_recall  # noqa: E402
 from probgen.models import DDPM  # noqa: E402
 from probgen.utils import atomic_torch_save  # noqa: E402
 
@@ -213,21 +215,12 @@ def run(args: argparse.Namespace) -> int:
         budget, train_threads = float(saved["minutes"]), int(saved["threads"])
     else:
         objective = DiffusionLoss(model, levels=256)
-        start = time.perf_counter()
-
-        def out_of_time(step: int, record: dict) -> bool:
-            return time.perf_counter() - start > 60 * args.minutes
-
-        history = fit(objective, train.float(), steps=args.max_steps,
-                      batch_size=args.batch_size, lr=args.lr,
-                      warmup_steps=min(100, args.max_steps // 10), grad_clip=1.0,
-                      ema_decay=args.ema, log_every=20, progress=False, callbacks=out_of_time,
-                      seed=0)
-        train_s = time.perf_counter() - start
+        history, steps_done, train_s = fit_for(
+            args.minutes, objective, train.float(), steps=args.max_steps,
+            batch_size=args.batch_size, lr=args.lr, warmup_steps=min(100, args.max_steps // 10),
+            grad_clip=1.0, ema_decay=args.ema, log_every=20)
         budget, train_threads = args.minutes, args.threads
-        steps_done = int(history.records[-1]["step"])
-        first = sum(r["loss"] for r in history.records[:3]) / 3
-        last = sum(r["loss"] for r in history.records[-3:]) / 3
+        first, last = loss_ends(history, 3)
         if args.save:  # the EMA weights fit leaves in the model
             atomic_torch_save({"model": model.state_dict(), "steps": steps_done,
                                "seconds": train_s, "first_loss": first, "last_loss": last,
@@ -235,11 +228,7 @@ def run(args: argparse.Namespace) -> int:
                               output_path(args.save))
     model.eval()
 
-    classifier = mnist_classifier()
-    real = test[: args.n_ref].float() / 255
-    other = test[args.n_ref: args.n_ref + args.n].float() / 255
-    with torch.no_grad():
-        f_real, f_other = classifier.features(real), classifier.features(other)
+    classifier, f_real, f_other = mnist_reference(test, args.n_ref, args.n)
     floor = fid(f_real, f_other)
     floor_pr = precision_recall(f_real, f_other)
     noise = torch.randn(args.n, 1, 28, 28, generator=torch.Generator().manual_seed(1))
@@ -297,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
     body = (
         "## ddpm_mnist: DDPM on MNIST at a CPU budget (every sampler vs ancestral-1000 and "
         "diffusers, FID against network calls, bits/dim)\n\n"
-        f"`{command_line()}` ({today()}; {machine(args.threads)}).\n\n"
+        f"{stamp(args.threads)}.\n\n"
         f"DDPM (T = 1000, linear betas 1e-4..0.02, eps prediction, fixed_large variance), "
         f"U-Net base {args.base_channels} channels x (1, 2, 2), "
         f"{'attention at 7x7, ' if args.attention else ''}{params} parameters; simple loss, "
@@ -321,16 +310,13 @@ def run(args: argparse.Namespace) -> int:
         f"run in turn on each batch of {args.batch}; the last column is probgen's seconds per "
         f"network call over diffusers'.\n\n" + table + "\n\n"
         f"Bits/dim (upper bound, EMA weights): {bpd_text}.\n\nGoals:\n{verdict}\n")
-    print(body)
-    if args.write:
-        print(f"wrote {write_section('ddpm-mnist', body)}")
+    publish("ddpm-mnist", body, args.write, echo=True)
     return 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    here = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", default=str(here))
+    add_mnist_root(p)
     p.add_argument("--minutes", type=float, default=60.0, help="training budget (wall clock)")
     p.add_argument("--max-steps", type=int, default=200000)
     p.add_argument("--batch-size", type=int, default=64)

@@ -23,6 +23,8 @@ from _common import (  # noqa: E402
     add_quick,
     apply_quick,
     command_line,
+    draw_batches,
+    held_out,
     machine,
     markdown_table,
     set_threads,
@@ -160,20 +162,6 @@ BUILDERS = {"probgen": build_probgen, "zuko": build_zuko, "normflows": build_nor
 
 
 # --------------------------------------------------------------------------- training
-
-
-def draw_batches(dataset: str, steps: int, batch_size: int, seed: int) -> Tensor:
-    """Every training batch, drawn once from one seeded generator: all libraries see them."""
-    from probgen.data import toy_sample
-
-    g = torch.Generator().manual_seed(seed)
-    return torch.stack([toy_sample(dataset, batch_size, generator=g) for _ in range(steps)])
-
-
-def held_out(dataset: str, n: int, seed: int) -> Tensor:
-    from probgen.data import toy_sample
-
-    return toy_sample(dataset, n, generator=torch.Generator().manual_seed(seed + 10_000))
 
 
 def adam_step(r: Runner, opt: torch.optim.Optimizer, x: Tensor, step: int) -> float:

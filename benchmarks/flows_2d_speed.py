@@ -38,9 +38,9 @@ from _common import (  # noqa: E402
     command_line,
     machine,
     markdown_table,
+    publish,
     set_threads,
     today,
-    write_section,
 )
 from dynamics_speed import median_ci, quartiles  # noqa: E402
 
@@ -208,9 +208,7 @@ def main() -> None:
         markdown_table(["flow", "op", "variant", "probgen / zuko", "95% CI", "[q1, q3]",
                         "ms (probgen / zuko) or compile", "goal <= 1"], rows),
     ])
-    print(body)
-    if args.write:
-        print(f"[flows_2d_speed] wrote {write_section('flows_2d_speed', body)}")
+    publish("flows_2d_speed", body, args.write, echo=True, tag="[flows_2d_speed] ")
 
 
 if __name__ == "__main__":

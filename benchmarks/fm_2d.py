@@ -48,9 +48,9 @@ from _common import (  # noqa: E402
     command_line,
     machine,
     markdown_table,
+    publish,
     set_threads,
     today,
-    write_section,
 )
 
 DATASETS = ("moons", "8gaussians", "checkerboard")
@@ -333,9 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         body = report_seeds(results, args, time.perf_counter() - start)
     else:
         body = report(results, args, time.perf_counter() - start)
-    print(body)
-    if args.write:
-        print(f"[fm_2d] wrote {write_section(args.section, body)}")
+    publish(args.section, body, args.write, echo=True, tag="[fm_2d] ")
     return 0
 
 

@@ -19,7 +19,6 @@ sample size). Without the MNIST files the script exits with status 3
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,23 +27,25 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    add_mnist_root,
     add_quick,
     apply_quick,
-    command_line,
-    machine,
+    fit_for,
+    loss_ends,
     markdown_table,
+    mnist_reference,
     mnist_split,
     output_path,
+    publish,
     set_threads,
+    stamp,
     thread_note,
-    today,
-    write_section,
 )
 
 from probgen.couplings import get_coupling  # noqa: E402
 from probgen.data import ImagePreprocess  # noqa: E402
-from probgen.inference import ConditionalFlowMatching, fit  # noqa: E402
-from probgen.metrics import fid, mnist_classifier, precision_recall  # noqa: E402
+from probgen.inference import ConditionalFlowMatching  # noqa: E402
+from probgen.metrics import fid, precision_recall  # noqa: E402
 from probgen.models import ImageFlowMatching  # noqa: E402
 
 #: (sampler, torchdiffeq method of sampler "ode", steps) of each row.
@@ -74,26 +75,14 @@ def run(args: argparse.Namespace) -> int:
     pre = ImagePreprocess(levels=256, transform="signed", shape=(1, 28, 28))
     coupling = None if args.coupling == "independent" else get_coupling(args.coupling)
     objective = ConditionalFlowMatching(model, model.path, coupling, preprocess=pre)
-    start = time.perf_counter()
-
-    def out_of_time(step: int, record: dict) -> bool:
-        return time.perf_counter() - start > 60 * args.minutes
-
-    history = fit(objective, train.float(), steps=args.max_steps, batch_size=args.batch_size,
-                  lr=args.lr, warmup_steps=args.warmup, grad_clip=1.0,
-                  ema_decay=args.ema, log_every=20, progress=False, callbacks=out_of_time,
-                  seed=0)
-    train_s = time.perf_counter() - start
-    steps_done = int(history.records[-1]["step"])
-    first = statistics.fmean(r["loss"] for r in history.records[:5])
-    last = statistics.fmean(r["loss"] for r in history.records[-5:])
+    history, steps_done, train_s = fit_for(args.minutes, objective, train.float(),
+                                           steps=args.max_steps, batch_size=args.batch_size,
+                                           lr=args.lr, warmup_steps=args.warmup,
+                                           grad_clip=1.0, ema_decay=args.ema, log_every=20)
+    first, last = loss_ends(history, 5)
     model.eval()
 
-    classifier = mnist_classifier()
-    real = test[: args.n_ref].float() / 255
-    other = test[args.n_ref: args.n_ref + args.n].float() / 255
-    with torch.no_grad():
-        f_real, f_other = classifier.features(real), classifier.features(other)
+    classifier, f_real, f_other = mnist_reference(test, args.n_ref, args.n)
     rows, grids, scores = [], [], {}
     for sampler, method, steps in SOLVERS:
         g = torch.Generator().manual_seed(1)
@@ -150,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
                             "recall", f"seconds for {args.n}", "FID / dopri5"], rows)
     body = (
         "## MNIST: flow matching at a CPU budget (fm_mnist)\n\n"
-        f"`{command_line()}` ({today()}; {machine(args.threads)}).\n\n"
+        f"{stamp(args.threads)}.\n\n"
         f"ImageFlowMatching (U-Net, {args.channels} base channels, "
         f"{sum(p.numel() for p in model.parameters())} parameters), conditional OT path, "
         f"{args.coupling} coupling, batch {args.batch_size}, Adam lr {args.lr} "
@@ -164,16 +153,13 @@ def run(args: argparse.Namespace) -> int:
         f"dopri5): **{float(bpd.mean()):.3f}** ({bpd_nfe} NFE, {bpd_s:.0f} s). "
         f"Samples (rows: the table's samplers in its order; same prior draws): "
         f"`benchmarks/fm_mnist.png`.\n\n{goal}\n")
-    print(body)
-    if args.write:
-        print(f"wrote {write_section('fm-mnist', body)}")
+    publish("fm-mnist", body, args.write, echo=True)
     return 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    here = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", default=str(here))
+    add_mnist_root(p)
     p.add_argument("--minutes", type=float, default=60.0)
     p.add_argument("--max-steps", type=int, default=1_000_000)
     p.add_argument("--batch-size", type=int, default=128)

@@ -22,11 +22,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    add_mnist_root,
     add_quick,
     apply_quick,
     command_line,
+    fit_for,
     machine,
     markdown_table,
+    mnist_reference,
     mnist_split,
     output_path,
     set_threads,
@@ -36,7 +39,7 @@ from _common import (  # noqa: E402
 
 from probgen.data import ImagePreprocess  # noqa: E402
 from probgen.inference import Adversarial, fit  # noqa: E402
-from probgen.metrics import fid, mnist_classifier, precision_recall  # noqa: E402
+from probgen.metrics import fid, precision_recall  # noqa: E402
 from probgen.models import DCGAN  # noqa: E402
 
 # label -> (loss, Adversarial keywords)
@@ -113,11 +116,7 @@ def run(args: argparse.Namespace) -> int:
     test, _ = mnist_split(args.root, "test", "gan_mnist")
     train = train.float()
     pre = ImagePreprocess(levels=256, transform="signed", shape=(1, 28, 28))
-    classifier = mnist_classifier()
-    real = test[: args.n_ref].float() / 255
-    other = test[args.n_ref: args.n_ref + args.n].float() / 255
-    with torch.no_grad():
-        f_real, f_other = classifier.features(real), classifier.features(other)
+    classifier, f_real, f_other = mnist_reference(test, args.n_ref, args.n)
     floor, pr_floor = fid(f_real, f_other), precision_recall(f_real, f_other)
     rows, speed, results, grids = [], [], {}, []
     t_all = time.perf_counter()
@@ -125,16 +124,10 @@ def run(args: argparse.Namespace) -> int:
         loss, kw = MODELS[label]
         gan = make(args)
         objective = Adversarial(gan, loss, preprocess=pre, **kw)
-        start = time.perf_counter()
-
-        def out_of_time(step: int, record: dict, start: float = start) -> bool:
-            return time.perf_counter() - start > 60 * args.minutes
-
-        history = fit(objective, train, steps=args.max_steps,
-                      batch_size=args.batch * kw["n_critic"], lr=args.lr, betas=(0.0, 0.9),
-                      progress=False, log_every=10, callbacks=out_of_time, seed=0)
-        seconds = time.perf_counter() - start
-        steps = int(history.records[-1]["step"])
+        history, steps, seconds = fit_for(args.minutes, objective, train,
+                                          steps=args.max_steps,
+                                          batch_size=args.batch * kw["n_critic"], lr=args.lr,
+                                          betas=(0.0, 0.9), log_every=10)
         gan.eval()
         g = torch.Generator().manual_seed(1)
         with torch.no_grad():
@@ -217,16 +210,10 @@ def train_vae(args: argparse.Namespace) -> dict:
     data = build_data({"data": {"name": "mnist", "root": args.root,
                                 "preprocess": "dynamic_binarize"}}, seed=0)
     model, objective = build("vae", 0)
-    start = time.perf_counter()
-
-    def out_of_time(step: int, record: dict) -> bool:
-        return time.perf_counter() - start > 60 * args.vae_minutes
-
-    history = fit(objective, data.train, steps=10**9, batch_size=128, lr=1e-3,
-                  progress=False, log_every=50, callbacks=out_of_time, seed=0)
+    _, steps, seconds = fit_for(args.vae_minutes, objective, data.train, steps=10**9,
+                                batch_size=128, lr=1e-3, log_every=50)
     model.eval()
-    return {"model": model, "steps": int(history.records[-1]["step"]),
-            "seconds": time.perf_counter() - start}
+    return {"model": model, "steps": steps, "seconds": seconds}
 
 
 def _vae_goal(results: dict, vae_score: float | None) -> str:
@@ -254,9 +241,8 @@ def _figure(grids: list, path: Path) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    here = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", default=str(here))
+    add_mnist_root(p)
     p.add_argument("--minutes", type=float, default=30.0, help="training minutes per model")
     p.add_argument("--max-steps", type=int, default=1_000_000)
     p.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))

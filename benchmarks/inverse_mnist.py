@@ -70,16 +70,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    add_mnist_root,
     add_quick,
     apply_quick,
-    command_line,
-    machine,
+    fit_for,
+    loss_ends,
     markdown_table,
     mnist_split,
     output_path,
+    publish,
     set_threads,
-    today,
-    write_section,
+    stamp,
 )
 
 from probgen.data import ImagePreprocess, dynamic_binarize  # noqa: E402
@@ -88,7 +89,6 @@ from probgen.inference import (  # noqa: E402
     ConditionalFlowMatching,
     DiffusionLoss,
     MaximumLikelihood,
-    fit,
     measurement_model,
     posterior_sample,
 )
@@ -155,18 +155,12 @@ def train_prior(name: str, model: torch.nn.Module, train: torch.Tensor,
         objective = ConditionalFlowMatching(model, model.path, None, preprocess=pre)
     else:
         objective = DiffusionLoss(model, levels=256)
-    start = time.perf_counter()
-
-    def out_of_time(step: int, record: dict) -> bool:
-        return time.perf_counter() - start > 60 * args.minutes
-
-    history = fit(objective, data, steps=args.max_steps, batch_size=batch, lr=args.lr,
-                  warmup_steps=min(100, args.max_steps // 10), grad_clip=clip, ema_decay=ema,
-                  log_every=20, progress=False, callbacks=out_of_time, seed=0)
-    records = history.records
-    summary = {"steps": int(records[-1]["step"]), "seconds": time.perf_counter() - start,
-               "first_loss": statistics.fmean(r["loss"] for r in records[:3]),
-               "last_loss": statistics.fmean(r["loss"] for r in records[-3:]),
+    history, steps, seconds = fit_for(args.minutes, objective, data, steps=args.max_steps,
+                                      batch_size=batch, lr=args.lr,
+                                      warmup_steps=min(100, args.max_steps // 10),
+                                      grad_clip=clip, ema_decay=ema, log_every=20)
+    first, last = loss_ends(history, 3)
+    summary = {"steps": steps, "seconds": seconds, "first_loss": first, "last_loss": last,
                "minutes": args.minutes}
     print(f"[inverse_mnist] {name}: {summary}", flush=True)
     return summary
@@ -386,9 +380,9 @@ def run(args: argparse.Namespace) -> int:
     body = (
         "## inverse_mnist: MNIST inpainting and denoising with flow, VAE, DDPM and "
         "flow-matching priors (NUTS, SVI, PiGDM, DPS)\n\n"
-        f"`{command_line()}` ({today()}; {machine(args.threads)}; 1-minute load average "
-        f"{loads[0]:.1f} at the start, {loads[1]:.1f} after training, {loads[2]:.1f} at the "
-        "end: the cores were shared with other jobs).\n\n"
+        + stamp(args.threads, f"; 1-minute load average {loads[0]:.1f} at the start, "
+                f"{loads[1]:.1f} after training, {loads[2]:.1f} at the end: the cores were "
+                "shared with other jobs") + ".\n\n"
         "Priors, each trained for a fixed wall-clock budget:\n\n" + "\n".join(lines) + "\n\n"
         f"{args.images} test images (the first of the test set) x {args.samples} posterior "
         "samples per task; pixels on [0, 1] for the errors; NUTS and SVI run over the latent "
@@ -401,16 +395,13 @@ def run(args: argparse.Namespace) -> int:
         "budgets: the priors are weak; the numbers show the routes and their relative "
         "behaviour, not what well-trained priors reach.**\n\n"
         f"{table}\n")
-    print(body)
-    if args.write:
-        print(f"wrote {write_section('inverse-mnist', body)}")
+    publish("inverse-mnist", body, args.write, echo=True)
     return 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    here = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", default=str(here))
+    add_mnist_root(p)
     p.add_argument("--priors", nargs="+", choices=PRIORS, default=list(PRIORS))
     p.add_argument("--minutes", type=float, default=6.0,
                    help="training budget per prior (wall clock)")

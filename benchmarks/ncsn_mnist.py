@@ -9,8 +9,6 @@ one-line message.
 from __future__ import annotations
 
 import argparse
-import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -19,34 +17,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    add_mnist_root,
     add_quick,
     apply_quick,
-    command_line,
-    machine,
+    fit_for,
+    loss_ends,
     markdown_table,
+    mnist_reference,
     mnist_split,
+    plain_annealed,
+    publish,
     set_threads,
-    today,
-    write_section,
+    stamp,
 )
 
 from probgen.data import ImagePreprocess  # noqa: E402
-from probgen.inference import NoiseConditionalScoreMatching, ScoreSampler, fit  # noqa: E402
-from probgen.metrics import fid, mnist_classifier, precision_recall  # noqa: E402
+from probgen.inference import NoiseConditionalScoreMatching, ScoreSampler  # noqa: E402
+from probgen.metrics import fid, precision_recall  # noqa: E402
 from probgen.models import ConvScoreNet  # noqa: E402
-
-
-def plain_annealed(net, x, sigmas, steps, eps, g):
-    """The plain-PyTorch annealed Langevin loop with a final denoising step."""
-    with torch.no_grad():
-        for sigma in sigmas:
-            eta = eps * sigma**2 / sigmas[-1] ** 2
-            level = torch.full((x.shape[0],), sigma)
-            for _ in range(steps):
-                x = x + 0.5 * eta * net(x, level) + math.sqrt(eta) * torch.randn(
-                    x.shape, generator=g)
-        level = torch.full((x.shape[0],), sigmas[-1])
-        return x + sigmas[-1] ** 2 * net(x, level)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,18 +47,10 @@ def run(args: argparse.Namespace) -> int:
     objective = NoiseConditionalScoreMatching(net, sigma_max=args.sigma_max,
                                               sigma_min=args.sigma_min,
                                               num_sigmas=args.levels, preprocess=pre)
-    start = time.perf_counter()
-
-    def out_of_time(step: int, record: dict) -> bool:
-        return time.perf_counter() - start > 60 * args.minutes
-
-    history = fit(objective, train.float(), steps=args.max_steps,
-                  batch_size=args.batch_size, lr=args.lr, log_every=20, progress=False,
-                  callbacks=out_of_time, seed=0)
-    train_s = time.perf_counter() - start
-    steps_done = int(history.records[-1]["step"])
-    first = statistics.fmean(r["loss"] for r in history.records[:5])
-    last = statistics.fmean(r["loss"] for r in history.records[-5:])
+    history, steps_done, train_s = fit_for(args.minutes, objective, train.float(),
+                                           steps=args.max_steps, batch_size=args.batch_size,
+                                           lr=args.lr, log_every=20)
+    first, last = loss_ends(history, 5)
     net.eval()
     sigmas = objective.sigmas.tolist()
     sampler = ScoreSampler(net, (1, 28, 28), sigmas=sigmas, steps=args.steps_per_level,
@@ -84,21 +64,19 @@ def run(args: argparse.Namespace) -> int:
     x0 = torch.randn(args.batch, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     start = time.perf_counter()
     plain_annealed(net, x0, sigmas, args.steps_per_level, args.eps,
-                   torch.Generator().manual_seed(3))
+                   torch.Generator().manual_seed(3), denoise=True)
     plain_s = time.perf_counter() - start
     start = time.perf_counter()
     sampler.sample((args.batch,), generator=torch.Generator().manual_seed(3))
     ours_s = time.perf_counter() - start
 
-    classifier = mnist_classifier()
-    real = test[: args.n_ref].float() / 255
-    other = test[args.n_ref : 2 * args.n_ref].float() / 255
+    classifier, f_real, f_other = mnist_reference(test, args.n_ref, min(args.n, args.n_ref))
     with torch.no_grad():
-        f_real, f_fake, f_other = (classifier.features(x) for x in (real, samples, other))
+        f_fake = classifier.features(samples)
     score = fid(f_real, f_fake)
-    floor = fid(f_real, f_other[: args.n])
+    floor = fid(f_real, f_other)
     pr = precision_recall(f_real, f_fake)
-    pr_floor = precision_recall(f_real, f_other[: args.n])
+    pr_floor = precision_recall(f_real, f_other)
     rows = [
         ["NCSN (probgen)", f"{steps_done} steps, {train_s / 60:.1f} min", f"{score:.2f}",
          f"{pr.precision:.3f}", f"{pr.recall:.3f}", f"{sample_s:.0f} s for {args.n}"],
@@ -113,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                     ["plain PyTorch loop", f"{plain_s:.1f}"]])
     body = (
         "## MNIST: NCSN at a CPU budget\n\n"
-        f"`{command_line()}` ({today()}; {machine(args.threads)}).\n\n"
+        f"{stamp(args.threads)}.\n\n"
         f"A CPU budget, far from a converged NCSN (which trains for hours on GPUs): "
         f"ConvScoreNet ({args.channels} channels, {sum(p.numel() for p in net.parameters())} "
         f"parameters), NCSN loss over {args.levels} geometric levels {args.sigma_max} .. "
@@ -124,17 +102,13 @@ def run(args: argparse.Namespace) -> int:
         f"(k = 3) use the bundled MNIST classifier's 128-d features (not Inception) against "
         f"{args.n_ref} test images; the second row is held-out test images against the "
         f"same reference, the floor at this sample size.\n\n" + table + "\n\n" + speed + "\n")
-    if args.write:
-        print(f"wrote {write_section('ncsn-mnist', body)}")
-    else:
-        print(body)
+    publish("ncsn-mnist", body, args.write)
     return 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    here = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--root", default=str(here))
+    add_mnist_root(p)
     p.add_argument("--minutes", type=float, default=4.0)
     p.add_argument("--max-steps", type=int, default=100000)
     p.add_argument("--batch-size", type=int, default=64)

@@ -7,7 +7,6 @@ one-line message.
 from __future__ import annotations
 
 import argparse
-import copy
 import inspect
 import json
 import math
@@ -23,14 +22,13 @@ from _common import (  # noqa: E402
     BENCH_DIR,
     add_quick,
     apply_quick,
-    command_line,
     default_data_root,
-    machine,
     markdown_table,
     mnist_split,
     output_path,
+    provenance,
+    seconds_per_step,
     set_threads,
-    today,
     write_section,
 )
 
@@ -105,26 +103,6 @@ def test_bits_per_dim(model: nn.Module, pre, images: Tensor, batch_size: int, se
     return total / n
 
 
-def seconds_per_step(objective: nn.Module, train: Tensor, batch_size: int, lr: float,
-                     warm: int, timed: int, seed: int) -> float:
-    """Median time of a training step (Adam, fresh batch) on a throwaway copy of the model."""
-    obj = copy.deepcopy(objective)
-    opt = torch.optim.Adam(obj.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    times = []
-    for i in range(warm + timed):
-        x = train[torch.randint(0, train.shape[0], (batch_size,), generator=g)]
-        t0 = time.perf_counter()
-        loss = obj(x)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if i >= warm:
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -191,8 +169,8 @@ def run(args: argparse.Namespace) -> int:
 
     budget_s = 60.0 * args.minutes
     if args.steps is None:
-        t_step = seconds_per_step(objective, train, args.batch_size, args.lr, 3,
-                                  args.calib_steps, args.seed)
+        t_step = seconds_per_step(objective, train, args.batch_size, args.lr, args.seed,
+                                  warm=3, timed=args.calib_steps)
         steps = max(args.warmup + 2, int(budget_s / t_step))
     else:  # a fixed schedule; the budget still stops training
         t_step, steps = float("nan"), args.steps
@@ -230,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
           f"({train_s / max(steps_done, 1):.3f} s/step); total wall {total_s / 60:.1f} min")
 
     result = {
-        "command": command_line(), "date": today(), "machine": machine(args.threads),
+        **provenance(args.threads),
         "model": args.model, "params": nparams, "args": vars(args),
         "calibrated_s_per_step": t_step, "scheduled_steps": steps, "steps_done": steps_done,
         "train_minutes": train_s / 60, "subset_eval_seconds": clock.eval_s,

@@ -26,12 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     add_quick,
     apply_quick,
-    command_line,
-    machine,
     markdown_table,
+    plain_annealed,
+    publish,
     set_threads,
-    today,
-    write_section,
+    stamp,
 )
 
 from probgen.data import ToySampler, toy_sample  # noqa: E402
@@ -55,18 +54,6 @@ def data_source(name: str) -> object:
 def draw(name: str, n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return two_modes().sample(n, g) if name == "two_modes" else toy_sample(name, n, generator=g)
-
-
-def plain_annealed(net, x, sigmas, steps, eps, g):
-    """The plain-PyTorch annealed Langevin loop (the speed reference)."""
-    with torch.no_grad():
-        for sigma in sigmas:
-            eta = eps * sigma**2 / sigmas[-1] ** 2
-            level = torch.full((x.shape[0],), sigma)
-            for _ in range(steps):
-                x = x + 0.5 * eta * net(x, level) + math.sqrt(eta) * torch.randn(
-                    x.shape, generator=g)
-    return x
 
 
 def plain_langevin(net, x, steps, eta, g):
@@ -141,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
          "score calls", "probgen sampler s", "plain loop s"], rows)
     body = (
         "## 2-D score models: DSM + Langevin vs NCSN + annealed Langevin\n\n"
-        f"`{command_line()}` ({today()}; {machine(args.threads)}).\n\n"
+        f"{stamp(args.threads)}.\n\n"
         f"A short CPU budget, not a converged result: {args.steps} Adam steps (batch "
         f"{args.batch_size}, lr {args.lr}, cosine) per model, ScoreMLP {args.hidden} (SiLU). "
         f"DSM at sigma {args.sigma}, then {args.langevin_steps} ULA steps (eta {args.eta}) from "
@@ -154,11 +141,7 @@ def run(args: argparse.Namespace) -> int:
         "share of samples nearest the 0.95 mode. Sampling times are the median of "
         f"{args.repeats} draws of {args.n} chains: probgen's sampler against the plain-PyTorch "
         "loop with the same network calls.\n\n" + table + "\n")
-    if args.write:
-        path = write_section("score-2d", body)
-        print(f"wrote {path}")
-    else:
-        print(body)
+    publish("score-2d", body, args.write)
     return 0
 
 

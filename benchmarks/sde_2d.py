@@ -32,16 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     add_quick,
     apply_quick,
-    command_line,
-    machine,
+    fit_for,
     markdown_table,
+    publish,
     set_threads,
-    today,
-    write_section,
+    stamp,
 )
 
 from probgen.data import ToySampler, toy_sample  # noqa: E402
-from probgen.inference import ContinuousScoreMatching, fit  # noqa: E402
+from probgen.inference import ContinuousScoreMatching  # noqa: E402
 from probgen.metrics import mmd2, wasserstein2  # noqa: E402
 from probgen.models import VectorScoreSDE  # noqa: E402
 
@@ -97,17 +96,10 @@ def run(args: argparse.Namespace) -> int:
             kwargs = {"sigma_max": args.sigma_max} if sde == "ve" else {}
             model = VectorScoreSDE(2, sde=sde, hidden_features=args.hidden, **kwargs)
             objective = ContinuousScoreMatching(model, model.sde)
-            start = time.perf_counter()
-
-            def out_of_time(step: int, record: dict, t0: float = start) -> bool:
-                return time.perf_counter() - t0 > 60 * args.minutes
-
-            history = fit(objective, ToySampler(name), steps=args.max_steps,
-                          batch_size=args.batch_size, lr=args.lr, lr_schedule="cosine",
-                          ema_decay=args.ema, log_every=50, progress=False, seed=0,
-                          callbacks=out_of_time)
-            train_s = time.perf_counter() - start
-            steps_done = int(history.records[-1]["step"])
+            _, steps_done, train_s = fit_for(args.minutes, objective, ToySampler(name),
+                                             steps=args.max_steps, batch_size=args.batch_size,
+                                             lr=args.lr, lr_schedule="cosine",
+                                             ema_decay=args.ema, log_every=50)
             model.eval()
             print(f"{name}/{sde}: {steps_done} steps in {train_s:.0f} s", flush=True)
             for label, kw in samplers(args.step_counts, args.snr):
@@ -154,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
                          nll_rows)
     body = (
         "## 2-D score SDEs: samplers, step counts, NFE and exact likelihood\n\n"
-        f"`{command_line()}` ({today()}; {machine(args.threads)}).\n\n"
+        f"{stamp(args.threads)}.\n\n"
         f"Budget: {args.minutes} min of training per model (at most {args.max_steps} steps; "
         f"batch {args.batch_size}, Adam lr {args.lr}, cosine, EMA {args.ema}), "
         f"VectorScoreSDE {args.hidden} (ConditionalMLP, eps-parametrized), continuous-time "
@@ -170,10 +162,7 @@ def run(args: argparse.Namespace) -> int:
         "it.\n\n" + table + "\n\nExact negative log-likelihood by the probability-flow ODE "
         "(ContinuousFlow, exact divergence, dopri5 at 1e-5), evaluated at t = 1 - 1e-5:\n\n"
         + nll + "\n")
-    if args.write:
-        print(f"wrote {write_section('sde-2d', body)}")
-    else:
-        print(body)
+    publish("sde-2d", body, args.write)
     return 0
 
 

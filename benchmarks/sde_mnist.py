@@ -28,41 +28,36 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    add_mnist_root,
     add_quick,
     apply_quick,
-    command_line,
-    machine,
+    fit_for,
     markdown_table,
+    mnist_reference,
     mnist_split,
+    publish,
     set_threads,
-    today,
-    write_section,
+    stamp,
 )
 
 from probgen.data import ImagePreprocess  # noqa: E402
 from probgen.inference import (  # noqa: E402
     ContinuousScoreMatching,
     DiffusionLoss,
-    fit,
     probability_flow_bits_per_dim,
     variational_bound,
 )
-from probgen.metrics import fid, mnist_classifier  # noqa: E402
+from probgen.metrics import fid  # noqa: E402
 from probgen.models import DDPM, ImageScoreSDE, NoiseLevelScore  # noqa: E402
 from probgen.sde import VPSDE  # noqa: E402
 
 
 def train(objective: torch.nn.Module, data: torch.Tensor, args: argparse.Namespace
           ) -> tuple[int, float]:
-    start = time.perf_counter()
-
-    def out_of_time(step: int, record: dict) -> bool:
-        return time.perf_counter() - start > 60 * args.minutes
-
-    history = fit(objective, data, steps=args.max_steps, batch_size=args.batch_size,
-                  lr=args.lr, grad_clip=1.0, ema_decay=args.ema, log_every=10,
-                  progress=False, seed=0, callbacks=out_of_time)
-    return int(history.records[-1]["step"]), time.perf_counter() - start
+    _, steps, seconds = fit_for(args.minutes, objective, data, steps=args.max_steps,
+                                batch_size=args.batch_size, lr=args.lr, grad_clip=1.0,
+                                ema_decay=args.ema, log_every=10)
+    return steps, seconds
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,12 +74,8 @@ def run(args: argparse.Namespace) -> int:
     model.eval()
     print(f"score SDE: {steps_sde} steps in {secs_sde:.0f} s", flush=True)
 
-    classifier = mnist_classifier()
-    ref = test_x[: args.n_ref].float() / 255
-    other = test_x[args.n_ref: args.n_ref + args.n].float() / 255
-    with torch.no_grad():
-        f_ref = classifier.features(ref)
-        floor = fid(f_ref, classifier.features(other))
+    classifier, f_ref, f_other = mnist_reference(test_x, args.n_ref, args.n)
+    floor = fid(f_ref, f_other)
     rows = []
     configs = [(f"pc/{n}", {"sampler": "pc", "steps": n}) for n in args.pc_steps]
     configs += [(f"sde/euler/{n}", {"sampler": "sde", "method": "euler", "steps": n})
@@ -145,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
                           "seconds"], bpd_rows)
     body = (
         "## MNIST: score SDE (VP) samplers and bits/dim vs the DDPM bound\n\n"
-        f"`{command_line()}` ({today()}; {machine(args.threads)}).\n\n"
+        f"{stamp(args.threads)}.\n\n"
         f"Budget: {args.minutes} min of training per model on a shared CPU (far below the "
         "issue's protocol; the goal of competitive FID and bits/dim is therefore unmet): "
         f"UNet base {args.channels}, mults {args.mults}, batch {args.batch_size}, Adam lr "
@@ -159,17 +150,13 @@ def run(args: argparse.Namespace) -> int:
         "decoder (an upper bound on the same discrete data). No peer library provides score "
         "SDEs as an installable package (score_sde_pytorch is a research repository).\n\n"
         + table + "\n\n" + bpd + "\n")
-    if args.write:
-        print(f"wrote {write_section('sde-mnist', body)}")
-    else:
-        print(body)
+    publish("sde-mnist", body, args.write)
     return 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    here = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--root", default=str(here))
+    add_mnist_root(p)
     p.add_argument("--minutes", type=float, default=60.0,
                    help="training wall clock per model")
     p.add_argument("--max-steps", type=int, default=200000)

@@ -47,8 +47,8 @@ from _common import (  # noqa: E402
     command_line,
     machine,
     markdown_table,
+    publish,
     today,
-    write_section,
 )
 from dynamics_speed import median_ci  # noqa: E402
 
@@ -199,9 +199,7 @@ def main() -> None:
     if missed:
         lines += ["", "Skipped: " + "; ".join(missed)]
     body = "\n".join(lines)
-    print(body)
-    if args.write:
-        print(f"[threads] wrote {write_section(args.section, body)}")
+    publish(args.section, body, args.write, echo=True, tag="[threads] ")
 
 
 if __name__ == "__main__":

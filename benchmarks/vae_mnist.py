@@ -25,7 +25,6 @@ one-line message.
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import statistics
 import sys
@@ -39,16 +38,16 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     BENCH_DIR,
+    Clock,
     add_quick,
     apply_quick,
-    command_line,
     default_data_root,
-    machine,
     markdown_table,
     mnist_split,
     output_path,
+    provenance,
+    seconds_per_step,
     set_threads,
-    today,
     update_json,
     write_section,
 )
@@ -108,18 +107,6 @@ class PlainVAE(nn.Module):
         return rec + p - q
 
 
-class Clock:
-    """fit callback: stops once the training wall-clock time reaches the budget."""
-
-    def __init__(self, budget_s: float) -> None:
-        self.budget_s, self.t0, self.step, self.seconds = budget_s, time.perf_counter(), 0, 0.0
-
-    def __call__(self, step: int, record: dict) -> bool:
-        self.seconds = time.perf_counter() - self.t0
-        self.step = step
-        return self.seconds >= self.budget_s
-
-
 def build(name: str, seed: int) -> tuple[nn.Module, nn.Module | None]:
     """(model, objective) for ``name``; the plain VAE is its own objective."""
     from probgen.inference import ELBO
@@ -133,24 +120,6 @@ def build(name: str, seed: int) -> tuple[nn.Module, nn.Module | None]:
     model = VAE(SHAPE, LATENT, hidden_features=HIDDEN, likelihood="bernoulli",
                 **setting["model"])
     return model, ELBO(model, **setting["objective"])
-
-
-def seconds_per_step(objective: nn.Module, data, batch_size: int, lr: float, seed: int) -> float:
-    """Median time of a training step on a throwaway copy (3 untimed, 5 timed)."""
-    obj = copy.deepcopy(objective)
-    opt = torch.optim.Adam(obj.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    times = []
-    for i in range(8):
-        x = data(batch_size, generator=g)
-        t0 = time.perf_counter()
-        loss = obj(x)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 @torch.no_grad()
@@ -208,8 +177,8 @@ def run_one(name: str, data, args: argparse.Namespace) -> dict:
         "model": name, "params": params, "budget_minutes": args.minutes,
         "train_minutes": clock.seconds / 60, "steps": clock.step, "schedule": args.schedule,
         "train_elbo_last_log": train_elbo, "eval_k": args.eval_k,
-        "eval_images": int(test.shape[0]), "eval_seconds": eval_s, "command": command_line(),
-        "date": today(), "machine": machine(args.threads),
+        "eval_images": int(test.shape[0]), "eval_seconds": eval_s,
+        **provenance(args.threads),
         "samples_u8": _pack(samples),
     })
     print(f"[vae_mnist] {name}: test ELBO {result['test_elbo']:.2f}, log-likelihood "
@@ -257,8 +226,7 @@ def overhead(data, args: argparse.Namespace) -> dict:
     ratios = [q / p for p, q in pairs]
     return {"plain_ms": [1e3 * p for p, _ in pairs], "probgen_ms": [1e3 * q for _, q in pairs],
             "ratios": ratios, "median_ratio": statistics.median(ratios),
-            "steps_per_block": n, "command": command_line(), "date": today(),
-            "machine": machine(args.threads)}
+            "steps_per_block": n, **provenance(args.threads)}
 
 
 def _pack(images: torch.Tensor) -> str:

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     BENCH_DIR,
+    Clock,
     add_quick,
     apply_quick,
     command_line,
@@ -61,17 +62,6 @@ ARMS = ("probgen-ema", "probgen-grad", "vqtorch-ema")
 MODEL = {"num_codes": 64, "code_dim": 16, "channels": 64, "downsample": 2, "blocks": 2,
          "prior_channels": 64, "prior_layers": 6, "prior_kernel_size": 3}
 BETA = 0.25
-
-
-class Clock:
-    """fit callback: stops once the wall-clock time since construction reaches the budget."""
-
-    def __init__(self, budget_s: float) -> None:
-        self.budget_s, self.t0, self.step, self.seconds = budget_s, time.perf_counter(), 0, 0.0
-
-    def __call__(self, step: int, record: dict) -> bool:
-        self.seconds, self.step = time.perf_counter() - self.t0, step
-        return self.seconds >= self.budget_s
 
 
 class PeerQuantizer(nn.Module):

@@ -14,7 +14,13 @@ from pyro.nn import PyroModule
 from torch import Tensor, nn
 from torch.distributions import register_kl
 
-from probgen.models.vae import make_decoder, make_encoder, make_likelihood
+from probgen.models.vae import (
+    _check_data,
+    _observed,
+    make_decoder,
+    make_encoder,
+    make_likelihood,
+)
 
 __all__ = ["GumbelSoftmaxVAE", "DISCRETE_LATENT_MODELS"]
 
@@ -156,13 +162,7 @@ class GumbelSoftmaxVAE(PyroModule):
 
     # ------------------------------------------------------------------ distributions
     def _check(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x: expected a tensor of shape (N, {self.shape}), got "
-                            f"{type(x).__name__}.")
-        if tuple(x.shape[1:]) != self.shape:
-            raise ValueError(f"x: expected shape (N, {', '.join(map(str, self.shape))}), got "
-                             f"{tuple(x.shape)}.")
-        return x.to(self.temperature.dtype)
+        return _check_data(x, self.shape).to(self.temperature.dtype)
 
     def logits(self, x: Tensor) -> Tensor:
         """Posterior logits ``(N, L, K)`` of images ``x``."""
@@ -211,11 +211,7 @@ class GumbelSoftmaxVAE(PyroModule):
         Returns:
             ``x`` (observed), or the generated draw ``(n, *shape)``.
         """
-        if x is not None:
-            x = self._check(x)
-            n = x.shape[0]
-        elif isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n: expected a positive int, got {n!r}.")
+        x, n = _observed(x, n, self._check)
         pyro.module("decoder", self.decoder)
         pyro.module("likelihood", self.likelihood)
         with pyro.plate("data", n, dim=-1):

@@ -101,7 +101,35 @@ def raster_order(c: int, h: int, w: int) -> Tensor:
     return torch.arange(c * h * w).reshape(c, h * w).t().reshape(-1)
 
 
-class PixelCNN(AutoregressiveModel):
+class _RasterModel(AutoregressiveModel):
+    """What PixelCNN and the Gated PixelCNN share: an image event generated in raster order
+    (rows below a pixel never reach it), their size checks, and scaled or one-hot inputs."""
+
+    row_causal = True
+
+    def __init__(self, shape: Sequence[int], channels: int, layers: int, kernel_size: int,
+                 first_kernel_size: int, categories: int, classes: int,
+                 one_hot: bool) -> None:
+        c, h, w = _image(shape)
+        super().__init__((c, h, w), categories, classes)
+        _check_sizes(channels, layers, kernel_size, first_kernel_size)
+        self.order = raster_order(c, h, w)
+        self.one_hot = bool(one_hot)
+
+    def _input_channels(self) -> int:
+        """Channels of the network input: C, or C * K one-hot maps with ``one_hot``."""
+        c = self.event_shape[0]
+        return c * self.categories if self.one_hot else c
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Network input: one-hot maps ``(N, C * K, H, W)`` with ``one_hot``, else the
+        default (binary pixels as they are, categorical ones scaled to [-1, 1])."""
+        if self.one_hot:
+            return one_hot_pixels(x, self.categories, self._param_dtype())
+        return super().encode(x)
+
+
+class PixelCNN(_RasterModel):
     """Creates a PixelCNN: a type-A masked convolution, then type-B masked convolutions.
 
     ``input (7x7, A) -> layers x [ReLU, k x k conv (B), (LayerNorm)] -> ReLU, 1x1 (B), ReLU,
@@ -149,14 +177,11 @@ class PixelCNN(AutoregressiveModel):
         classes: int = 0,
         one_hot: bool = False,
     ) -> None:
-        c, h, w = _image(shape)
-        super().__init__((c, h, w), categories, classes)
-        self.row_causal = True
-        _check_sizes(channels, layers, kernel_size, first_kernel_size)
-        self.order = raster_order(c, h, w)
+        super().__init__(shape, channels, layers, kernel_size, first_kernel_size, categories,
+                         classes, one_hot)
+        c = self.event_shape[0]
         self.residual = bool(residual)
-        self.one_hot = bool(one_hot)
-        inputs = c * categories if self.one_hot else c
+        inputs = self._input_channels()
         self.input_conv = MaskedConv2d(inputs, channels, first_kernel_size, "A", c)
         self.convs = nn.ModuleList(MaskedConv2d(channels, channels, kernel_size, "B", c)
                                    for _ in range(layers))
@@ -165,13 +190,6 @@ class PixelCNN(AutoregressiveModel):
         self.head = _head(channels, c, categories)
         self.class_bias = nn.Linear(classes, channels * (layers + 1), bias=False
                                     ) if classes else None
-
-    def encode(self, x: Tensor) -> Tensor:
-        """Network input: one-hot maps ``(N, C * K, H, W)`` with ``one_hot``, else the
-        default (binary pixels as they are, categorical ones scaled to [-1, 1])."""
-        if self.one_hot:
-            return one_hot_pixels(x, self.categories, self._param_dtype())
-        return super().encode(x)
 
     def logits_from_input(self, h: Tensor, context: Tensor | None = None) -> Tensor:
         """Logits ``(N, C, H, W)`` (binary) or ``(N, C, H, W, K)`` from pixels ``h``."""
@@ -229,7 +247,7 @@ class _GatedLayer(nn.Module):
         return self._gate(v_pre), h_out if self.first else h + h_out
 
 
-class GatedPixelCNN(AutoregressiveModel):
+class GatedPixelCNN(_RasterModel):
     r"""Creates a Gated PixelCNN: vertical and horizontal stacks with gated activations.
 
     Every layer computes :math:`y = \tanh(W_f * x) \odot \sigma(W_g * x)` in two stacks: a
@@ -272,26 +290,16 @@ class GatedPixelCNN(AutoregressiveModel):
         classes: int = 0,
         one_hot: bool = False,
     ) -> None:
-        c, h, w = _image(shape)
-        super().__init__((c, h, w), categories, classes)
-        self.row_causal = True
-        _check_sizes(channels, layers, kernel_size, first_kernel_size)
+        super().__init__(shape, channels, layers, kernel_size, first_kernel_size, categories,
+                         classes, one_hot)
+        c = self.event_shape[0]
         channel_groups(channels, c)
-        self.order = raster_order(c, h, w)
-        self.one_hot = bool(one_hot)
-        inputs = c * categories if self.one_hot else c
+        inputs = self._input_channels()
         self.layers = nn.ModuleList(
             _GatedLayer(inputs if i == 0 else channels, channels,
                         first_kernel_size if i == 0 else kernel_size, c, i == 0, classes)
             for i in range(layers))
         self.head = _head(channels, c, categories)
-
-    def encode(self, x: Tensor) -> Tensor:
-        """Network input: one-hot maps ``(N, C * K, H, W)`` with ``one_hot``, else the
-        default (binary pixels as they are, categorical ones scaled to [-1, 1])."""
-        if self.one_hot:
-            return one_hot_pixels(x, self.categories, self._param_dtype())
-        return super().encode(x)
 
     def logits_from_input(self, h: Tensor, context: Tensor | None = None) -> Tensor:
         """Logits ``(N, C, H, W)`` (binary) or ``(N, C, H, W, K)`` from pixels ``h``."""

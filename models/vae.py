@@ -206,13 +206,7 @@ class VAE(PyroModule):
 
     # ------------------------------------------------------------------ distributions
     def _check(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x: expected a tensor of shape (N, {self.shape}), got "
-                            f"{type(x).__name__}.")
-        if tuple(x.shape[1:]) != self.shape:
-            raise ValueError(f"x: expected shape (N, {', '.join(map(str, self.shape))}), got "
-                             f"{tuple(x.shape)}.")
-        return x
+        return _check_data(x, self.shape)
 
     def _encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         to_input = getattr(self.likelihood, "encoder_input", None)
@@ -267,11 +261,7 @@ class VAE(PyroModule):
         Returns:
             ``x`` (observed), or the generated draw ``(n, *shape)``.
         """
-        if x is not None:
-            x = self._check(x)
-            n = x.shape[0]
-        else:
-            _positive(n=n)
+        x, n = _observed(x, n, self._check)
         self._register("decoder", "likelihood",
                        *(("prior",) if isinstance(self.prior, nn.Module) else ()),
                        *(("encoder",) if isinstance(self.prior, VampPrior) else ()))
@@ -381,6 +371,29 @@ class VAE(PyroModule):
     def extra_repr(self) -> str:  # noqa: D102
         return (f"shape={self.shape}, latent_features={self.latent_features}, "
                 f"prior={self.prior_kind!r}, posterior={self.posterior_kind!r}")
+
+
+def _check_data(x: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """``x`` itself once it is a tensor of shape ``(N, *shape)``; else an error naming both
+    (the check every latent-variable model of this package makes on its data)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x: expected a tensor of shape (N, {shape}), got "
+                        f"{type(x).__name__}.")
+    if tuple(x.shape[1:]) != shape:
+        raise ValueError(f"x: expected shape (N, {', '.join(map(str, shape))}), got "
+                         f"{tuple(x.shape)}.")
+    return x
+
+
+def _observed(x: Tensor | None, n: int,
+              check: Callable[[Tensor], Tensor]) -> tuple[Tensor | None, int]:
+    """A Pyro ``model(x, n)``'s batch: ``(check(x), N)`` for observed data, else ``(None, n)``
+    once ``n`` is a positive int (the number of examples to generate)."""
+    if x is None:
+        _positive(n=n)
+        return None, n
+    x = check(x)
+    return x, x.shape[0]
 
 
 class _TransformList(nn.Module):

@@ -10,7 +10,19 @@ from torch import Tensor
 __all__ = ["InvertiblePlanar", "InvertibleRadial"]
 
 
-class InvertiblePlanar(Planar):
+class _RecomputedLadj:
+    """log|det J| cached by the last call in either direction when ``(x, y)`` are that call's
+    pair, else recomputed from ``x`` by ``_ladj`` (Pyro's planar and radial transforms
+    return whatever the last forward call cached)."""
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:  # noqa: D102
+        x_old, y_old = self._cached_x_y
+        if x is x_old and y is y_old and self._cached_logDetJ is not None:
+            return self._cached_logDetJ
+        return self._ladj(x)
+
+
+class InvertiblePlanar(_RecomputedLadj, Planar):
     r"""Creates a planar transform :math:`y = x + \hat u \tanh(w^\top x + b)` with an inverse.
 
     Pyro's :class:`~pyro.distributions.transforms.Planar` enforces
@@ -70,16 +82,13 @@ class InvertiblePlanar(Planar):
         self._cached_logDetJ = torch.log((1 + (1 - torch.tanh(a + bias).pow(2)) * wu).abs())
         return x
 
-    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:  # noqa: D102
-        x_old, y_old = self._cached_x_y
-        if x is x_old and y is y_old and self._cached_logDetJ is not None:
-            return self._cached_logDetJ
+    def _ladj(self, x: Tensor) -> Tensor:
         bias, u_hat, w = self._parts()
         act = torch.tanh(x @ w + bias)
         return torch.log((1 + (1 - act.pow(2)) * (w @ u_hat)).abs())
 
 
-class InvertibleRadial(Radial):
+class InvertibleRadial(_RecomputedLadj, Radial):
     r"""Creates a radial transform :math:`y = x + \beta h(\alpha, r)(x - x_0)` with an inverse.
 
     Here :math:`r = \|x - x_0\|` and :math:`h = 1/(\alpha + r)`. Pyro's
@@ -140,9 +149,3 @@ class InvertibleRadial(Radial):
         x = x0 + diff / (1 + beta / (alpha + r))
         self._cached_logDetJ = None
         return x
-
-    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:  # noqa: D102
-        x_old, y_old = self._cached_x_y
-        if x is x_old and y is y_old and self._cached_logDetJ is not None:
-            return self._cached_logDetJ
-        return self._ladj(x)
