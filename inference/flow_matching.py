@@ -47,7 +47,8 @@ from probgen.couplings import Coupling, IndependentCoupling, get_coupling
 from probgen.inference.denoising import UniformTimes, check_label_dropout, denoise
 from probgen.inference.registry import register_objective
 from probgen.paths import AffinePath
-from probgen.processes import check_batches, check_choice
+from probgen.processes import check_batches
+from probgen.utils import check_choice
 
 __all__ = [
     "ODEResult",

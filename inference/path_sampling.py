@@ -36,7 +36,8 @@ from probgen.cnf import ADAPTIVE_METHODS, FIXED_METHODS, ContinuousFlow
 from probgen.inference.flow_matching import ode_sample
 from probgen.inference.sampling import SampleResult, Stepper, sample_loop
 from probgen.inference.solvers import DDIM, DEFAULT_GRIDS, SOLVERS, STEPPERS, time_grid
-from probgen.processes import GaussianPath, check_choice, check_path_prediction
+from probgen.processes import GaussianPath, check_path_prediction
+from probgen.utils import check_choice
 
 __all__ = ["PATH_SAMPLERS", "ODEStepper", "sample_path", "path_flow"]
 

@@ -65,7 +65,8 @@ import torch
 from torch import Tensor
 
 from probgen.inference.sampling import Run, SampleResult, Stepper, sample_loop
-from probgen.processes import GaussianPath, check_choice
+from probgen.processes import GaussianPath
+from probgen.utils import check_choice
 
 __all__ = ["SOLVERS", "GRIDS", "DEFAULT_GRIDS", "STEPPERS", "PathStepper", "DDIM",
            "DPMSolver2M", "DPMSolver3M", "UniPC", "EDMHeun", "ddim_update", "time_grid",

@@ -37,7 +37,8 @@ from probgen.inference.sampling import SampleResult, evaluation
 from probgen.inference.solvers import SOLVERS
 from probgen.metrics.likelihood import dequantized_bits_per_dim
 from probgen.nn import UNet
-from probgen.processes import GaussianPath, check_choice, check_like
+from probgen.processes import GaussianPath, check_like
+from probgen.utils import check_choice
 
 __all__ = ["PathModel", "image_network"]
 

@@ -35,7 +35,8 @@ import torch
 from torch import Tensor
 
 from probgen.assignment import linear_assignment
-from probgen.processes import build_named, check_batches, check_choice
+from probgen.processes import check_batches
+from probgen.utils import build_named, check_choice
 
 __all__ = [
     "Coupling",

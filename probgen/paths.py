@@ -60,8 +60,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from probgen.processes import GaussianPath, Marginal, build_named, check_batches, check_time
+from probgen.processes import GaussianPath, Marginal, check_batches, check_time
 from probgen.sde import SDE, VESDE, VPSDE
+from probgen.utils import build_named
 
 __all__ = [
     "PathSample",

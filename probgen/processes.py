@@ -41,18 +41,18 @@ References:
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
+from probgen.utils import check_choice
+
 __all__ = ["Marginal", "PREDICTIONS", "GaussianPath", "convert_prediction", "predictions_of_pair",
-           "check_time", "check_path_prediction", "check_choice", "check_batches", "check_like",
-           "build_named"]
+           "check_time", "check_path_prediction", "check_batches", "check_like"]
 
 #: What a network of ``(x, t)`` may predict (see the module docstring).
 PREDICTIONS = ("eps", "data", "v", "score", "velocity")
@@ -150,34 +150,6 @@ def check_like(value: Any, x: Tensor, name: str, what: str = "an output of ") ->
         got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
         raise ValueError(f"{name}: expected {what}the shape of x {tuple(x.shape)}, got {got}.")
     return value
-
-
-def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
-    """Checks that the argument ``name`` is one of ``allowed`` (a name of a registry or a
-    setting), saying which ones were expected.
-
-    Raises:
-        ValueError: ``value`` is not in ``allowed``.
-    """
-    if value not in allowed:
-        raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}.")
-
-
-def build_named(kind: str, registry: Mapping[str, Callable[..., Any]], name: str,
-                **kwargs: Any) -> Any:
-    """Builds ``registry[name](**kwargs)``, the object of that name (a path, a coupling) with
-    its parameters.
-
-    Raises:
-        ValueError: an unknown name, or parameters the object does not take.
-    """
-    check_choice(kind, name, sorted(registry))
-    allowed = list(inspect.signature(registry[name]).parameters)
-    extra = sorted(set(kwargs) - set(allowed))
-    if extra:
-        raise ValueError(f"{kind} {name!r}: parameters {extra} do not apply (allowed: "
-                         f"{allowed or 'none'}).")
-    return registry[name](**kwargs)
 
 
 def check_path_prediction(path: Any, prediction: str) -> None:

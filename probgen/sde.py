@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from probgen.processes import GaussianPath, Marginal, check_time
-from probgen.utils import append_dims
+from probgen.utils import append_dims, build_named
 
 __all__ = [
     "Marginal",
@@ -473,11 +473,4 @@ def get_sde(name: str, **kwargs: float) -> SDE:
     Raises:
         ValueError: an unknown name, or parameters the SDE does not take.
     """
-    if name not in SDES:
-        raise ValueError(f"sde: expected one of {sorted(SDES)}, got {name!r}.")
-    try:
-        return SDES[name](**kwargs)
-    except TypeError:
-        allowed = ("sigma_min", "sigma_max") if name == "ve" else ("beta_min", "beta_max")
-        raise ValueError(f"sde {name!r}: expected parameters among {list(allowed)}, got "
-                         f"{sorted(kwargs)}.") from None
+    return build_named("sde", SDES, name, **kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import inspect
 import io
 import json
 import os
@@ -25,6 +26,8 @@ __all__ = [
     "append_jsonl",
     "resolve_device",
     "check_tensor",
+    "check_choice",
+    "build_named",
     "drawing_from",
     "standard_normal",
     "on_host",
@@ -334,3 +337,32 @@ def did_you_mean(name: object, choices: Iterable[str]) -> str:
     quoted = [repr(c) for c in close]
     names = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
     return f" Did you mean {names}?"
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
+    """Checks that the argument ``name`` is one of ``allowed`` (a name of a registry or a
+    setting), saying which ones were expected.
+
+    Raises:
+        ValueError: ``value`` is not in ``allowed``.
+    """
+    if value not in allowed:
+        raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}."
+                         + did_you_mean(value, allowed))
+
+
+def build_named(kind: str, registry: Mapping[str, Callable[..., Any]], name: str,
+                **kwargs: Any) -> Any:
+    """Builds ``registry[name](**kwargs)``, the object of that name (a path, a coupling) with
+    its parameters.
+
+    Raises:
+        ValueError: an unknown name, or parameters the object does not take.
+    """
+    check_choice(kind, name, sorted(registry))
+    allowed = list(inspect.signature(registry[name]).parameters)
+    extra = sorted(set(kwargs) - set(allowed))
+    if extra:
+        raise ValueError(f"{kind} {name!r}: parameters {extra} do not apply (allowed: "
+                         f"{allowed or 'none'}).")
+    return registry[name](**kwargs)
