@@ -146,8 +146,8 @@ def linear_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     r"""An optimal assignment of the rows of ``cost`` to distinct columns (minimum sum).
 
     As ``scipy.optimize.linear_sum_assignment`` (same result type, an exact optimum), but
-    warm-started by :func:`auction_prices` (module docstring) for square costs from 256
-    rows on. Rectangular costs go to scipy alone: when some columns stay unused, column
+    warm-started by :func:`sample_prices` and :func:`auction_prices` (module docstring)
+    for square costs from 256 rows on. Rectangular costs go to scipy alone: when some columns stay unused, column
     potentials change which columns are chosen, so only square problems are reduced.
 
     Args:
