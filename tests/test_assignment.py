@@ -44,7 +44,8 @@ def test_brute_force(n):
         assert c[rows, cols].sum() == pytest.approx(best, rel=1e-12)
 
 
-@pytest.mark.parametrize("shape", [(MIN_WARM_START, MIN_WARM_START), (300, 300), (512, 512),
+@pytest.mark.parametrize("shape", [(2 * SAMPLE, 2 * SAMPLE), (200, 200),
+                                   (MIN_WARM_START, MIN_WARM_START), (300, 300), (512, 512),
                                    (260, 400), (400, 260)])
 def test_warm_start_is_exact(shape):
     rng = np.random.default_rng(sum(shape))
