@@ -6,9 +6,11 @@ Issue 22. Two parts, in one run:
    (source N(0, I)), interleaved repetitions, medians: the float64 cost matrix
    (``probgen.couplings.cost_matrix``); scipy's ``linear_sum_assignment`` on it from zero
    potentials (probgen's exact-OT solver before this issue); probgen's
-   ``ExactOTCoupling().indices`` (cost, auction warm start, scipy); torchcfm's
-   ``OTPlanSampler("exact").sample_plan`` (POT's ``ot.emd`` plus drawing pairs from the
-   plan), with the paired ratio probgen / torchcfm.
+   ``ExactOTCoupling().indices`` (cost, a solved sample's and an auction's prices, scipy);
+   torchcfm's ``OTPlanSampler("exact").sample_plan`` (POT's ``ot.emd`` plus drawing pairs
+   from the plan), with the paired ratio probgen / torchcfm. Then the same paired
+   comparison over batch sizes (64 to 2048, moons) and features (8, 64, 784 at 512:
+   N(0, I) to a shifted uniform), ``--sweep-reps`` repetitions each.
 2. **Training**: probgen's ``ConditionalFlowMatching`` with ``ExactOTCoupling`` and
    torchcfm's ``ExactOptimalTransportConditionalFlowMatcher`` (``sigma = 0``) train copies
    of one network (``fm_2d.Net``, the same initial weights) on the same data batches,
@@ -76,6 +78,41 @@ def profile_coupling(dataset: str, batch: int, reps: int, seed: int) -> dict[str
     return out
 
 
+def sweep_coupling(reps: int, seed: int) -> list[tuple[str, int, float, float, float]]:
+    """(data, batch, probgen ms, torchcfm ms, median paired ratio) over batch sizes on
+    moons and over features at batch 512, interleaved repetitions."""
+    from torchcfm.optimal_transport import OTPlanSampler
+
+    from probgen.couplings import ExactOTCoupling
+    from probgen.data import toy_sample
+
+    g = torch.Generator().manual_seed(seed)
+    peer, coupling = OTPlanSampler(method="exact"), ExactOTCoupling()
+    cases = [("moons", n) for n in (64, 128, 256, 512, 1024, 2048)]
+    cases += [(f"{d}-D", 512) for d in (8, 64, 784)]
+    out = []
+    for data, batch in cases:
+        times: dict[str, list[float]] = {"probgen": [], "torchcfm": []}
+        for rep in range(reps):
+            x0 = torch.randn(batch, 2 if data == "moons" else int(data[:-2]), generator=g)
+            x1 = (toy_sample("moons", batch, generator=g) if data == "moons"
+                  else 2 * torch.rand(x0.shape, generator=g) - 0.5)
+            for name in (["probgen", "torchcfm"] if rep % 2 == 0 else ["torchcfm", "probgen"]):
+                t0 = time.perf_counter()
+                if name == "probgen":
+                    coupling.indices(x0, x1)
+                else:
+                    peer.sample_plan(x0, x1)
+                times[name].append(time.perf_counter() - t0)
+        ratio = statistics.median(a / b for a, b in zip(times["probgen"], times["torchcfm"],
+                                                          strict=True))
+        out.append((data, batch, 1e3 * statistics.median(times["probgen"]),
+                    1e3 * statistics.median(times["torchcfm"]), ratio))
+        print(f"[fm_ot_speed] sweep {data} batch {batch}: probgen {out[-1][2]:.2f} ms, "
+              f"torchcfm {out[-1][3]:.2f} ms, ratio {ratio:.2f}", flush=True)
+    return out
+
+
 def run_training(dataset: str, args: argparse.Namespace, seed: int) -> dict:
     from probgen.data import toy_sample
 
@@ -100,8 +137,8 @@ def run_training(dataset: str, args: argparse.Namespace, seed: int) -> dict:
     return out
 
 
-def report(profiles: dict[str, dict], results: list[dict], args: argparse.Namespace,
-           elapsed: float) -> str:
+def report(profiles: dict[str, dict], sweep: list[tuple], results: list[dict],
+           args: argparse.Namespace, elapsed: float) -> str:
     lines = [
         "## Exact-OT flow matching at batch 512: probgen vs torchcfm (fm_ot_speed)", "",
         f"Command: `{command_line()}`  ",
@@ -111,7 +148,8 @@ def report(profiles: dict[str, dict], results: list[dict], args: argparse.Namesp
         f"{args.reps} interleaved repetitions; ratio: median of the paired ratios probgen / "
         "torchcfm. `scipy cold`: `linear_sum_assignment` on the float64 costs from zero "
         "potentials, the solver of probgen's exact OT before issue 22; `probgen`: "
-        "`ExactOTCoupling().indices` (costs, auction warm start, scipy); `torchcfm`: "
+        "`ExactOTCoupling().indices` (costs, a solved 64 x 64 sample's and an auction's prices, "
+        "scipy); `torchcfm`: "
         "`OTPlanSampler('exact').sample_plan` (cdist, POT's `ot.emd`, pairs drawn from the "
         "plan).", "",
     ]
@@ -119,6 +157,12 @@ def report(profiles: dict[str, dict], results: list[dict], args: argparse.Namesp
              f"{p['ratio']:.2f}"] for d, p in profiles.items()]
     lines += [markdown_table(["data", "cost matrix ms", "scipy cold ms", "probgen ms",
                               "torchcfm ms", "ratio"], rows), ""]
+    if sweep:
+        lines += [f"Over batch sizes (moons) and features (N(0, I) to a uniform on [-0.5, 1.5]^d),"
+                  f" the same paired timing, median of {args.sweep_reps} repetitions:", ""]
+        rows = [[d, str(b), f"{p:.2f}", f"{c:.2f}", f"{r:.2f}"] for d, b, p, c, r in sweep]
+        lines += [markdown_table(["data", "batch", "probgen ms", "torchcfm ms", "ratio"], rows),
+                  ""]
     lines += [
         f"**Training steps**: `fm_2d.Net` (width {args.width}, depth {args.depth}), the same "
         f"initial weights, Adam lr {args.lr}, batch {args.batch_size}, the same batches, "
@@ -160,13 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--reps", type=int, default=41, help="coupling-profile repetitions")
+    parser.add_argument("--sweep-reps", type=int, default=9,
+                        help="repetitions of the size/feature sweep (0: skip it)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--write", action="store_true", help="write the RESULTS.md section")
     add_quick(parser, "moons only, 1 seed, 20 steps of batch 64, width 64, 200 samples")
     args = parser.parse_args(argv)
     apply_quick(parser, args, datasets=["moons"], seeds=[0], steps=20, batch_size=64,
-                width=64, samples=200, reps=3)
+                width=64, samples=200, reps=3, sweep_reps=1)
     args.minutes = float("inf")  # fm_2d.train's wall-clock cap: the budget is --steps
     set_threads(args.threads)
     start = time.perf_counter()
@@ -175,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     for d, p in profiles.items():
         print(f"[fm_ot_speed] coupling {d}: " + ", ".join(f"{k} {v:.2f}" for k, v in
                                                           p.items()), flush=True)
+    sweep = sweep_coupling(args.sweep_reps, seed=321) if args.sweep_reps > 0 else []
     results = [run_training(d, args, seed) for d in args.datasets for seed in args.seeds]
-    body = report(profiles, results, args, time.perf_counter() - start)
+    body = report(profiles, sweep, results, args, time.perf_counter() - start)
     print(body)
     if args.write:
         print(f"[fm_ot_speed] wrote {write_section('fm_ot_speed', body)}")

@@ -58,13 +58,15 @@ PAIRS: tuple[str, ...] = ("rows", "plan")
 def cost_matrix(x0: Tensor, x1: Tensor) -> Tensor:
     r"""Squared Euclidean costs :math:`C_{ij} = \|x_{0,i} - x_{1,j}\|^2`, float64 ``(n, m)``.
 
-    Computed from differences (not :math:`|a|^2 + |b|^2 - 2ab`), so exact up to one
-    rounding per entry and never negative.
+    Up to 16 features computed from differences (not :math:`|a|^2 + |b|^2 - 2ab`), so exact
+    up to one rounding per entry; above, the product form (BLAS: 10x faster at 784
+    features, errors of a rounding of :math:`|a|^2 + |b|^2`). Never negative.
     """
     check_batches(x0, x1)
     a = x0.detach().reshape(x0.shape[0], -1).double()
     b = x1.detach().reshape(x1.shape[0], -1).double()
-    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
+    mode = "donot_use_mm_for_euclid_dist" if a.shape[1] <= 16 else "use_mm_for_euclid_dist"
+    return torch.cdist(a, b, compute_mode=mode).pow(2)
 
 
 def pairing_cost(x0: Tensor, x1: Tensor) -> float:

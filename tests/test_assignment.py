@@ -1,6 +1,7 @@
 """The warm-started assignment is exact: its cost equals scipy's cold optimum (and brute
 force on tiny problems) on random, tied, constant and rectangular costs, below and above
-the warm-start threshold; the auction's prices make scipy's job easy but never change it."""
+the warm-start threshold, in 2 to 784 dimensions; the sample's and the auction's prices make
+scipy's job easy but never change it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from probgen.assignment import MIN_WARM_START, auction_prices, linear_assignment
+from probgen.assignment import (
+    MIN_WARM_START,
+    SAMPLE,
+    auction_prices,
+    linear_assignment,
+    sample_prices,
+)
 
 
 def _cost(c: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> float:
@@ -37,7 +44,8 @@ def test_brute_force(n):
         assert c[rows, cols].sum() == pytest.approx(best, rel=1e-12)
 
 
-@pytest.mark.parametrize("shape", [(MIN_WARM_START, MIN_WARM_START), (300, 300), (512, 512),
+@pytest.mark.parametrize("shape", [(2 * SAMPLE, 2 * SAMPLE), (200, 200),
+                                   (MIN_WARM_START, MIN_WARM_START), (300, 300), (512, 512),
                                    (260, 400), (400, 260)])
 def test_warm_start_is_exact(shape):
     rng = np.random.default_rng(sum(shape))
@@ -45,6 +53,37 @@ def test_warm_start_is_exact(shape):
     _check(((x0[:, None] - x1[None]) ** 2).sum(-1))  # squared distances (the couplings')
     _check(rng.random(shape))  # uniform costs
     _check(rng.integers(0, 5, shape).astype(float))  # many ties
+
+
+@pytest.mark.parametrize(("n", "dim"), [(320, 8), (320, 64), (300, 784), (1024, 2)])
+def test_warm_start_is_exact_in_dimensions(n, dim):
+    """Sizes that are not multiples of the sample's stride, features 2 to 784 (the
+    flow-matching batches' shapes), a far shifted source (large costs, small spread)."""
+    rng = np.random.default_rng(n + dim)
+    x0, x1 = rng.standard_normal((n, dim)), 2 * rng.random((n, dim)) - 0.5
+    _check(((x0[:, None] - x1[None]) ** 2).sum(-1))
+    _check(((x0[:, None] + 30.0 - x1[None]) ** 2).sum(-1))
+
+
+def test_sample_prices_are_the_samples_optimal_potentials():
+    """On the strided sample the prices leave the sample's optimal assignment at zero
+    reduced cost (so they are optimal potentials there), and the c-transform extension
+    makes no other column cheaper for a sampled row."""
+    rng = np.random.default_rng(3)
+    x0, x1 = rng.standard_normal((300, 2)), rng.random((300, 2)) + 1
+    c = ((x0[:, None] - x1[None]) ** 2).sum(-1)
+    p = sample_prices(c, SAMPLE)
+    assert p.shape == (300,)
+    step = 300 // SAMPLE
+    rows = c[::step][:SAMPLE]
+    sub = rows[:, ::step][:, :SAMPLE]
+    reduced = sub + p[::step][:SAMPLE]
+    reduced -= reduced.min(1, keepdims=True)
+    i, j = linear_sum_assignment(sub)
+    assert np.abs(reduced[i, j]).max() <= 1e-12 * c.max()
+    full = rows + p  # no unsampled column is cheaper for a sampled row than its sample's best
+    np.testing.assert_allclose(full.min(1), (sub + p[::step][:SAMPLE]).min(1), rtol=0,
+                               atol=1e-12 * c.max())
 
 
 def test_degenerate_costs():
@@ -73,5 +112,10 @@ def test_auction_prices_are_nearly_optimal_potentials():
     assert reduced[rows, opt].mean() <= eps * (1 + 1e-9)
     cold = c - c.min(1, keepdims=True)  # zero prices: far from optimal potentials
     assert cold[rows, opt].mean() > 100 * eps
+    # From the sample's prices (as linear_assignment starts it) and a smaller first epsilon.
+    p = auction_prices(c, eps_start=0.03, eps_end=eps, leave=0, max_rounds=10**6,
+                       prices=sample_prices(c, SAMPLE))
+    reduced = c + p - (c + p).min(1, keepdims=True)
+    assert reduced[rows, opt].mean() <= eps * (1 + 1e-9)
     # The round cap returns prices whatever the state.
     assert auction_prices(c, eps_start=1.0, eps_end=1e-9, max_rounds=3).shape == (400,)
