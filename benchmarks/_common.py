@@ -92,6 +92,14 @@ def stamp(threads: int, note: str = "") -> str:
     return f"`{command_line()}` ({today()}; {machine(threads)}{note})"
 
 
+def load_note() -> str:
+    """The machine's measured load for a provenance line: the 1- and 15-minute load averages
+    when the run ended (other processes included), instead of a fixed claim about sharing."""
+    one, _, fifteen = os.getloadavg()
+    return (f"load average {one:.1f} (1 min) / {fifteen:.1f} (15 min) on "
+            f"{os.cpu_count()} cores when the run ended")
+
+
 def summarize_times(seconds: list[float], warmup: int) -> dict[str, float]:
     """Median and mean milliseconds per step over the steps after ``warmup``."""
     kept = seconds[warmup:] if len(seconds) > warmup else seconds

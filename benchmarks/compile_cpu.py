@@ -46,6 +46,7 @@ from _common import (  # noqa: E402
     add_quick,
     apply_quick,
     command_line,
+    load_note,
     machine,
     markdown_table,
     publish,
@@ -191,8 +192,8 @@ def main() -> None:
     lines = [
         "## Training step on CPU: eager vs `fit(compile=True)` (compile_cpu)", "",
         f"Command: `{command_line()}`  ",
-        f"Date: {today()}; {machine(args.threads)}; total {elapsed / 60:.1f} min. **The 2 "
-        "cores were shared with other jobs**: read the paired ratios, not the absolute ms.",
+        f"Date: {today()}; {machine(args.threads)}; total {elapsed / 60:.1f} min; "
+        f"{load_note()}: read the paired ratios, not the absolute ms.",
         "",
         "One step: `zero_grad`, the objective's forward (eager, or through "
         "`torch.compile(objective)` with the default backend (inductor) and mode, as "

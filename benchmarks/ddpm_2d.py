@@ -41,6 +41,7 @@ from _common import (  # noqa: E402
     add_quick,
     apply_quick,
     diffusers_loop,
+    load_note,
     markdown_table,
     set_threads,
     stamp,
@@ -114,7 +115,7 @@ def ddim_seed_study(args: argparse.Namespace) -> str:
     return (
         f"## ddpm_2d: DDIM-{k}, probgen vs diffusers, over {len(args.ddim_seeds)} "
         "independently trained seeds\n\n"
-        + stamp(args.threads, "; the 2 cores were shared with other jobs") + "\n\n"
+        + stamp(args.threads, "; " + load_note()) + "\n\n"
         f"Per data set and seed: a VectorDDPM (T = {args.num_steps}, {args.schedule}) trained "
         f"from that seed for {args.minutes} min of wall clock (cap {args.steps} steps, batch "
         f"{args.batch_size}, Adam lr 2e-3, cosine decay); then {args.n} samples of probgen's "

@@ -303,6 +303,7 @@ def main() -> None:
         add_quick,
         apply_quick,
         command_line,
+    load_note,
         machine,
         markdown_table,
         today,
@@ -376,8 +377,8 @@ def main() -> None:
         "(dynamics_speed)", "",
         f"Command: `{command_line()}`  ",
         f"Date: {today()}; {machine(args.threads)} (one per worker process); total "
-        f"{elapsed / 60:.1f} min. **The 2 cores were shared with other jobs** (an MNIST "
-        "training run among them): read the paired ratios, not the absolute ms.", "",
+        f"{elapsed / 60:.1f} min; {load_note()}: read the paired ratios, not the absolute "
+        "ms.", "",
         "One step: `zero_grad`, the objective's forward, `backward`, an Adam step, on "
         "fixed pools of batches (256 moons points; 64 digits 8x8 on [-1, 1]). Old: the "
         "checkout before the redesign (8d7c6ad) in its own process; new: this checkout; "

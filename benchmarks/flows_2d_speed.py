@@ -36,6 +36,7 @@ from _common import (  # noqa: E402
     add_quick,
     apply_quick,
     command_line,
+    load_note,
     machine,
     markdown_table,
     publish,
@@ -193,8 +194,8 @@ def main() -> None:
     body = "\n".join([
         "## 2-D flows: sampling and log_prob, probgen vs zuko (flows_2d_speed)", "",
         f"Command: `{command_line()}`  ",
-        f"Date: {today()}; {machine(args.threads)}; total {elapsed / 60:.1f} min. The cores "
-        "were shared with other jobs: read the paired ratios, not absolute times.", "",
+        f"Date: {today()}; {machine(args.threads)}; total {elapsed / 60:.1f} min; "
+        f"{load_note()}: read the paired ratios, not absolute times.", "",
         f"MAF (5 affine autoregressive transforms) and NSF (5 autoregressive RQ splines, 8 "
         f"bins, bound 5), hidden [64, 64], features 2, same seed for both libraries; "
         f"`log_prob` of {args.n} points and `sample(({args.n},))`, no gradients. warm: "
