@@ -629,12 +629,16 @@ class DiffusionLoss(nn.Module):
                                                  getattr(model, "num_classes", None))
         self.vlb_weight = float(vlb_weight)
         self.log_bound = bool(log_bound)
+        self._path: StepPath | None = None
 
     def forward(self, batch: Any) -> dict[str, Tensor]:  # noqa: D102
         x0, labels = _data(batch, self.levels)
         model, sched = self.model, self.model.schedule
+        if self._path is None or self._path.noise_schedule is not sched:
+            # kept across steps: the steps' support is checked once per (times, path) pair
+            self._path, self._times = StepPath(sched), DiscreteTimes(sched.num_steps)
         conditional = getattr(model, "num_classes", None) and labels is not None
-        res = denoise(model.output, StepPath(sched), x0, DiscreteTimes(sched.num_steps),
+        res = denoise(model.output, self._path, x0, self._times,
                       prediction=PARAMETRIZATION_PREDICTIONS[model.parametrization],
                       reduction="mean", labels=labels.to(x0.device).long() if conditional
                       else None, label_dropout=self.label_dropout,

@@ -256,6 +256,7 @@ class ConditionalFlowMatching(nn.Module):
             raise ValueError("label_dropout: applies to a conditional field "
                              "(conditional=True).")
         self.field, self.path, self.coupling = field, path, coupling
+        self._times: UniformTimes | None = None
         self.conditional, self.label_dropout = bool(conditional), float(label_dropout)
         self.num_classes, self.paired = num_classes, bool(paired)
         self.preprocess, self.likelihood = preprocess, likelihood
@@ -281,7 +282,9 @@ class ConditionalFlowMatching(nn.Module):
                 x0, x1 = x0[i], x1[j]
                 labels = labels[j.to(labels.device)] if labels is not None else None
         labels = labels if self.conditional else None
-        out = denoise(self.field, self.path, x1, UniformTimes(0.0, self.path.t_end),
+        if self._times is None or self._times.high != self.path.t_end:
+            self._times = UniformTimes(0.0, self.path.t_end)  # kept: support checked once
+        out = denoise(self.field, self.path, x1, self._times,
                       prediction="velocity", reduction="mean", noise=x0, labels=labels,
                       label_dropout=self.label_dropout, null_label=self.num_classes,
                       training=self.training, name="field")

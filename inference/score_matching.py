@@ -305,12 +305,17 @@ class NoiseConditionalScoreMatching(nn.Module):
                              f"{sig.tolist()}.")
         self.score, self.preprocess = score, preprocess
         self.register_buffer("sigmas", sig)
+        self._times: DiscreteTimes | None = None
 
     def forward(self, batch: Any) -> dict[str, Tensor]:
         """The loss on ``batch`` (``x`` of shape ``(batch, *event)``, or ``(x, labels)``)."""
         # sigma^2 ||s + z/sigma||^2 = ||eps_hat - z||^2: the error in noise space
+        if self._times is None or self._times.values is not self.sigmas:
+            # kept across steps (the ladder's support is checked once); a moved or cast
+            # ladder is a new tensor and gets a new one
+            self._times = DiscreteTimes(self.sigmas)
         out = denoise(self.score, _LEVELS, split_batch(batch, self.preprocess)[0],
-                      DiscreteTimes(self.sigmas), prediction="score", target="eps",
+                      self._times, prediction="score", target="eps",
                       weighting=0.5, name="score")
         loss = out.loss.mean()
         return {"loss": loss, "ncsn": loss}

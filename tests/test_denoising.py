@@ -381,3 +381,28 @@ def test_drawn_times_outside_the_paths_support_are_refused_before_any_step():
         denoise(net, StepPath(NoiseSchedule.linear(10)), x, DiscreteTimes(12))
     ok = denoise(net, NoiseLevelPath(), x, DiscreteTimes(torch.tensor([1.0, 0.5])))
     assert ok.loss.shape == (4,)
+
+
+def test_objectives_reused_across_steps_draw_as_fresh_ones():
+    """DDPM, NCSN and flow matching keep their time distribution (and DDPM its step path)
+    across steps so the support is checked once: a second step of one objective gives the
+    loss a fresh objective gives after the same draws."""
+    x = _data()
+
+    def build(name: str) -> nn.Module:
+        torch.manual_seed(0)
+        if name == "ddpm":
+            return DiffusionLoss(FakeDDPM())
+        if name == "ncsn":
+            return NoiseConditionalScoreMatching(TimeNet(), sigmas=LADDER)
+        return ConditionalFlowMatching(TimeNet(), VPPath())
+
+    for name in ("ddpm", "ncsn", "cfm"):
+        reused = build(name)
+        torch.manual_seed(1)
+        reused(x)
+        second = reused(x)["loss"].detach()
+        fresh = build(name)
+        torch.manual_seed(1)
+        fresh(x)  # the same draws before the compared step
+        assert float(second) == pytest.approx(float(fresh(x)["loss"].detach()), rel=1e-12)
