@@ -17,6 +17,7 @@ References:
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 from pyro.distributions import TorchDistribution, constraints
@@ -91,7 +92,7 @@ def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tens
     return _log_diff_ndtr(lower, upper).to(dtype)
 
 
-class DiscretizedPixels(TorchDistribution):
+class DiscretizedPixels(TorchDistribution, ABC):
     r"""Base class of a continuous law on the [-1, 1] grid discretized over integer pixels.
 
     Elementwise: the batch shape is the parameters' shape, the event shape ``()`` (use
@@ -125,9 +126,9 @@ class DiscretizedPixels(TorchDistribution):
         return type(self)(self.loc.expand(shape), self.scale.expand(shape), self.levels,
                           validate_args=False)
 
+    @abstractmethod
     def _standard(self, shape: torch.Size, generator: torch.Generator | None) -> Tensor:
         """Draws of the standardized continuous law (location 0, scale 1) of ``shape``."""
-        raise NotImplementedError
 
     def sample(self, sample_shape: torch.Size = torch.Size(), *,  # noqa: B008
                generator: torch.Generator | None = None) -> Tensor:
