@@ -235,8 +235,9 @@ class Denoised(NamedTuple):
     """The denoising regression on one batch (:func:`denoise`).
 
     Attributes:
-        loss: the weighted per-example errors ``(batch,)`` (their mean is the loss).
-        error: the unweighted per-example squared errors ``(batch,)``.
+        loss: the weighted per-example errors ``(batch,)`` (their mean is the loss); their
+            mean, 0-d, from ``denoise(..., per_example=False)``.
+        error: the unweighted per-example squared errors ``(batch,)``; 0-d as ``loss``.
         x_t: the noised data ``(batch, *event)``; noise: :math:`\\epsilon`, same shape.
         t: the times ``(batch,)``.
         output: what the network returned (a tuple whose first element is the
@@ -358,6 +359,9 @@ def _draw(times: TimeDistribution | Tensor | float, path: Any, x: Tensor
     if not isinstance(drawn, Times) or drawn.t.shape != x.shape[:1]:
         got = (tuple(drawn.t.shape) if isinstance(drawn, Times) else type(drawn).__name__)
         raise ValueError(f"times: expected Times with t of shape ({x.shape[0]},), got {got}.")
+    if drawn_here and isinstance(path, StepPath):  # the table in x's dtype, indexed once
+        _check_support(times, path, x)
+        return drawn, path.noise_schedule.marginal_at(drawn.t, x)
     if drawn_here and callable(getattr(path, "schedule", None)):
         _check_support(times, path, x)
         return drawn, path.schedule(drawn.t).broadcast_to(x)
@@ -398,6 +402,7 @@ def denoise(
     null_label: int | None = None,
     training: bool = False,
     name: str = "network",
+    per_example: bool = True,
 ) -> Denoised:
     r"""The denoising regression on one batch: times, noising, network, target, weight.
 
@@ -425,6 +430,9 @@ def denoise(
         label_dropout, null_label: the dropout probability and the null class.
         training: whether this is a training pass (label dropout).
         name: the network's name in error messages.
+        per_example: ``False`` returns the batch means of the loss and the error (0-d),
+            computed as one fused squared error when the weight is a constant (the training
+            step's fast path; the same value up to rounding).
 
     Returns:
         A :class:`Denoised`.
@@ -461,12 +469,20 @@ def denoise(
         raise ValueError("target 'velocity': this path has no time derivatives (a discrete "
                          "schedule); use eps, data, v or score.")
     regressed = predictions_of_pair(target, p.x_t, p.marginal, data=x, eps=p.noise)
-    squared = F.mse_loss(predicted, regressed, reduction="none").flatten(1)
-    error = squared.sum(1) if reduction == "sum" else squared.mean(1)
     weight = weighting(drawn.t) if callable(weighting) else float(weighting)
     if drawn.weight is not None:
         weight = weight * drawn.weight.to(x.dtype)
+    if not per_example and isinstance(weight, float):
+        # mean over the batch of the per-example means (sums): the mean of every element
+        error = F.mse_loss(predicted, regressed)
+        error = error * x[0].numel() if reduction == "sum" else error
+        return Denoised(error if weight == 1.0 else weight * error, error, p.x_t, p.noise,
+                        drawn.t, output)
+    squared = F.mse_loss(predicted, regressed, reduction="none").flatten(1)
+    error = squared.sum(1) if reduction == "sum" else squared.mean(1)
     loss = error if isinstance(weight, float) and weight == 1.0 else weight * error
+    if not per_example:
+        loss, error = loss.mean(), error.mean()
     return Denoised(loss, error, p.x_t, p.noise, drawn.t, output)
 
 
@@ -540,8 +556,8 @@ class DenoisingObjective(nn.Module):
                       target=self.target, weighting=self.weighting, reduction=self.reduction,
                       labels=labels if self.conditional else None,
                       label_dropout=self.label_dropout, null_label=self.num_classes,
-                      training=self.training)
-        return {"loss": out.loss.mean(), "error": out.error.mean().detach()}
+                      training=self.training, per_example=False)
+        return {"loss": out.loss, "error": out.error.detach()}
 
     def extra_repr(self) -> str:
         """The settings, for ``repr``."""

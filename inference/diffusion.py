@@ -643,8 +643,8 @@ class DiffusionLoss(nn.Module):
                       reduction="mean", labels=labels.to(x0.device).long() if conditional
                       else None, label_dropout=self.label_dropout,
                       null_label=model.num_classes if conditional else None,
-                      training=self.training, name="model")
-        mse = res.error.mean()
+                      training=self.training, name="model", per_example=False)
+        mse = res.error
         out = {"loss": mse, "mse": mse.detach()}
         if self.loss == "simple" and not self.log_bound and torch.is_grad_enabled():
             return out

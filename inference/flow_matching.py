@@ -287,8 +287,8 @@ class ConditionalFlowMatching(nn.Module):
         out = denoise(self.field, self.path, x1, self._times,
                       prediction="velocity", reduction="mean", noise=x0, labels=labels,
                       label_dropout=self.label_dropout, null_label=self.num_classes,
-                      training=self.training, name="field")
-        loss = out.loss.mean()
+                      training=self.training, name="field", per_example=False)
+        loss = out.loss
         result = {"loss": loss, "cfm": loss}
         if self.likelihood is not None and not self.paired and not torch.is_grad_enabled():
             cond = {} if labels is None else {"labels": labels}

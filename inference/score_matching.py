@@ -252,8 +252,8 @@ class DenoisingScoreMatching(nn.Module):
     def forward(self, batch: Any) -> dict[str, Tensor]:
         """The loss on ``batch`` (``x`` of shape ``(batch, *event)``, or ``(x, labels)``)."""
         out = denoise(self.score, _LEVELS, split_batch(batch, self.preprocess)[0], self._times,
-                      prediction="score", weighting=0.5, name="score")
-        loss = out.loss.mean()
+                      prediction="score", weighting=0.5, name="score", per_example=False)
+        loss = out.loss
         return {"loss": loss, "dsm": loss}
 
     def extra_repr(self) -> str:
@@ -316,8 +316,8 @@ class NoiseConditionalScoreMatching(nn.Module):
             self._times = DiscreteTimes(self.sigmas)
         out = denoise(self.score, _LEVELS, split_batch(batch, self.preprocess)[0],
                       self._times, prediction="score", target="eps",
-                      weighting=0.5, name="score")
-        loss = out.loss.mean()
+                      weighting=0.5, name="score", per_example=False)
+        loss = out.loss
         return {"loss": loss, "ncsn": loss}
 
     def extra_repr(self) -> str:

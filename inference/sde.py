@@ -239,8 +239,8 @@ class ContinuousScoreMatching(nn.Module):
         out = denoise(self.model, self.sde, x1, self.times, prediction="score", target="eps",
                       weighting=self._weight, labels=labels if self.conditional else None,
                       label_dropout=self.label_dropout, null_label=self.num_classes,
-                      training=self.training, name="score")
-        loss = out.loss.mean()
+                      training=self.training, name="score", per_example=False)
+        loss = out.loss
         return {"loss": loss, "dsm": loss}
 
     def extra_repr(self) -> str:

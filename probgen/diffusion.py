@@ -153,6 +153,9 @@ class NoiseSchedule(nn.Module):
         self.register_buffer("sqrt_alphas_cumprod", ab.sqrt(), persistent=False)
         self.register_buffer("sqrt_one_minus_alphas_cumprod", (1.0 - ab).sqrt(),
                              persistent=False)
+        self._table_of: Tensor | None = None  # the buffer the kept table was made from
+        self._table_key: tuple[Any, ...] = ()
+        self._table = torch.empty(0)
 
     # ----------------------------------------------------------------- constructors
     @classmethod
@@ -280,10 +283,33 @@ class NoiseSchedule(nn.Module):
         at the given :math:`\bar\alpha` (no time derivatives: a discrete schedule)."""
         return Marginal(alphas_cumprod.sqrt(), (1.0 - alphas_cumprod).sqrt())
 
-    def marginal_at(self, step: Tensor) -> Marginal:
+    def marginal_at(self, step: Tensor, like: Tensor | None = None) -> Marginal:
         r"""The path's :math:`(\sqrt{\bar\alpha_s}, \sqrt{1 - \bar\alpha_s})` at integer
-        steps ``step`` (any shape, unchecked: indices drawn in ``0..T-1``), float64."""
-        return Marginal(self.sqrt_alphas_cumprod[step], self.sqrt_one_minus_alphas_cumprod[step])
+        steps ``step`` (unchecked: indices drawn in ``0..T-1``).
+
+        Without ``like``: float64, of the shape of ``step``. With ``like`` ``(batch, *event)``
+        and steps ``(batch,)``: in ``like``'s dtype, shaped ``(batch, 1, ..., 1)`` against it,
+        read from one table of both columns kept per dtype and device (a training step
+        indexes it once instead of indexing and casting two float64 tables; the values are
+        the float64 ones rounded to the dtype, as a cast gives).
+        """
+        if like is None:
+            return Marginal(self.sqrt_alphas_cumprod[step],
+                            self.sqrt_one_minus_alphas_cumprod[step])
+        rows = self._coefficient_table(like)[step]
+        return Marginal(*rows.view(-1, 2, *(1,) * (like.dim() - 1)).unbind(1))
+
+    def _coefficient_table(self, like: Tensor) -> Tensor:
+        """``(T, 2)``: both path coefficients in ``like``'s dtype and device, rebuilt when the
+        buffers change (a ``.to()``, an in-place load); not kept while torch.compile traces."""
+        a, s = self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod
+        if torch.compiler.is_compiling():
+            return torch.stack([a, s], 1).to(device=like.device, dtype=like.dtype)
+        key = (like.dtype, like.device, a._version, s._version)
+        if self._table_of is not a or self._table_key != key:
+            table = torch.stack([a, s], 1).to(device=like.device, dtype=like.dtype)
+            self._table_of, self._table_key, self._table = a, key, table
+        return self._table
 
     def alphas_cumprod_at(self, step: Tensor) -> Tensor:
         r""":math:`\bar\alpha` at integer or fractional steps (float64, shape of ``step``).

@@ -406,3 +406,60 @@ def test_objectives_reused_across_steps_draw_as_fresh_ones():
         torch.manual_seed(1)
         fresh(x)  # the same draws before the compared step
         assert float(second) == pytest.approx(float(fresh(x)["loss"].detach()), rel=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("weighting", [1.0, 0.5, "callable", "importance"])
+def test_batch_means_equal_the_mean_of_the_per_example_losses(reduction, weighting):
+    """``per_example=False`` (the objectives' fast path) returns the batch means of the
+    per-example losses and errors: by hand, the mean over the batch of the event's sum or
+    mean of squares, times the weight."""
+    x = torch.randn(64, 2, dtype=torch.float64)
+    t = torch.rand(64, dtype=torch.float64)
+    net = TimeNet().double()
+    w = (lambda s: 1.0 + s) if weighting == "callable" else (
+        1.0 if weighting == "importance" else weighting)
+    times = t if weighting != "importance" else (
+        lambda n, like: Times(t, weight=torch.linspace(0.5, 2.0, n, dtype=like.dtype)))
+    noise = torch.randn_like(x)
+    out = denoise(net, VPPath(), x, times, weighting=w, reduction=reduction, noise=noise,
+                  per_example=True)
+    fast = denoise(net, VPPath(), x, times, weighting=w, reduction=reduction, noise=noise,
+                   per_example=False)
+    sq = (net(out.x_t, out.t) - noise).pow(2).flatten(1)
+    error = sq.sum(1) if reduction == "sum" else sq.mean(1)
+    factor = torch.ones(64, dtype=x.dtype)
+    if weighting == "callable":
+        factor = 1.0 + t
+    elif weighting == "importance":
+        factor = torch.linspace(0.5, 2.0, 64, dtype=x.dtype)
+    elif weighting == 0.5:
+        factor = factor * 0.5
+    assert fast.loss.dim() == 0 and fast.error.dim() == 0
+    torch.testing.assert_close(fast.error, error.mean(), rtol=1e-10, atol=0)
+    torch.testing.assert_close(fast.loss, (factor * error).mean(), rtol=1e-10, atol=0)
+    torch.testing.assert_close(out.loss, factor * error, rtol=1e-10, atol=0)
+
+
+def test_drawn_steps_read_the_schedules_coefficients_in_the_datas_dtype():
+    """The training path reads sqrt(abar) and sqrt(1 - abar) at drawn steps from a table kept
+    in the data's dtype: the float64 values rounded to that dtype, re-read after the
+    schedule's buffers move or change."""
+    sched = NoiseSchedule.cosine(50)
+    step = torch.tensor([0, 7, 49, 7])
+    ab = sched.alphas_cumprod[step]
+    for dtype in (torch.float32, torch.float64, torch.float32):
+        like = torch.zeros(4, 3, 2, 2, dtype=dtype)
+        m = sched.marginal_at(step, like)
+        assert m.alpha.shape == (4, 1, 1, 1) and m.alpha.dtype == dtype
+        assert torch.equal(m.alpha.flatten(), ab.sqrt().to(dtype))
+        assert torch.equal(m.sigma.flatten(), (1 - ab).sqrt().to(dtype))
+    sched.sqrt_alphas_cumprod.mul_(0.5)  # an in-place change is seen
+    m = sched.marginal_at(step, like)
+    assert torch.equal(m.alpha.flatten(), (0.5 * ab.sqrt()).to(torch.float32))
+    x = torch.randn(4, 2)
+    drawn = denoise(lambda x_t, s: x_t, StepPath(NoiseSchedule.linear(10)), x,
+                    DiscreteTimes(10))
+    a, s = NoiseSchedule.linear(10).marginal_at(drawn.t)[:2]
+    torch.testing.assert_close(drawn.x_t, a[:, None].float() * x + s[:, None].float()
+                               * drawn.noise)

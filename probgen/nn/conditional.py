@@ -203,7 +203,8 @@ class ConditionalMLP(nn.Module):
                              f"{tuple(x.shape)}.")
         t = check_time(t, x)
         e = self.embed(t.to(x.dtype), labels)
-        h = self.act(self.stem(x) + self.conds[0](e))
-        for layer, cond in zip(self.layers, self.conds[1:], strict=True):
+        first, *rest = self.conds  # (a slice of a ModuleList builds a new one every call)
+        h = self.act(self.stem(x) + first(e))
+        for layer, cond in zip(self.layers, rest, strict=True):
             h = self.act(layer(h) + cond(e))
         return self.head(h)

@@ -12,6 +12,7 @@ ones probgen may depend on ships a U-Net.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import islice
 
 import torch
 from torch import Tensor, nn
@@ -193,7 +194,7 @@ class UNet(nn.Module):
         for blocks in self.down:
             if isinstance(blocks[0], _ResBlock):
                 h = blocks[0](h, e)
-                for extra in blocks[1:]:
+                for extra in islice(blocks, 1, None):  # (no new ModuleList)
                     h = extra(h)
             else:  # downsampling convolution
                 h = blocks[0](h)
@@ -202,7 +203,7 @@ class UNet(nn.Module):
         for blocks in self.up:
             if isinstance(blocks[0], _ResBlock):
                 h = blocks[0](torch.cat([h, hs.pop()], dim=1), e)
-                for extra in blocks[1:]:
+                for extra in islice(blocks, 1, None):  # (no new ModuleList)
                     h = extra(h)
             else:  # upsample to the next skip's size, then convolve
                 h = blocks[0](F.interpolate(h, size=hs[-1].shape[-2:], mode="nearest"))
@@ -264,7 +265,7 @@ class UNetClassifier(nn.Module):
         for blocks in self.down:
             if isinstance(blocks[0], _ResBlock):
                 h = blocks[0](h, e)
-                for extra in blocks[1:]:
+                for extra in islice(blocks, 1, None):  # (no new ModuleList)
                     h = extra(h)
             else:
                 h = blocks[0](h)
