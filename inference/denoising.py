@@ -150,7 +150,8 @@ class DiscreteTimes:
         if isinstance(self.values, int):
             return Times(index)
         values = self.values.to(like.device)
-        return Times((values.to(like.dtype) if values.is_floating_point() else values)[index])
+        return Times((values.to(like.dtype) if values.is_floating_point() else values)
+                     .index_select(0, index))
 
     def __repr__(self) -> str:
         return f"DiscreteTimes({self.count})"

@@ -296,18 +296,19 @@ class NoiseSchedule(nn.Module):
         if like is None:
             return Marginal(self.sqrt_alphas_cumprod[step],
                             self.sqrt_one_minus_alphas_cumprod[step])
-        rows = self._coefficient_table(like)[step]
-        return Marginal(*rows.view(-1, 2, *(1,) * (like.dim() - 1)).unbind(1))
+        # index_select on the (2, T) table: one contiguous gather for both columns
+        cols = self._coefficient_table(like).index_select(1, step)
+        return Marginal(*cols.view(2, -1, *(1,) * (like.dim() - 1)).unbind(0))
 
     def _coefficient_table(self, like: Tensor) -> Tensor:
-        """``(T, 2)``: both path coefficients in ``like``'s dtype and device, rebuilt when the
+        """``(2, T)``: both path coefficients in ``like``'s dtype and device, rebuilt when the
         buffers change (a ``.to()``, an in-place load); not kept while torch.compile traces."""
         a, s = self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod
         if torch.compiler.is_compiling():
-            return torch.stack([a, s], 1).to(device=like.device, dtype=like.dtype)
+            return torch.stack([a, s]).to(device=like.device, dtype=like.dtype)
         key = (like.dtype, like.device, a._version, s._version)
         if self._table_of is not a or self._table_key != key:
-            table = torch.stack([a, s], 1).to(device=like.device, dtype=like.dtype)
+            table = torch.stack([a, s]).to(device=like.device, dtype=like.dtype)
             self._table_of, self._table_key, self._table = a, key, table
         return self._table
 
