@@ -33,8 +33,9 @@ same seed (the initial weights' checksums are compared) and answers requests to 
 block of steps; the parent asks one worker at a time (the other waits on its pipe), the
 order alternating each round. The ratio of a round is the median step of the new code's
 block over the old code's; the report gives the median over rounds and the quartiles.
-(b) runs in the new code's worker: the same network (copies of one initialization, each
-with its own Adam), blocks of probgen's step and of the plain step in turn.
+(b) runs in the new code's worker, for the two DDPM families: the same network (copies of
+one initialization, each with its own Adam), blocks of probgen's step, of the plain step and
+of a second copy of the plain step (the control) in turn.
 """
 
 from __future__ import annotations
@@ -91,12 +92,14 @@ def _build(setup: str, seed: int):
     torch.manual_seed(seed)
     if family == "ddpm_2d":
         model = VectorDDPM(2)
-        if variant == "plain":
+        if variant in ("plain", "plain_copy"):
             return _PlainDDPM(model)
         kwargs = {"log_bound": True} if variant.endswith("bound") else {}
         return DiffusionLoss(model, "simple", **kwargs)
     if family == "ddpm_digits":
         model = DDPM((1, 8, 8), base_channels=16, channel_mults=(1, 2))
+        if variant in ("plain", "plain_copy"):
+            return _PlainDDPM(model)
         kwargs = {"log_bound": True} if variant.endswith("bound") else {}
         return DiffusionLoss(model, "simple", **kwargs)
     if family == "sde_2d":
@@ -111,6 +114,10 @@ def _build(setup: str, seed: int):
         return NoiseConditionalScoreMatching(ScoreMLP(2, [128, 128], noise_conditional=True),
                                              sigma_max=3.0, sigma_min=0.01, num_sigmas=10)
     raise ValueError(f"unknown setup {setup!r}")
+
+
+#: The A/A row of part (b): a second, identical copy of the plain step.
+CONTROL = "control: the plain loop again"
 
 
 def _plain_module():
@@ -133,7 +140,8 @@ def _plain_module():
         def forward(self, x0):
             step = torch.randint(0, self.num_steps, (x0.shape[0],))
             noise = torch.randn_like(x0)
-            x_t = self.a[step, None] * x0 + self.b[step, None] * noise
+            shape = (-1,) + (1,) * (x0.dim() - 1)
+            x_t = self.a[step].view(shape) * x0 + self.b[step].view(shape) * noise
             t = 1 - step.to(x0.dtype) / (self.num_steps - 1)
             loss = F.mse_loss(self.network(x_t, t), noise)
             return {"loss": loss}
@@ -352,11 +360,14 @@ def main() -> None:
                 if not res["same_init"]:
                     print(f"[dynamics_speed] {fam}: initial weights differ {i_old} {i_new}",
                           flush=True)
-        members = [("plain", new, "ddpm_2d:plain"), ("probgen", new, "ddpm_2d:plainref"),
-                   ("probgen log_bound=True", new, "ddpm_2d:plainref_bound")]
-        plain = compare(members, args, args.seed)
-        print(f"[dynamics_speed] plain: ms {plain['ms']}, ratios {plain['ratios']}",
-              flush=True)
+        plain = {}
+        for fam in [f for f in ("ddpm_2d", "ddpm_digits") if f in args.families]:
+            members = [("plain", new, f"{fam}:plain"), ("probgen", new, f"{fam}:plainref"),
+                       ("probgen log_bound=True", new, f"{fam}:plainref_bound"),
+                       (CONTROL, new, f"{fam}:plain_copy")]
+            plain[fam] = compare(members, args, args.seed)
+            print(f"[dynamics_speed] {fam} plain: ms {plain[fam]['ms']}, ratios "
+                  f"{plain[fam]['ratios']}", flush=True)
         for setup in args.profile:
             for label, w in (("old", old), ("new", new)):
                 if w is None:
@@ -412,16 +423,19 @@ def main() -> None:
                   ""]
     else:
         lines += ["(a) skipped: no baseline checkout.", ""]
-    rows = [[label, f"{plain['ms']['plain']:.2f}", f"{plain['ms'][label]:.2f}",
+    rows = [[fam, label, f"{res['ms']['plain']:.2f}", f"{res['ms'][label]:.2f}",
              f"{r['median']:.3f}", f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]",
              f"[{r['q1']:.3f}, {r['q3']:.3f}]", f"{r['fast']:.3f}", _verdict(r, 1.0)]
-            for label, r in plain["ratios"].items()]
-    lines += ["**(b) DDPM simple loss vs a plain loop** on the same `VectorDDPM(2)` network "
-              "(copies of one initialization, one Adam each), batch 256; the plain step "
+            for fam, res in plain.items() for label, r in res["ratios"].items()]
+    lines += ["**(b) DDPM simple loss vs a plain loop** on the same network (`VectorDDPM(2)`, "
+              "batch 256; the digits `DDPM`, batch 64; copies of one initialization, one "
+              "Adam each); the plain step "
               "draws steps and noise, noises with precomputed sqrt(ᾱ) tables, MSE of the "
               "network's noise prediction. Ratio: probgen's block median over the plain "
-              "block's (goal: probgen no slower, ratio <= 1):", "",
-              markdown_table(["probgen setting", "plain ms/step", "probgen ms/step",
+              "block's (goal: probgen no slower, ratio <= 1). The control row times a second "
+              "copy of the plain step (same code, weights and data): its spread is what two "
+              "identical steps in this harness differ by.", "",
+              markdown_table(["family", "probgen setting", "plain ms/step", "probgen ms/step",
                               "median ratio probgen/plain", "95% CI", "quartiles",
                               "fast-block ratio", "no slower"], rows),
               ""]
