@@ -454,6 +454,9 @@ def denoise(
     _check_names(prediction, target, reduction)
     x = _check_data(x)
     drawn, m = _draw(times, _check_path(path), x)
+    if target == "velocity" and (m.d_alpha is None or m.d_sigma is None):  # before the network
+        raise ValueError("target 'velocity': this path has no time derivatives (a discrete "
+                         "schedule); use eps, data, v or score.")
     p = _noised(m, x, noise)
     cond: dict[str, Any] = {}
     if labels is not None:
@@ -466,9 +469,6 @@ def denoise(
     if prediction != target:
         predicted = convert_prediction(predicted, p.x_t, p.marginal, source=prediction,
                                        target=target)
-    if target == "velocity" and (p.marginal.d_alpha is None or p.marginal.d_sigma is None):
-        raise ValueError("target 'velocity': this path has no time derivatives (a discrete "
-                         "schedule); use eps, data, v or score.")
     regressed = predictions_of_pair(target, p.x_t, p.marginal, data=x, eps=p.noise)
     weight = weighting(drawn.t) if callable(weighting) else float(weighting)
     if drawn.weight is not None:
