@@ -57,6 +57,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 from probgen.inference.registry import register_objective
 from probgen.latent import importance_log_likelihood
 from probgen.metrics.likelihood import bits_per_dim
+from probgen.utils import check_choice
 
 __all__ = ["ELBO", "DifferentiableRenyiELBO", "LatentScale", "ESTIMATORS"]
 
@@ -237,9 +238,7 @@ class ELBO(nn.Module):
             raise TypeError("model: expected an nn.Module with model(x) and guide(x) methods "
                             "(a Pyro latent-variable model), or two functions "
                             f"ELBO(model_fn, guide_fn); got {type(model).__name__}.")
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator: expected one of {list(ESTIMATORS)}, got "
-                             f"{estimator!r}.")
+        check_choice("estimator", estimator, ESTIMATORS)
         for name, value in {"num_particles": num_particles,
                             "max_plate_nesting": max_plate_nesting}.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

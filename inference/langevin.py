@@ -26,6 +26,7 @@ from probgen.inference.path_sampling import PATH_SAMPLERS, sample_path
 from probgen.inference.sampling import Run, Stepper, sample_loop
 from probgen.inference.sde import predictor_corrector_sample, reverse_sde_sample
 from probgen.sde import VESDE
+from probgen.utils import check_choice
 
 __all__ = [
     "LangevinResult",
@@ -390,8 +391,7 @@ class ScoreSampler:
         init_std: float | None = None,
         denoise: bool = False,
     ) -> None:
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler: expected one of {list(SAMPLERS)}, got {sampler!r}.")
+        check_choice("sampler", sampler, SAMPLERS)
         if sampler != "langevin" and sigmas is None:
             raise ValueError(f"sampler {sampler!r} needs a noise ladder (sigmas); a model "
                              f"trained at one noise level samples with 'langevin'.")

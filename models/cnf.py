@@ -18,7 +18,7 @@ from torch.distributions import Independent, Normal
 from probgen.cnf import ADAPTIVE_METHODS, FIXED_METHODS, ContinuousFlow, SolveStats
 from probgen.divergence import NOISES
 from probgen.nn import ACTIVATIONS
-from probgen.utils import drawing_from
+from probgen.utils import check_choice, drawing_from
 
 __all__ = [
     "ConcatSquashLinear",
@@ -43,12 +43,6 @@ def _hidden(hidden_features: Sequence[int]) -> list[int]:
         raise ValueError(f"hidden_features: expected a non-empty list of positive ints, got "
                          f"{list(hidden_features)!r}.")
     return hidden
-
-
-def _check_activation(name: str) -> str:
-    if name not in ACTIVATIONS:
-        raise ValueError(f"activation: expected one of {sorted(ACTIVATIONS)}, got {name!r}.")
-    return name
 
 
 def _check_t(t: Tensor, x: Tensor) -> Tensor:
@@ -125,10 +119,11 @@ class ConcatSquashField(nn.Module):
         super().__init__()
         _check_positive(features=features)
         sizes = [features + context, *_hidden(hidden_features), features]
+        check_choice("activation", activation, sorted(ACTIVATIONS))
         self.layers = nn.ModuleList(
             ConcatSquashLinear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
         )
-        self.act = ACTIVATIONS[_check_activation(activation)]()
+        self.act = ACTIVATIONS[activation]()
         self.features, self.context = features, context
 
     def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None) -> Tensor:
@@ -174,10 +169,11 @@ class TimeMLPField(nn.Module):
             raise ValueError(f"freqs: expected an int >= 0, got {freqs!r}.")
         time_dim = 2 * freqs if freqs else 1
         sizes = [features + time_dim + context, *_hidden(hidden_features), features]
+        check_choice("activation", activation, sorted(ACTIVATIONS))
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             if i:
-                layers.append(ACTIVATIONS[_check_activation(activation)]())
+                layers.append(ACTIVATIONS[activation]())
             layers.append(nn.Linear(a, b))
         self.net = nn.Sequential(*layers)
         self.register_buffer("freqs", math.pi * torch.arange(1, freqs + 1, dtype=torch.float32))
@@ -248,8 +244,7 @@ class ContinuousFlowModel(nn.Module):
                                      ("eval_trace", eval_trace, ("exact", "hutchinson", None)),
                                      ("noise", noise, NOISES),
                                      ("method", method, ADAPTIVE_METHODS + FIXED_METHODS)):
-            if value not in allowed:
-                raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}.")
+            check_choice(name, value, allowed)
         self.field = field
         self.features, self.context = features, context
         self.register_buffer("base_loc", torch.zeros(features))

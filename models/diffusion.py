@@ -54,6 +54,7 @@ from probgen.inference.diffusion import (
 from probgen.models.path_model import PathModel, image_network
 from probgen.nn import ConditionalMLP
 from probgen.pixels import DiscretizedGaussian, to_signed
+from probgen.utils import check_choice
 
 __all__ = ["DiffusionModel", "DiffusionVAE", "DDPM", "VectorDDPM", "DIFFUSION_MODELS"]
 
@@ -101,11 +102,8 @@ class DiffusionModel(PathModel):
         clip: float | None = None,
     ) -> None:
         super().__init__(network, event_shape, num_classes=num_classes)
-        if parametrization not in PARAMETRIZATIONS[:3]:
-            raise ValueError(f"parametrization: expected one of {list(PARAMETRIZATIONS[:3])}, "
-                             f"got {parametrization!r}.")
-        if variance not in VARIANCES:
-            raise ValueError(f"variance: expected one of {list(VARIANCES)}, got {variance!r}.")
+        check_choice("parametrization", parametrization, PARAMETRIZATIONS[:3])
+        check_choice("variance", variance, VARIANCES)
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule: expected a NoiseSchedule, got "
                             f"{type(schedule).__name__}.")

@@ -21,6 +21,7 @@ from probgen.models.vae import (
     make_encoder,
     make_likelihood,
 )
+from probgen.utils import check_choice
 
 __all__ = ["GumbelSoftmaxVAE", "DISCRETE_LATENT_MODELS"]
 
@@ -135,8 +136,7 @@ class GumbelSoftmaxVAE(PyroModule):
         for name, value, low in (("latents", latents, 1), ("categories", categories, 2)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}: expected an int >= {low}, got {value!r}.")
-        if kl not in _KL:
-            raise ValueError(f"kl: expected one of {list(_KL)}, got {kl!r}.")
+        check_choice("kl", kl, _KL)
         for name, value in (("temperature", temperature), ("prior_temperature",
                                                             prior_temperature)):
             if value is not None and not value > 0:

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from probgen.nn import MLP, activation
+from probgen.utils import check_choice
 
 __all__ = [
     "GAN",
@@ -243,9 +244,7 @@ class MLPCritic(nn.Module):
         conditioning: str = "projection", spectral_norm: bool = False,
     ) -> None:
         super().__init__()
-        if conditioning not in CONDITIONINGS:
-            raise ValueError(f"conditioning: expected one of {CONDITIONINGS}, got "
-                             f"{conditioning!r}.")
+        check_choice("conditioning", conditioning, CONDITIONINGS)
         hidden = list(hidden_features)
         if not hidden:
             raise ValueError("hidden_features: a critic needs at least one hidden layer.")
@@ -361,9 +360,7 @@ class DCGANCritic(nn.Module):
     ) -> None:
         super().__init__()
         channels, side, _ = _check_image_shape(shape)
-        if conditioning not in CONDITIONINGS:
-            raise ValueError(f"conditioning: expected one of {CONDITIONINGS}, got "
-                             f"{conditioning!r}.")
+        check_choice("conditioning", conditioning, CONDITIONINGS)
         self.num_classes = _check_classes(num_classes)
         self.concat = bool(num_classes) and conditioning == "concat"
         c, k = int(hidden_channels), side // 4
@@ -413,8 +410,7 @@ class GAN(nn.Module):
         event_shape: Sequence[int], num_classes: int | None = None, noise: str = "normal",
     ) -> None:
         super().__init__()
-        if noise not in NOISES:
-            raise ValueError(f"noise: expected one of {NOISES}, got {noise!r}.")
+        check_choice("noise", noise, NOISES)
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"latent_dim: expected a positive int, got {latent_dim!r}.")
         self.generator, self.critic = generator, critic

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from probgen.data.toy import flower_parameters
 from probgen.nn import MLP
-from probgen.utils import check_tensor, drawing_from
+from probgen.utils import check_choice, check_tensor, drawing_from
 
 __all__ = ["GaussianMixtureModel", "flower_mixture", "GMM_MODELS"]
 
@@ -68,9 +68,7 @@ class GaussianMixtureModel(PyroModule):
         for name, value in {"features": features, "components": components}.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}.")
-        if covariance not in _COVARIANCES:
-            raise ValueError(f"covariance: expected one of {list(_COVARIANCES)}, got "
-                             f"{covariance!r}.")
+        check_choice("covariance", covariance, _COVARIANCES)
         self.features, self.components, self.covariance_kind = features, components, covariance
         self.min_covariance = float(min_covariance)
         self.logits = nn.Parameter(torch.zeros(components))

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from probgen.nn import MLP, ConvResidualBlock
 from probgen.nn.vit import ViTDecoder, ViTEncoder
 from probgen.pixels import DiscretizedLogistic
+from probgen.utils import check_choice
 
 __all__ = [
     "MLPEncoder",
@@ -412,15 +413,14 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {
 def make_likelihood(name: str, shape: Sequence[int], *, scale: float | str = "decoder",
                     levels: int = 256) -> Likelihood:
     """Builds the likelihood called ``name`` (one of :data:`LIKELIHOODS`)."""
+    check_choice("likelihood", name, sorted(LIKELIHOODS))
     if name == "gaussian":
         return GaussianLikelihood(shape, scale)
     if name == "categorical":
         return CategoricalLikelihood(shape, levels)
     if name == "discretized_logistic":
         return DiscretizedLogisticLikelihood(shape, levels)
-    if name in LIKELIHOODS:
-        return LIKELIHOODS[name](shape)
-    raise ValueError(f"likelihood: expected one of {sorted(LIKELIHOODS)}, got {name!r}.")
+    return LIKELIHOODS[name](shape)
 
 
 # ------------------------------------------------------------------------------ priors

@@ -21,6 +21,7 @@ from torch.distributions import Distribution
 from probgen.inference.vq import straight_through
 from probgen.models.pixelcnn import GatedPixelCNN, PixelCNN
 from probgen.nn import ConvResidualBlock
+from probgen.utils import check_choice
 
 __all__ = ["QuantizerOutput", "VectorQuantizer", "VQVAE", "VQ_MODELS", "CODE_PRIORS"]
 
@@ -299,11 +300,8 @@ class VQVAE(nn.Module):
         if h % f or w % f:
             raise ValueError(f"shape: H and W must be divisible by 2^downsample = {f}, got "
                              f"{(h, w)}.")
-        if likelihood not in _LIKELIHOODS:
-            raise ValueError(f"likelihood: expected one of {list(_LIKELIHOODS)}, got "
-                             f"{likelihood!r}.")
-        if prior not in _PRIORS:
-            raise ValueError(f"prior: expected one of {list(_PRIORS)}, got {prior!r}.")
+        check_choice("likelihood", likelihood, _LIKELIHOODS)
+        check_choice("prior", prior, _PRIORS)
         if not scale > 0:
             raise ValueError(f"scale: expected a positive float, got {scale!r}.")
         self.event_shape = torch.Size((c, h, w))
@@ -368,14 +366,12 @@ class VQVAE(nn.Module):
     def _code_prior(self, code_prior: str, n: int) -> pdist.Distribution:
         """The prior over one code map: uniform, event ``(h, w)``, or the learned prior,
         event ``(1, h, w)``."""
+        check_choice("code_prior", code_prior, CODE_PRIORS)
         if code_prior == "uniform":
             logits = self.quantizer.codebook.new_zeros(*self.code_shape,
                                                        self.quantizer.num_codes)
             return pdist.Categorical(logits=logits).to_event(2)
-        if code_prior == "learned":
-            return self.prior.distribution()
-        raise ValueError(f"code_prior: expected one of {list(CODE_PRIORS)}, got "
-                         f"{code_prior!r}.")
+        return self.prior.distribution()
 
     def model(self, x: Tensor | None = None, n: int = 1, code_prior: str = "uniform"
               ) -> Tensor:

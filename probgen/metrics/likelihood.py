@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from probgen.utils import check_choice
+
 __all__ = ["bits_per_dim", "dequantized_bits_per_dim", "nats_to_bits", "nll"]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -59,8 +61,7 @@ def nll(log_prob: Tensor, *, reduction: str = "mean") -> Tensor:
         raise TypeError(f"log_prob: expected a floating-point tensor, got {kind}.")
     if torch.isnan(log_prob).any():
         raise ValueError("log_prob: contains NaN values.")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction: expected one of {list(_REDUCTIONS)}, got {reduction!r}.")
+    check_choice("reduction", reduction, _REDUCTIONS)
     out = -log_prob
     if reduction == "mean":
         return out.mean()
