@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from probgen.inference.elbo import ELBO
 from probgen.inference.registry import register_objective
-from probgen.utils import check_choice
+from probgen.utils import check_choice, check_int
 
 __all__ = ["ExactEM", "VariationalEM", "SCHEDULES"]
 
@@ -125,8 +125,7 @@ class VariationalEM(nn.Module):
                             f"guide_parameters(), got {type(model).__name__}.")
         check_choice("schedule", schedule, SCHEDULES)
         for name, value in {"e_steps": e_steps, "m_steps": m_steps}.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}.")
+            check_int(name, value)
         self.model, self.schedule = model, schedule
         self.e_steps, self.m_steps = e_steps, m_steps
         self.elbo = ELBO(model, estimator=estimator, num_particles=num_particles, alpha=alpha,

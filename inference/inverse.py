@@ -75,7 +75,7 @@ from probgen.inference.path_sampling import PATH_SAMPLERS, sample_path
 from probgen.inference.sampling import SampleResult
 from probgen.measurements import LinearMeasurement
 from probgen.processes import GaussianPath, check_path_prediction, check_time
-from probgen.utils import check_choice
+from probgen.utils import check_choice, check_int
 
 __all__ = ["GUIDANCE_METHODS", "measurement_guided", "posterior_sample", "measurement_model"]
 
@@ -268,8 +268,7 @@ def posterior_sample(
         ValueError: an unknown sampler or method, ``n`` not positive.
     """
     check_choice("sampler", sampler, PATH_SAMPLERS)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected a positive int, got {n!r}.")
+    check_int("n", n)
     f = measurement_guided(model.guided(), model.path, measurement, y, method=method,
                            prediction=model.prediction, scale=scale,
                            data_variance=data_variance,

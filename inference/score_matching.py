@@ -28,7 +28,7 @@ from probgen.divergence import (
 from probgen.inference.denoising import DiscreteTimes, NoiseLevelPath, denoise, split_batch
 from probgen.inference.registry import register_objective
 from probgen.score import geometric_sigmas
-from probgen.utils import check_choice
+from probgen.utils import check_choice, check_int
 
 __all__ = [
     "DIVERGENCES",
@@ -177,10 +177,7 @@ class SlicedScoreMatching(nn.Module):
         preprocess: Callable[[Tensor], Any] | None = None,
     ) -> None:
         super().__init__()
-        if (isinstance(num_projections, bool) or not isinstance(num_projections, int)
-                or num_projections < 1):
-            raise ValueError(f"num_projections: expected a positive int, got "
-                             f"{num_projections!r}.")
+        check_int("num_projections", num_projections)
         self.score, self.num_projections = score, num_projections
         check_choice("noise", noise, NOISES)
         self.noise = noise

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +17,7 @@ from torch.distributions import Independent, Normal
 from probgen.cnf import ADAPTIVE_METHODS, FIXED_METHODS, ContinuousFlow, SolveStats
 from probgen.divergence import NOISES
 from probgen.nn import ACTIVATIONS
-from probgen.utils import check_choice, drawing_from
+from probgen.utils import check_choice, check_int, drawing_from
 
 __all__ = [
     "ConcatSquashLinear",
@@ -29,12 +28,6 @@ __all__ = [
     "CNF",
     "CONTINUOUS_FLOWS",
 ]
-
-
-def _check_positive(**kwargs: Any) -> None:
-    for name, value in kwargs.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}.")
 
 
 def _hidden(hidden_features: Sequence[int]) -> list[int]:
@@ -117,7 +110,7 @@ class ConcatSquashField(nn.Module):
         activation: str = "tanh",
     ) -> None:
         super().__init__()
-        _check_positive(features=features)
+        check_int("features", features)
         sizes = [features + context, *_hidden(hidden_features), features]
         check_choice("activation", activation, sorted(ACTIVATIONS))
         self.layers = nn.ModuleList(
@@ -164,9 +157,8 @@ class TimeMLPField(nn.Module):
         freqs: int = 0,
     ) -> None:
         super().__init__()
-        _check_positive(features=features)
-        if isinstance(freqs, bool) or not isinstance(freqs, int) or freqs < 0:
-            raise ValueError(f"freqs: expected an int >= 0, got {freqs!r}.")
+        check_int("features", features)
+        check_int("freqs", freqs, low=0)
         time_dim = 2 * freqs if freqs else 1
         sizes = [features + time_dim + context, *_hidden(hidden_features), features]
         check_choice("activation", activation, sorted(ACTIVATIONS))
@@ -237,9 +229,8 @@ class ContinuousFlowModel(nn.Module):
         adjoint: bool = False,
     ) -> None:
         super().__init__()
-        _check_positive(features=features)
-        if isinstance(context, bool) or not isinstance(context, int) or context < 0:
-            raise ValueError(f"context: expected an int >= 0, got {context!r}.")
+        check_int("features", features)
+        check_int("context", context, low=0)
         for name, value, allowed in (("trace", trace, ("exact", "hutchinson")),
                                      ("eval_trace", eval_trace, ("exact", "hutchinson", None)),
                                      ("noise", noise, NOISES),

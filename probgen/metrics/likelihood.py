@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from probgen.utils import check_choice
+from probgen.utils import check_choice, check_int
 
 __all__ = ["bits_per_dim", "dequantized_bits_per_dim", "nats_to_bits", "nll"]
 
@@ -102,8 +102,7 @@ def bits_per_dim(
         >>> bits_per_dim(torch.tensor(784 * math.log(256.0)), 784).round(decimals=4)
         tensor(8.)
     """
-    if isinstance(num_dims, bool) or not isinstance(num_dims, int) or num_dims < 1:
-        raise ValueError(f"num_dims: expected a positive int, got {num_dims!r}.")
+    check_int("num_dims", num_dims)
     if levels is not None and (
         isinstance(levels, bool) or not isinstance(levels, int) or levels < 2
     ):
@@ -139,8 +138,7 @@ def dequantized_bits_per_dim(log_prob: Callable[[Tensor], Tensor], x_int: Tensor
     Returns:
         Bits/dim per example, ``(n,)``, float64 on the CPU.
     """
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats: expected a positive int, got {repeats!r}.")
+    check_int("repeats", repeats)
     total = torch.zeros(x_int.shape[0], dtype=torch.float64)
     for _ in range(repeats):
         y, ladj = preprocess(x_int, generator=generator)
