@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from probgen.utils import check_choice
+
 __all__ = [
     "PRECISIONS",
     "MAX_SKIPPED_STEPS",
@@ -112,8 +114,7 @@ class Precision:
 
 def check_precision(name: Any) -> None:
     """Raises ``ValueError`` naming :data:`PRECISIONS` unless ``name`` is one of them."""
-    if not isinstance(name, str) or name not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {name!r}.")
+    check_choice("precision", name, PRECISIONS)
 
 
 def check_compile(compile: Any) -> str | None:

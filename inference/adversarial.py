@@ -61,7 +61,7 @@ from torch import Tensor, nn
 
 from probgen.fdivergences import F_DIVERGENCES, get_f_divergence
 from probgen.inference.registry import register_objective
-from probgen.utils import append_dims, check_tensor
+from probgen.utils import append_dims, check_choice, check_int, check_tensor
 
 __all__ = ["Adversarial", "GAN_LOSSES", "ADAM_BETAS", "gradient_penalty", "gradient_norms"]
 
@@ -190,10 +190,8 @@ class Adversarial(nn.Module):
             if not hasattr(model, attr):
                 raise TypeError(f"model: expected a GAN with .critic, .generator and "
                                 f".rsample, got {type(model).__name__} without .{attr}.")
-        if loss not in GAN_LOSSES:
-            raise ValueError(f"loss: expected one of {list(GAN_LOSSES)}, got {loss!r}.")
-        if isinstance(n_critic, bool) or not isinstance(n_critic, int) or n_critic < 1:
-            raise ValueError(f"n_critic: expected a positive int, got {n_critic!r}.")
+        check_choice("loss", loss, GAN_LOSSES)
+        check_int("n_critic", n_critic)
         if clip is not None and not (isinstance(clip, (int, float)) and 0 < clip < math.inf):
             raise ValueError(f"clip: expected a positive float or None, got {clip!r}.")
         for name, value in (("gradient_penalty", gradient_penalty), ("r1", r1), ("r2", r2)):
@@ -381,5 +379,5 @@ def _build_fgan(model: nn.Module, data: Any, **table: Any) -> Adversarial:
     name = table.pop("divergence", "js")
     if name not in _F_LOSSES:
         get_f_divergence(name)  # unknown names: the table's own message
-        raise ValueError(f"divergence: expected one of {list(_F_LOSSES)}, got {name!r}.")
+    check_choice("divergence", name, _F_LOSSES)
     return _build(model, data, {"loss": name}, table)

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from probgen.utils import check_int
+
 __all__ = ["BatchSource", "to_device", "needs_pinning", "DATA_FORMS"]
 
 DATA_FORMS = (
@@ -108,8 +110,7 @@ class BatchSource:
         self.pos = 0
         self.epoch = 0
         self.kind, self.length = _classify(data, name)
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers: expected an int >= 0, got {num_workers!r}.")
+        check_int("num_workers", num_workers, low=0)
         if num_workers and self.kind != "dataset":
             raise ValueError(f"num_workers: DataLoader workers load a torch.utils.data.Dataset; "
                              f"{name} is {self.kind} data, drawn in this process, so use "

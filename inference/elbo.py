@@ -57,6 +57,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 from probgen.inference.registry import register_objective
 from probgen.latent import importance_log_likelihood
 from probgen.metrics.likelihood import bits_per_dim
+from probgen.utils import check_choice, check_int
 
 __all__ = ["ELBO", "DifferentiableRenyiELBO", "LatentScale", "ESTIMATORS"]
 
@@ -237,19 +238,12 @@ class ELBO(nn.Module):
             raise TypeError("model: expected an nn.Module with model(x) and guide(x) methods "
                             "(a Pyro latent-variable model), or two functions "
                             f"ELBO(model_fn, guide_fn); got {type(model).__name__}.")
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator: expected one of {list(ESTIMATORS)}, got "
-                             f"{estimator!r}.")
+        check_choice("estimator", estimator, ESTIMATORS)
         for name, value in {"num_particles": num_particles,
                             "max_plate_nesting": max_plate_nesting}.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}.")
-        if isinstance(eval_samples, bool) or not isinstance(eval_samples, int) \
-                or eval_samples < 0:
-            raise ValueError(f"eval_samples: expected an int >= 0, got {eval_samples!r}.")
-        if isinstance(anneal_steps, bool) or not isinstance(anneal_steps, int) \
-                or anneal_steps < 0:
-            raise ValueError(f"anneal_steps: expected an int >= 0, got {anneal_steps!r}.")
+            check_int(name, value)
+        check_int("eval_samples", eval_samples, low=0)
+        check_int("anneal_steps", anneal_steps, low=0)
         if not beta > 0:
             raise ValueError(f"beta: expected a positive KL weight, got {beta!r}.")
         if not free_bits >= 0:

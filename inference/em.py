@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from probgen.inference.elbo import ELBO
 from probgen.inference.registry import register_objective
+from probgen.utils import check_choice, check_int
 
 __all__ = ["ExactEM", "VariationalEM", "SCHEDULES"]
 
@@ -122,11 +123,9 @@ class VariationalEM(nn.Module):
                 callable(getattr(model, f, None)) for f in ("model", "guide", "guide_parameters")):
             raise TypeError("model: expected an nn.Module with model(x), guide(x) and "
                             f"guide_parameters(), got {type(model).__name__}.")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule: expected one of {list(SCHEDULES)}, got {schedule!r}.")
+        check_choice("schedule", schedule, SCHEDULES)
         for name, value in {"e_steps": e_steps, "m_steps": m_steps}.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}.")
+            check_int(name, value)
         self.model, self.schedule = model, schedule
         self.e_steps, self.m_steps = e_steps, m_steps
         self.elbo = ELBO(model, estimator=estimator, num_particles=num_particles, alpha=alpha,

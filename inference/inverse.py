@@ -75,6 +75,7 @@ from probgen.inference.path_sampling import PATH_SAMPLERS, sample_path
 from probgen.inference.sampling import SampleResult
 from probgen.measurements import LinearMeasurement
 from probgen.processes import GaussianPath, check_path_prediction, check_time
+from probgen.utils import check_choice, check_int
 
 __all__ = ["GUIDANCE_METHODS", "measurement_guided", "posterior_sample", "measurement_model"]
 
@@ -156,8 +157,7 @@ def measurement_guided(
         1.0
     """
     check_path_prediction(path, prediction)
-    if method not in GUIDANCE_METHODS:
-        raise ValueError(f"method: expected one of {list(GUIDANCE_METHODS)}, got {method!r}.")
+    check_choice("method", method, GUIDANCE_METHODS)
     if not isinstance(measurement, LinearMeasurement):
         raise TypeError(f"measurement: expected a probgen.measurements.LinearMeasurement, got "
                         f"{type(measurement).__name__}.")
@@ -267,10 +267,8 @@ def posterior_sample(
     Raises:
         ValueError: an unknown sampler or method, ``n`` not positive.
     """
-    if sampler not in PATH_SAMPLERS:
-        raise ValueError(f"sampler: expected one of {list(PATH_SAMPLERS)}, got {sampler!r}.")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected a positive int, got {n!r}.")
+    check_choice("sampler", sampler, PATH_SAMPLERS)
+    check_int("n", n)
     f = measurement_guided(model.guided(), model.path, measurement, y, method=method,
                            prediction=model.prediction, scale=scale,
                            data_variance=data_variance,

@@ -26,6 +26,7 @@ from probgen.inference.path_sampling import PATH_SAMPLERS, sample_path
 from probgen.inference.sampling import Run, Stepper, sample_loop
 from probgen.inference.sde import predictor_corrector_sample, reverse_sde_sample
 from probgen.sde import VESDE
+from probgen.utils import check_choice, check_int
 
 __all__ = [
     "LangevinResult",
@@ -95,11 +96,10 @@ def _check_x(x0: Tensor) -> None:
         raise ValueError(f"x0: expected a floating tensor of shape (batch, *event), got {got}.")
 
 
-def _positive(value: object, name: str, kind: type = float) -> None:
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float) if kind is float
-                                                     else int) and value > 0)
-    if not ok or (kind is float and not math.isfinite(value)):
-        raise ValueError(f"{name}: expected a positive {kind.__name__}, got {value!r}.")
+def _positive(value: object, name: str) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0
+    if not ok or not math.isfinite(value):
+        raise ValueError(f"{name}: expected a positive float, got {value!r}.")
 
 
 def _scored(score: Score | None, log_prob: Callable[[Tensor], Tensor] | None) -> Score:
@@ -236,7 +236,7 @@ def langevin(
         torch.Size([4, 2])
     """
     _check_x(x0)
-    _positive(steps, "steps", int)
+    check_int("steps", steps)
     _positive(eta, "eta")
     score = _scored(score, log_prob)
     out = sample_loop(Langevin(score, eta), x0, _iterations(steps), generator=generator,
@@ -286,9 +286,9 @@ def mala(
         A :class:`LangevinResult` with ``acceptance`` (per chain).
     """
     _check_x(x0)
-    _positive(steps, "steps", int)
+    check_int("steps", steps)
     _positive(eta, "eta")
-    _positive(quadrature, "quadrature", int)
+    check_int("quadrature", quadrature)
     stepper = MALA(eta, score=score, log_prob=log_prob, quadrature=quadrature)
     out = sample_loop(stepper, x0, _iterations(steps), generator=generator,
                       record_every=record_every)
@@ -335,7 +335,7 @@ def annealed_langevin(
         2019), https://arxiv.org/abs/1907.05600
     """
     _check_x(x0)
-    _positive(steps_per_level, "steps_per_level", int)
+    check_int("steps_per_level", steps_per_level)
     _positive(eps, "eps")
     sig = torch.as_tensor(sigmas, dtype=torch.float64, device="cpu").flatten()  # host table
     if sig.numel() < 1 or not (sig > 0).all() or (sig[1:] > sig[:-1]).any():
@@ -390,8 +390,7 @@ class ScoreSampler:
         init_std: float | None = None,
         denoise: bool = False,
     ) -> None:
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler: expected one of {list(SAMPLERS)}, got {sampler!r}.")
+        check_choice("sampler", sampler, SAMPLERS)
         if sampler != "langevin" and sigmas is None:
             raise ValueError(f"sampler {sampler!r} needs a noise ladder (sigmas); a model "
                              f"trained at one noise level samples with 'langevin'.")

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from probgen.inference.registry import register_objective
 from probgen.metrics.likelihood import bits_per_dim
+from probgen.utils import check_int
 
 __all__ = ["MaximumLikelihood"]
 
@@ -72,9 +73,7 @@ class MaximumLikelihood(nn.Module):
         if preprocess is not None and not callable(preprocess):
             raise TypeError(f"preprocess: expected a callable x -> (y, ladj), got "
                             f"{type(preprocess).__name__}.")
-        if num_dims is not None and (isinstance(num_dims, bool) or not isinstance(num_dims, int)
-                                     or num_dims < 1):
-            raise ValueError(f"num_dims: expected a positive int or None, got {num_dims!r}.")
+        check_int("num_dims", num_dims, allow_none=True)
         self.model = model
         self.preprocess = preprocess
         self.num_dims = num_dims

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from probgen.utils import check_choice
+
 __all__ = ["OPTIMIZERS", "LR_SCHEDULES", "make_optimizer", "LRSchedule"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -34,8 +36,7 @@ def make_optimizer(
     Raises:
         ValueError: unknown name (the message lists the allowed ones) or a bad value.
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer: expected one of {list(OPTIMIZERS)}, got {name!r}.")
+    check_choice("optimizer", name, OPTIMIZERS)
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr: expected a positive finite float, got {lr!r}.")
     if len(tuple(betas)) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from probgen.energies import ENERGIES, get_energy
 from probgen.inference.registry import register_objective
-from probgen.utils import did_you_mean
+from probgen.utils import check_int, did_you_mean
 
 __all__ = ["ReverseKL"]
 
@@ -68,8 +68,7 @@ class ReverseKL(nn.Module):
         if not callable(target):
             raise TypeError(f"target: expected a callable log-density or an energy name, got "
                             f"{type(target).__name__}.")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}.")
+        check_int("num_samples", num_samples)
         self.model = model
         self.__dict__["target"] = target  # not a submodule: never trained
         self.num_samples = num_samples

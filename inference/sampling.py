@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from probgen.processes import check_like
+from probgen.utils import check_int
 
 __all__ = ["Stepper", "Run", "SampleResult", "sample_loop", "evaluation"]
 
@@ -175,10 +176,7 @@ def sample_loop(
     if grid.numel() < 1 or not (bool((diffs > 0).all()) or bool((diffs < 0).all())):
         raise ValueError(f"times: expected strictly monotone times, got "
                          f"{grid.tolist()[:10]}{' ...' if grid.numel() > 10 else ''}.")
-    if record_every is not None and (isinstance(record_every, bool)
-                                     or not isinstance(record_every, int) or record_every < 1):
-        raise ValueError(f"record_every: expected a positive int or None, got "
-                         f"{record_every!r}.")
+    check_int("record_every", record_every, allow_none=True)
     run = Run(generator)
     ts = grid.tolist()
     x = x if grad else x.detach()

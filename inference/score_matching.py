@@ -28,6 +28,7 @@ from probgen.divergence import (
 from probgen.inference.denoising import DiscreteTimes, NoiseLevelPath, denoise, split_batch
 from probgen.inference.registry import register_objective
 from probgen.score import geometric_sigmas
+from probgen.utils import check_choice, check_int
 
 __all__ = [
     "DIVERGENCES",
@@ -59,12 +60,6 @@ def _level(x: Tensor, sigma: float | None) -> Tensor | None:
 
 def _sq(x: Tensor) -> Tensor:
     return x.pow(2).flatten(1).sum(-1)
-
-
-def _check_noise(noise: str) -> str:
-    if noise not in NOISES:
-        raise ValueError(f"noise: expected one of {list(NOISES)}, got {noise!r}.")
-    return noise
 
 
 def _check_sigma(sigma: object, name: str, optional: bool = False) -> float | None:
@@ -117,11 +112,10 @@ class ImplicitScoreMatching(nn.Module):
         preprocess: Callable[[Tensor], Any] | None = None,
     ) -> None:
         super().__init__()
-        if divergence not in DIVERGENCES:
-            raise ValueError(f"divergence: expected one of {list(DIVERGENCES)}, got "
-                             f"{divergence!r}.")
+        check_choice("divergence", divergence, DIVERGENCES)
         self.score, self.divergence = score, divergence
-        self.noise = _check_noise(noise)
+        check_choice("noise", noise, NOISES)
+        self.noise = noise
         self.sigma = _check_sigma(sigma, "sigma", optional=True)
         self.max_exact_dims, self.preprocess = int(max_exact_dims), preprocess
 
@@ -183,12 +177,10 @@ class SlicedScoreMatching(nn.Module):
         preprocess: Callable[[Tensor], Any] | None = None,
     ) -> None:
         super().__init__()
-        if (isinstance(num_projections, bool) or not isinstance(num_projections, int)
-                or num_projections < 1):
-            raise ValueError(f"num_projections: expected a positive int, got "
-                             f"{num_projections!r}.")
+        check_int("num_projections", num_projections)
         self.score, self.num_projections = score, num_projections
-        self.noise = _check_noise(noise)
+        check_choice("noise", noise, NOISES)
+        self.noise = noise
         self.variance_reduction = bool(variance_reduction)
         self.sigma = _check_sigma(sigma, "sigma", optional=True)
         self.preprocess = preprocess

@@ -66,7 +66,7 @@ from torch import Tensor
 
 from probgen.inference.sampling import Run, SampleResult, Stepper, sample_loop
 from probgen.processes import GaussianPath
-from probgen.utils import check_choice
+from probgen.utils import check_choice, check_int
 
 __all__ = ["SOLVERS", "GRIDS", "DEFAULT_GRIDS", "STEPPERS", "PathStepper", "DDIM",
            "DPMSolver2M", "DPMSolver3M", "UniPC", "EDMHeun", "ddim_update", "time_grid",
@@ -425,8 +425,7 @@ def time_grid(path: GaussianPath, steps: int, *, grid: str = "time", t_start: fl
         >>> t.shape, t[0].item() == 0.0, t[-1].item() == 1.0  # the ends are kept exactly
         (torch.Size([5]), True, True)
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps: expected a positive int, got {steps!r}.")
+    check_int("steps", steps)
     check_choice("grid", grid, GRIDS)
     t_end = path.t_end if t_end is None else float(t_end)
     if not 0.0 <= t_start < t_end <= 1.0:

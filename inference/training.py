@@ -55,7 +55,7 @@ from probgen.inference.steps import (
     evaluate,
     first_non_finite,
 )
-from probgen.utils import append_jsonl, atomic_write_text, remove_stale_temporaries
+from probgen.utils import append_jsonl, atomic_write_text, check_int, remove_stale_temporaries
 
 __all__ = ["fit", "History", "NonFiniteLossError", "TrainingInterrupted", "Callback"]
 
@@ -111,12 +111,11 @@ def _stop_on_signals(run: _Run) -> Iterator[None]:
 
 
 def _check_args(steps: int, batch_size: int, log_every: int, **optional: Any) -> None:
-    for name, value in {"steps": steps, "batch_size": batch_size, "log_every": log_every,
-                        **optional}.items():
-        if value is None and name in optional:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}.")
+    check_int("steps", steps)
+    check_int("batch_size", batch_size)
+    check_int("log_every", log_every)
+    for name, value in optional.items():
+        check_int(name, value, allow_none=True)
 
 
 def _trainable(objective: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -300,8 +299,7 @@ def fit(
     backend = check_compile(compile)
     if not isinstance(channels_last, bool):
         raise ValueError(f"channels_last: expected True or False, got {channels_last!r}.")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers: expected an int >= 0, got {num_workers!r}.")
+    check_int("num_workers", num_workers, low=0)
     precompiled = objective if uncompiled(objective) is not objective else None
     objective = uncompiled(objective)
     if (backend is not None or precompiled is not None) and hasattr(objective, "training_step"):

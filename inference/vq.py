@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from probgen.inference.elbo import ELBO
 from probgen.inference.registry import register_objective
+from probgen.utils import check_int
 
 __all__ = [
     "straight_through",
@@ -283,8 +284,7 @@ class TwoStageVQLoss(VectorQuantizedLoss):
         super().__init__(model, beta=beta, preprocess=preprocess)
         if getattr(model, "prior", None) is None:
             raise TypeError(f"model: {type(model).__name__} has no prior over code maps.")
-        if isinstance(prior_start, bool) or not isinstance(prior_start, int) or prior_start < 0:
-            raise ValueError(f"prior_start: expected a non-negative int, got {prior_start!r}.")
+        check_int("prior_start", prior_start, low=0)
         self.prior_start = prior_start
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:

@@ -13,13 +13,9 @@ from pyro.distributions import Bernoulli, Categorical, TorchDistribution
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
+from probgen.utils import check_int
+
 __all__ = ["AutoregressiveModel", "AutoregressiveDistribution", "receptive_field"]
-
-
-def _check_int(name: str, value: int, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}: expected an int >= {low}, got {value!r}.")
-    return value
 
 
 def _sample_shape(shape: Sequence[int] | int) -> torch.Size:
@@ -60,8 +56,8 @@ class AutoregressiveModel(nn.Module, abc.ABC):
         self._event_shape = torch.Size(int(s) for s in event_shape)
         if not self._event_shape or min(self._event_shape) < 1:
             raise ValueError(f"shape: expected positive sizes, got {list(event_shape)}.")
-        self.categories = _check_int("categories", categories, 2)
-        self.classes = _check_int("classes", classes, 0)
+        self.categories = check_int("categories", categories, low=2)
+        self.classes = check_int("classes", classes, low=0)
         self.register_buffer("order", torch.arange(self.num_pixels), persistent=False)
 
     # ------------------------------------------------------------------ to implement

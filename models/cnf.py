@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +17,7 @@ from torch.distributions import Independent, Normal
 from probgen.cnf import ADAPTIVE_METHODS, FIXED_METHODS, ContinuousFlow, SolveStats
 from probgen.divergence import NOISES
 from probgen.nn import ACTIVATIONS
-from probgen.utils import drawing_from
+from probgen.utils import check_choice, check_int, drawing_from
 
 __all__ = [
     "ConcatSquashLinear",
@@ -31,24 +30,12 @@ __all__ = [
 ]
 
 
-def _check_positive(**kwargs: Any) -> None:
-    for name, value in kwargs.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}.")
-
-
 def _hidden(hidden_features: Sequence[int]) -> list[int]:
     hidden = [int(h) for h in hidden_features]
     if not hidden or min(hidden) < 1:
         raise ValueError(f"hidden_features: expected a non-empty list of positive ints, got "
                          f"{list(hidden_features)!r}.")
     return hidden
-
-
-def _check_activation(name: str) -> str:
-    if name not in ACTIVATIONS:
-        raise ValueError(f"activation: expected one of {sorted(ACTIVATIONS)}, got {name!r}.")
-    return name
 
 
 def _check_t(t: Tensor, x: Tensor) -> Tensor:
@@ -123,12 +110,13 @@ class ConcatSquashField(nn.Module):
         activation: str = "tanh",
     ) -> None:
         super().__init__()
-        _check_positive(features=features)
+        check_int("features", features)
         sizes = [features + context, *_hidden(hidden_features), features]
+        check_choice("activation", activation, sorted(ACTIVATIONS))
         self.layers = nn.ModuleList(
             ConcatSquashLinear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
         )
-        self.act = ACTIVATIONS[_check_activation(activation)]()
+        self.act = ACTIVATIONS[activation]()
         self.features, self.context = features, context
 
     def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None) -> Tensor:
@@ -169,15 +157,15 @@ class TimeMLPField(nn.Module):
         freqs: int = 0,
     ) -> None:
         super().__init__()
-        _check_positive(features=features)
-        if isinstance(freqs, bool) or not isinstance(freqs, int) or freqs < 0:
-            raise ValueError(f"freqs: expected an int >= 0, got {freqs!r}.")
+        check_int("features", features)
+        check_int("freqs", freqs, low=0)
         time_dim = 2 * freqs if freqs else 1
         sizes = [features + time_dim + context, *_hidden(hidden_features), features]
+        check_choice("activation", activation, sorted(ACTIVATIONS))
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             if i:
-                layers.append(ACTIVATIONS[_check_activation(activation)]())
+                layers.append(ACTIVATIONS[activation]())
             layers.append(nn.Linear(a, b))
         self.net = nn.Sequential(*layers)
         self.register_buffer("freqs", math.pi * torch.arange(1, freqs + 1, dtype=torch.float32))
@@ -241,15 +229,13 @@ class ContinuousFlowModel(nn.Module):
         adjoint: bool = False,
     ) -> None:
         super().__init__()
-        _check_positive(features=features)
-        if isinstance(context, bool) or not isinstance(context, int) or context < 0:
-            raise ValueError(f"context: expected an int >= 0, got {context!r}.")
+        check_int("features", features)
+        check_int("context", context, low=0)
         for name, value, allowed in (("trace", trace, ("exact", "hutchinson")),
                                      ("eval_trace", eval_trace, ("exact", "hutchinson", None)),
                                      ("noise", noise, NOISES),
                                      ("method", method, ADAPTIVE_METHODS + FIXED_METHODS)):
-            if value not in allowed:
-                raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}.")
+            check_choice(name, value, allowed)
         self.field = field
         self.features, self.context = features, context
         self.register_buffer("base_loc", torch.zeros(features))

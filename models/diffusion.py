@@ -54,6 +54,7 @@ from probgen.inference.diffusion import (
 from probgen.models.path_model import PathModel, image_network
 from probgen.nn import ConditionalMLP
 from probgen.pixels import DiscretizedGaussian, to_signed
+from probgen.utils import check_choice, check_int
 
 __all__ = ["DiffusionModel", "DiffusionVAE", "DDPM", "VectorDDPM", "DIFFUSION_MODELS"]
 
@@ -101,11 +102,8 @@ class DiffusionModel(PathModel):
         clip: float | None = None,
     ) -> None:
         super().__init__(network, event_shape, num_classes=num_classes)
-        if parametrization not in PARAMETRIZATIONS[:3]:
-            raise ValueError(f"parametrization: expected one of {list(PARAMETRIZATIONS[:3])}, "
-                             f"got {parametrization!r}.")
-        if variance not in VARIANCES:
-            raise ValueError(f"variance: expected one of {list(VARIANCES)}, got {variance!r}.")
+        check_choice("parametrization", parametrization, PARAMETRIZATIONS[:3])
+        check_choice("variance", variance, VARIANCES)
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule: expected a NoiseSchedule, got "
                             f"{type(schedule).__name__}.")
@@ -290,8 +288,8 @@ class DiffusionModel(PathModel):
         if x is not None:
             self._check_x(x)
             n = x.shape[0]
-        elif isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n: expected a positive int, got {n!r}.")
+        else:
+            check_int("n", n)
         pyro.module("diffusion", self)
         device, dtype = self._device_dtype()
         k, T = len(self.event_shape), self.num_steps
@@ -360,9 +358,7 @@ class DiffusionVAE(PyroModule):
         if not isinstance(diffusion, DiffusionModel):
             raise TypeError(f"diffusion: expected a DiffusionModel, got "
                             f"{type(diffusion).__name__}.")
-        if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int)
-                                   or levels < 2):
-            raise ValueError(f"levels: expected an int >= 2 or None, got {levels!r}.")
+        check_int("levels", levels, low=2, allow_none=True)
         self.diffusion, self.levels = diffusion, levels
 
     def model(self, x: Tensor | None = None, n: int = 1, y: Tensor | None = None) -> Tensor:

@@ -21,6 +21,7 @@ from probgen.models.vae import (
     make_encoder,
     make_likelihood,
 )
+from probgen.utils import check_choice, check_int
 
 __all__ = ["GumbelSoftmaxVAE", "DISCRETE_LATENT_MODELS"]
 
@@ -133,10 +134,8 @@ class GumbelSoftmaxVAE(PyroModule):
     ) -> None:
         super().__init__()
         for name, value, low in (("latents", latents, 1), ("categories", categories, 2)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}: expected an int >= {low}, got {value!r}.")
-        if kl not in _KL:
-            raise ValueError(f"kl: expected one of {list(_KL)}, got {kl!r}.")
+            check_int(name, value, low=low)
+        check_choice("kl", kl, _KL)
         for name, value in (("temperature", temperature), ("prior_temperature",
                                                             prior_temperature)):
             if value is not None and not value > 0:
@@ -270,8 +269,7 @@ class GumbelSoftmaxVAE(PyroModule):
         support covers the prior's): a lower bound in expectation that rises to
         :math:`\log p(x)` with ``num_samples``; drawn ``chunk_size`` at a time.
         """
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}.")
+        check_int("num_samples", num_samples)
         x = self._check(x)
         log_q = torch.log_softmax(self.logits(x), -1)  # (N, L, K)
         log_prior = -self.latents * math.log(self.categories)

@@ -32,6 +32,7 @@ from probgen.transforms import (
     channel_mask,
     checkerboard_mask,
 )
+from probgen.utils import check_int
 
 __all__ = [
     "PlanarFlow",
@@ -46,12 +47,6 @@ __all__ = [
     "Glow",
     "FLOWS",
 ]
-
-
-def _check_positive(**kwargs: int) -> None:
-    for name, value in kwargs.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}.")
 
 
 def _image_shape(shape: Sequence[int], squeezes: int) -> tuple[int, int, int]:
@@ -83,7 +78,8 @@ class PlanarFlow(NormalizingFlow):
     """
 
     def __init__(self, features: int, transforms: int = 8) -> None:
-        _check_positive(features=features, transforms=transforms)
+        check_int("features", features)
+        check_int("transforms", transforms)
         super().__init__([InvertiblePlanar(features) for _ in range(transforms)], (features,))
 
 
@@ -100,7 +96,8 @@ class RadialFlow(NormalizingFlow):
     """
 
     def __init__(self, features: int, transforms: int = 8) -> None:
-        _check_positive(features=features, transforms=transforms)
+        check_int("features", features)
+        check_int("transforms", transforms)
         super().__init__([InvertibleRadial(features) for _ in range(transforms)], (features,))
 
 
@@ -116,7 +113,8 @@ class LinearFlow(NormalizingFlow):
     """
 
     def __init__(self, features: int, transforms: int = 1) -> None:
-        _check_positive(features=features, transforms=transforms)
+        check_int("features", features)
+        check_int("transforms", transforms)
         super().__init__([LULinear(features) for _ in range(transforms)], (features,))
 
 
@@ -189,7 +187,8 @@ class MAF(NormalizingFlow):
         hidden_features: Sequence[int] = (64, 64),
         context: int = 0,
     ) -> None:
-        _check_positive(features=features, transforms=transforms)
+        check_int("features", features)
+        check_int("transforms", transforms)
         layers = _autoregressive(features, transforms, hidden_features, context)
         super().__init__([Invert(t, context) for t in layers], (features,), context=context)
 
@@ -216,7 +215,8 @@ class IAF(NormalizingFlow):
         hidden_features: Sequence[int] = (64, 64),
         context: int = 0,
     ) -> None:
-        _check_positive(features=features, transforms=transforms)
+        check_int("features", features)
+        check_int("transforms", transforms)
         layers = _autoregressive(features, transforms, hidden_features, context)
         super().__init__(layers, (features,), context=context)
 
@@ -237,7 +237,8 @@ class NICE(NormalizingFlow):
     def __init__(
         self, features: int, transforms: int = 4, hidden_features: Sequence[int] = (64, 64)
     ) -> None:
-        _check_positive(features=features, transforms=transforms)
+        check_int("features", features)
+        check_int("transforms", transforms)
         hidden = [int(h) for h in hidden_features]
         layers: list[nn.Module] = [ActNorm([features], data_init=False)]
         for i in range(transforms):
@@ -270,7 +271,8 @@ class RealNVP(NormalizingFlow):
         hidden_features: Sequence[int] = (64, 64),
         context: int = 0,
     ) -> None:
-        _check_positive(features=features, transforms=transforms)
+        check_int("features", features)
+        check_int("transforms", transforms)
         hidden = [int(h) for h in hidden_features]
         layers = [
             MaskedAffineCoupling(
@@ -322,7 +324,9 @@ class NSF(NormalizingFlow):
         bound: float = 5.0,
         autoregressive: bool = False,
     ) -> None:
-        _check_positive(features=features, transforms=transforms, bins=bins)
+        check_int("features", features)
+        check_int("transforms", transforms)
+        check_int("bins", bins)
         if not bound > 0:
             raise ValueError(f"bound: expected a positive spline half-width, got {bound}.")
         hidden = [int(h) for h in hidden_features]
@@ -399,7 +403,8 @@ class MultiscaleRealNVP(NormalizingFlow):
         blocks: int = 2,
         actnorm: bool = False,
     ) -> None:
-        _check_positive(scales=scales, hidden_channels=hidden_channels)
+        check_int("scales", scales)
+        check_int("hidden_channels", hidden_channels)
         shp = _image_shape(shape, scales - 1)
         super().__init__(_realnvp_scale(shp, scales, hidden_channels, blocks, actnorm), shp)
 
@@ -451,7 +456,9 @@ class Glow(NormalizingFlow):
         hidden_channels: int = 64,
         blocks: int = 1,
     ) -> None:
-        _check_positive(scales=scales, steps=steps, hidden_channels=hidden_channels)
+        check_int("scales", scales)
+        check_int("steps", steps)
+        check_int("hidden_channels", hidden_channels)
         shp = _image_shape(shape, scales)
         super().__init__(_glow_scale(shp, scales, steps, hidden_channels, blocks), shp)
 

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from probgen.nn import MLP, activation
+from probgen.utils import check_choice, check_int
 
 __all__ = [
     "GAN",
@@ -121,8 +122,7 @@ def interpolate_latents(z0: Tensor, z1: Tensor, steps: int, method: str = "slerp
             or z0.dim() != 1:
         got = [tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__ for z in (z0, z1)]
         raise ValueError(f"z0, z1: expected two vectors of equal shape (latent_dim,), got {got}.")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-        raise ValueError(f"steps: expected an int >= 2, got {steps!r}.")
+    check_int("steps", steps, low=2)
     t = torch.linspace(0.0, 1.0, steps, dtype=z0.dtype, device=z0.device).unsqueeze(1)
     linear = (1 - t) * z0 + t * z1
     if method == "linear":
@@ -142,14 +142,6 @@ def _apply_spectral_norm(module: nn.Module) -> nn.Module:
         else:
             _apply_spectral_norm(child)
     return module
-
-
-def _check_classes(num_classes: int | None) -> int | None:
-    if num_classes is None:
-        return None
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes: expected an int >= 2 or None, got {num_classes!r}.")
-    return num_classes
 
 
 def _check_labels(labels: Tensor | None, num_classes: int | None, n: int, who: str) -> None:
@@ -189,7 +181,7 @@ class MLPGenerator(nn.Module):
         activation: str = "relu", num_classes: int | None = None, embedding_dim: int = 16,
     ) -> None:
         super().__init__()
-        self.num_classes = _check_classes(num_classes)
+        self.num_classes = check_int("num_classes", num_classes, low=2, allow_none=True)
         self.latent_dim = int(latent_dim)
         context = embedding_dim if num_classes else 0
         self.embed = nn.Embedding(num_classes, embedding_dim) if num_classes else None
@@ -243,13 +235,11 @@ class MLPCritic(nn.Module):
         conditioning: str = "projection", spectral_norm: bool = False,
     ) -> None:
         super().__init__()
-        if conditioning not in CONDITIONINGS:
-            raise ValueError(f"conditioning: expected one of {CONDITIONINGS}, got "
-                             f"{conditioning!r}.")
+        check_choice("conditioning", conditioning, CONDITIONINGS)
         hidden = list(hidden_features)
         if not hidden:
             raise ValueError("hidden_features: a critic needs at least one hidden layer.")
-        self.num_classes = _check_classes(num_classes)
+        self.num_classes = check_int("num_classes", num_classes, low=2, allow_none=True)
         self.concat = bool(num_classes) and conditioning == "concat"
         sizes = [features + (num_classes if self.concat else 0), *hidden]
         layers: list[nn.Module] = []
@@ -312,7 +302,7 @@ class DCGANGenerator(nn.Module):
         channels, side, _ = _check_image_shape(shape)
         if output not in ("tanh", "sigmoid", "none"):
             raise ValueError(f"output: expected 'tanh', 'sigmoid' or 'none', got {output!r}.")
-        self.num_classes = _check_classes(num_classes)
+        self.num_classes = check_int("num_classes", num_classes, low=2, allow_none=True)
         self.latent_dim, c, self.k = int(latent_dim), int(hidden_channels), side // 4
         self.embed = nn.Embedding(num_classes, embedding_dim) if num_classes else None
         extra = embedding_dim if num_classes else 0
@@ -361,10 +351,8 @@ class DCGANCritic(nn.Module):
     ) -> None:
         super().__init__()
         channels, side, _ = _check_image_shape(shape)
-        if conditioning not in CONDITIONINGS:
-            raise ValueError(f"conditioning: expected one of {CONDITIONINGS}, got "
-                             f"{conditioning!r}.")
-        self.num_classes = _check_classes(num_classes)
+        check_choice("conditioning", conditioning, CONDITIONINGS)
+        self.num_classes = check_int("num_classes", num_classes, low=2, allow_none=True)
         self.concat = bool(num_classes) and conditioning == "concat"
         c, k = int(hidden_channels), side // 4
         extra = num_classes if self.concat else 0
@@ -413,14 +401,12 @@ class GAN(nn.Module):
         event_shape: Sequence[int], num_classes: int | None = None, noise: str = "normal",
     ) -> None:
         super().__init__()
-        if noise not in NOISES:
-            raise ValueError(f"noise: expected one of {NOISES}, got {noise!r}.")
-        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
-            raise ValueError(f"latent_dim: expected a positive int, got {latent_dim!r}.")
+        check_choice("noise", noise, NOISES)
+        check_int("latent_dim", latent_dim)
         self.generator, self.critic = generator, critic
         self.latent_dim, self.noise_name = latent_dim, noise
         self.event_shape = tuple(int(s) for s in event_shape)
-        self.num_classes = _check_classes(num_classes)
+        self.num_classes = check_int("num_classes", num_classes, low=2, allow_none=True)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # device/dtype
 
     def noise(self, n: int, *, psi: float | None = None,

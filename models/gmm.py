@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from probgen.data.toy import flower_parameters
 from probgen.nn import MLP
-from probgen.utils import check_tensor, drawing_from
+from probgen.utils import check_choice, check_int, check_tensor, drawing_from
 
 __all__ = ["GaussianMixtureModel", "flower_mixture", "GMM_MODELS"]
 
@@ -66,11 +66,8 @@ class GaussianMixtureModel(PyroModule):
     ) -> None:
         super().__init__()
         for name, value in {"features": features, "components": components}.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}.")
-        if covariance not in _COVARIANCES:
-            raise ValueError(f"covariance: expected one of {list(_COVARIANCES)}, got "
-                             f"{covariance!r}.")
+            check_int(name, value)
+        check_choice("covariance", covariance, _COVARIANCES)
         self.features, self.components, self.covariance_kind = features, components, covariance
         self.min_covariance = float(min_covariance)
         self.logits = nn.Parameter(torch.zeros(components))
@@ -154,8 +151,7 @@ class GaussianMixtureModel(PyroModule):
                              f"got {x.shape[0]}.")
         for value, name, least in ((kmeans_iterations, "kmeans_iterations", 0),
                                    (kmeans_restarts, "kmeans_restarts", 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"{name}: expected an int >= {least}, got {value!r}.")
+            check_int(name, value, low=least)
         data = x.double()
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
         if kmeans_iterations == 0:  # the k-means++ seeds alone
@@ -273,8 +269,8 @@ class GaussianMixtureModel(PyroModule):
         if x is not None:
             x = self._check(x)
             n = x.shape[0]
-        elif isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n: expected a positive int, got {n!r}.")
+        else:
+            check_int("n", n)
         for name in ("logits", "loc", "log_diag", "lower"):
             value = getattr(self, name)
             if value.requires_grad:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from probgen.models.autoregressive import AutoregressiveModel
 from probgen.models.pixelcnn import raster_order
 from probgen.nn.masked import causal_mask
+from probgen.utils import check_int
 
 __all__ = ["ImageTransformer", "CausalSelfAttention", "KVCache"]
 
@@ -142,8 +143,7 @@ class ImageTransformer(AutoregressiveModel):
         super().__init__(shape, categories, classes)
         for name, value in (("dim", dim), ("heads", heads), ("layers", layers),
                             ("mlp_ratio", mlp_ratio)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}.")
+            check_int(name, value)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}.")
         if len(self.event_shape) == 3:

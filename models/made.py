@@ -10,6 +10,7 @@ from torch import Tensor
 
 from probgen.models.autoregressive import AutoregressiveModel
 from probgen.nn.masked import MaskedMLP
+from probgen.utils import check_int
 
 __all__ = ["MADE"]
 
@@ -72,8 +73,7 @@ class MADE(AutoregressiveModel):
         seed: int = 0,
     ) -> None:
         super().__init__(shape, categories, classes)
-        if isinstance(orders, bool) or not isinstance(orders, int) or orders < 1:
-            raise ValueError(f"orders: expected a positive int, got {orders!r}.")
+        check_int("orders", orders)
         g = torch.Generator().manual_seed(int(seed))
         d = self.num_pixels
         all_orders = _orders(order, orders, d, g)

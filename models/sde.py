@@ -31,7 +31,7 @@ from probgen.inference.sde import predictor_corrector_sample, reverse_sde_sample
 from probgen.models.path_model import PathModel, image_network
 from probgen.nn import ConditionalMLP
 from probgen.sde import SDE, get_sde
-from probgen.utils import append_dims
+from probgen.utils import append_dims, check_choice
 
 __all__ = [
     "ScoreSDE",
@@ -99,9 +99,7 @@ class ScoreSDE(PathModel):
         super().__init__(network, event_shape, num_classes=num_classes)
         if not isinstance(sde, SDE):
             raise TypeError(f"sde: expected a probgen.sde.SDE, got {type(sde).__name__}.")
-        if parametrization not in PARAMETRIZATIONS:
-            raise ValueError(f"parametrization: expected one of {list(PARAMETRIZATIONS)}, "
-                             f"got {parametrization!r}.")
+        check_choice("parametrization", parametrization, PARAMETRIZATIONS)
         for name, value in (("sample_eps", sample_eps), ("likelihood_eps", likelihood_eps)):
             if not 0 < value < 1:
                 raise ValueError(f"{name}: expected a float in (0, 1), got {value!r}.")

@@ -59,14 +59,13 @@ from probgen.models.vae_blocks import (
     Likelihood,
     MLPDecoder,
     MLPEncoder,
-    _positive,
     _shape,
     make_decoder,
     make_encoder,
     make_likelihood,
 )
 from probgen.models.vae_priors import DiagonalNormalMixture, StandardNormalPrior, VampPrior
-from probgen.utils import apply_to_tensors, drawing_from
+from probgen.utils import apply_to_tensors, check_int, drawing_from
 
 __all__ = [
     "MLPEncoder",
@@ -163,7 +162,7 @@ class VAE(PyroModule):
     ) -> None:
         super().__init__()
         self.shape = _shape(shape)
-        _positive(latent_features=latent_features)
+        check_int("latent_features", latent_features)
         self.latent_features = d = latent_features
         prior_object = _prior_object(prior, d)
         posterior_object = _posterior_object(posterior, d)
@@ -330,7 +329,7 @@ class VAE(PyroModule):
     def interpolate(self, x1: Tensor, x2: Tensor, steps: int = 8) -> Tensor:
         """Decodes the straight line between the codes of ``x1`` and ``x2`` (each
         ``(N, *shape)``), returning ``(N, steps, *shape)``."""
-        _positive(steps=steps)
+        check_int("steps", steps)
         z1, z2 = self.encode(x1), self.encode(x2)
         w = torch.linspace(0, 1, steps, dtype=z1.dtype, device=z1.device)[:, None]
         return self.decode(z1[:, None] * (1 - w) + z2[:, None] * w)
@@ -390,7 +389,7 @@ def _observed(x: Tensor | None, n: int,
     """A Pyro ``model(x, n)``'s batch: ``(check(x), N)`` for observed data, else ``(None, n)``
     once ``n`` is a positive int (the number of examples to generate)."""
     if x is None:
-        _positive(n=n)
+        check_int("n", n)
         return None, n
     x = check(x)
     return x, x.shape[0]

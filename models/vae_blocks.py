@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from probgen.nn import MLP, ConvResidualBlock
 from probgen.nn.vit import ViTDecoder, ViTEncoder
 from probgen.pixels import DiscretizedLogistic
+from probgen.utils import check_choice, check_int
 
 __all__ = [
     "MLPEncoder",
@@ -54,12 +55,6 @@ def _shape(shape: Sequence[int], name: str = "shape") -> tuple[int, ...]:
     return out
 
 
-def _positive(**kwargs: int) -> None:
-    for name, value in kwargs.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}.")
-
-
 def _image(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
     if len(shape) != 3 or shape[1] % 4 or shape[2] % 4:
         raise ValueError(f"{name}: convolutional networks need images (C, H, W) with H and W "
@@ -86,7 +81,7 @@ class MLPEncoder(nn.Module):
                  hidden_features: Sequence[int] = (512, 512), activation: str = "relu") -> None:
         super().__init__()
         self.shape = _shape(shape)
-        _positive(out_features=out_features)
+        check_int("out_features", out_features)
         self.net = MLP(math.prod(self.shape), out_features, list(hidden_features),
                        activation=activation)
 
@@ -113,7 +108,7 @@ class ConvEncoder(nn.Module):
                  channels: int = 32, blocks: int = 1) -> None:
         super().__init__()
         c, h, w = _image(_shape(shape), "shape")
-        _positive(channels=channels)
+        check_int("channels", channels)
         self.shape = (c, h, w)
         layers: list[nn.Module] = [nn.Conv2d(c, channels, 3, padding=1)]
         width = channels
@@ -144,7 +139,8 @@ class MLPDecoder(nn.Module):
     def __init__(self, in_features: int, shape: Sequence[int], params: int = 1,
                  hidden_features: Sequence[int] = (512, 512), activation: str = "relu") -> None:
         super().__init__()
-        _positive(in_features=in_features, params=params)
+        check_int("in_features", in_features)
+        check_int("params", params)
         self.shape, self.params = _shape(shape), params
         self.net = MLP(in_features, params * math.prod(self.shape), list(hidden_features),
                        activation=activation)
@@ -176,7 +172,8 @@ class ConvDecoder(nn.Module):
                  channels: int = 32, blocks: int = 1, in_channels: int | None = None) -> None:
         super().__init__()
         c, h, w = _image(_shape(shape), "shape")
-        _positive(params=params, channels=channels)
+        check_int("params", params)
+        check_int("channels", channels)
         self.shape, self.params, self.in_features = (c, h, w), params, in_features
         width = 4 * channels
         self.map_shape = (width, h // 4, w // 4)
@@ -357,7 +354,7 @@ class CategoricalLikelihood(Likelihood):
 
     def __init__(self, shape: Sequence[int], levels: int = 256) -> None:
         super().__init__(shape)
-        _positive(levels=levels)
+        check_int("levels", levels)
         self.params = self.levels = levels
 
     def _logits(self, out: Tensor) -> Tensor:
@@ -387,7 +384,7 @@ class DiscretizedLogisticLikelihood(Likelihood):
 
     def __init__(self, shape: Sequence[int], levels: int = 256) -> None:
         super().__init__(shape)
-        _positive(levels=levels)
+        check_int("levels", levels)
         self.levels = levels
 
     def encoder_input(self, x: Tensor) -> Tensor:
@@ -412,15 +409,14 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {
 def make_likelihood(name: str, shape: Sequence[int], *, scale: float | str = "decoder",
                     levels: int = 256) -> Likelihood:
     """Builds the likelihood called ``name`` (one of :data:`LIKELIHOODS`)."""
+    check_choice("likelihood", name, sorted(LIKELIHOODS))
     if name == "gaussian":
         return GaussianLikelihood(shape, scale)
     if name == "categorical":
         return CategoricalLikelihood(shape, levels)
     if name == "discretized_logistic":
         return DiscretizedLogisticLikelihood(shape, levels)
-    if name in LIKELIHOODS:
-        return LIKELIHOODS[name](shape)
-    raise ValueError(f"likelihood: expected one of {sorted(LIKELIHOODS)}, got {name!r}.")
+    return LIKELIHOODS[name](shape)
 
 
 # ------------------------------------------------------------------------------ priors

@@ -12,7 +12,8 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from probgen.models.vae_blocks import _positive, _shape
+from probgen.models.vae_blocks import _shape
+from probgen.utils import check_int
 
 __all__ = ["StandardNormalPrior", "VampPrior", "DiagonalNormalMixture"]
 
@@ -44,7 +45,7 @@ class VampPrior(nn.Module):
 
     def __init__(self, shape: Sequence[int], components: int = 500) -> None:
         super().__init__()
-        _positive(components=components)
+        check_int("components", components)
         self.pseudo_inputs = nn.Parameter(torch.rand(components, *_shape(shape)))
 
     def distribution(self, encode: Callable[[Tensor], tuple[Tensor, Tensor]]

@@ -21,6 +21,7 @@ from torch.distributions import Distribution
 from probgen.inference.vq import straight_through
 from probgen.models.pixelcnn import GatedPixelCNN, PixelCNN
 from probgen.nn import ConvResidualBlock
+from probgen.utils import check_choice, check_int
 
 __all__ = ["QuantizerOutput", "VectorQuantizer", "VQVAE", "VQ_MODELS", "CODE_PRIORS"]
 
@@ -45,12 +46,6 @@ class QuantizerOutput:
     z_q: Tensor
     codes: Tensor
     indices: Tensor
-
-
-def _positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}.")
-    return value
 
 
 class VectorQuantizer(nn.Module):
@@ -105,8 +100,8 @@ class VectorQuantizer(nn.Module):
                  decay: float = 0.99, eps: float = 1e-5,
                  dead_code_threshold: float = 0.0) -> None:
         super().__init__()
-        self.num_codes = _positive_int("num_codes", num_codes)
-        self.code_dim = _positive_int("code_dim", code_dim)
+        self.num_codes = check_int("num_codes", num_codes)
+        self.code_dim = check_int("code_dim", code_dim)
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay: expected a float in [0, 1), got {decay!r}.")
         if not eps >= 0.0:
@@ -293,25 +288,20 @@ class VQVAE(nn.Module):
         if len(shape) != 3:
             raise ValueError(f"shape: expected an image shape (C, H, W), got {list(shape)}.")
         c, h, w = (int(s) for s in shape)
-        if isinstance(downsample, bool) or not isinstance(downsample, int) or downsample < 0:
-            raise ValueError(f"downsample: expected a non-negative int, got {downsample!r}.")
+        check_int("downsample", downsample, low=0)
         f = 2 ** downsample
         if h % f or w % f:
             raise ValueError(f"shape: H and W must be divisible by 2^downsample = {f}, got "
                              f"{(h, w)}.")
-        if likelihood not in _LIKELIHOODS:
-            raise ValueError(f"likelihood: expected one of {list(_LIKELIHOODS)}, got "
-                             f"{likelihood!r}.")
-        if prior not in _PRIORS:
-            raise ValueError(f"prior: expected one of {list(_PRIORS)}, got {prior!r}.")
+        check_choice("likelihood", likelihood, _LIKELIHOODS)
+        check_choice("prior", prior, _PRIORS)
         if not scale > 0:
             raise ValueError(f"scale: expected a positive float, got {scale!r}.")
         self.event_shape = torch.Size((c, h, w))
         self.code_shape = torch.Size((h // f, w // f))
         self.likelihood, self.scale = likelihood, float(scale)
-        _positive_int("channels", channels)
-        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:
-            raise ValueError(f"blocks: expected a non-negative int, got {blocks!r}.")
+        check_int("channels", channels)
+        check_int("blocks", blocks, low=0)
         self.encoder = _encoder(c, channels, code_dim, downsample, blocks)
         self.quantizer = VectorQuantizer(num_codes, code_dim, ema=ema, decay=decay,
                                          dead_code_threshold=dead_code_threshold)
@@ -368,14 +358,12 @@ class VQVAE(nn.Module):
     def _code_prior(self, code_prior: str, n: int) -> pdist.Distribution:
         """The prior over one code map: uniform, event ``(h, w)``, or the learned prior,
         event ``(1, h, w)``."""
+        check_choice("code_prior", code_prior, CODE_PRIORS)
         if code_prior == "uniform":
             logits = self.quantizer.codebook.new_zeros(*self.code_shape,
                                                        self.quantizer.num_codes)
             return pdist.Categorical(logits=logits).to_event(2)
-        if code_prior == "learned":
-            return self.prior.distribution()
-        raise ValueError(f"code_prior: expected one of {list(CODE_PRIORS)}, got "
-                         f"{code_prior!r}.")
+        return self.prior.distribution()
 
     def model(self, x: Tensor | None = None, n: int = 1, code_prior: str = "uniform"
               ) -> Tensor:
@@ -399,7 +387,7 @@ class VQVAE(nn.Module):
             x = self._check_x(x)
             n = x.shape[0]
         else:
-            _positive_int("n", n)
+            check_int("n", n)
         pyro.module("decoder", self.decoder)
         pyro.module("quantizer", self.quantizer)
         if code_prior == "learned":

@@ -37,7 +37,7 @@ from probgen.divergence import (
     hutchinson_divergence,
     hutchinson_noise,
 )
-from probgen.utils import check_tensor, drawing_from
+from probgen.utils import check_choice, check_tensor, drawing_from
 
 __all__ = [
     "ContinuousFlow",
@@ -86,11 +86,6 @@ class SolveStats:
     nfe: int = 0
     nfe_backward: int = 0
     adjoint: bool = False
-
-
-def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}.")
 
 
 def _check_positive_float(name: str, value: Any) -> float:
@@ -190,7 +185,7 @@ def odeint_field(
     Returns:
         The states at ``times``, ``(k, batch, *event)``.
     """
-    _check_choice("method", method, ODE_METHODS)
+    check_choice("method", method, ODE_METHODS)
     stats = SolveStats("flow", method) if stats is None else stats
     dyn = _Dynamics(field, context, stats, augmented=False, trace="exact", noise=None,
                     penalties=False, sign=1.0)
@@ -310,9 +305,9 @@ class ContinuousFlow(TorchDistribution):
         if len(base.event_shape) == 0:
             raise ValueError("base: expected a distribution with a non-empty event shape "
                              "(e.g. Independent(Normal(loc, scale), 1)), got event shape ().")
-        _check_choice("method", method, ADAPTIVE_METHODS + FIXED_METHODS)
-        _check_choice("trace", trace, TRACES)
-        _check_choice("noise", noise, NOISES)
+        check_choice("method", method, ADAPTIVE_METHODS + FIXED_METHODS)
+        check_choice("trace", trace, TRACES)
+        check_choice("noise", noise, NOISES)
         self.rtol = _check_positive_float("rtol", rtol)
         self.atol = _check_positive_float("atol", atol)
         self.log_density_atol = (self.atol if log_density_atol is None

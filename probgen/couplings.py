@@ -36,7 +36,7 @@ from torch import Tensor
 
 from probgen.assignment import linear_assignment
 from probgen.processes import check_batches
-from probgen.utils import build_named, check_choice
+from probgen.utils import build_named, check_choice, check_int
 
 __all__ = [
     "Coupling",
@@ -214,8 +214,7 @@ class ExactOTCoupling(Coupling):
 
     def __init__(self, pairs: str = "rows", max_size: int = 4096) -> None:
         self.pairs = _check_pairs(pairs)
-        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
-            raise ValueError(f"max_size: expected a positive int, got {max_size!r}.")
+        check_int("max_size", max_size)
         self.max_size = max_size
 
     def _support(self, x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -32,6 +32,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from probgen.utils import check_choice
+
 __all__ = [
     "DivergenceResult",
     "NOISES",
@@ -207,12 +209,11 @@ def hutchinson_noise(
     Raises:
         ValueError: unknown ``kind``.
     """
+    check_choice("kind", kind, NOISES)
     if kind == "gaussian":
         return torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
-    if kind == "rademacher":
-        bits = torch.randint(0, 2, x.shape, device=x.device, generator=generator)
-        return bits.to(x.dtype) * 2 - 1
-    raise ValueError(f"kind: expected one of {list(NOISES)}, got {kind!r}.")
+    bits = torch.randint(0, 2, x.shape, device=x.device, generator=generator)
+    return bits.to(x.dtype) * 2 - 1
 
 
 def hutchinson_divergence(

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from probgen.utils import check_choice
+
 __all__ = ["FDivergence", "F_DIVERGENCES", "get_f_divergence", "f_divergence_1d"]
 
 _LOG2 = math.log(2.0)
@@ -122,8 +124,7 @@ def get_f_divergence(name: str) -> FDivergence:
         >>> float(d.conjugate(torch.tensor(1.0)))
         1.0
     """
-    if not isinstance(name, str) or name not in F_DIVERGENCES:
-        raise ValueError(f"f-divergence: expected one of {sorted(F_DIVERGENCES)}, got {name!r}.")
+    check_choice("f-divergence", name, sorted(F_DIVERGENCES))
     return F_DIVERGENCES[name]
 
 

@@ -52,7 +52,7 @@ from torch import Tensor
 from torch.distributions import register_kl
 
 from probgen.flows import NormalizingFlow
-from probgen.utils import check_tensor
+from probgen.utils import check_int, check_tensor
 
 __all__ = ["FlowVAE", "TolerantDelta"]
 
@@ -229,8 +229,8 @@ class FlowVAE(PyroModule):
         """
         if x is not None:
             n = self._check_x(x).shape[0]
-        elif isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n: expected a positive int, got {n!r}.")
+        else:
+            check_int("n", n)
         context = self._check_context(y, n)
         encoded = self.__dict__.pop("_encoded", None)
         pyro.module("flow", self.flow)

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from probgen.utils import check_choice, check_int
+
 __all__ = ["FokkerPlanckSolution", "solve_fokker_planck", "histogram_density"]
 
 #: scipy's implicit solvers that take a sparse Jacobian.
@@ -173,10 +175,8 @@ def solve_fokker_planck(
     lo, hi = (float(b) for b in bounds)
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(f"bounds: expected finite lo < hi, got {bounds!r}.")
-    if isinstance(cells, bool) or not isinstance(cells, int) or cells < 3:
-        raise ValueError(f"cells: expected an int >= 3, got {cells!r}.")
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}.")
+    check_int("cells", cells, low=3)
+    check_choice("method", method, METHODS)
     ts = torch.as_tensor(times, dtype=torch.float64).flatten()
     if ts.numel() < 2 or not bool((ts[1:] > ts[:-1]).all()):
         raise ValueError(f"times: expected at least two increasing times, got {ts.tolist()}.")

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from probgen.metrics.integrate import Bounds, parse_bounds
 from probgen.plots import _figure_and_axes, _new_figure
+from probgen.utils import check_int
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -39,8 +40,7 @@ def critic_maps(
         >>> bool(torch.allclose(g, torch.full((5, 5), 5.0)))
         True
     """
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
-        raise ValueError(f"resolution: expected an int >= 2, got {resolution!r}.")
+    check_int("resolution", resolution, low=2)
     (x0, x1), (y0, y1) = parse_bounds(bounds)
     xs, ys = torch.linspace(x0, x1, resolution), torch.linspace(y0, y1, resolution)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")

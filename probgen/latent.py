@@ -36,7 +36,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
-from probgen.utils import drawing_from
+from probgen.utils import check_int, drawing_from
 
 __all__ = [
     "gaussian_kl",
@@ -194,8 +194,7 @@ def log_importance_weights(
     Returns:
         Tensor of shape ``(k, N)``.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}.")
+    check_int("num_samples", num_samples)
     n = x.shape[0]
     with drawing_from(generator), pyro.plate("_importance_particles", num_samples,
                                              dim=-(max_plate_nesting + 1)):
@@ -245,8 +244,7 @@ def importance_log_likelihood(
         Importance weighted autoencoders (Burda et al., 2016), https://arxiv.org/abs/1509.00519
     """
     for name, value in {"num_samples": num_samples, "chunk_size": chunk_size}.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}.")
+        check_int(name, value)
     running = None
     done = 0
     while done < num_samples:
@@ -329,8 +327,7 @@ def elbo_surgery(
         raise ValueError(f"prior: expected event shape {tuple(posterior.event_shape)} (the "
                          f"posterior's), got {tuple(prior.event_shape)}.")
     for name, value in {"num_samples": num_samples, "chunk_size": chunk_size}.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}.")
+        check_int(name, value)
     n = posterior.batch_shape[0]
     event = posterior.event_shape
     with drawing_from(generator):

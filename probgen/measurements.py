@@ -33,6 +33,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from probgen.utils import check_int
+
 __all__ = ["LinearMeasurement", "Denoising", "Inpainting", "SuperResolution",
            "MatrixMeasurement"]
 
@@ -286,8 +288,7 @@ class SuperResolution(LinearMeasurement):
 
     def __init__(self, event_shape: Sequence[int], factor: int, noise_std: float) -> None:
         shape = tuple(int(e) for e in event_shape)
-        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-            raise ValueError(f"factor: expected a positive int, got {factor!r}.")
+        check_int("factor", factor)
         if len(shape) != 3 or shape[1] % factor or shape[2] % factor:
             raise ValueError(f"event_shape: expected (C, H, W) with H and W multiples of "
                              f"factor {factor}, got {shape}.")

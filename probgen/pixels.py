@@ -24,6 +24,8 @@ from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor
 from torch.nn import functional as F
 
+from probgen.utils import check_int
+
 __all__ = [
     "to_signed",
     "discretized_gaussian_log_likelihood",
@@ -31,12 +33,6 @@ __all__ = [
     "DiscretizedGaussian",
     "DiscretizedLogistic",
 ]
-
-
-def _check_levels(levels: object) -> int:
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-        raise ValueError(f"levels: expected an int >= 2, got {levels!r}.")
-    return levels
 
 
 def to_signed(x: Tensor, levels: int) -> Tensor:
@@ -78,7 +74,7 @@ def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tens
         mean, log_scale: the Gaussian's mean and log standard deviation (broadcasting).
         levels: L, the number of pixel levels (256 for MNIST).
     """
-    _check_levels(levels)
+    check_int("levels", levels, low=2)
     dtype = x.dtype
     x, mean, log_scale = (v.to(torch.float64) for v in (x, mean, log_scale))
     half = 1.0 / (levels - 1)
@@ -110,7 +106,7 @@ class DiscretizedPixels(TorchDistribution, ABC):
 
     def __init__(self, loc: Tensor, scale: Tensor | float, levels: int,
                  validate_args: bool | None = None) -> None:
-        self.levels = _check_levels(levels)
+        self.levels = check_int("levels", levels, low=2)
         loc = torch.as_tensor(loc)
         scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
         self.loc, self.scale = torch.broadcast_tensors(loc, scale)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from probgen.metrics.integrate import Bounds, density_grid, parse_bounds
-from probgen.utils import atomic_write_bytes
+from probgen.utils import atomic_write_bytes, check_int
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -228,8 +228,7 @@ def plot_image_grid(
     Example:
         >>> fig = plot_image_grid(torch.rand(10, 1, 8, 8), nrow=5)
     """
-    if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
-        raise ValueError(f"nrow: expected a positive int, got {nrow!r}.")
+    check_int("nrow", nrow)
     x = _as_images(images)
     n, c, h, w = x.shape
     cols = max(1, min(nrow, n))

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from probgen.sde import VESDE
+from probgen.utils import check_int
 
 __all__ = [
     "geometric_sigmas",
@@ -56,8 +57,7 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, num: int) -> Tensor:
         >>> geometric_sigmas(1.0, 0.01, 3)
         tensor([1.0000, 0.1000, 0.0100])
     """
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise ValueError(f"num: expected a positive int, got {num!r}.")
+    check_int("num", num)
     if not (0 < sigma_min <= sigma_max and math.isfinite(sigma_max)):
         raise ValueError(f"sigmas: expected 0 < sigma_min <= sigma_max < inf, got "
                          f"sigma_min={sigma_min!r}, sigma_max={sigma_max!r}.")

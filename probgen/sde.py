@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from probgen.processes import GaussianPath, Marginal, check_time
-from probgen.utils import append_dims, build_named
+from probgen.utils import append_dims, build_named, check_int
 
 __all__ = [
     "Marginal",
@@ -261,8 +261,7 @@ class VPSDE(SDE):
         Returns:
             Shape ``(num_steps,)``, float64.
         """
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps: expected a positive int, got {num_steps!r}.")
+        check_int("num_steps", num_steps)
         return torch.linspace(self.beta_min / num_steps, self.beta_max / num_steps, num_steps,
                               dtype=torch.float64)
 
@@ -351,8 +350,7 @@ class VESDE(SDE):
         Returns:
             Shape ``(num_levels,)``, float64.
         """
-        if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 2:
-            raise ValueError(f"num_levels: expected an int >= 2, got {num_levels!r}.")
+        check_int("num_levels", num_levels, low=2)
         return self.noise_level(torch.linspace(1.0, 0.0, num_levels, dtype=torch.float64))
 
     def extra_repr(self) -> str:  # noqa: D102

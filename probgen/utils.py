@@ -27,6 +27,7 @@ __all__ = [
     "resolve_device",
     "check_tensor",
     "check_choice",
+    "check_int",
     "build_named",
     "drawing_from",
     "standard_normal",
@@ -349,6 +350,44 @@ def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
     if value not in allowed:
         raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}."
                          + did_you_mean(value, allowed))
+
+
+def check_int(name: str, value: Any, *, low: int = 1, allow_none: bool = False) -> int | None:
+    """Checks that the argument ``name`` is an int of at least ``low`` (a count, a size),
+    saying what was expected.
+
+    Only Python ints pass: a bool, a float (even ``2.0``), a string or a numpy or torch
+    scalar is refused, so a count read from a config file or typed by mistake fails here,
+    at the boundary, rather than deep inside a ``range`` or a tensor shape.
+
+    Args:
+        name: the argument's name, quoted in the error.
+        value: the value to check.
+        low: the least value allowed (1 by default: a positive int).
+        allow_none: whether ``None`` (meaning "not set") is allowed too.
+
+    Returns:
+        ``value`` itself (``None`` when it is ``None`` and that is allowed).
+
+    Raises:
+        ValueError: ``value`` is not an int (or ``None`` where allowed) of at least ``low``;
+            the message reads ``"steps: expected a positive int, got 0."``, or
+            ``"an int >= 2"`` for ``low=2``, with ``" or None"`` when ``None`` is allowed.
+
+    Example:
+        >>> check_int("steps", 10)
+        10
+        >>> check_int("levels", None, low=2, allow_none=True) is None
+        True
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        expected = "a positive int" if low == 1 else f"an int >= {low}"
+        if allow_none:
+            expected += " or None"
+        raise ValueError(f"{name}: expected {expected}, got {value!r}.")
+    return value
 
 
 def build_named(kind: str, registry: Mapping[str, Callable[..., Any]], name: str,

@@ -1,13 +1,15 @@
-"""probgen.utils.all_finite against torch.isfinite on every kind of non-finite entry."""
+"""probgen.utils: all_finite against torch.isfinite on every kind of non-finite entry,
+drawing_from, and the shared check_int."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from probgen.utils import all_finite
+from probgen.utils import all_finite, check_int
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
@@ -57,3 +59,37 @@ def test_drawing_from_uses_the_generators_stream_and_leaves_the_global_rng_alone
     with pytest.raises(TypeError, match="torch.Generator"):
         with drawing_from(7):
             pass
+
+
+@pytest.mark.parametrize("value", [1, 7, 10**12])
+def test_check_int_returns_a_count_unchanged(value):
+    assert check_int("steps", value) == value
+    assert type(check_int("steps", value)) is int
+
+
+@pytest.mark.parametrize("value", [True, False, 0, -3, 2.0, 1.5, "3", None, torch.tensor(3),
+                                   np.int64(3), [3]])
+def test_check_int_refuses_what_is_not_a_positive_int(value):
+    with pytest.raises(ValueError) as info:
+        check_int("steps", value)
+    assert str(info.value) == f"steps: expected a positive int, got {value!r}."
+
+
+def test_check_int_with_a_lower_bound_names_it():
+    assert check_int("levels", 2, low=2) == 2
+    with pytest.raises(ValueError, match=r"^levels: expected an int >= 2, got 1\.$"):
+        check_int("levels", 1, low=2)
+    assert check_int("num_workers", 0, low=0) == 0
+    with pytest.raises(ValueError, match=r"^num_workers: expected an int >= 0, got -1\.$"):
+        check_int("num_workers", -1, low=0)
+
+
+def test_check_int_allows_none_only_when_asked():
+    assert check_int("num_dims", None, allow_none=True) is None
+    assert check_int("num_dims", 4, allow_none=True) == 4
+    with pytest.raises(ValueError, match=r"^num_dims: expected a positive int, got None\.$"):
+        check_int("num_dims", None)
+    with pytest.raises(ValueError, match=r"^num_dims: expected a positive int or None, got 0\.$"):
+        check_int("num_dims", 0, allow_none=True)
+    with pytest.raises(ValueError, match=r"^levels: expected an int >= 2 or None, got True\.$"):
+        check_int("levels", True, low=2, allow_none=True)

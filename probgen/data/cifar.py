@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from probgen.utils import atomic_write_bytes
+from probgen.utils import atomic_write_bytes, check_choice
 
 __all__ = ["CIFAR_SETS", "CIFAR_URLS", "find_cifar", "load_cifar", "read_cifar_batch"]
 
@@ -75,12 +75,6 @@ class _ArrayUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refused the global {module}.{name} (a CIFAR batch holds "
                                      "only arrays, lists and strings)")
-
-
-def _check_name(name: object) -> str:
-    if name not in CIFAR_SETS:
-        raise ValueError(f"name: expected one of {list(CIFAR_SETS)}, got {name!r}.")
-    return str(name)
 
 
 def read_cifar_batch(path: str | os.PathLike, *, md5: str | None = None,
@@ -154,7 +148,8 @@ def find_cifar(name: str = "cifar10", root: str | os.PathLike | None = None) -> 
         ...     print(find_cifar("cifar10", empty))
         None
     """
-    folder, splits, _, _ = CIFAR_SETS[_check_name(name)]
+    check_choice("name", name, CIFAR_SETS)
+    folder, splits, _, _ = CIFAR_SETS[name]
     files = [f for split in splits.values() for f, _ in split]
     for base in _roots(root):
         for candidate in (base / folder, base):
@@ -219,9 +214,9 @@ def load_cifar(
         >>> images.shape, labels.shape  # doctest: +SKIP
         (torch.Size([10000, 3, 32, 32]), torch.Size([10000]))
     """
-    folder, splits, label_key, _ = CIFAR_SETS[_check_name(name)]
-    if split not in splits:
-        raise ValueError(f"split: expected one of {list(splits)}, got {split!r}.")
+    check_choice("name", name, CIFAR_SETS)
+    folder, splits, label_key, _ = CIFAR_SETS[name]
+    check_choice("split", split, splits)
     if name == "cifar100":
         if labels not in ("fine", "coarse"):
             raise ValueError(f"labels: expected 'fine' or 'coarse', got {labels!r}.")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from probgen.utils import atomic_write_bytes
+from probgen.utils import atomic_write_bytes, check_choice
 
 __all__ = [
     "DIGITS_LEVELS",
@@ -56,12 +56,6 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 _CACHE: dict[tuple, tuple[Tensor, Tensor]] = {}
 
 
-def _check_split(split: object, allowed: tuple[str, ...]) -> str:
-    if split not in allowed:
-        raise ValueError(f"split: expected one of {list(allowed)}, got {split!r}.")
-    return str(split)
-
-
 def load_digits(split: str = "train") -> tuple[Tensor, Tensor]:
     """Loads the 8x8 handwritten digits bundled with scikit-learn (1797 images, no download).
 
@@ -86,7 +80,7 @@ def load_digits(split: str = "train") -> tuple[Tensor, Tensor]:
         >>> x.shape, x.dtype, int(x.max()), y.dtype
         (torch.Size([300, 1, 8, 8]), torch.float32, 16, torch.int64)
     """
-    _check_split(split, ("train", "test", "all"))
+    check_choice("split", split, ("train", "test", "all"))
     key = ("digits",)
     if key not in _CACHE:
         from sklearn.datasets import load_digits as sklearn_digits
@@ -223,7 +217,7 @@ def find_mnist(
     """
     splits = (splits,) if isinstance(splits, str) else tuple(splits)
     for split in splits:
-        _check_split(split, tuple(MNIST_FILES))
+        check_choice("split", split, tuple(MNIST_FILES))
     folders = _roots(root)
     found = [_find(name, folders) for split in splits for name in MNIST_FILES[split]]
     if not found or any(path is None for path in found):
@@ -285,7 +279,7 @@ def load_mnist(
         >>> images.shape, labels.shape  # doctest: +SKIP
         (torch.Size([10000, 1, 28, 28]), torch.Size([10000]))
     """
-    _check_split(split, tuple(MNIST_FILES))
+    check_choice("split", split, tuple(MNIST_FILES))
     folders = _roots(root)
     paths = []
     for name in MNIST_FILES[split]:

@@ -17,7 +17,7 @@ from probgen.data.preprocess import (
     uniform_dequantize,
 )
 from probgen.metrics.likelihood import bits_per_dim
-from probgen.utils import check_tensor
+from probgen.utils import check_choice, check_tensor
 
 __all__ = ["ImagePreprocess"]
 
@@ -66,10 +66,7 @@ class ImagePreprocess:
         shape: tuple[int, ...] | None = None,
     ) -> None:
         self.levels = _check_levels(levels)
-        if transform not in PREPROCESS_NAMES:
-            raise ValueError(
-                f"transform: expected one of {list(PREPROCESS_NAMES)}, got {transform!r}."
-            )
+        check_choice("transform", transform, PREPROCESS_NAMES)
         self.transform = transform
         LogitTransform(alpha)  # validates alpha
         self.alpha = float(alpha)

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from probgen.utils import check_choice
+
 __all__ = ["TOY_NAMES", "toy_sample", "ToySampler", "flower_parameters"]
 
 #: The names :func:`toy_sample` accepts, in a fixed order.
@@ -157,12 +159,6 @@ _SAMPLERS: dict[str, Callable[[int, torch.Generator | None], Tensor]] = {
 _DIMS: dict[str, int] = {"mixture1d": 1}
 
 
-def _check_name(name: object) -> str:
-    if not isinstance(name, str) or name not in _SAMPLERS:
-        raise ValueError(f"name: expected one of {list(TOY_NAMES)}, got {name!r}.")
-    return name
-
-
 def _check_generator(generator: object) -> torch.Generator | None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(
@@ -222,7 +218,7 @@ def toy_sample(name: str, n: int, *, generator: torch.Generator | None = None) -
         >>> torch.equal(x, toy_sample("8gaussians", 512, generator=g.manual_seed(0)))
         True
     """
-    _check_name(name)
+    check_choice("name", name, TOY_NAMES)
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n: expected an int number of points, got {type(n).__name__}.")
     if n < 0:
@@ -251,7 +247,8 @@ class ToySampler:
     """
 
     def __init__(self, name: str) -> None:
-        self.name: str = _check_name(name)
+        check_choice("name", name, TOY_NAMES)
+        self.name: str = name
 
     def __call__(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draws ``n`` points, shape ``(n, 2)``; see :func:`toy_sample`."""

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from probgen.utils import check_int
+
 __all__ = ["Bounds", "density_grid", "integrate_density_2d", "parse_bounds"]
 
 #: ``B`` (the box [-B, B]^2), ``(lo, hi)`` (the same range on both axes) or
@@ -51,12 +53,6 @@ def parse_bounds(bounds: Bounds) -> tuple[tuple[float, float], tuple[float, floa
     return out  # type: ignore[return-value]
 
 
-def _check_resolution(resolution: object) -> int:
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
-        raise ValueError(f"resolution: expected an int >= 2, got {resolution!r}.")
-    return resolution
-
-
 def density_grid(
     log_prob: Callable[[Tensor], Tensor],
     bounds: Bounds = 4.0,
@@ -95,9 +91,8 @@ def density_grid(
         (torch.Size([50, 50]), torch.Size([50, 50]))
     """
     (x0, x1), (y0, y1) = parse_bounds(bounds)
-    resolution = _check_resolution(resolution)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}.")
+    resolution = check_int("resolution", resolution, low=2)
+    check_int("batch_size", batch_size)
     hx, hy = (x1 - x0) / resolution, (y1 - y0) / resolution
     xs = x0 + hx * (torch.arange(resolution, dtype=torch.float64) + 0.5)
     ys = y0 + hy * (torch.arange(resolution, dtype=torch.float64) + 0.5)

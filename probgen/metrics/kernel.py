@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from probgen.metrics._kid import PolySums, subset_values
-from probgen.utils import all_finite
+from probgen.utils import all_finite, check_int
 
 __all__ = ["KID", "kid", "mmd2", "polynomial_kernel", "gaussian_kernel", "median_bandwidth"]
 
@@ -251,8 +251,7 @@ def kid(
     x, y = _pair(x, y)
     if subsets is None:
         for value, name in ((num_subsets, "num_subsets"), (subset_size, "subset_size")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}.")
+            check_int(name, value)
         m = min(subset_size, x.shape[0], y.shape[0])
         ix = torch.stack([torch.randperm(x.shape[0], generator=generator)[:m]
                           for _ in range(num_subsets)])

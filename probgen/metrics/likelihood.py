@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from probgen.utils import check_choice, check_int
+
 __all__ = ["bits_per_dim", "dequantized_bits_per_dim", "nats_to_bits", "nll"]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -59,8 +61,7 @@ def nll(log_prob: Tensor, *, reduction: str = "mean") -> Tensor:
         raise TypeError(f"log_prob: expected a floating-point tensor, got {kind}.")
     if torch.isnan(log_prob).any():
         raise ValueError("log_prob: contains NaN values.")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction: expected one of {list(_REDUCTIONS)}, got {reduction!r}.")
+    check_choice("reduction", reduction, _REDUCTIONS)
     out = -log_prob
     if reduction == "mean":
         return out.mean()
@@ -101,8 +102,7 @@ def bits_per_dim(
         >>> bits_per_dim(torch.tensor(784 * math.log(256.0)), 784).round(decimals=4)
         tensor(8.)
     """
-    if isinstance(num_dims, bool) or not isinstance(num_dims, int) or num_dims < 1:
-        raise ValueError(f"num_dims: expected a positive int, got {num_dims!r}.")
+    check_int("num_dims", num_dims)
     if levels is not None and (
         isinstance(levels, bool) or not isinstance(levels, int) or levels < 2
     ):
@@ -138,8 +138,7 @@ def dequantized_bits_per_dim(log_prob: Callable[[Tensor], Tensor], x_int: Tensor
     Returns:
         Bits/dim per example, ``(n,)``, float64 on the CPU.
     """
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats: expected a positive int, got {repeats!r}.")
+    check_int("repeats", repeats)
     total = torch.zeros(x_int.shape[0], dtype=torch.float64)
     for _ in range(repeats):
         y, ladj = preprocess(x_int, generator=generator)

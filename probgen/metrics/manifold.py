@@ -40,7 +40,7 @@ from probgen.metrics._screen import (
     _Screen,
     _sq_dist,
 )
-from probgen.utils import all_finite
+from probgen.utils import all_finite, check_int
 
 __all__ = ["PrecisionRecall", "DensityCoverage", "precision_recall", "density_coverage",
            "knn_radii"]
@@ -72,15 +72,13 @@ def _check(x: Tensor, y: Tensor, k: int, block_size: int,
             raise ValueError(f"{name}: contains NaN or Inf values.")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"real and fake: feature sizes differ: {x.shape[1]} vs {y.shape[1]}.")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k: expected a positive int, got {k!r}.")
+    check_int("k", k)
     if min(x.shape[0], y.shape[0]) <= k:
         raise ValueError(
             f"k: each set needs more than k = {k} samples, got {x.shape[0]} real and "
             f"{y.shape[0]} fake."
         )
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size: expected a positive int, got {block_size!r}.")
+    check_int("block_size", block_size)
     if dtype is not None and dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype: expected None, torch.float32 or torch.float64, got {dtype}.")
     return x.detach().cpu(), y.detach().cpu()

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from probgen.utils import all_finite
+from probgen.utils import all_finite, check_int
 
 __all__ = ["ModeCoverage", "mode_coverage", "ring_centres", "grid_centres"]
 
@@ -35,16 +35,14 @@ def ring_centres(num_modes: int = 8, radius: float = 4.0 / 1.414) -> Tensor:
 
     The defaults are those of probgen's ``8gaussians`` toy data (std ``0.5 / 1.414``).
     """
-    if isinstance(num_modes, bool) or not isinstance(num_modes, int) or num_modes < 1:
-        raise ValueError(f"num_modes: expected a positive int, got {num_modes!r}.")
+    check_int("num_modes", num_modes)
     angles = torch.arange(num_modes, dtype=torch.float64) * (2 * math.pi / num_modes)
     return radius * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
 def grid_centres(side: int = 5, spacing: float = 2.0) -> Tensor:
     """Centres of a ``side x side`` grid centred at the origin, ``(side**2, 2)``."""
-    if isinstance(side, bool) or not isinstance(side, int) or side < 1:
-        raise ValueError(f"side: expected a positive int, got {side!r}.")
+    check_int("side", side)
     ticks = (torch.arange(side, dtype=torch.float64) - (side - 1) / 2) * spacing
     gx, gy = torch.meshgrid(ticks, ticks, indexing="xy")
     return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
@@ -91,8 +89,7 @@ def mode_coverage(
         raise ValueError("samples: contains NaN or Inf values.")
     if not (std > 0 and threshold > 0):
         raise ValueError(f"std and threshold: expected positive numbers, got {std}, {threshold}.")
-    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
-        raise ValueError(f"min_count: expected a positive int, got {min_count!r}.")
+    check_int("min_count", min_count)
     x = samples.detach().to(device="cpu", dtype=torch.float64)
     c = centres.detach().to(device="cpu", dtype=torch.float64)
     dist = torch.cdist(x, c, compute_mode="donot_use_mm_for_euclid_dist")

@@ -35,20 +35,12 @@ import torch
 from torch import Tensor
 
 from probgen.metrics._factor import gram_factor, qr_factor
-from probgen.utils import all_finite
+from probgen.utils import all_finite, check_int
 
 __all__ = ["RunningMoments", "iter_batches", "collect_features", "feature_moments", "Source"]
 
 #: Samples: a tensor, an iterable of tensor batches, or a sampler ``sample(shape)``.
 Source = Tensor | Iterable[Any] | Callable[..., Tensor]
-
-
-def _positive_int(value: object, name: str, *, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}.")
-    return value
 
 
 def iter_batches(
@@ -77,8 +69,8 @@ def iter_batches(
             not a tensor with a batch dimension, or a sampler returning the wrong count.
         TypeError: ``source`` is none of the above.
     """
-    num_samples = _positive_int(num_samples, "num_samples", allow_none=True)
-    batch_size = _positive_int(batch_size, "batch_size")
+    num_samples = check_int("num_samples", num_samples, allow_none=True)
+    batch_size = check_int("batch_size", batch_size)
     if isinstance(source, Tensor):
         if source.dim() < 1:
             raise ValueError("source: expected samples (N, *event), got a 0-d tensor.")
@@ -184,9 +176,9 @@ class RunningMoments:
         device: torch.device | str | None = None,
         block_rows: int | None = None,
     ) -> None:
-        self.dim = _positive_int(dim, "dim", allow_none=True)
+        self.dim = check_int("dim", dim, allow_none=True)
         self.device = torch.device(device) if device is not None else None
-        self.block_rows = _positive_int(block_rows, "block_rows", allow_none=True)
+        self.block_rows = check_int("block_rows", block_rows, allow_none=True)
         self._n = 0
         self._mean: Tensor | None = None
         self._factor: Tensor | None = None

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from probgen.utils import check_int
+
 __all__ = [
     "MaskedLinear",
     "MaskedMLP",
@@ -17,12 +19,6 @@ __all__ = [
     "channel_groups",
     "causal_mask",
 ]
-
-
-def _positive(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}.")
-    return value
 
 
 class MaskedLinear(nn.Linear):
@@ -104,8 +100,8 @@ def made_masks(
         raise ValueError(f"orders: expected permutations of 0..{d - 1}, got {orders.tolist()}.")
     if not hidden_features:
         raise ValueError("hidden_features: MADE needs at least one hidden layer, got [].")
-    sizes = [_positive("hidden_features", int(h)) for h in hidden_features]
-    _positive("outputs_per_input", outputs_per_input)
+    sizes = [check_int("hidden_features", int(h)) for h in hidden_features]
+    check_int("outputs_per_input", outputs_per_input)
     top = max(d - 2, 0)
     layers: list[list[Tensor]] = [[] for _ in range(len(sizes) + 1)]
     for order in orders:
@@ -303,7 +299,7 @@ def causal_mask(
         tensor([[0., -inf],
                 [0., 0.]])
     """
-    _positive("length", length)
+    check_int("length", length)
     future = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
     return torch.zeros(length, length, device=device, dtype=dtype).masked_fill(
         future, float("-inf"))

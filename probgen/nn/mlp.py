@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from probgen.nn.init import zero_init_
+from probgen.utils import check_choice
 
 __all__ = ["ACTIVATIONS", "activation", "MLP", "ResidualBlock", "ResidualMLP"]
 
@@ -28,8 +29,7 @@ def activation(name: str) -> nn.Module:
     Raises:
         ValueError: unknown name; the message lists the allowed ones.
     """
-    if name not in ACTIVATIONS:
-        raise ValueError(f"activation: expected one of {sorted(ACTIVATIONS)}, got {name!r}.")
+    check_choice("activation", name, sorted(ACTIVATIONS))
     return ACTIVATIONS[name]()
 
 

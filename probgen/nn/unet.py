@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from probgen.nn.conditional import ConditionEmbedding, image_condition
 from probgen.nn.init import zero_init_
+from probgen.utils import check_int
 
 __all__ = ["UNet", "UNetClassifier"]
 
@@ -247,8 +248,7 @@ class UNetClassifier(nn.Module):
         time_scale: float = 1000.0,
     ) -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes: expected an int >= 2, got {num_classes!r}.")
+        check_int("num_classes", num_classes, low=2)
         unet = UNet(shape, base_channels, channel_mults, num_res_blocks, attention_levels,
                     attention_heads, None, None, dropout, groups, time_scale)
         self.event_shape = unet.event_shape

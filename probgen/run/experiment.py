@@ -31,7 +31,7 @@ from probgen.run.config import (
     dump_toml,
 )
 from probgen.run.progress import Progress
-from probgen.utils import atomic_torch_save, atomic_write_bytes, atomic_write_text
+from probgen.utils import atomic_torch_save, atomic_write_bytes, atomic_write_text, check_choice
 
 __all__ = ["DataBundle", "build_data", "build_model", "build_objective", "build_sampler",
            "fit_run", "load_run", "eval_run", "sample_run", "set_threads", "FAMILIES",
@@ -952,9 +952,7 @@ def sample_run(run_dir: str | Path, *, n: int = 64, out: str | Path | None = Non
         if out is not None and suffix not in SAMPLE_FORMATS:
             raise ValueError(f"out: expected a path ending in one of "
                              f"{['.' + f for f in SAMPLE_FORMATS]}, got {str(out)!r}.")
-    if format not in SAMPLE_FORMATS:
-        raise ValueError(f"format: expected one of {list(SAMPLE_FORMATS)}, got {format!r}."
-                         + did_you_mean(format, SAMPLE_FORMATS))
+    check_choice("format", format, SAMPLE_FORMATS)
     if out is not None and suffix != format:
         raise ValueError(f"out: {str(out)!r} does not end in .{format} (--format {format}).")
     dev = check_device(device)
