@@ -66,6 +66,7 @@ from probgen.inference.sampling import Stepper, sample_loop
 from probgen.inference.solvers import DDIM, DEFAULT_GRIDS, GRIDS, SOLVERS, STEPPERS, ddim_update
 from probgen.metrics.likelihood import bits_per_dim
 from probgen.pixels import discretized_gaussian_log_likelihood, to_signed
+from probgen.utils import check_choice, check_int
 
 __all__ = [
     "VARIANCES",
@@ -128,9 +129,7 @@ def _check_model(model: Any) -> None:
     if model.parametrization not in ("eps", "x0", "v"):
         raise ValueError(f"model.parametrization: expected 'eps', 'x0' or 'v', got "
                          f"{model.parametrization!r}.")
-    if model.variance not in VARIANCES:
-        raise ValueError(f"model.variance: expected one of {list(VARIANCES)}, got "
-                         f"{model.variance!r}.")
+    check_choice("model.variance", model.variance, VARIANCES)
 
 
 # ----------------------------------------------------------------------------- guidance
@@ -353,9 +352,7 @@ def diffusion_sample(
         A :class:`DiffusionResult`.
     """
     _check_model(model)
-    if sampler not in DIFFUSION_SAMPLERS:
-        raise ValueError(f"sampler: expected one of {list(DIFFUSION_SAMPLERS)}, got "
-                         f"{sampler!r}.")
+    check_choice("sampler", sampler, DIFFUSION_SAMPLERS)
     if sampler != "ddim" and eta:  # DDIM's stepper checks its eta
         raise ValueError(f"eta: applies to sampler 'ddim' only, got eta={eta!r} with "
                          f"{sampler!r} (ancestral sampling uses the model's variance).")
@@ -614,16 +611,13 @@ class DiffusionLoss(nn.Module):
                  log_bound: bool = False) -> None:
         super().__init__()
         _check_model(model)
-        if loss not in DIFFUSION_LOSSES:
-            raise ValueError(f"loss: expected one of {list(DIFFUSION_LOSSES)}, got {loss!r}.")
+        check_choice("loss", loss, DIFFUSION_LOSSES)
         if loss == "hybrid" and model.variance != "learned_range":
             raise ValueError("loss 'hybrid': trains learned variances; the model has "
                              f"variance={model.variance!r} (use 'learned_range' or 'simple').")
         if label_dropout and not getattr(model, "num_classes", None):
             raise ValueError("label_dropout: the model is unconditional (num_classes=None).")
-        if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int)
-                                   or levels < 2):
-            raise ValueError(f"levels: expected an int >= 2 or None, got {levels!r}.")
+        check_int("levels", levels, low=2, allow_none=True)
         self.model, self.loss, self.levels = model, loss, levels
         self.label_dropout = check_label_dropout(label_dropout,
                                                  getattr(model, "num_classes", None))

@@ -47,6 +47,7 @@ from probgen.inference.sampling import Run, Stepper, sample_loop
 from probgen.inference.solvers import PathStepper
 from probgen.metrics.likelihood import dequantized_bits_per_dim
 from probgen.sde import SDE
+from probgen.utils import check_choice, check_int
 
 __all__ = [
     "WEIGHTINGS",
@@ -91,12 +92,6 @@ class SDEResult(NamedTuple):
 
     samples: Tensor
     nfe: int
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}.")
-    return value
 
 
 def _check_eps(eps: Any) -> float:
@@ -211,9 +206,7 @@ class ContinuousScoreMatching(nn.Module):
         if not callable(model):
             raise TypeError(f"model: expected a score network model(x, t), got "
                             f"{type(model).__name__}.")
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting: expected one of {list(WEIGHTINGS)}, got "
-                             f"{weighting!r}.")
+        check_choice("weighting", weighting, WEIGHTINGS)
         if importance and weighting != "likelihood":
             raise ValueError("importance: importance-sampled times apply to "
                              f"weighting='likelihood', got weighting={weighting!r}.")
@@ -265,7 +258,7 @@ def _start(sde: SDE, n: int | None, event_shape: Sequence[int] | None, x_init: T
         return x_init
     if n is None or event_shape is None:
         raise ValueError("n, event_shape: give both (prior draws at t = 0) or x_init.")
-    z = torch.randn((_positive_int(n, "n"), *event_shape), device=device, dtype=dtype,
+    z = torch.randn((check_int("n", n), *event_shape), device=device, dtype=dtype,
                     generator=generator)
     return _check_sde(sde).prior_std * z
 
@@ -275,7 +268,7 @@ def _run(stepper: _ScoreStepper, n: int | None, event_shape: Sequence[int] | Non
          generator: torch.Generator | None) -> SDEResult:
     """Runs ``stepper`` over ``steps`` uniform steps from ``t = 0`` (prior draws or
     ``x_init``) to ``1 - eps``."""
-    steps, eps = _positive_int(steps, "steps"), _check_eps(eps)
+    steps, eps = check_int("steps", steps), _check_eps(eps)
     x = _start(stepper.sde, n, event_shape, x_init, device, dtype, generator)
     grid = torch.linspace(0.0, 1.0 - eps, steps + 1, dtype=torch.float64, device="cpu")
     out = sample_loop(stepper, x, grid, generator=generator)
@@ -397,9 +390,7 @@ class ReverseSDEStepper(_ScoreStepper):
 
     def __init__(self, sde: SDE, score: Score, *, method: str = "euler", denoise: bool = True,
                  cond: Mapping[str, Any] | None = None) -> None:
-        if method not in SDE_METHODS:
-            raise ValueError(f"method: expected one of {sorted(SDE_METHODS)}, got "
-                             f"{method!r}.")
+        check_choice("method", method, sorted(SDE_METHODS))
         super().__init__(sde, score, cond=cond, denoise=denoise)
         self.method = method
 
@@ -540,11 +531,8 @@ def predictor_corrector_sample(
     Returns:
         An :class:`SDEResult` (``nfe``: score evaluations, predictor and corrector).
     """
-    if predictor not in PREDICTORS:
-        raise ValueError(f"predictor: expected one of {list(PREDICTORS)}, got {predictor!r}.")
-    if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, int) \
-            or corrector_steps < 0:
-        raise ValueError(f"corrector_steps: expected an int >= 0, got {corrector_steps!r}.")
+    check_choice("predictor", predictor, PREDICTORS)
+    check_int("corrector_steps", corrector_steps, low=0)
     if not snr > 0:
         raise ValueError(f"snr: expected a positive float, got {snr!r}.")
     if predictor == "none" and corrector_steps == 0:

@@ -50,7 +50,7 @@ from probgen.paths import CosinePath
 from probgen.pixels import DiscretizedGaussian, discretized_gaussian_log_likelihood, to_signed
 from probgen.processes import GaussianPath, Marginal, convert_prediction
 from probgen.sde import VPSDE
-from probgen.utils import append_dims, on_host
+from probgen.utils import append_dims, check_choice, check_int, on_host
 
 __all__ = [
     "PARAMETRIZATIONS",
@@ -169,7 +169,7 @@ class NoiseSchedule(nn.Module):
         (:meth:`probgen.sde.VPSDE.discrete_betas`: :math:`\beta_i = \beta(s_i)/T`), the one
         definition of both.
         """
-        _check_steps(num_steps)
+        check_int("num_steps", num_steps)
         if not 0 < beta_start <= beta_end <= 1:
             raise ValueError(f"betas: expected 0 < beta_start <= beta_end <= 1, got "
                              f"{beta_start!r}, {beta_end!r}.")
@@ -191,7 +191,7 @@ class NoiseSchedule(nn.Module):
         ``k`` at diffusion time :math:`(k+1)/T`; the clip, by default, changes only the
         last step, whose unclipped :math:`\bar\alpha` is 0, the path at ``t = 0``).
         """
-        _check_steps(num_steps)
+        check_int("num_steps", num_steps)
         if not 0 < max_beta <= 1 or s < 0:
             raise ValueError(f"cosine: expected s >= 0 and 0 < max_beta <= 1, got s={s!r}, "
                              f"max_beta={max_beta!r}.")
@@ -417,10 +417,8 @@ class NoiseSchedule(nn.Module):
         :math:`\text{score} = -\epsilon/\sqrt{1-\bar\alpha}`; computed by
         :func:`probgen.processes.convert_prediction` (the one conversion of every path).
         """
-        for name, value in (("source", source), ("target", target)):
-            if value not in PARAMETRIZATIONS:
-                raise ValueError(f"{name}: expected one of {list(PARAMETRIZATIONS)}, got "
-                                 f"{value!r}.")
+        check_choice("source", source, PARAMETRIZATIONS)
+        check_choice("target", target, PARAMETRIZATIONS)
         if source == target:
             return prediction
         if isinstance(step, Tensor) and step.is_floating_point():  # log-SNR interpolated
@@ -511,11 +509,6 @@ class SchedulePath(GaussianPath):
         return Marginal(*(v.to(dtype) for v in (m.alpha, m.sigma, d_alpha, d_sigma)))
 
 
-def _check_steps(num_steps: Any) -> None:
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps: expected a positive int, got {num_steps!r}.")
-
-
 def make_schedule(name: str = "linear", num_steps: int = 1000, *,
                   betas: Sequence[float] | None = None, **kwargs: float) -> NoiseSchedule:
     """Creates the schedule called ``name`` (:data:`SCHEDULES`), or from user ``betas``.
@@ -552,7 +545,7 @@ def spaced_timesteps(num_steps: int, steps: int, spacing: str = "linspace") -> T
     schedule, Song et al. 2021, App. D.2, which stops at 0.8 T and repeats indices for large
     S; here the chain always starts at T-1). ``steps = T`` gives every index.
     """
-    _check_steps(num_steps)
+    check_int("num_steps", num_steps)
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_steps:
         raise ValueError(f"steps: expected an int in 1..{num_steps}, got {steps!r}.")
     if spacing == "linspace":
