@@ -348,8 +348,16 @@ def _draw(times: TimeDistribution | Tensor | float, path: Any, x: Tensor
     """The times of a batch and the path's coefficients at them, broadcast against ``x``:
     given times are checked by the path's ``coefficients``; drawn ones go through its
     unchecked ``schedule`` where it has one."""
-    drawn_here = isinstance(times, (UniformTimes, DiscreteTimes))
-    if not drawn_here and isinstance(times, (int, float)) and not isinstance(times, bool):
+    if isinstance(times, (UniformTimes, DiscreteTimes)):  # ours: (batch,) times in support
+        drawn = times(x.shape[0], x)
+        if isinstance(path, StepPath):  # the table in x's dtype, indexed once
+            _check_support(times, path, x)
+            return drawn, path.noise_schedule.marginal_at(drawn.t, x)
+        if callable(getattr(path, "schedule", None)):
+            _check_support(times, path, x)
+            return drawn, path.schedule(drawn.t).broadcast_to(x)
+        return drawn, path.coefficients(drawn.t, x)
+    if isinstance(times, (int, float)) and not isinstance(times, bool):
         times = torch.full(x.shape[:1], float(times), dtype=x.dtype, device=x.device)
     if isinstance(times, Tensor):
         return Times(times), path.coefficients(times, x)
@@ -360,12 +368,6 @@ def _draw(times: TimeDistribution | Tensor | float, path: Any, x: Tensor
     if not isinstance(drawn, Times) or drawn.t.shape != x.shape[:1]:
         got = (tuple(drawn.t.shape) if isinstance(drawn, Times) else type(drawn).__name__)
         raise ValueError(f"times: expected Times with t of shape ({x.shape[0]},), got {got}.")
-    if drawn_here and isinstance(path, StepPath):  # the table in x's dtype, indexed once
-        _check_support(times, path, x)
-        return drawn, path.noise_schedule.marginal_at(drawn.t, x)
-    if drawn_here and callable(getattr(path, "schedule", None)):
-        _check_support(times, path, x)
-        return drawn, path.schedule(drawn.t).broadcast_to(x)
     return drawn, path.coefficients(drawn.t, x)
 
 

@@ -627,7 +627,8 @@ class DiffusionLoss(nn.Module):
 
     def forward(self, batch: Any) -> dict[str, Tensor]:  # noqa: D102
         x0, labels = _data(batch, self.levels)
-        model, sched = self.model, self.model.schedule
+        model = self.model
+        sched = model.schedule
         if self._path is None or self._path.noise_schedule is not sched:
             # kept across steps: the steps' support is checked once per (times, path) pair
             self._path, self._times = StepPath(sched), DiscreteTimes(sched.num_steps)
