@@ -482,8 +482,7 @@ def plot_sample_comparison(
     """
     if not panels:
         raise ValueError("panels: expected at least one (title, samples) pair, got none.")
-    if cols < 1:
-        raise ValueError(f"cols: expected a positive int, got {cols}.")
+    check_int("cols", cols)
     cols = min(cols, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig = _new_figure(figsize=(4.0 * cols, 4.0 * rows + (0.4 if title else 0.0)),

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from probgen.nn.transformer import TransformerBlock, check_patches, sincos_positions, unpatchify
+from probgen.utils import check_int
 
 __all__ = ["ViTEncoder", "ViTDecoder"]
 
@@ -48,8 +49,7 @@ class ViTEncoder(nn.Module):
                  dropout: float = 0.0, tokens: bool = False) -> None:
         super().__init__()
         shape = check_patches(shape, patch, hidden, heads, depth)
-        if out_features < 1:
-            raise ValueError(f"out_features: expected a positive int, got {out_features}.")
+        check_int("out_features", out_features)
         self.event_shape, self.patch, self.tokens = shape, patch, bool(tokens)
         self.grid = (shape[1] // patch, shape[2] // patch)
         self.embed = nn.Conv2d(shape[0], hidden, patch, stride=patch)
@@ -113,8 +113,7 @@ class ViTDecoder(nn.Module):
                  dropout: float = 0.0, tokens: bool = False) -> None:
         super().__init__()
         shape = check_patches(shape, patch, hidden, heads, depth)
-        if in_features < 1:
-            raise ValueError(f"in_features: expected a positive int, got {in_features}.")
+        check_int("in_features", in_features)
         if params is not None and (out_channels is not None or params < 1):
             raise ValueError(f"params: expected a positive int and no out_channels, got "
                              f"params={params!r}, out_channels={out_channels!r}.")
