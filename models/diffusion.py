@@ -158,10 +158,7 @@ class DiffusionModel(PathModel):
         if not isinstance(step, Tensor) or step.shape != x.shape[:1]:
             got = tuple(step.shape) if isinstance(step, Tensor) else type(step).__name__
             raise ValueError(f"step: expected shape ({x.shape[0]},), got {got}.")
-        if step.is_floating_point():
-            t = self.schedule.time_of_step(step.to(device=x.device, dtype=x.dtype))
-        else:
-            t = self.schedule.time_at(step.to(x.device), x)
+        t = self.schedule.time_of_step(step.to(device=x.device, dtype=x.dtype))
         return self._split(x, self._call(x, t, labels))
 
     def eps(self, x: Tensor, step: Tensor, labels: Tensor | None = None) -> Tensor:

@@ -297,40 +297,20 @@ class NoiseSchedule(nn.Module):
             return Marginal(self.sqrt_alphas_cumprod[step],
                             self.sqrt_one_minus_alphas_cumprod[step])
         # index_select on the table's rows: one contiguous gather for both coefficients
-        cols = self._coefficient_table(like)[:2].index_select(1, step)
+        cols = self._coefficient_table(like).index_select(1, step)
         return Marginal(*cols.view(2, -1, *(1,) * (like.dim() - 1)).unbind(0))
 
-    def time_at(self, step: Tensor, like: Tensor) -> Tensor:
-        """The network time :meth:`time_of_step` of integer steps ``step`` ``(batch,)`` on
-        ``like``'s device, in ``like``'s dtype, read from the kept table (the values
-        ``time_of_step`` computes in that dtype; one gather instead of a cast and two
-        operations).
-
-        Raises:
-            IndexError: a step outside ``0..T-1``.
-        """
-        try:
-            return self._coefficient_table(like)[2].index_select(0, step)
-        except (IndexError, RuntimeError):
-            bad = step[(step < 0) | (step >= self.num_steps)]
-            if bad.numel():
-                raise IndexError(f"step: expected indices in 0..{self.num_steps - 1}, got "
-                                 f"{bad.tolist()[:5]}.") from None
-            raise
-
     def _coefficient_table(self, like: Tensor) -> Tensor:
-        """``(3, T)``: the path's two coefficients and the network time of every step, in
-        ``like``'s dtype and device, rebuilt when the buffers change (a ``.to()``, an
-        in-place load); not kept while torch.compile traces."""
+        """``(2, T)``: the path's two coefficients at every step in ``like``'s dtype and
+        device, rebuilt when the buffers change (a ``.to()``, an in-place load); not kept
+        while torch.compile traces."""
         buffers = self._buffers  # (read directly: this runs in every training step)
         a, s = buffers["sqrt_alphas_cumprod"], buffers["sqrt_one_minus_alphas_cumprod"]
+        if torch.compiler.is_compiling():
+            return torch.stack([a, s]).to(device=like.device, dtype=like.dtype)
         key = (like.dtype, like.device, a._version, s._version)
-        if torch.compiler.is_compiling() or self._table_of is not a or self._table_key != key:
-            steps = torch.arange(self.num_steps, device=like.device, dtype=like.dtype)
-            table = torch.cat([torch.stack([a, s]).to(device=like.device, dtype=like.dtype),
-                               self.time_of_step(steps)[None]])
-            if torch.compiler.is_compiling():
-                return table
+        if self._table_of is not a or self._table_key != key:
+            table = torch.stack([a, s]).to(device=like.device, dtype=like.dtype)
             self._table_of, self._table_key, self._table = a, key, table
         return self._table
 

@@ -206,17 +206,3 @@ def test_schedule_errors():
     with pytest.raises(ValueError, match="target: expected one of"):
         sched.convert(torch.zeros(1, 2), torch.zeros(1, 2), 0, "eps", "noise")
 
-
-def test_network_time_of_integer_steps_from_the_kept_table():
-    """The network time of drawn integer steps, read from the table kept in the data's
-    dtype, is 1 - s/(T-1) in that dtype; steps outside the chain are refused by name."""
-    sched = NoiseSchedule.cosine(40)
-    step = torch.tensor([0, 1, 20, 39, 39])
-    for dtype in (torch.float32, torch.float64):
-        like = torch.zeros(5, 3, dtype=dtype)
-        exact = 1.0 - step.to(dtype) / 39
-        assert torch.equal(sched.time_at(step, like), exact)
-    with pytest.raises(IndexError, match=r"step: expected indices in 0..39, got \[40\]"):
-        sched.time_at(torch.tensor([3, 40]), like)
-    with pytest.raises(IndexError, match=r"got \[-1\]"):
-        sched.time_at(torch.tensor([-1, 3]), like)
